@@ -1,0 +1,1 @@
+"""Pure numpy/pandas computations on Allen grids and tables (no Qt, no network)."""

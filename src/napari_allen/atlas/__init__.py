@@ -1,0 +1,1 @@
+"""Atlas basics: the structure ontology, annotation volumes and the CCF coordinate space."""

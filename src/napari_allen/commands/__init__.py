@@ -1,0 +1,1 @@
+"""Sub-commands of the ``napari-allen`` command line, one module per area."""

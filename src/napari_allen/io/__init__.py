@@ -1,0 +1,1 @@
+"""Allen file formats: MetaImage grids, grid zips, NRRD, exports (no Qt, no network)."""

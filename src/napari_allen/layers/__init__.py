@@ -1,0 +1,1 @@
+"""Builders of napari LayerDataTuples ``(data, kwargs, layer_type)`` (no Qt)."""

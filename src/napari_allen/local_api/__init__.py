@@ -1,0 +1,1 @@
+"""A local Allen API server (loopback HTTP, real formats, fault injection) for tests and offline work."""

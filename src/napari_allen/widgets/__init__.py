@@ -1,0 +1,1 @@
+"""Qt dock widgets: thin views that run work in napari thread workers."""

@@ -1,0 +1,35 @@
+"""Shared test fixtures.
+
+Every test runs with its own cache folder and with the API URL pointing at a closed local port,
+so nothing can reach the internet by accident; tests that need the API use ``allen_api``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(tmp_path / "napari-allen-cache"))
+    # Port 9 (discard) on loopback: an accidental real request fails fast, never leaves the host.
+    monkeypatch.setenv("NAPARI_ALLEN_API_URL", "http://127.0.0.1:9")
+
+
+@pytest.fixture(scope="session")
+def allen_server():
+    """The local Allen API server on 127.0.0.1 with a free port, for the whole session."""
+    from napari_allen.local_api.server import LocalAllenServer
+
+    with LocalAllenServer(host="127.0.0.1", port=0) as server:
+        yield server
+
+
+@pytest.fixture
+def allen_api(allen_server, monkeypatch):
+    """The running local server, reset (no faults, empty request log), with
+    ``NAPARI_ALLEN_API_URL`` pointing at it. Yields the server object."""
+    allen_server.reset()
+    monkeypatch.setenv("NAPARI_ALLEN_API_URL", allen_server.url)
+    yield allen_server
+    allen_server.reset()
