@@ -1,0 +1,53 @@
+"""Write files so that a reader never sees half of one: write a temporary sibling, flush, then
+``os.replace`` it over the target (atomic on POSIX and Windows within one folder)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it replaces ``target``.
+
+    On any exception the temporary file is removed and ``target`` is left as it was.
+    ``suffix`` keeps an extension some writers need (e.g. ``.nii.gz`` for nibabel).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".part",
+                               dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(target: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator[IO]:
+    """``open()`` a temporary sibling of ``target`` for writing; replace ``target`` on success."""
+    with atomic_path(target) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_write_text(target: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    with atomic_open(target, "w", encoding=encoding, newline="") as fh:
+        fh.write(text)
+    return Path(target)
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    with atomic_open(target, "wb") as fh:
+        fh.write(data)
+    return Path(target)

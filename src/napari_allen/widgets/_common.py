@@ -1,0 +1,178 @@
+"""Pieces every dock widget shares.
+
+- :func:`shared_client`: one :class:`~napari_allen.api.client.AllenClient` per process (thread-safe,
+  so workers share its connection pool and cache).
+- :func:`add_layer_tuple`: add (or refresh, by name) a LayerDataTuple on the main thread.
+- :class:`DataFrameTable`: a sortable, multi-select table view of a pandas DataFrame with CSV
+  export.
+- :func:`cursor_position_um`: the viewer cursor in CCF µm ``[AP, DV, ML]``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QTableView, QWidget
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_allen.api.client import AllenClient
+
+_client_lock = threading.Lock()
+_client: AllenClient | None = None
+
+
+def shared_client() -> AllenClient:
+    """The process-wide API client (base URL and cache from the environment at first use)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            from napari_allen.api.client import AllenClient
+
+            _client = AllenClient()
+        return _client
+
+
+def reset_shared_client() -> None:
+    """Forget the shared client (tests: after changing ``NAPARI_ALLEN_API_URL``)."""
+    global _client
+    with _client_lock:
+        _client = None
+
+
+def add_layer_tuple(viewer: napari.Viewer, layer_tuple: tuple) -> Any:
+    """Add ``(data, kwargs, layer_type)`` to ``viewer``; a same-named layer of the same type is
+    updated in place instead of piling up duplicates. Returns the layer. Main thread only."""
+    from napari.layers import Layer
+
+    data, kwargs, layer_type = (tuple(layer_tuple) + ({}, "image"))[:3]
+    kwargs = dict(kwargs or {})
+    name = kwargs.get("name")
+    if name is not None and name in viewer.layers:
+        existing = viewer.layers[name]
+        if existing._type_string == layer_type:
+            existing.data = data
+            if "metadata" in kwargs:
+                existing.metadata = kwargs["metadata"]
+            if "features" in kwargs and hasattr(existing, "features"):
+                existing.features = kwargs["features"]
+            return existing
+    layer = Layer.create(data, kwargs, layer_type)
+    viewer.add_layer(layer)
+    return layer
+
+
+def cursor_position_um(viewer: napari.Viewer) -> np.ndarray:
+    """The cursor position in world coordinates (CCF µm, ``[AP, DV, ML]`` for Allen layers).
+
+    The last three world axes are used, so a 4-D store layer with an experiment axis works too.
+    """
+    return np.asarray(viewer.cursor.position, dtype=float)[-3:]
+
+
+class _FrameModel(QAbstractTableModel):
+    """Read-only Qt model of a DataFrame; sorts numerically via ``Qt.UserRole`` values."""
+
+    def __init__(self, frame: pd.DataFrame | None = None) -> None:
+        super().__init__()
+        self._frame = pd.DataFrame() if frame is None else frame.reset_index(drop=True)
+
+    def set_frame(self, frame: pd.DataFrame) -> None:
+        self.beginResetModel()
+        self._frame = frame.reset_index(drop=True)
+        self.endResetModel()
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self._frame
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
+        return 0 if parent.isValid() else len(self._frame)
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
+        return 0 if parent.isValid() else len(self._frame.columns)
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        value = self._frame.iat[index.row(), index.column()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            if isinstance(value, float):
+                return "" if np.isnan(value) else f"{value:.6g}"
+            if isinstance(value, (list, tuple, np.ndarray)):
+                return ", ".join(str(v) for v in value)
+            return "" if value is None or value is pd.NA else str(value)
+        if role == Qt.ItemDataRole.UserRole:
+            if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+                value, bool
+            ):
+                return float(value)
+            return "" if value is None or value is pd.NA else str(value)
+        return None
+
+    def headerData(  # noqa: N802
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole:
+            return None
+        if orientation == Qt.Orientation.Horizontal:
+            return str(self._frame.columns[section])
+        return str(section + 1)
+
+
+class DataFrameTable(QTableView):
+    """A sortable table of a DataFrame. ``set_frame(df)``, ``frame()``, ``selected_frame()``
+    (the selected rows, in view order), ``export_csv(path=None)`` (asks for a path if None)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._model = _FrameModel()
+        self._proxy = QSortFilterProxyModel(self)
+        self._proxy.setSourceModel(self._model)
+        self._proxy.setSortRole(Qt.ItemDataRole.UserRole)
+        self.setModel(self._proxy)
+        self.setSortingEnabled(True)
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.horizontalHeader().setStretchLastSection(True)
+        self.verticalHeader().setVisible(False)
+
+    def set_frame(self, frame: pd.DataFrame) -> None:
+        self._model.set_frame(frame)
+        self.resizeColumnsToContents()
+
+    def frame(self) -> pd.DataFrame:
+        return self._model.frame
+
+    def selected_frame(self) -> pd.DataFrame:
+        rows = sorted({self._proxy.mapToSource(i).row() for i in self.selectionModel().selectedRows()})
+        return self._model.frame.iloc[rows]
+
+    def select_rows(self, rows: list[int]) -> None:
+        """Select source rows (tests and programmatic use)."""
+        self.clearSelection()
+        selection = self.selectionModel()
+        for row in rows:
+            index = self._proxy.mapFromSource(self._model.index(row, 0))
+            selection.select(
+                index,
+                selection.SelectionFlag.Select | selection.SelectionFlag.Rows,
+            )
+
+    def export_csv(self, path: str | None = None) -> str | None:
+        """Write the table (all rows, current columns) to ``path``; ask for one if None."""
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export table", "", "CSV (*.csv)")
+            if not path:
+                return None
+        from napari_allen.io.atomic import atomic_write_text
+
+        atomic_write_text(path, self._model.frame.to_csv(index=False))
+        return path

@@ -1,0 +1,190 @@
+"""Run a widget's heavy work in a napari thread worker, with progress, cancel and stale-result
+suppression.
+
+A task is a plain function ``fn(*, progress, cancel, emit)`` from the pure layers: it reports
+:class:`~napari_allen.progress.Progress` snapshots through ``progress``, polls ``cancel``, and may
+hand partial results (e.g. one LayerDataTuple per experiment) to ``emit``. The runner calls it in
+a worker thread and delivers everything back on the main thread, where the widget may touch the
+viewer. Starting a new task cancels the previous one; anything the old task still sends is
+dropped, so a slow stale search can never overwrite a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+
+from napari_allen.progress import Cancelled, CancelToken, Progress
+
+logger = logging.getLogger(__name__)
+
+Task = Callable[..., Any]
+
+
+class TaskRunner(QObject):
+    """One task at a time for one widget.
+
+    ``runner.widget`` is a row (progress bar, status text, Cancel button) to put in the widget's
+    layout. ``run(fn, on_result=..., on_partial=..., on_error=...)`` starts ``fn`` in a worker.
+    """
+
+    # (generation, payload): the generation tags every message so stale ones can be dropped.
+    _progressed = Signal(object)
+    _partial = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.widget = QWidget(parent)
+        self._bar = QProgressBar(self.widget)
+        self._bar.setTextVisible(True)
+        self._status = QLabel("", self.widget)
+        self._status.setWordWrap(True)
+        self._cancel_button = QPushButton("Cancel", self.widget)
+        self._cancel_button.setEnabled(False)
+        self._cancel_button.clicked.connect(self.cancel)
+        row = QHBoxLayout(self.widget)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self._bar, 2)
+        row.addWidget(self._status, 3)
+        row.addWidget(self._cancel_button)
+        self._bar.setVisible(False)
+
+        self._generation = 0
+        self._token: CancelToken | None = None
+        self._callbacks: dict[str, Callable | None] = {}
+        self.worker = None
+        # Queued: emitted from the worker thread, handled on the thread owning this object.
+        self._progressed.connect(self._on_progress, Qt.ConnectionType.QueuedConnection)
+        self._partial.connect(self._on_partial, Qt.ConnectionType.QueuedConnection)
+        if parent is not None:
+            parent.destroyed.connect(self.cancel)
+
+    # --- public API ---------------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        return self.worker is not None
+
+    @property
+    def status_text(self) -> str:
+        return self._status.text()
+
+    def run(
+        self,
+        fn: Task,
+        *,
+        on_result: Callable[[Any], None] | None = None,
+        on_partial: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        description: str = "",
+    ) -> None:
+        """Start ``fn(progress=..., cancel=..., emit=...)`` in a worker thread.
+
+        ``on_partial(obj)`` receives each ``emit(obj)``, ``on_result(value)`` the return value and
+        ``on_error(exc)`` any exception but a cancellation; all run on the main thread and only
+        while this task is the current one.
+        """
+        self.cancel()
+        self._generation += 1
+        generation = self._generation
+        token = CancelToken()
+        self._token = token
+        self._callbacks = {"result": on_result, "partial": on_partial, "error": on_error}
+
+        def progress(snapshot: Progress) -> None:
+            self._progressed.emit((generation, snapshot))
+
+        def emit(obj: Any) -> None:
+            token.check()
+            self._partial.emit((generation, obj))
+
+        def job() -> Any:
+            return fn(progress=progress, cancel=token, emit=emit)
+
+        # Errors are ours to report (on_error or a notification), not to re-raise in Qt.
+        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda value: self._on_returned(generation, value))
+        worker.errored.connect(lambda exc: self._on_errored(generation, exc))
+        worker.finished.connect(lambda: self._on_finished(generation))
+        self.worker = worker
+        self._set_busy(True, description or "Working…")
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the current task to stop; its late results are ignored."""
+        if self._token is not None:
+            self._token.cancel()
+        if self.worker is not None:
+            self._generation += 1  # everything the old task still sends is now stale
+            self.worker.quit()
+            self.worker = None
+            self._set_busy(False, "Cancelled")
+
+    # --- slots (main thread) ------------------------------------------------------------
+    def _current(self, generation: int) -> bool:
+        return generation == self._generation
+
+    def _on_progress(self, message: tuple[int, Progress]) -> None:
+        generation, snap = message
+        if not self._current(generation):
+            return
+        if snap.total:
+            self._bar.setRange(0, int(snap.total))
+            self._bar.setValue(min(int(snap.done), int(snap.total)))
+        else:
+            self._bar.setRange(0, 0)  # busy indicator while the total is unknown
+        text = snap.message or ""
+        if snap.total:
+            text = f"{text} {snap.done}/{snap.total}".strip()
+        if snap.bytes_done:
+            text = f"{text} ({snap.bytes_done / 1e6:.1f} MB)"
+        if snap.failed:
+            text = f"{text}, {snap.failed} failed"
+        self._status.setText(text)
+
+    def _on_partial(self, message: tuple[int, Any]) -> None:
+        generation, obj = message
+        callback = self._callbacks.get("partial")
+        if self._current(generation) and callback is not None:
+            callback(obj)
+
+    def _on_returned(self, generation: int, value: Any) -> None:
+        if not self._current(generation):
+            return
+        self._set_busy(False, "Done")
+        callback = self._callbacks.get("result")
+        if callback is not None:
+            callback(value)
+
+    def _on_errored(self, generation: int, exc: BaseException) -> None:
+        if not self._current(generation):
+            return
+        if isinstance(exc, Cancelled):
+            self._set_busy(False, "Cancelled")
+            return
+        self._set_busy(False, f"Error: {exc}")
+        callback = self._callbacks.get("error")
+        if callback is not None:
+            callback(exc)
+        else:
+            from napari.utils.notifications import show_error
+
+            show_error(str(exc))
+
+    def _on_finished(self, generation: int) -> None:
+        if self._current(generation):
+            self.worker = None
+            self._cancel_button.setEnabled(False)
+
+    def _set_busy(self, busy: bool, text: str) -> None:
+        self._status.setText(text)
+        self._cancel_button.setEnabled(busy)
+        self._bar.setVisible(busy)
+        if busy:
+            self._bar.setRange(0, 0)
+        if not busy:
+            self.worker = None

@@ -1,0 +1,128 @@
+"""TaskRunner: work in a worker, results on the main thread, cancel, stale-result suppression."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pandas as pd
+import pytest
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QWidget
+
+from napari_allen.progress import Progress
+from napari_allen.widgets._common import DataFrameTable
+from napari_allen.widgets._tasks import TaskRunner
+
+
+@pytest.fixture
+def runner(qtbot):
+    parent = QWidget()
+    qtbot.addWidget(parent)  # pytest-qt keeps only a weak reference
+    runner = TaskRunner(parent)
+    runner.test_parent = parent
+    yield runner
+    runner.cancel()
+
+
+def test_results_progress_and_partials_arrive_on_main_thread(qtbot, runner):
+    main = threading.get_ident()
+    seen: dict = {"partial": [], "threads": set()}
+
+    def task(*, progress, cancel, emit):
+        seen["worker"] = threading.get_ident()
+        for i in range(3):
+            cancel.check()
+            progress(Progress(done=i + 1, total=3, message="step"))
+            emit(i)
+        return "done"
+
+    def on_partial(obj):
+        seen["threads"].add(threading.get_ident())
+        seen["partial"].append(obj)
+
+    def on_result(value):
+        seen["threads"].add(threading.get_ident())
+        seen["result"] = value
+
+    runner.run(task, on_result=on_result, on_partial=on_partial)
+    qtbot.waitUntil(lambda: "result" in seen, timeout=5000)
+    assert seen["result"] == "done"
+    assert seen["partial"] == [0, 1, 2]
+    assert seen["worker"] != main
+    assert seen["threads"] == {main}
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+
+
+def test_new_run_cancels_and_drops_stale_results(qtbot, runner):
+    release = threading.Event()
+    results: list = []
+    stale_cancelled = threading.Event()
+
+    def slow(*, progress, cancel, emit):
+        release.wait(5)
+        if cancel.cancelled:
+            stale_cancelled.set()
+        return "stale"
+
+    def fast(*, progress, cancel, emit):
+        return "fresh"
+
+    runner.run(slow, on_result=results.append)
+    runner.run(fast, on_result=results.append)
+    qtbot.waitUntil(lambda: "fresh" in results, timeout=5000)
+    release.set()
+    assert stale_cancelled.wait(5)
+    qtbot.wait(200)  # give the stale worker time to (not) deliver
+    assert results == ["fresh"]
+
+
+def test_cancel_stops_task_and_reports_cancelled(qtbot, runner):
+    started = threading.Event()
+    stopped = threading.Event()
+    results: list = []
+    errors: list = []
+
+    def loop(*, progress, cancel, emit):
+        started.set()
+        try:
+            while True:
+                cancel.check()
+                time.sleep(0.01)
+        finally:
+            stopped.set()
+
+    runner.run(loop, on_result=results.append, on_error=errors.append)
+    assert started.wait(5)
+    runner.cancel()
+    assert stopped.wait(5)
+    qtbot.wait(100)
+    assert results == [] and errors == []
+    assert not runner.is_running
+    assert runner.status_text == "Cancelled"
+
+
+def test_errors_reach_on_error(qtbot, runner):
+    errors: list = []
+
+    def broken(*, progress, cancel, emit):
+        raise ValueError("bad input file x.raw")
+
+    runner.run(broken, on_error=errors.append)
+    qtbot.waitUntil(lambda: bool(errors), timeout=5000)
+    assert "x.raw" in str(errors[0])
+    assert "x.raw" in runner.status_text
+
+
+def test_dataframe_table_sorts_numerically_and_exports(qtbot, tmp_path):
+    table = DataFrameTable()
+    qtbot.addWidget(table)
+    frame = pd.DataFrame({"id": [10, 9, 100], "gene": ["b", "a", "c"]})
+    table.set_frame(frame)
+    table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+    view_order = [table.model().index(r, 0).data() for r in range(3)]
+    assert view_order == ["9", "10", "100"]  # numeric, not lexicographic
+    table.select_rows([2])
+    assert table.selected_frame()["id"].tolist() == [100]
+    out = table.export_csv(str(tmp_path / "t.csv"))
+    assert pd.read_csv(out).equals(frame)
