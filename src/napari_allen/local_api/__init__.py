@@ -1,1 +1,2 @@
-"""A local Allen API server (loopback HTTP, real formats, fault injection) for tests and offline work."""
+"""A local Allen API server (loopback HTTP, real formats, fault injection) for tests and
+offline work."""

@@ -1,7 +1,7 @@
 """Pieces every dock widget shares.
 
-- :func:`shared_client`: one :class:`~napari_allen.api.client.AllenClient` per process (thread-safe,
-  so workers share its connection pool and cache).
+- :func:`shared_client`: one :class:`~napari_allen.api.client.AllenClient` per process
+  (thread-safe, so workers share its connection pool and cache).
 - :func:`add_layer_tuple`: add (or refresh, by name) a LayerDataTuple on the main thread.
 - :class:`DataFrameTable`: a sortable, multi-select table view of a pandas DataFrame with CSV
   export.
@@ -152,7 +152,8 @@ class DataFrameTable(QTableView):
         return self._model.frame
 
     def selected_frame(self) -> pd.DataFrame:
-        rows = sorted({self._proxy.mapToSource(i).row() for i in self.selectionModel().selectedRows()})
+        selected = self.selectionModel().selectedRows()
+        rows = sorted({self._proxy.mapToSource(index).row() for index in selected})
         return self._model.frame.iloc[rows]
 
     def select_rows(self, rows: list[int]) -> None:
