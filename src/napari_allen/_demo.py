@@ -23,11 +23,17 @@ def build_viewer(show: bool = True):
     viewer = napari.Viewer(title="napari-allen demo", show=show)
     for key in SAMPLES:
         viewer.open_sample(PLUGIN, key)
-    for name in DOCK_WIDGETS:
+    for name in reversed(DOCK_WIDGETS):  # the last tab added is the one shown
         viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
+    for layer in viewer.layers:
+        if layer._type_string == "labels":
+            layer.opacity = 0.35  # context, without hiding the expression inside
     viewer.dims.ndisplay = 3
-    viewer.camera.angles = (5.0, 35.0, 150.0)
     viewer.reset_view()
+    # napari 0.9 moved the camera to viewer.scene; older releases keep viewer.camera.
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.angles = (15.0, -35.0, 130.0)
+    camera.zoom *= 1.6
     return viewer
 
 
