@@ -1,0 +1,179 @@
+"""npe2 reader: one mechanism, an ordered table of ``(name, sniff, read)`` format entries.
+
+:func:`get_reader` asks each entry's ``sniff(path)`` in order and returns the first match's
+reader, or ``None`` so napari's own readers (and other plugins) can take the file. Sniffs are
+cheap: a suffix test, ``stat``, a zip's central directory or a header of a few hundred bytes;
+no payload is ever read to decide.
+
+Entries: spatial-search lines JSON and whole-plane Zarr stores (implemented in
+``napari_allen.io.lines_json``/``layers.lines`` and ``io.plane_store``/``layers.expression``,
+imported lazily: if a module is missing the entry simply does not match), an unzipped
+download folder, a ``grid_data/download`` zip, a MetaImage ``.mhd`` (+ ``.raw``), a bare Allen
+``.raw``, and an Allen NRRD grid.
+
+Reader collision: napari's builtins (and napari-aicsimageio / napari-bioio) also claim
+``*.raw``, ``*.mhd`` and ``*.zip``. ``viewer.open(path)`` then raises ``MultipleReaderError``
+(the GUI asks which reader to use). Choose this one explicitly:
+``viewer.open(path, plugin="napari-allen")``, or pick "Allen Mouse Brain Atlas" in the dialog
+and tick "remember my choice".
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AllenFormatError
+
+PathLike = str | os.PathLike
+LayerDataTuple = tuple
+ReaderFunction = Callable[[PathLike | Sequence[PathLike]], list[LayerDataTuple]]
+
+
+@dataclass(frozen=True)
+class FormatEntry:
+    """One readable format: ``sniff(path) -> bool`` (cheap), ``read(path) -> layers``."""
+
+    name: str
+    sniff: Callable[[Path], bool]
+    read: Callable[[Path], list[LayerDataTuple]]
+
+
+def _optional(module: str, attr: str) -> Callable | None:
+    """``module.attr`` if another area has implemented it, else None."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _delegated(sniff_mod: str, sniff_attr: str, read_mod: str, read_attr: str) -> FormatEntry:
+    def sniff(path: Path) -> bool:
+        looks = _optional(sniff_mod, sniff_attr)
+        if not (looks and _optional(read_mod, read_attr)):
+            return False
+        try:
+            return bool(looks(path))
+        except Exception:  # noqa: BLE001 - a failing sniff must not break other formats
+            return False
+
+    def read(path: Path) -> list[LayerDataTuple]:
+        return list(_optional(read_mod, read_attr)(path))  # type: ignore[misc]
+
+    return FormatEntry(f"{sniff_mod}.{sniff_attr}", sniff, read)
+
+
+def _grid_layers(path: Path) -> list[LayerDataTuple]:
+    from .io import read_volumes
+    from .layers.volumes import volume_layer
+
+    return [volume_layer(vol) for vol in read_volumes(path)]
+
+
+def _is_allen_shape_or_name(shape: Sequence[int], name: str) -> bool:
+    from .atlas.space import resolution_for_shape
+    from .io.volume import kind_from_name
+
+    return resolution_for_shape(shape) is not None or kind_from_name(name) != "unknown"
+
+
+def _sniff_folder(path: Path) -> bool:
+    from .io.gridzip import is_grid_folder
+
+    return path.is_dir() and is_grid_folder(path)
+
+
+def _sniff_zip(path: Path) -> bool:
+    from .io.gridzip import looks_like_grid_zip
+
+    return path.suffix.lower() == ".zip" and looks_like_grid_zip(path)
+
+
+def _sniff_mhd(path: Path) -> bool:
+    if path.suffix.lower() not in (".mhd", ".mha") or not path.is_file():
+        return False
+    from .io.metaimage import read_header
+
+    try:
+        header = read_header(path)
+    except AllenFormatError:
+        # A malformed header that names an Allen volume is still ours: reading it then
+        # reports the problem instead of another reader failing obscurely.
+        from .io.volume import kind_from_name
+
+        return kind_from_name(path.name) != "unknown"
+    return _is_allen_shape_or_name(header.dim_size, path.name)
+
+
+def _sniff_raw(path: Path) -> bool:
+    if path.suffix.lower() != ".raw" or not path.is_file():
+        return False
+    sibling = path.with_suffix(".mhd")
+    if sibling.is_file():
+        return _sniff_mhd(sibling)
+    from .io.raw import looks_like_raw_grid
+    from .io.volume import kind_from_name
+
+    # Allen-named .raw files are claimed even when their size is wrong, to explain why.
+    return looks_like_raw_grid(path) or kind_from_name(path.name) != "unknown"
+
+
+def _sniff_nrrd(path: Path) -> bool:
+    if path.suffix.lower() not in (".nrrd", ".nhdr") or not path.is_file():
+        return False
+    from .io.nrrd import read_nrrd_header
+    from .io.volume import kind_from_name
+
+    try:
+        header, _ = read_nrrd_header(path)
+        sizes = [int(s) for s in header.get("sizes", [])]
+    except (AllenFormatError, TypeError, ValueError):
+        return kind_from_name(path.name) != "unknown"
+    return len(sizes) == 3 and _is_allen_shape_or_name(sizes, path.name)
+
+
+#: The format table, asked in order. First match wins.
+FORMATS: tuple[FormatEntry, ...] = (
+    _delegated("napari_allen.io.lines_json", "looks_like_lines_json",
+               "napari_allen.layers.lines", "read_lines_json_layers"),
+    _delegated("napari_allen.io.plane_store", "looks_like_plane_store",
+               "napari_allen.layers.expression", "plane_store_layers"),
+    FormatEntry("grid folder", _sniff_folder, _grid_layers),
+    FormatEntry("grid zip", _sniff_zip, _grid_layers),
+    FormatEntry("MetaImage", _sniff_mhd, _grid_layers),
+    FormatEntry("bare raw", _sniff_raw, _grid_layers),
+    FormatEntry("NRRD", _sniff_nrrd, _grid_layers),
+)
+
+
+def find_format(path: PathLike) -> FormatEntry | None:
+    """The first format entry claiming ``path``, or None."""
+    path = Path(path)
+    for entry in FORMATS:
+        try:
+            if entry.sniff(path):
+                return entry
+        except OSError:
+            continue
+    return None
+
+
+def get_reader(path: PathLike | Sequence[PathLike]) -> ReaderFunction | None:
+    """npe2 ``get_reader``: a reader function if every path is an Allen file, else None."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        return None
+    entries = [find_format(p) for p in paths]
+    if any(e is None for e in entries):
+        return None
+
+    def reader(_path: PathLike | Sequence[PathLike]) -> list[LayerDataTuple]:
+        layers: list[LayerDataTuple] = []
+        for p, entry in zip(paths, entries, strict=True):
+            layers.extend(entry.read(Path(p)))  # type: ignore[union-attr]
+        return layers
+
+    return reader

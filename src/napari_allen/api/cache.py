@@ -1,0 +1,405 @@
+"""The on-disk cache: metadata database location and the verified file store.
+
+Layout under the cache folder (``napari_allen.config.cache_dir``, env ``NAPARI_ALLEN_CACHE``)::
+
+    http_cache.sqlite                         requests-cache database of metadata responses
+    files/<host>/grid_data/<id>/<volumes>_200um.zip     grid_data/download zips
+    files/<host>/grid_data/<id>/<image>_<res>um.nrrd    grid_data/download_file NRRDs
+    files/<host>/ccf_2017/annotation_<res>.nrrd         CCF annotation volumes
+
+``<host>`` keeps files of different servers apart (a synthetic grid of the local test server is
+never mistaken for a real one). A file is stored once per (experiment, volume, resolution); it
+is streamed to ``<name>.part`` in the same folder, verified (zip integrity and member sizes;
+NRRD gzip stream and inflated size; Content-Length), then ``os.replace``-d into place, so the
+final name only ever holds a complete, verified file. A ``.part`` left by a killed process is
+never trusted: it is resumed with an HTTP ``Range`` request when the server honours it, and the
+result is verified like any other download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from ..errors import AllenApiError, AllenFormatError
+from ..progress import Cancelled, CancelToken
+from .http import HttpTransport, TransientError
+
+CHUNK = 1 << 16  # 64 KiB: memory per download stays constant whatever the file size
+META_DB = "http_cache.sqlite"
+
+_MET_SIZES = {
+    "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_UINT": 4, "MET_INT": 4, "MET_USHORT": 2,
+    "MET_SHORT": 2, "MET_UCHAR": 1, "MET_CHAR": 1, "MET_ULONG": 8, "MET_LONG": 8,
+}
+_NRRD_SIZES = {
+    "float": 4, "double": 8, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
+    "char": 1, "signed char": 1, "int8": 1, "int8_t": 1, "short": 2, "short int": 2,
+    "signed short": 2, "int16": 2, "int16_t": 2, "ushort": 2, "unsigned short": 2, "uint16": 2,
+    "uint16_t": 2, "int": 4, "signed int": 4, "int32": 4, "int32_t": 4, "uint": 4,
+    "unsigned int": 4, "uint32": 4, "uint32_t": 4, "longlong": 8, "int64": 8, "int64_t": 8,
+    "ulonglong": 8, "uint64": 8, "uint64_t": 8,
+}
+
+
+def host_tag(url: str) -> str:
+    """A folder name for a server: ``api.brain-map.org``, ``127.0.0.1_8765``."""
+    netloc = urlsplit(url).netloc or "local"
+    return re.sub(r"[^A-Za-z0-9.\-]", "_", netloc)
+
+
+def metadata_db(cache_root: Path) -> Path:
+    return Path(cache_root) / META_DB
+
+
+def folder_size(path: Path) -> int:
+    """Total bytes of the files under ``path``."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += (Path(root) / name).stat().st_size
+    return total
+
+
+class FileStore:
+    """Where verified downloads live (see the module docstring for the layout)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def grid_zip(self, host: str, experiment_id: int, volumes: Sequence[str],
+                 resolution: int = 200) -> Path:
+        name = "+".join(sorted(volumes))
+        folder = self.root / host / "grid_data" / str(int(experiment_id))
+        return folder / f"{name}_{int(resolution)}um.zip"
+
+    def grid_nrrd(self, host: str, experiment_id: int, image: str, resolution: int) -> Path:
+        return (self.root / host / "grid_data" / str(int(experiment_id))
+                / f"{image}_{int(resolution)}um.nrrd")
+
+    def annotation(self, host: str, resolution: int) -> Path:
+        return self.root / host / "ccf_2017" / f"annotation_{int(resolution)}.nrrd"
+
+    def leftovers(self) -> list[Path]:
+        """``.part`` files under the store (downloads interrupted by a killed process)."""
+        return sorted(self.root.rglob("*.part")) if self.root.exists() else []
+
+
+# --- verification ------------------------------------------------------------------------
+def _check_member_name(name: str, source: str) -> None:
+    # Zip-slip: a member must stay inside the folder it is extracted to.
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", name):
+        raise AllenFormatError(source, f"zip member {name!r} points outside the archive folder")
+
+
+def parse_mhd(text: str) -> dict[str, str]:
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def verify_grid_zip(path: Path, volumes: Sequence[str], source: str) -> None:
+    """Check a ``grid_data/download`` zip: readable, CRCs intact, safe member names, and for
+    each requested volume a ``<vol>.mhd`` + ``<vol>.raw`` whose size matches DimSize x
+    ElementType. Corruption raises :class:`TransientError` (download again); unsafe or
+    missing members raise :class:`AllenFormatError`."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            for info in infos:
+                _check_member_name(info.filename, source)
+            bad = zf.testzip()
+            if bad is not None:
+                raise TransientError(f"{source}: zip member {bad!r} is corrupt (CRC mismatch)")
+            by_name = {PurePosixPath(i.filename).name: i for i in infos if not i.is_dir()}
+            for vol in volumes:
+                mhd, raw = by_name.get(f"{vol}.mhd"), by_name.get(f"{vol}.raw")
+                if mhd is None or raw is None:
+                    raise AllenFormatError(
+                        source, f"zip has no {vol}.mhd/{vol}.raw (members: "
+                        f"{', '.join(sorted(by_name)) or 'none'})")
+                header = parse_mhd(zf.read(mhd).decode("utf-8", "replace"))
+                try:
+                    dims = [int(v) for v in header["DimSize"].split()]
+                    item = _MET_SIZES[header["ElementType"]]
+                except (KeyError, ValueError):
+                    raise AllenFormatError(source, f"{vol}.mhd lacks a valid DimSize/ElementType"
+                                           ) from None
+                expected = item
+                for d in dims:
+                    expected *= d
+                if raw.file_size != expected:
+                    raise AllenFormatError(source, f"{vol}.raw has {raw.file_size} bytes, "
+                                           f"{vol}.mhd promises {expected}")
+    except zipfile.BadZipFile as exc:
+        raise TransientError(f"{source}: not a complete zip file ({exc})") from None
+    except (EOFError, zlib.error, OSError) as exc:
+        raise TransientError(f"{source}: zip cannot be read ({exc})") from None
+
+
+def _nrrd_header(fh, source: str) -> dict[str, str]:
+    magic = fh.readline(64)
+    if not magic.startswith(b"NRRD000"):
+        raise TransientError(f"{source}: not an NRRD file (starts with {magic[:16]!r})")
+    fields: dict[str, str] = {}
+    for _ in range(200):
+        line = fh.readline(4096)
+        if not line:
+            raise TransientError(f"{source}: NRRD header ends early (truncated)")
+        text = line.decode("latin-1").rstrip("\r\n")
+        if text == "":
+            return fields
+        if text.startswith("#"):
+            continue
+        key, sep, value = text.partition(":")
+        if sep:
+            fields[key.strip().lower()] = value.lstrip("=").strip()
+    raise AllenFormatError(source, "NRRD header too long")
+
+
+def verify_nrrd(path: Path, source: str, *, cancel: CancelToken | None = None) -> None:
+    """Check an attached-data NRRD: header, and a payload (raw or gzip) that inflates to
+    exactly prod(sizes) x sizeof(type) bytes with an intact gzip stream (CRC, length)."""
+    with open(path, "rb") as fh:
+        fields = _nrrd_header(fh, source)
+        if "data file" in fields or "datafile" in fields:
+            raise AllenFormatError(source, "detached NRRD data files are not accepted")
+        try:
+            sizes = [int(v) for v in fields["sizes"].split()]
+            item = _NRRD_SIZES[fields["type"].lower()]
+        except (KeyError, ValueError):
+            raise AllenFormatError(source, "NRRD header lacks valid sizes/type") from None
+        expected = item
+        for s in sizes:
+            expected *= s
+        encoding = fields.get("encoding", "raw").lower()
+        if encoding == "raw":
+            payload = os.fstat(fh.fileno()).st_size - fh.tell()
+            if payload != expected:
+                raise TransientError(
+                    f"{source}: NRRD payload {payload} bytes, expected {expected}")
+            return
+        if encoding not in ("gzip", "gz"):
+            raise AllenFormatError(source, f"unsupported NRRD encoding {encoding!r}")
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        total = 0
+        n = 0
+        while True:
+            block = fh.read(1 << 20)
+            if not block:
+                break
+            try:
+                # Bounded output per call keeps memory flat even for the 308 MB annotation.
+                out = inflater.decompress(block, 1 << 24)
+                total += len(out)
+                while inflater.unconsumed_tail:
+                    out = inflater.decompress(inflater.unconsumed_tail, 1 << 24)
+                    total += len(out)
+            except zlib.error as exc:
+                raise TransientError(f"{source}: corrupt gzip payload ({exc})") from None
+            n += 1
+            if cancel is not None and n % 8 == 0:
+                cancel.check()
+            if inflater.eof:
+                break
+        if not inflater.eof:
+            raise TransientError(f"{source}: gzip payload ends early (truncated download)")
+        if total != expected:
+            raise TransientError(f"{source}: NRRD inflates to {total} bytes, expected {expected}")
+
+
+# --- downloads ---------------------------------------------------------------------------
+_path_locks: dict[str, threading.Lock] = {}
+_path_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _exclusive(dest: Path) -> Iterator[None]:
+    """One writer per destination: a thread lock in this process, plus an advisory file lock
+    (POSIX) so a CLI batch and a napari session cannot write the same ``.part`` at once."""
+    with _path_locks_guard:
+        lock = _path_locks.setdefault(str(dest), threading.Lock())
+    with lock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: in-process locking only
+            yield
+            return
+        lock_path = dest.with_name(dest.name + ".lock")
+        while True:
+            fh = open(lock_path, "a+b")  # noqa: SIM115 - closed below on every path
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            except OSError:  # a file system without flock (some network mounts)
+                fh.close()
+                fh = None
+                break
+            try:
+                same = os.fstat(fh.fileno()).st_ino == os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            # The previous holder removed the lock file after we opened it: lock the new one.
+            fh.close()
+        try:
+            yield
+        finally:
+            if fh is not None:
+                # Remove before unlocking so a waiter on the old inode re-opens (see above).
+                with contextlib.suppress(OSError):
+                    lock_path.unlink()
+                fh.close()
+
+
+Verifier = Callable[[Path, str], None]
+
+
+class _CancelWatch:
+    """One daemon thread that shuts down the sockets of cancelled downloads.
+
+    A download blocked in ``recv`` (a stalled server) would otherwise notice its cancel token
+    only when the read timeout expires; shutting the socket down wakes it at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[int, tuple[CancelToken, object]] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, cancel: CancelToken, resp) -> int:
+        key = id(resp)
+        with self._lock:
+            self._active[key] = (cancel, resp)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="allen-cancel-watch",
+                                                daemon=True)
+                self._thread.start()
+        return key
+
+    def remove(self, key: int) -> None:
+        with self._lock:
+            self._active.pop(key, None)
+
+    def _run(self) -> None:
+        import socket
+        import time
+
+        while True:
+            time.sleep(0.1)
+            with self._lock:
+                if not self._active:
+                    self._thread = None
+                    return
+                hits = [(k, r) for k, (c, r) in self._active.items() if c.cancelled]
+                for key, _ in hits:
+                    self._active.pop(key, None)
+            for _, resp in hits:
+                sock = getattr(getattr(getattr(resp, "raw", None), "_connection", None),
+                               "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+
+_watch = _CancelWatch()
+
+
+def download_file(transport: HttpTransport, url: str, dest: Path, verify: Verifier, *,
+                  on_bytes: Callable[[int], None] | None = None,
+                  cancel: CancelToken | None = None, resume: bool = True) -> tuple[Path, int]:
+    """Download ``url`` to ``dest`` (verified, atomic). Returns ``(dest, bytes_transferred)``;
+    0 bytes when ``dest`` already existed. Cancelling deletes the partial file."""
+    if dest.exists():
+        return dest, 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest):
+        if dest.exists():  # another thread/process finished it while we waited
+            return dest, 0
+        if transport.offline:
+            raise AllenApiError(url, "offline: this file is not in the download cache")
+        part = dest.with_name(dest.name + ".part")
+        moved = [0]
+        try:
+            transport.retrying(
+                url, lambda attempt: _attempt(transport, url, part, verify, on_bytes, cancel,
+                                              resume, moved),
+                cancel=cancel)
+        except Cancelled:
+            part.unlink(missing_ok=True)
+            raise
+        except AllenFormatError:
+            part.unlink(missing_ok=True)
+            raise
+        except AllenApiError:
+            # Keep nothing that could be mistaken for data; a .part stays only for resume
+            # after a crash, never after a definite failure.
+            part.unlink(missing_ok=True)
+            raise
+        os.replace(part, dest)
+        return dest, moved[0]
+
+
+def _attempt(transport: HttpTransport, url: str, part: Path, verify: Verifier,
+             on_bytes, cancel, resume: bool, moved: list[int]) -> None:
+    offset = part.stat().st_size if (resume and part.exists()) else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        resp = transport.open_stream(url, headers)
+    except TransientError as exc:
+        if exc.status == 416:
+            part.unlink(missing_ok=True)
+        raise
+    key = _watch.add(cancel, resp) if cancel is not None else None
+    try:
+        expected = _receive(resp, part, offset, on_bytes, cancel, moved)
+    except Exception:
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled("download cancelled") from None  # the watcher broke the socket
+        raise
+    finally:
+        if key is not None:
+            _watch.remove(key)
+        resp.close()
+    size = part.stat().st_size
+    if expected is not None and size != expected:
+        raise TransientError(f"{url}: got {size} of {expected} bytes (truncated)")
+    try:
+        verify(part, url)
+    except TransientError:
+        part.unlink(missing_ok=True)  # corrupt content: the next attempt starts from zero
+        raise
+
+
+def _receive(resp, part: Path, offset: int, on_bytes, cancel, moved: list[int]) -> int | None:
+    """Stream the body into ``part``, appending after a honoured Range request; return the
+    expected final size (from Content-Length) or None."""
+    mode = "wb"
+    if offset and resp.status_code == 206 and resp.headers.get(
+            "Content-Range", "").startswith(f"bytes {offset}-"):
+        mode = "ab"
+    else:
+        offset = 0  # server ignored the Range: start over
+    length = resp.headers.get("Content-Length")
+    expected = offset + int(length) if length and length.isdigit() else None
+    with open(part, mode) as fh:
+        for chunk in resp.iter_content(CHUNK):
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("download cancelled")
+            fh.write(chunk)
+            moved[0] += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+    return expected

@@ -1,0 +1,412 @@
+"""Connectivity volumes per experiment, injection summaries, and streamed averages.
+
+Builds on :class:`~napari_allen.api.client.AllenClient` (downloads are cached on disk by the
+client, once per experiment/image/resolution) and :mod:`napari_allen.analysis.projections`.
+
+Volumes come either as gzip NRRDs from ``/grid_data/download_file`` (any of the six images at
+10/25/50/100 µm) or from the 100 µm grid zip of ``/grid_data/download`` (``density.raw`` =
+projection density, ``injection.raw`` = injection fraction), as brain_street_view reads them.
+All volumes are ``[AP, DV, ML]`` with µm spacing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from napari_allen.analysis.projections import (
+    AveragingOptions,
+    AveragingResult,
+    assign_groups,
+    average_projections,
+    injection_summary,
+)
+from napari_allen.errors import AllenApiError
+from napari_allen.progress import CancelToken, ProgressCallback, check, report
+
+if TYPE_CHECKING:
+    from napari_allen.api.client import AllenClient
+    from napari_allen.atlas.ontology import Ontology
+    from napari_allen.io.volume import GridVolume
+
+log = logging.getLogger(__name__)
+
+#: Images served as NRRD by ``/grid_data/download_file``.
+NRRD_IMAGES: tuple[str, ...] = (
+    "projection_density", "projection_energy", "injection_fraction", "injection_density",
+    "injection_energy", "data_mask",
+)
+#: Resolutions (µm) of the NRRD images.
+RESOLUTIONS: tuple[int, ...] = (10, 25, 50, 100)
+#: Image -> member of the 100 µm grid zip (``/grid_data/download?include=``).
+GRID_ZIP_MEMBERS: dict[str, str] = {
+    "projection_density": "density",
+    "projection_energy": "energy",
+    "projection_intensity": "intensity",
+    "injection_fraction": "injection",
+}
+SOURCES: tuple[str, ...] = ("nrrd", "grid")
+#: Experiments per ProjectionStructureUnionize request (keeps URLs short).
+_UNIONIZE_CHUNK = 200
+
+
+#: Line filter choices besides a named Cre line.
+LINE_ANY = "any"
+LINE_WILD_TYPE = "wild type"
+
+
+def expand_structures(keys: Iterable[int | str], ontology: Ontology | None = None) -> list[int]:
+    """Structure ids of ``keys`` (acronyms or ids) and all their descendants, in graph order
+    (``VIS`` -> VIS, VISal, VISal1, ...), as brain_street_view expands a parent region."""
+    from napari_allen.atlas.ontology import Ontology
+
+    onto = ontology or Ontology.default()
+    out: dict[int, None] = {}
+    for key in keys:
+        for sid in onto.descendants(onto.id_of(key)):
+            out[sid] = None
+    return list(out)
+
+
+def _line_names(series: pd.Series) -> pd.Series:
+    def name(value) -> str:
+        if isinstance(value, dict):
+            value = value.get("name")
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return ""
+        return str(value).strip()
+
+    return series.map(name)
+
+
+def search_experiments(
+    client: AllenClient,
+    structures: Sequence[int | str],
+    *,
+    line: str = LINE_ANY,
+    primary_structure_only: bool = False,
+    target_domain: Sequence[int | str] | None = None,
+    ontology: Ontology | None = None,
+    expand: bool = True,
+) -> pd.DataFrame:
+    """Connectivity experiments injected in ``structures`` (and, with ``expand``, their
+    descendants), optionally only those projecting to ``target_domain``.
+
+    ``line``: ``'any'``, ``'wild type'`` or a transgenic line name (e.g. ``'Syt6-Cre_KI148'``,
+    case-insensitive). The service filters too; the result is filtered again here so the
+    answer is right whatever the server does with the filter. Columns as
+    ``AllenClient.injection_structure_search`` (``transgenic_line`` '' = wild type).
+    """
+    if not structures:
+        raise ValueError("give at least one injection structure (acronym or id)")
+    ids = expand_structures(structures, ontology) if expand else [
+        (ontology or _default_ontology()).id_of(s) for s in structures]
+    target = (expand_structures(target_domain, ontology) if expand else list(target_domain)) \
+        if target_domain else None
+    line_key = (line or LINE_ANY).strip()
+    lines: list | None = None
+    if line_key.lower() in (LINE_WILD_TYPE, "wild-type", "wildtype", "wt", "0"):
+        lines = [0]  # the service's code for wild type
+    elif line_key.lower() != LINE_ANY:
+        lines = [line_key]
+    frame = client.injection_structure_search(
+        ids, transgenic_lines=lines, primary_structure_only=primary_structure_only,
+        target_domain=target)
+    if frame.empty:
+        return frame
+    names = _line_names(frame["transgenic_line"]) if "transgenic_line" in frame else None
+    if names is not None:
+        frame = frame.assign(transgenic_line=names)
+        if lines == [0]:
+            frame = frame[names == ""]
+        elif lines:
+            frame = frame[names.str.lower() == line_key.lower()]
+    if primary_structure_only and "structure_id" in frame:
+        frame = frame[frame["structure_id"].astype("int64").isin(ids)]
+    return frame.reset_index(drop=True)
+
+
+def _default_ontology() -> Ontology:
+    from napari_allen.atlas.ontology import Ontology
+
+    return Ontology.default()
+
+
+def _check_request(image: str, resolution: int, source: str) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"volume source must be one of {SOURCES}, not {source!r}")
+    if source == "nrrd":
+        if image not in NRRD_IMAGES:
+            raise ValueError(f"unknown connectivity image {image!r}; one of {NRRD_IMAGES}")
+        if int(resolution) not in RESOLUTIONS:
+            raise ValueError(f"NRRD resolution must be one of {RESOLUTIONS} µm, not {resolution}")
+    else:
+        if image not in GRID_ZIP_MEMBERS:
+            raise ValueError(f"the grid zip holds {sorted(GRID_ZIP_MEMBERS)}, not {image!r}")
+        if int(resolution) != 100:
+            raise ValueError("the connectivity grid zip exists at 100 µm only")
+
+
+def download_volume(
+    client: AllenClient,
+    experiment_id: int,
+    image: str = "projection_density",
+    resolution: int = 100,
+    *,
+    source: str = "nrrd",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Path:
+    """Make sure one experiment's volume is in the client's cache; return its file path
+    (the NRRD, or the grid zip for ``source='grid'``)."""
+    _check_request(image, resolution, source)
+    if source == "nrrd":
+        return client.grid_nrrd(int(experiment_id), image=image, resolution=int(resolution),
+                                progress=progress, cancel=cancel)
+    return client.grid_zip(int(experiment_id), volumes=(GRID_ZIP_MEMBERS[image],),
+                           progress=progress, cancel=cancel)
+
+
+def read_downloaded(path: Path, experiment_id: int, image: str, source: str) -> GridVolume:
+    """Read a file from :func:`download_volume` as a GridVolume tagged with the experiment."""
+    meta = {"experiment_id": int(experiment_id), "image": image, "source_kind": source}
+    if source == "nrrd":
+        from napari_allen.io.nrrd import read_nrrd
+
+        return read_nrrd(path, kind=image, metadata=meta)
+    from napari_allen.io.gridzip import read_grid_zip
+
+    member = GRID_ZIP_MEMBERS[image]
+    vols = read_grid_zip(path)
+    for vol in vols:
+        if vol.kind == member or str(vol.metadata.get("member", "")).startswith(member + "."):
+            vol.metadata.update(meta)
+            return vol
+    from napari_allen.errors import AllenFormatError
+
+    raise AllenFormatError(path, f"grid zip has no {member}.mhd/.raw volume "
+                                 f"(found {[v.kind for v in vols]})")
+
+
+def _decoded_path(path: Path, image: str) -> Path:
+    """Where the decoded array of a downloaded file is kept: keyed by the file's path, size
+    and mtime, so a re-downloaded file never reuses a stale decoding."""
+    from napari_allen.config import cache_dir
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{image}".encode())
+    return cache_dir() / "connectivity-decoded" / f"{key.hexdigest()[:32]}.npy"
+
+
+def read_cached(path: Path, experiment_id: int, image: str, source: str) -> GridVolume:
+    """:func:`read_downloaded`, keeping the decoded array as ``.npy`` in the cache.
+
+    Allen's 100 µm NRRDs and zips are compressed: inflating one takes ~30 ms, reading the
+    decoded copy a few ms (memory-mapped). Averaging hundreds of cached experiments is then
+    bounded by arithmetic, not decompression. Grids the IO layer already memory-maps from
+    its own decoded cache (25/10 µm) are not duplicated.
+    """
+    from napari_allen.io.volume import GridVolume
+
+    target = _decoded_path(path, image)
+    meta = {"experiment_id": int(experiment_id), "image": image, "source_kind": source}
+    if target.exists():
+        try:
+            data = np.load(target, mmap_mode="r")
+            res = float(target.with_suffix(".res").read_text())
+            return GridVolume(data=data, resolution=res, kind=image, metadata=meta,
+                              source=str(path))
+        except (OSError, ValueError) as exc:  # a damaged cache entry: decode again
+            log.warning("decoded cache %s unusable (%s); decoding %s again", target, exc, path)
+    vol = read_downloaded(path, experiment_id, image, source)
+    if isinstance(vol.data, np.ndarray) and not isinstance(vol.data, np.memmap):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.stem}.{os.getpid()}.{threading.get_ident()}.part.npy")
+        try:
+            np.save(tmp, vol.data)
+            target.with_suffix(".res").write_text(repr(vol.resolution))
+            os.replace(tmp, target)  # atomic: readers see a whole file or none
+        except OSError as exc:
+            log.warning("cannot cache decoded %s: %s", path, exc)
+            tmp.unlink(missing_ok=True)
+    vol.kind = image if image in _kinds() else vol.kind
+    vol.metadata.update(meta)
+    return vol
+
+
+def _kinds() -> tuple[str, ...]:
+    from napari_allen.io.volume import KINDS
+
+    return KINDS
+
+
+def load_volume(
+    client: AllenClient,
+    experiment_id: int,
+    image: str = "projection_density",
+    resolution: int = 100,
+    *,
+    source: str = "nrrd",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> GridVolume:
+    """One experiment's volume (``[AP, DV, ML]``, raw values, ``resolution`` µm)."""
+    path = download_volume(client, experiment_id, image, resolution, source=source,
+                           progress=progress, cancel=cancel)
+    check(cancel)
+    return read_cached(path, experiment_id, image, source)
+
+
+def iter_volumes(
+    client: AllenClient,
+    experiment_ids: Sequence[int],
+    image: str = "projection_density",
+    resolution: int = 100,
+    *,
+    source: str = "nrrd",
+    prefetch: int = 3,
+    failures: dict[int, str] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[tuple[int, GridVolume]]:
+    """Yield ``(experiment_id, GridVolume)`` in order, one decoded volume at a time.
+
+    Up to ``prefetch`` downloads run ahead in threads (files go to the client's disk cache);
+    decoding happens in the consuming thread, so memory holds one volume whatever the count.
+    With a ``failures`` dict, experiments that cannot be downloaded/read are recorded there
+    (id -> message) and skipped; without one the first failure raises.
+    """
+    _check_request(image, resolution, source)
+    ids = [int(e) for e in experiment_ids]
+    total = len(ids)
+    failed = 0
+    report(progress, done=0, total=total, message=f"loading {image}")
+    pool = ThreadPoolExecutor(max_workers=max(1, int(prefetch)),
+                              thread_name_prefix="connectivity-download")
+    pending: deque[tuple[int, Future]] = deque()
+    queue = iter(ids)
+
+    def submit_next() -> None:
+        for exp_id in queue:
+            pending.append((exp_id, pool.submit(download_volume, client, exp_id, image,
+                                                resolution, source=source, cancel=cancel)))
+            return
+
+    try:
+        for _ in range(max(1, int(prefetch))):
+            submit_next()
+        done = 0
+        while pending:
+            check(cancel)
+            exp_id, future = pending.popleft()
+            submit_next()
+            try:
+                path = future.result()
+                check(cancel)
+                volume = read_cached(path, exp_id, image, source)
+            except Exception as exc:  # noqa: BLE001 - reported per experiment below
+                from napari_allen.progress import Cancelled
+
+                if isinstance(exc, Cancelled) or failures is None:
+                    raise
+                failures[exp_id] = str(exc)
+                failed += 1
+                log.warning("experiment %s skipped: %s", exp_id, exc)
+                done += 1
+                report(progress, done=done, total=total, failed=failed,
+                       message=f"experiment {exp_id} failed")
+                continue
+            done += 1
+            report(progress, done=done, total=total, failed=failed,
+                   message=f"loaded experiment {exp_id}")
+            yield exp_id, volume
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def fetch_injection_summary(
+    client: AllenClient,
+    experiment_ids: Iterable[int],
+    *,
+    cancel: CancelToken | None = None,
+) -> pd.DataFrame:
+    """Injection volume (mm³), intensity and densest voxel (µm) per experiment.
+
+    From ProjectionStructureUnionize rows with ``is_injection`` true, structure 997 (root),
+    hemisphere 3 (both). Indexed by experiment id; experiments without such a row are absent.
+    """
+    ids = sorted({int(e) for e in experiment_ids})
+    frames = []
+    for start in range(0, len(ids), _UNIONIZE_CHUNK):
+        check(cancel)
+        chunk = ids[start:start + _UNIONIZE_CHUNK]
+        frames.append(client.projection_structure_unionize(
+            chunk, is_injection=True, hemisphere_ids=[3], structure_ids=[997]))
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return injection_summary(rows)
+
+
+def average_experiments(
+    client: AllenClient,
+    experiments: pd.DataFrame,
+    options: AveragingOptions,
+    *,
+    resolution: int = 100,
+    source: str = "nrrd",
+    ontology: Ontology | None = None,
+    prefetch: int = 3,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> AveragingResult:
+    """Download (cached) and average the projection density of ``experiments`` per group.
+
+    ``experiments`` is a search result (``id, structure_id, structure_abbrev,
+    transgenic_line, injection_x/y/z`` µm, ``gender``, ``strain``). Injection volumes and
+    intensities come from ProjectionStructureUnionize (also filling a missing injection ML
+    coordinate from the densest injection voxel). Experiments outside every group are not
+    downloaded; failed downloads are listed in ``result.skipped``.
+    """
+    experiments = experiments.reset_index(drop=True).copy()
+    if experiments.empty:
+        raise ValueError("no experiments to average")
+    group_index, _ = assign_groups(experiments, options, ontology)
+    wanted = experiments["id"].astype("int64").to_numpy()[group_index >= 0]
+    report(progress, done=0, total=len(wanted), message="fetching injection summaries")
+    try:
+        summary = fetch_injection_summary(client, experiments["id"], cancel=cancel)
+    except AllenApiError as exc:
+        if options.normalization == "injection_volume":
+            raise
+        # Only the exported table needs the summary here: average without it.
+        log.warning("injection summaries unavailable (%s); table columns left empty", exc)
+        summary = injection_summary(pd.DataFrame())
+    for axis, col in (("x", "injection_x"), ("y", "injection_y"), ("z", "injection_z")):
+        if col not in experiments:
+            experiments[col] = np.nan
+        coords = pd.to_numeric(experiments[col], errors="coerce")
+        fallback = experiments["id"].map(summary[f"max_voxel_{axis}"]) if len(summary) else None
+        if fallback is not None:
+            experiments[col] = coords.fillna(fallback)
+    failures: dict[int, str] = {}
+    stream = ((exp_id, vol.data) for exp_id, vol in iter_volumes(
+        client, wanted, "projection_density", resolution, source=source, prefetch=prefetch,
+        failures=failures, progress=progress, cancel=cancel))
+    result = average_projections(stream, experiments, options, resolution=resolution,
+                                 injection=summary, ontology=ontology, consume=True,
+                                 cancel=cancel)
+    result.skipped.update(failures)
+    if failures:
+        result.table.loc[result.table["ExperimentID"].isin(list(failures)), "Used"] = False
+    return result

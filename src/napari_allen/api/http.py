@@ -1,0 +1,380 @@
+"""HTTP transport for the Allen API: pooled sessions, timeouts, retries, response validation.
+
+One :class:`HttpTransport` per :class:`~napari_allen.api.client.AllenClient`. It owns
+
+- a requests-cache ``CachedSession`` (SQLite) for metadata: a repeated query is answered from
+  disk, and ``offline=True`` answers only from disk; only *valid* responses are stored (HTTP
+  200, non-empty, JSON with ``success: true`` or a complete CSV), so an error page, a
+  ``success: false`` envelope or a truncated body never poisons the cache;
+- a plain ``requests.Session`` for streamed file downloads (grids never go into SQLite).
+
+Retries (exponential backoff with jitter) cover what the Allen API does transiently: HTTP 5xx,
+429 and 408, connection errors and timeouts, ``success: false`` "Informatics service request
+failed", HTTP 200 HTML "site unavailable" pages, empty and truncated bodies. Query mistakes
+("bad syntax", unknown model, HTTP 4xx) raise at once. Every failure raises
+:class:`~napari_allen.errors.AllenApiError` carrying the URL and the server's message.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from ..errors import AllenApiError
+from ..progress import CancelToken, check
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+USER_AGENT = "napari-allen (https://github.com/napari-allen; research use)"
+# success:false messages worth retrying (seen intermittently on the real API).
+_TRANSIENT_MESSAGES = (
+    "informatics service request failed",
+    "timeout",
+    "timed out",
+    "temporarily",
+    "unavailable",
+    "try again",
+    "deadlock",
+    "too many",
+)
+_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 30.0
+
+
+class TransientError(Exception):
+    """A failure worth retrying (internal; surfaces as a retryable AllenApiError)."""
+
+    def __init__(self, message: str, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def is_transient_message(message: str) -> bool:
+    text = message.lower()
+    return any(m in text for m in _TRANSIENT_MESSAGES)
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _looks_html(resp: requests.Response, body: bytes) -> bool:
+    ctype = resp.headers.get("Content-Type", "").lower()
+    head = body[:200].lstrip().lower()
+    return "text/html" in ctype or head.startswith((b"<!doctype html", b"<html"))
+
+
+def _html_message(body: bytes) -> str:
+    text = body[:2000].decode("utf-8", "replace")
+    lowered = text.lower()
+    if "site unavailable" in lowered:
+        return "HTML page 'site unavailable' instead of data"
+    return "HTML page instead of data: " + " ".join(text.split())[:120]
+
+
+def _envelope_error(url: str, data: dict, status: int | None) -> Exception:
+    message = data.get("msg")
+    message = message if isinstance(message, str) else json.dumps(message)[:300]
+    if is_transient_message(message):
+        return TransientError(message, status)
+    return AllenApiError(url, message, status, retryable=False)
+
+
+def parse_json_body(url: str, resp: requests.Response) -> dict:
+    """Validate a JSON response and return the envelope (``success`` true), or raise
+    :class:`TransientError` (retry) / :class:`AllenApiError` (do not retry)."""
+    body = resp.content
+    status = resp.status_code
+    data = None
+    if body.strip():
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+    # A JSON error envelope decides by its message whatever the HTTP status (the API may send
+    # "bad syntax" with a 500): syntax errors must not be retried.
+    if isinstance(data, dict) and data.get("success") is False:
+        raise _envelope_error(url, data, status)
+    if status in _RETRY_STATUS:
+        raise TransientError(f"HTTP {status} {resp.reason or ''}".strip(), status,
+                             _retry_after(resp))
+    if status != 200:
+        detail = body[:300].decode("utf-8", "replace").strip() or (resp.reason or "")
+        raise AllenApiError(url, f"HTTP {status}: {detail}", status, retryable=False)
+    if not body.strip():
+        raise TransientError("empty response body", status)
+    if _looks_html(resp, body):
+        raise TransientError(_html_message(body), status)
+    if data is None:
+        raise TransientError(f"truncated or invalid JSON ({len(body)} bytes)", status)
+    if not isinstance(data, dict):
+        raise AllenApiError(url, f"unexpected JSON ({type(data).__name__}, not an envelope)",
+                            status)
+    if data.get("success") is not True:
+        raise AllenApiError(url, f"response without success: true ({str(data)[:200]})", status)
+    return data
+
+
+def parse_csv_body(url: str, resp: requests.Response) -> str:
+    """Validate a CSV response (complete rows, same field count as the header); return text."""
+    body = resp.content
+    status = resp.status_code
+    if body.lstrip().startswith(b"{"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and data.get("success") is False:
+            raise _envelope_error(url, data, status)
+    if status in _RETRY_STATUS:
+        raise TransientError(f"HTTP {status}", status, _retry_after(resp))
+    if status != 200:
+        detail = body[:300].decode("utf-8", "replace").strip()
+        raise AllenApiError(url, f"HTTP {status}: {detail}", status)
+    if not body.strip():
+        raise TransientError("empty response body", status)
+    if _looks_html(resp, body):
+        raise TransientError(_html_message(body), status)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TransientError("CSV body is not UTF-8 (truncated mid-character?)", status) from None
+    framed = "Content-Length" in resp.headers or "chunked" in resp.headers.get(
+        "Transfer-Encoding", "").lower()
+    if not framed and not text.endswith("\n"):
+        # A close-delimited body cut anywhere, even inside the last field, ends here.
+        raise TransientError("CSV ends without a final newline (truncated body?)", status)
+    try:
+        rows = csv.reader(io.StringIO(text), strict=True)
+        header = next(rows, None)
+        if not header:
+            raise TransientError("CSV without a header row", status)
+        for n, row in enumerate(rows, start=2):
+            if row and len(row) != len(header):
+                # A body cut mid-row shows up as a short last row.
+                raise TransientError(f"CSV row {n} has {len(row)} fields, header has "
+                                     f"{len(header)} (truncated body?)", status)
+    except csv.Error as exc:
+        raise TransientError(f"malformed CSV ({exc}; truncated body?)", status) from None
+    return text
+
+
+def _cacheable(resp: requests.Response) -> bool:
+    """requests-cache filter: store only responses that would pass validation."""
+    if resp.status_code != 200:
+        return False
+    url = resp.url or ""
+    try:
+        if ".csv" in url.split("?")[0]:
+            parse_csv_body(url, resp)
+        else:
+            parse_json_body(url, resp)
+    except (TransientError, AllenApiError):
+        return False
+    return True
+
+
+class HttpTransport:
+    """Sessions, timeouts and the retry loop (thread-safe: sessions are shared read-only;
+    requests' connection pools and requests-cache's SQLite backend lock internally)."""
+
+    def __init__(self, cache_path: Path | None, *, timeout: tuple[float, float] = (5, 60),
+                 retries: int = 5, backoff: float = 0.5, offline: bool = False,
+                 pool_size: int = 16, expire_after: timedelta | int = timedelta(days=30)) -> None:
+        self.timeout = timeout
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.offline = offline
+        self._lock = threading.Lock()
+        self._pool_size = 0
+        if cache_path is None:
+            self.meta: requests.Session = requests.Session()
+        else:
+            import requests_cache
+
+            self.meta = requests_cache.CachedSession(
+                str(cache_path), backend="sqlite", expire_after=expire_after,
+                allowable_codes=(200,), allowable_methods=("GET",), filter_fn=_cacheable,
+                stale_if_error=True,
+            )
+        self.files = requests.Session()
+        for session in (self.meta, self.files):
+            session.headers["User-Agent"] = USER_AGENT
+        self.ensure_pool(pool_size)
+
+    @property
+    def cached(self) -> bool:
+        return hasattr(self.meta, "cache")
+
+    def ensure_pool(self, size: int) -> None:
+        """Size the connection pools for ``size`` concurrent requests per host."""
+        with self._lock:
+            if size <= self._pool_size:
+                return
+            self._pool_size = size
+            for session in (self.meta, self.files):
+                # Retries are ours (they understand Allen's HTTP-200 failures), not urllib3's.
+                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.meta.close()
+        self.files.close()
+
+    # --- the retry loop ------------------------------------------------------------------
+    def retrying(self, url: str, attempt_fn: Callable[[int], T], *,
+                 cancel: CancelToken | None = None) -> T:
+        """Call ``attempt_fn(attempt)`` until it returns; retry on :class:`TransientError`,
+        connection errors and timeouts with exponential backoff and jitter."""
+        last: Exception | None = None
+        status: int | None = None
+        for attempt in range(self.retries + 1):
+            check(cancel)
+            wait: float | None = None
+            try:
+                return attempt_fn(attempt)
+            except TransientError as exc:
+                last, status, wait = exc, exc.status, exc.retry_after
+            except (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError,
+                    requests.exceptions.ContentDecodingError) as exc:
+                last, status = exc, None
+            if attempt == self.retries:
+                break
+            delay = min(MAX_BACKOFF_S, self.backoff * 2 ** attempt)
+            delay *= random.uniform(0.5, 1.5)  # jitter: parallel workers must not retry in step
+            if wait is not None:
+                delay = max(delay, min(wait, MAX_BACKOFF_S))
+            log.info("retrying %s in %.2f s after: %s", url, delay, last)
+            if cancel is not None:
+                if cancel.wait(delay):
+                    cancel.check()
+            else:
+                time.sleep(delay)
+        message = _describe(last)
+        raise AllenApiError(url, f"{message} (gave up after {self.retries + 1} attempts)",
+                            status, retryable=True)
+
+    # --- metadata requests ---------------------------------------------------------------
+    def _get_meta(self, url: str) -> requests.Response:
+        if self.offline:
+            if not self.cached:
+                raise AllenApiError(url, "offline mode needs the metadata cache", None)
+            resp = self.meta.get(url, only_if_cached=True, timeout=self.timeout)
+            if resp.status_code == 504:
+                raise AllenApiError(url, "offline: this query is not in the cache", 504)
+            return resp
+        return self.meta.get(url, timeout=self.timeout)
+
+    def _drop_cached(self, resp: requests.Response) -> None:
+        # A cached response that fails validation (stored by an older version) must go.
+        if getattr(resp, "from_cache", False) and self.cached:
+            self.meta.cache.delete(requests=[resp.request])
+
+    def get_json(self, url: str, *, cancel: CancelToken | None = None) -> dict:
+        """GET ``url`` (query string already encoded) and return the validated JSON envelope."""
+
+        def attempt(_: int) -> dict:
+            resp = self._get_meta(url)
+            try:
+                return parse_json_body(url, resp)
+            except (TransientError, AllenApiError):
+                self._drop_cached(resp)
+                if self.offline:
+                    raise AllenApiError(url, "offline: the cached response is invalid") from None
+                raise
+
+        return self.retrying(url, attempt, cancel=cancel)
+
+    def get_csv(self, url: str, *, cancel: CancelToken | None = None) -> str:
+        """GET a CSV listing and return its validated text."""
+
+        def attempt(_: int) -> str:
+            resp = self._get_meta(url)
+            try:
+                return parse_csv_body(url, resp)
+            except (TransientError, AllenApiError):
+                self._drop_cached(resp)
+                if self.offline:
+                    raise AllenApiError(url, "offline: the cached response is invalid") from None
+                raise
+
+        return self.retrying(url, attempt, cancel=cancel)
+
+    def open_stream(self, url: str, headers: dict | None = None) -> requests.Response:
+        """Open a streamed download; raise TransientError/AllenApiError on a bad status or an
+        error page. The caller closes the response."""
+        if self.offline:
+            raise AllenApiError(url, "offline: this file is not in the download cache")
+        resp = self.files.get(url, headers=headers or {}, stream=True, timeout=self.timeout)
+        status = resp.status_code
+        if status in (200, 206):
+            ctype = resp.headers.get("Content-Type", "").lower()
+            if "text/html" in ctype or "application/json" in ctype:
+                # Allen reports failures as HTML/JSON pages with status 200; a grid never is.
+                body = resp.content[:4000]
+                resp.close()
+                if "application/json" in ctype:
+                    try:
+                        data = json.loads(body)
+                    except ValueError:
+                        data = None
+                    if isinstance(data, dict) and data.get("success") is False:
+                        raise _envelope_error(url, data, status)
+                    raise AllenApiError(url, f"JSON instead of a file: {body[:200]!r}", status)
+                raise TransientError(_html_message(body), status)
+            return resp
+        body = resp.content[:2000]
+        resp.close()
+        if status == 416:
+            # Our Range start lies past the server's file: the partial file is not a prefix
+            # of it. The caller discards the partial file and starts over.
+            raise TransientError("HTTP 416: partial file does not match the server's file",
+                                 status)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and data.get("success") is False:
+            raise _envelope_error(url, data, status)
+        if status in _RETRY_STATUS:
+            raise TransientError(f"HTTP {status}", status, _retry_after(resp))
+        detail = body[:300].decode("utf-8", "replace").strip() or (resp.reason or "")
+        raise AllenApiError(url, f"HTTP {status}: {detail}", status)
+
+
+def _describe(exc: Exception | None) -> str:
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, requests.Timeout):
+        return f"timed out ({exc.__class__.__name__})"
+    if isinstance(exc, requests.ConnectionError):
+        return f"connection failed ({exc.__class__.__name__}: {str(exc)[:200]})"
+    return str(exc) or exc.__class__.__name__

@@ -1,0 +1,236 @@
+"""Gene-expression (ISH) sub-commands of ``napari-allen``.
+
+- ``plane-store``: every ISH experiment of a plane (or of a gene list) into a Zarr store;
+  resumable (re-run completes it), concurrent (``--jobs``), progress on stderr.
+- ``correlate``: Allen's structure-similarity script: structures x experiments matrix,
+  structure-structure correlation, top pairs; writes ``PREFIX.structures.json``,
+  ``PREFIX.connections.json``, ``PREFIX.correlations.json`` and CSVs.
+- ``gene-correlation``: voxel-level gene x gene correlation over a plane store with dask
+  (``--scheduler tcp://host:port`` runs it on a dask distributed cluster); CSV on stdout.
+- ``expression-table``: per-structure expression (rolled up) of one experiment or grid file,
+  CSV on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from napari_allen.progress import Progress
+
+_LIST_SPLIT = re.compile(r"[,\s]+")
+
+
+def _split(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for value in values or []:
+        out.extend(v for v in _LIST_SPLIT.split(value) if v)
+    return out
+
+
+def _stderr_progress(snapshot: Progress) -> None:
+    total = f"/{snapshot.total}" if snapshot.total else ""
+    failed = f" ({snapshot.failed} failed)" if snapshot.failed else ""
+    print(f"[{snapshot.done}{total}] {snapshot.message}{failed}", file=sys.stderr, flush=True)
+
+
+def _client():
+    from napari_allen.api.client import AllenClient
+
+    return AllenClient()
+
+
+def register(subparsers) -> None:
+    """Add ``plane-store``, ``correlate``, ``gene-correlation`` and ``expression-table``."""
+    p = subparsers.add_parser(
+        "plane-store", help="download every ISH experiment of a plane into a Zarr store",
+        description="Download the 200 µm grids of every ISH experiment of a plane (or of a "
+                    "gene list) into STORE.zarr (experiment x AP x DV x ML). Re-running the "
+                    "same command resumes an interrupted or partly failed download.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--plane", choices=("coronal", "sagittal"))
+    which.add_argument("--genes", nargs="+", help="gene acronyms (wildcards *), any plane "
+                       "unless --only-plane is given")
+    p.add_argument("--only-plane", choices=("coronal", "sagittal"), default=None,
+                   help="with --genes: restrict to one plane")
+    p.add_argument("--out", required=True, type=Path, help="the store folder (STORE.zarr)")
+    p.add_argument("--jobs", type=int, default=8, help="concurrent downloads (default 8)")
+    p.add_argument("--volume", choices=("energy", "density", "intensity"), default="energy")
+    p.add_argument("--keep-zips", action="store_true",
+                   help="keep the downloaded zips in the cache too")
+    p.set_defaults(func=_plane_store)
+
+    c = subparsers.add_parser(
+        "correlate", help="structure-structure expression correlation (Allen's script)",
+        description="Build the structures x experiments expression matrix, correlate "
+                    "structures ignoring missing values and keep the TOP_N most correlated "
+                    "pairs; writes PREFIX.{structures,connections,correlations}.json and CSV.")
+    chosen = c.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--plane", choices=("coronal", "sagittal"))
+    chosen.add_argument("--genes", nargs="+", help="gene acronyms (wildcards *)")
+    chosen.add_argument("--experiments", nargs="+", help="SectionDataSet ids")
+    c.add_argument("--only-plane", choices=("coronal", "sagittal"), default=None,
+                   help="with --genes: restrict to one plane")
+    c.add_argument("--top-n", type=int, default=2000, help="pairs to keep, approx. (2000)")
+    c.add_argument("--out", required=True, help="output prefix (e.g. out or out.json)")
+    c.add_argument("--source", choices=("unionize", "grids"), default="unionize",
+                   help="StructureUnionize expression_energy (default) or 200 µm grids")
+    c.add_argument("--method", choices=("pairwise", "numpy_ma"), default="pairwise",
+                   help="pairwise-complete Pearson (default) or the script's numpy.ma")
+    c.add_argument("--store", type=Path, default=None,
+                   help="with --source grids: read the grids from this plane store")
+    c.add_argument("--scheduler", default=None,
+                   help="dask distributed scheduler address for --store computations")
+    c.add_argument("--jobs", type=int, default=8, help="concurrent grid downloads")
+    c.set_defaults(func=_correlate)
+
+    g = subparsers.add_parser(
+        "gene-correlation", help="voxel-level gene x gene correlation over a plane store",
+        description="Pairwise-complete Pearson correlation between the experiments of a plane "
+                    "store over the annotated brain voxels, with dask. CSV on stdout: one row "
+                    "per (seed, experiment) pair, strongest first.")
+    g.add_argument("store", type=Path)
+    g.add_argument("--seeds", nargs="+", required=True,
+                   help="gene acronyms or experiment ids to correlate with every experiment")
+    g.add_argument("--top", type=int, default=50, help="rows per seed (default 50)")
+    g.add_argument("--scheduler", default=None, help="dask distributed scheduler address")
+    g.set_defaults(func=_gene_correlation)
+
+    e = subparsers.add_parser(
+        "expression-table", help="per-structure expression of one experiment or grid file",
+        description="Mean/std/max expression per structure (hierarchy rolled up) as CSV.")
+    e.add_argument("source", help="a SectionDataSet id or a grid file/zip/folder")
+    e.add_argument("--volume", choices=("energy", "density", "intensity"), default="energy")
+    e.add_argument("--no-rollup", action="store_true",
+                   help="each structure's own voxels only (no descendants)")
+    e.set_defaults(func=_expression_table)
+
+
+# --- handlers ---------------------------------------------------------------------------
+def _plane_store(args: argparse.Namespace) -> int:
+    from napari_allen.api.plane_download import download_plane
+
+    genes = _split(args.genes) or None
+    plane = args.plane or args.only_plane
+    result = download_plane(_client(), args.out, plane=plane, genes=genes,
+                            volume=args.volume, jobs=args.jobs, keep_zips=args.keep_zips,
+                            progress=_stderr_progress)
+    print(result.summary(), file=sys.stderr)
+    for row in result.failed.itertuples(index=False):
+        print(f"failed {row.experiment_id} {row.gene}: {row.error}", file=sys.stderr)
+    if not result.complete:
+        print("some experiments are missing: run the same command again to complete the store",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _experiment_ids(args: argparse.Namespace, client) -> list[int]:
+    from napari_allen.api.plane_download import experiment_table
+
+    if args.experiments:
+        try:
+            return [int(e) for e in _split(args.experiments)]
+        except ValueError:
+            raise SystemExit(
+                f"napari-allen: --experiments takes ids, got {args.experiments}") from None
+    table = experiment_table(client, plane=args.plane or args.only_plane,
+                             genes=_split(args.genes) or None)
+    return table["experiment_id"].astype(int).tolist()
+
+
+def _correlate(args: argparse.Namespace) -> int:
+    from napari_allen.analysis.correlation import structure_similarity
+    from napari_allen.api.plane_download import structure_matrix
+    from napari_allen.atlas.ontology import Ontology
+
+    client = _client()
+    ids = _experiment_ids(args, client)
+    print(f"{len(ids)} experiments; building the {args.source} matrix", file=sys.stderr)
+    ontology = Ontology.default()
+    matrix, volumes = structure_matrix(client, ids, source=args.source, ontology=ontology,
+                                       store=args.store, scheduler=args.scheduler,
+                                       jobs=args.jobs, progress=_stderr_progress)
+    result = structure_similarity(matrix, top_n=args.top_n, method=args.method)
+    paths = result.write(args.out, ontology, volumes)
+    print(f"{len(result.structure_ids)} structures x {result.n_experiments} experiments, "
+          f"{len(result.connections)} connections", file=sys.stderr)
+    for path in paths.values():
+        print(path, file=sys.stderr)
+    return 0
+
+
+def _gene_correlation(args: argparse.Namespace) -> int:
+    from napari_allen.analysis.correlation import dask_gene_correlation
+    from napari_allen.atlas.annotation import grid_annotation
+    from napari_allen.io.plane_store import open_plane_store
+
+    store = open_plane_store(args.store)
+    table = store.table
+    seeds: list[int] = []
+    for key in _split(args.seeds):
+        if key.isdigit() and int(key) in set(table["experiment_id"].astype(int)):
+            seeds.append(store.index_of(int(key)))
+            continue
+        hits = np.flatnonzero(table["gene"].astype(str).str.lower() == key.lower())
+        if not hits.size:
+            print(f"napari-allen: error: {key} is neither a gene nor an experiment of "
+                  f"{args.store}", file=sys.stderr)
+            return 1
+        seeds.extend(int(h) for h in hits)
+    brain = np.asarray(grid_annotation().data) > 0
+    corr = dask_gene_correlation(store.to_dask(missing_as_nan=False), seeds=seeds,
+                                 voxel_mask=brain, scheduler=args.scheduler,
+                                 progress=_stderr_progress)
+    genes = table["gene"] if "gene" in table.columns else pd.Series([""] * len(table))
+    frames = []
+    for row, seed in enumerate(seeds):
+        frame = pd.DataFrame({
+            "seed_experiment_id": int(table["experiment_id"].iloc[seed]),
+            "seed_gene": genes.iloc[seed],
+            "experiment_id": table["experiment_id"].astype(int),
+            "gene": genes,
+            "r": corr[row],
+        })
+        frame = frame[frame["experiment_id"] != frame["seed_experiment_id"]]
+        frame = frame.dropna(subset=["r"]).sort_values("r", ascending=False, kind="stable")
+        frames.append(frame.head(args.top))
+    pd.concat(frames).to_csv(sys.stdout, index=False)
+    return 0
+
+
+def _expression_table(args: argparse.Namespace) -> int:
+    from napari_allen.analysis.expression import structure_expression
+    from napari_allen.atlas.annotation import grid_annotation
+
+    source = str(args.source)
+    if Path(source).exists():
+        from napari_allen.io import read_volumes
+
+        volumes = [v for v in read_volumes(source) if not v.is_labels]
+        chosen = [v for v in volumes if v.kind == args.volume] or volumes
+        if not chosen:
+            print(f"napari-allen: error: {source}: no expression grid found", file=sys.stderr)
+            return 1
+        grid = chosen[0]
+    elif source.isdigit():
+        (grid,) = _client().grid_volumes(int(source), (args.volume,),
+                                         progress=_stderr_progress)
+    else:
+        print(f"napari-allen: error: {source} is neither a file nor an experiment id",
+              file=sys.stderr)
+        return 1
+    annotation = np.asarray(grid_annotation().data)
+    data = np.asarray(grid.data)
+    if data.shape != annotation.shape:
+        print(f"napari-allen: error: {source}: grid {data.shape} is not the 200 µm ISH grid "
+              f"{annotation.shape}", file=sys.stderr)
+        return 1
+    table = structure_expression(data, annotation, rollup=not args.no_rollup)
+    table.to_csv(sys.stdout, index=False, float_format="%.6g")
+    return 0

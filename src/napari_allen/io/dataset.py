@@ -1,0 +1,137 @@
+"""Experiment metadata for grid files: ``data_set.xml``, file-name hints, the bundled gene table.
+
+Real ``data_set.xml`` files (served with ``grid_data/download`` zips) carry the experiment id,
+reference space, section thickness, products, specimen/donor, age, but often no ``<genes>`` and
+an empty ``<plane_of_section/>`` (allen-api.md §8). Missing gene/plane are then looked up by
+experiment id in the bundled ``ABI_genes.csv.gz`` (26,061 ISH experiments), and last taken from
+the file name (``Nrp1_P56_coronal_74272479_200um.zip``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import xml.etree.ElementTree as ET
+from functools import cache
+from importlib import resources
+
+from ..errors import AllenFormatError
+
+_PLANES = {"1": "coronal", "2": "sagittal"}
+
+
+def _text(node: ET.Element | None, path: str) -> str | None:
+    if node is None:
+        return None
+    found = node.find(path)
+    if found is None or found.get("nil") == "true":
+        return None
+    text = (found.text or "").strip()
+    return text or None
+
+
+def parse_data_set_xml(content: bytes | str, source) -> dict:
+    """Metadata from a ``data_set.xml``: experiment_id, plane, gene(s), reference_space_id,
+    section_thickness (µm), age, strain, sex, products. AllenFormatError if not XML."""
+    try:
+        root = ET.fromstring(content)
+    except ET.ParseError as exc:
+        raise AllenFormatError(source, f"data_set.xml is not valid XML: {exc}") from exc
+    if root.tag.replace("_", "-") not in ("section-data-set", "data-set"):
+        # Some responses wrap the record: <Response><section-data-sets><section-data-set>.
+        inner = root.find(".//section-data-set")
+        if inner is None:
+            raise AllenFormatError(source, f"data_set.xml root <{root.tag}> is not a data set")
+        root = inner
+    meta: dict = {}
+    exp = _text(root, "id")
+    if exp and exp.isdigit():
+        meta["experiment_id"] = int(exp)
+    plane = (_text(root, "plane-of-section/name") or _text(root, "plane_of_section/name")
+             or _PLANES.get(_text(root, "plane-of-section-id") or ""))
+    if plane:
+        meta["plane"] = plane
+    genes = [g.text.strip() for g in root.findall(".//genes/gene/acronym") if g.text]
+    if genes:
+        meta["gene"] = genes[0]
+        if len(genes) > 1:
+            meta["genes"] = genes
+    for key, path in [("reference_space_id", "reference-space-id"),
+                      ("section_thickness", "section-thickness"),
+                      ("age", "age"), ("strain", "specimen/donor/strain"),
+                      ("sex", "specimen/donor/sex"), ("specimen_id", "specimen-id")]:
+        value = _text(root, path)
+        if value is not None:
+            meta[key] = value
+    for key in ("reference_space_id", "specimen_id"):
+        if key in meta and str(meta[key]).isdigit():
+            meta[key] = int(meta[key])
+    if "section_thickness" in meta:
+        try:
+            meta["section_thickness"] = float(meta["section_thickness"])
+        except ValueError:
+            del meta["section_thickness"]
+    products = [p.text.strip() for p in root.findall("products/product/abbreviation")
+                if p.text]
+    if products:
+        meta["products"] = products
+    for flag in ("failed", "expression"):
+        value = _text(root, flag)
+        if value in ("true", "false"):
+            meta[flag] = value == "true"
+    return meta
+
+
+@cache
+def _gene_table() -> dict[int, tuple[str, str]]:
+    """Experiment id -> (gene acronym, plane) from the bundled ABI_genes.csv.gz."""
+    import csv
+
+    ref = resources.files("napari_allen") / "data" / "ish" / "ABI_genes.csv.gz"
+    table: dict[int, tuple[str, str]] = {}
+    with ref.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                exp = int(row["Section_Data_ID"])
+            except (KeyError, ValueError):
+                continue
+            # The table marks some acronyms with a trailing '*' (unconfirmed symbols).
+            table[exp] = (row["acronym"].rstrip("*"), row["cutting_plane"])
+    return table
+
+
+def lookup_experiment(experiment_id: int) -> dict:
+    """``{gene, plane}`` for an ISH experiment id from the bundled table ({} if unknown)."""
+    found = _gene_table().get(int(experiment_id))
+    return {"gene": found[0], "plane": found[1]} if found else {}
+
+
+_NAME_FULL = re.compile(r"^(?P<gene>[A-Za-z0-9.\-]+?)_(?:P\d+_)?(?P<plane>coronal|sagittal)_"
+                        r"(?P<id>\d{3,})", re.IGNORECASE)
+_NAME_ID = re.compile(r"(?:^|[_\-. ])(?P<id>\d{5,})(?=$|[_\-. ])")
+
+
+def hints_from_name(name: str) -> dict:
+    """Experiment id / gene / plane guessed from a file name (ABIgeneRMINC and id-only names)."""
+    match = _NAME_FULL.match(name)
+    if match:
+        return {"gene": match["gene"], "plane": match["plane"].lower(),
+                "experiment_id": int(match["id"])}
+    match = _NAME_ID.search(name)
+    return {"experiment_id": int(match["id"])} if match else {}
+
+
+def merge_metadata(xml_meta: dict, name: str) -> dict:
+    """Combine data_set.xml, the bundled table and the file name (in that priority)."""
+    meta = dict(xml_meta)
+    hints = hints_from_name(name)
+    if "experiment_id" not in meta and "experiment_id" in hints:
+        meta["experiment_id"] = hints["experiment_id"]
+    if "experiment_id" in meta and ("gene" not in meta or "plane" not in meta):
+        for key, value in lookup_experiment(meta["experiment_id"]).items():
+            meta.setdefault(key, value)
+    if hints.get("experiment_id") == meta.get("experiment_id"):
+        for key in ("gene", "plane"):
+            if key in hints:
+                meta.setdefault(key, hints[key])
+    return meta

@@ -1,0 +1,194 @@
+"""Exports of Allen grids: CSV (one row per voxel with data), NIfTI (RAS affine), MetaImage.
+
+Every writer goes through a temporary sibling file renamed into place only when complete, so
+an error or a cancel never leaves a half-written file behind.
+
+**CSV** (:func:`to_csv`): columns ``AP_um, DV_um, ML_um, value`` (voxel centres in CCF µm,
+``i * resolution``), plus ``structure_id, acronym`` when an annotation is given. Rows are the
+voxels holding data: float grids skip ``-1``/NaN (zero is a measurement and is kept);
+integer (annotation) grids skip 0 (outside the brain).
+
+**NIfTI** (:func:`to_nifti`): the array keeps its ``[AP, DV, ML]`` order; the affine maps it
+to RAS millimetres. CCFv3 is PIR (+x posterior, +y inferior, +z right), so
+
+- ``space="ccf"``: R = +ML, A = -AP, S = -DV, in mm with the CCF origin (corner voxel 0,0,0):
+  ``[[0, 0, r, 0], [-r, 0, 0, 0], [0, -r, 0, 0], [0, 0, 0, 1]]`` with ``r = resolution/1000``;
+- ``space="mice"``: the MICe-centred world space of the MINC pipeline (seed 001):
+  the same axes, shifted so that CCF (AP, DV, ML) = (5.3, 5.3, 5.7) mm is the origin:
+  R = ML - 5.7, A = 5.3 - AP, S = 5.3 - DV (mm).
+
+**MetaImage** (:func:`to_metaimage`): Allen's own ``.mhd`` + ``.raw`` (little-endian, x fastest),
+readable back by :func:`napari_allen.io.metaimage.read_metaimage`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..progress import CancelToken, ProgressCallback, check, report
+from .atomic import atomic_open, atomic_path, atomic_write_text
+from .metaimage import format_header
+from .volume import GridVolume
+
+#: MICe world origin in CCF mm (AP, DV, ML), from the MINC conversion notebook (seed 001).
+MICE_ORIGIN_MM: tuple[float, float, float] = (5.3, 5.3, 5.7)
+NO_DATA = -1
+
+
+def ras_affine(resolution_um: float, space: str = "ccf") -> np.ndarray:
+    """4x4 affine from ``[AP, DV, ML]`` voxel indices to RAS mm (see module doc)."""
+    r = float(resolution_um) / 1000.0
+    affine = np.array([
+        [0.0, 0.0, r, 0.0],    # R <- +ML
+        [-r, 0.0, 0.0, 0.0],   # A <- -AP (PIR: AP grows posteriorly)
+        [0.0, -r, 0.0, 0.0],   # S <- -DV (PIR: DV grows inferiorly)
+        [0.0, 0.0, 0.0, 1.0],
+    ])
+    if space == "mice":
+        ap0, dv0, ml0 = MICE_ORIGIN_MM
+        affine[:3, 3] = (-ml0, ap0, dv0)
+    elif space != "ccf":
+        raise ValueError(f"unknown NIfTI space {space!r} (use 'ccf' or 'mice')")
+    return affine
+
+
+def _valid_mask(block: np.ndarray) -> np.ndarray:
+    if block.dtype.kind == "f":
+        return np.isfinite(block) & (block != NO_DATA)
+    if block.dtype.kind == "i":
+        return (block != NO_DATA) & (block != 0)
+    return block != 0
+
+
+def to_csv(
+    vol: GridVolume,
+    path: str | os.PathLike,
+    *,
+    annotation: GridVolume | None = None,
+    ontology=None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Path:
+    """Write one row per voxel with data (``AP_um, DV_um, ML_um, value[, structure_id,
+    acronym]``); the annotation may have another resolution (looked up through µm)."""
+    from ..atlas.annotation import structure_id_at
+
+    path = Path(path)
+    if annotation is not None and ontology is None:
+        from ..atlas.ontology import Ontology
+
+        ontology = Ontology.default()
+    data = vol.data
+    n_ap = data.shape[0]
+    step = max(1, 4_000_000 // max(1, data.shape[1] * data.shape[2]))  # ~4 M voxels a block
+    header = ["AP_um", "DV_um", "ML_um", "value"]
+    if annotation is not None:
+        header += ["structure_id", "acronym"]
+    acronyms: dict[int, str] = {0: ""}
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for start in range(0, n_ap, step):
+            check(cancel)
+            block = np.asarray(data[start:start + step])
+            ap, dv, ml = np.nonzero(_valid_mask(block))
+            values = block[ap, dv, ml]
+            ap = ap + start
+            um = np.column_stack([ap, dv, ml]).astype(float) * vol.resolution
+            cols = [um[:, 0], um[:, 1], um[:, 2], values]
+            if annotation is not None:
+                sids = np.atleast_1d(structure_id_at(annotation, um)) if len(um) else \
+                    np.zeros(0, dtype=np.int64)
+                for sid in np.unique(sids):
+                    if int(sid) not in acronyms:
+                        acronyms[int(sid)] = (ontology.acronym(int(sid)) if int(sid) in ontology
+                                              else "?")
+                cols += [sids, [acronyms[int(s)] for s in sids]]
+            writer.writerows(zip(*[_fmt(c) for c in cols], strict=True))
+            report(progress, done=min(start + step, n_ap), total=n_ap,
+                   message=f"writing {path.name}")
+    return path
+
+
+def _fmt(column) -> list:
+    """Compact text: integers without '.0', floats with full float32 precision."""
+    arr = np.asarray(column)
+    if arr.dtype.kind == "f":
+        if np.all(np.mod(arr, 1) == 0):
+            return [str(int(v)) for v in arr]
+        return [f"{v:.9g}" for v in arr]
+    return arr.tolist()
+
+
+def to_nifti(
+    vol: GridVolume,
+    path: str | os.PathLike,
+    *,
+    space: str = "ccf",
+    no_data: str = "keep",
+) -> Path:
+    """Write ``vol`` as NIfTI-1 (``.nii`` or ``.nii.gz``) with the RAS mm affine of ``space``.
+
+    ``no_data="nan"`` writes ``-1`` as NaN (float grids); ``"keep"`` keeps Allen's -1.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    data = np.asarray(vol.data)
+    if no_data == "nan" and data.dtype.kind == "f":
+        data = np.where(data == NO_DATA, np.nan, data).astype(data.dtype)
+    data = data.astype(data.dtype.newbyteorder("="), copy=False)
+    img = nib.Nifti1Image(data, ras_affine(vol.resolution, space))
+    img.header.set_xyzt_units("mm")
+    code = 2  # "aligned anatomy": a registered atlas space, not scanner coordinates
+    img.set_sform(img.affine, code=code)
+    img.set_qform(img.affine, code=code)
+    desc = f"napari-allen {vol.kind} {space} PIR->RAS"
+    img.header["descrip"] = desc.encode()[:79]
+    payload = img.to_bytes()
+    if path.name.lower().endswith(".gz"):
+        payload = gzip.compress(payload, compresslevel=6)
+    with atomic_open(path, "wb") as fh:
+        fh.write(payload)
+    return path
+
+
+def to_metaimage(
+    vol: GridVolume,
+    path: str | os.PathLike,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> list[Path]:
+    """Write Allen MetaImage: ``<stem>.mhd`` + ``<stem>.raw`` (little-endian, x fastest).
+
+    The ``.raw`` is completed before the ``.mhd`` appears, so a reader never sees a header
+    without its full payload. Returns ``[mhd, raw]``.
+    """
+    mhd = Path(path)
+    if mhd.suffix.lower() != ".mhd":
+        mhd = mhd.with_suffix(".mhd")
+    raw = mhd.with_suffix(".raw")
+    data = vol.data
+    dtype = np.dtype(data.dtype)
+    if dtype.kind == "f" and dtype.itemsize not in (4, 8):
+        dtype = np.dtype("f4")
+    out_dtype = dtype.newbyteorder("<")
+    n_ml = data.shape[2]
+    # Slabs of whole ML planes (<= ~64 MB): in Fortran order a slab [:, :, k0:k1] is exactly
+    # a contiguous run of the .raw (x, then y, then z), and lazy data compute slab by slab.
+    step = max(1, (64 << 20) // max(1, data.shape[0] * data.shape[1] * out_dtype.itemsize))
+    with atomic_path(raw) as tmp, open(tmp, "wb") as fh:
+        for k in range(0, n_ml, step):
+            check(cancel)
+            slab = np.asarray(data[:, :, k:k + step]).astype(out_dtype, copy=False)
+            fh.write(slab.tobytes(order="F"))
+            report(progress, done=min(k + step, n_ml), total=n_ml,
+                   message=f"writing {raw.name}")
+    atomic_write_text(mhd, format_header(vol.shape, vol.resolution, out_dtype, raw.name))
+    return [mhd, raw]

@@ -1,0 +1,213 @@
+"""The spatial-search lines JSON of Allen's lines example script.
+
+Shape (top-level keys as the script writes them)::
+
+    {"lines": [<target-spatial service record>, ...],
+     "injectionCoordinates": [[x, y, z], ...],
+     "napari-allen": {...}}                      # optional provenance, ignored by the script
+
+Each line is a ``mouse_connectivity_target_spatial`` record as served (hyphenated keys, ``id``,
+``structure-abbrev``, ``density``, ...) whose ``path`` is a list of
+``{"coord": [x, y, z], "density": d, "intensity": i}`` from the seed to the injection site.
+Coordinates are CCF µm, ``x, y, z`` = ``[AP, DV, ML]``; injection coordinates are the µm centres
+of the injection voxels above the mask threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_allen.errors import AllenFormatError
+from napari_allen.io.atomic import atomic_write_text
+
+LINES_KEY = "lines"
+INJECTION_KEY = "injectionCoordinates"
+META_KEY = "napari-allen"
+#: Key of the layer metadata holding the source document (written by layers/lines.py).
+LAYER_META_KEY = "spatial_search"
+
+# Enough to see the top-level keys of any file we or the script wrote, small enough to sniff
+# every *.json napari offers the plugin without reading the payload.
+_SNIFF_BYTES = 64 * 1024
+
+
+@dataclass
+class LinesDocument:
+    """A parsed lines JSON: service records, injection coordinates ``(N, 3)`` µm, metadata."""
+
+    lines: list[dict] = field(default_factory=list)
+    injection_coordinates: np.ndarray = field(default_factory=lambda: np.empty((0, 3)))
+    metadata: dict = field(default_factory=dict)
+    source: str = ""
+
+    def paths_um(self) -> list[np.ndarray]:
+        """Each line's path as ``(N, 3)`` µm ``[AP, DV, ML]``, seed end first."""
+        return [np.array([p["coord"] for p in rec["path"]], dtype=float) for rec in self.lines]
+
+
+def looks_like_lines_json(path: str | os.PathLike) -> bool:
+    """Cheap sniff: a ``.json`` file holding a JSON object with a ``"lines"`` or
+    ``"injectionCoordinates"`` key near its start. Never parses the whole file."""
+    p = Path(path)
+    if p.suffix.lower() != ".json" or not p.is_file():
+        return False
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError:
+        return False
+    text = head.decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n")
+    if not text.startswith("{"):
+        return False
+    return f'"{LINES_KEY}"' in text or f'"{INJECTION_KEY}"' in text
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: numpy scalars/arrays -> Python, NaN -> None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _check_record(record: Any, where: str, i: int) -> dict:
+    if not isinstance(record, Mapping):
+        raise AllenFormatError(where, f"lines[{i}] is not an object")
+    path = record.get("path")
+    if not isinstance(path, list) or not path:
+        raise AllenFormatError(where, f"lines[{i}] has no 'path' list")
+    for j, point in enumerate(path):
+        coord = point.get("coord") if isinstance(point, Mapping) else None
+        if not isinstance(coord, list) or len(coord) != 3:
+            raise AllenFormatError(where, f"lines[{i}].path[{j}] has no [x, y, z] 'coord'")
+        try:
+            [float(c) for c in coord]
+        except (TypeError, ValueError):
+            raise AllenFormatError(
+                where, f"lines[{i}].path[{j}].coord is not numeric: {coord!r}") from None
+    return dict(record)
+
+
+def _coords(value: Any, where: str) -> np.ndarray:
+    if value is None:
+        return np.empty((0, 3))
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise AllenFormatError(where, f"'{INJECTION_KEY}' is not a list of [x, y, z]") from None
+    if arr.size == 0:
+        return np.empty((0, 3))
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise AllenFormatError(where, f"'{INJECTION_KEY}' must be [[x, y, z], ...], "
+                                      f"got an array of shape {arr.shape}")
+    return arr
+
+
+def write_lines_json(path: str | os.PathLike, lines: Sequence[Mapping],
+                     injection_coordinates: Any = (), *,
+                     metadata: Mapping | None = None) -> Path:
+    """Write the script's JSON (atomically). ``lines`` are service records with ``path``;
+    ``injection_coordinates`` ``(N, 3)`` µm. Returns the path."""
+    where = str(path)
+    records = [_check_record(rec, where, i) for i, rec in enumerate(lines)]
+    doc: dict[str, Any] = {
+        LINES_KEY: _clean(records),
+        INJECTION_KEY: _clean(_coords(injection_coordinates, where)),
+    }
+    if metadata:
+        doc[META_KEY] = _clean(dict(metadata))
+    return atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
+
+
+def read_lines_json(path: str | os.PathLike) -> LinesDocument:
+    """Read and validate a lines JSON; AllenFormatError naming the file on any problem."""
+    where = str(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise AllenFormatError(where, f"not valid JSON ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise AllenFormatError(where, f"not UTF-8 text ({exc})") from exc
+    if not isinstance(doc, Mapping) or (LINES_KEY not in doc and INJECTION_KEY not in doc):
+        raise AllenFormatError(where, f"not a spatial-search lines file (needs '{LINES_KEY}' "
+                                      f"and/or '{INJECTION_KEY}')")
+    lines = doc.get(LINES_KEY) or []
+    if not isinstance(lines, list):
+        raise AllenFormatError(where, f"'{LINES_KEY}' must be a list")
+    meta = doc.get(META_KEY) or {}
+    return LinesDocument(
+        lines=[_check_record(rec, where, i) for i, rec in enumerate(lines)],
+        injection_coordinates=_coords(doc.get(INJECTION_KEY), where),
+        metadata=dict(meta) if isinstance(meta, Mapping) else {},
+        source=where,
+    )
+
+
+def write_lines_json_from_layer(path: str | os.PathLike, data: Any, meta: Mapping) -> list[str]:
+    """napari single-layer writer for a lines Shapes layer: ``data`` is the list of paths
+    (µm, last three axes ``[AP, DV, ML]``), ``meta`` the layer attributes.
+
+    Each shape's coordinates are written as its ``path`` (so edits in napari are kept); the
+    rest of each record (experiment id, densities, structure) comes from the layer's metadata
+    through the ``record_index`` feature, when present. Returns ``[path]``, or ``[]`` if the
+    layer holds no path.
+    """
+    layer_meta = (meta.get("metadata") or {}).get(LAYER_META_KEY) or {}
+    source_records = list(layer_meta.get("records") or [])
+    features = meta.get("features")
+    record_index = _feature_column(features, "record_index")
+    experiment = _feature_column(features, "experiment")
+    shapes = list(data or [])
+    if not shapes:
+        return []
+    records = []
+    for i, shape in enumerate(shapes):
+        coords = np.asarray(shape, dtype=float)[:, -3:]
+        base: dict = {}
+        if record_index is not None and i < len(record_index):
+            k = int(record_index[i])
+            if 0 <= k < len(source_records):
+                base = dict(source_records[k])
+        old_path = base.get("path") or []
+        if len(old_path) == len(coords):
+            path_points = [dict(p, coord=[float(c) for c in xyz])
+                           for p, xyz in zip(old_path, coords, strict=True)]
+        else:  # edited shape, or no source record: coordinates only
+            path_points = [{"coord": [float(c) for c in xyz]} for xyz in coords]
+        base["path"] = path_points
+        if "id" not in base and experiment is not None and i < len(experiment):
+            base["id"] = int(experiment[i])
+        records.append(base)
+    extra = {k: v for k, v in layer_meta.items() if k not in ("records", "injection_coordinates")}
+    injection = layer_meta.get("injection_coordinates")
+    write_lines_json(path, records, () if injection is None else injection,
+                     metadata=extra or None)
+    return [str(path)]
+
+
+def _feature_column(features: Any, name: str) -> list | None:
+    """A feature column as a list from a DataFrame or a dict of arrays, else None."""
+    if features is None:
+        return None
+    try:
+        if name not in features:
+            return None
+        return list(np.asarray(features[name]))
+    except TypeError:
+        return None

@@ -1,0 +1,258 @@
+"""LayerDataTuples for Allen grids: expression/connectivity images and annotation labels.
+
+- :func:`image_layer`: ``-1`` (no data) becomes NaN, contrast limits come from the valid voxels,
+  magma (ISH) / inferno (connectivity) colormap, additive blending, MIP in 3-D.
+- :func:`labels_layer`: structure ids coloured by the ontology (a ``DirectLabelColormap`` dict)
+  with ``features`` (``index, structure_id, acronym, name``) so hovering shows the structure;
+  values are compacted to uint16 (see :func:`labels_layer`).
+- :func:`volume_layer`: picks one from the volume kind.
+
+All layers live in CCF µm: ``scale`` = spacing, ``units`` µm, ``axis_labels`` AP/DV/ML
+(:func:`napari_allen.atlas.space.layer_space_kwargs`). Lazy data (memmap, dask, > 10^7 voxels)
+stay lazy: the layer gets a dask array whose chunks read, per slice napari asks for, only the
+needed ML planes (:mod:`napari_allen.io.planes`) and convert just that slice (-1 -> NaN, or
+structure id -> compact label); contrast limits are estimated from 8 ML planes (contiguous in
+Fortran-ordered files) rather than from the whole grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..atlas.ontology import Ontology
+from ..atlas.space import layer_space_kwargs
+from ..io.planes import plane_reader_for
+from ..io.volume import GridVolume
+
+LayerDataTuple = tuple[Any, dict, str]
+
+#: Arrays with more voxels than this are handled lazily (10^7 voxels = 40 MB of float32).
+LAZY_VOXELS = 10_000_000
+NO_DATA = -1
+
+_ISH_KINDS = {"energy", "density", "intensity"}
+_MASK_KINDS = {"data_mask"}
+_METADATA_KEYS = ("experiment_id", "gene", "plane", "resolution", "kind", "source", "synthetic")
+
+
+def _is_lazy(data) -> bool:
+    return isinstance(data, np.memmap) or not isinstance(data, np.ndarray) or \
+        data.size > LAZY_VOXELS
+
+
+def _contrast_sample(data) -> np.ndarray:
+    """All voxels of small grids; for large ones up to 8 evenly spaced ML planes (each plane
+    ``[:, :, k]`` is one contiguous run in a Fortran-ordered file, so this reads little)."""
+    if not _is_lazy(data):
+        return np.asarray(data)
+    n_ml = data.shape[2]
+    picks = np.unique(np.linspace(0, n_ml - 1, num=min(8, n_ml)).round().astype(int))
+    source = plane_reader_for(data) or data
+    return np.stack([np.asarray(source[:, :, int(k)]) for k in picks], axis=-1)
+
+
+def valid_contrast_limits(data) -> tuple[float, float]:
+    """``(min, 99.9th percentile)`` of the voxels holding data (not -1, finite; the max if the
+    percentile equals the min); ``(0, 1)`` if there are none."""
+    sample = _contrast_sample(data)
+    if sample.dtype.kind == "f":
+        valid = sample[np.isfinite(sample) & (sample != NO_DATA)]
+    elif sample.dtype.kind == "i":
+        valid = sample[sample != NO_DATA]
+    else:
+        valid = sample.ravel()
+    if valid.size == 0:
+        return 0.0, 1.0
+    lo = float(valid.min())
+    # The 99.9th percentile, not the max: a few saturated voxels (projection density reaches
+    # 1.0 while 99.9 % of voxels are below 0.25) would otherwise leave the volume dark.
+    hi = float(np.percentile(valid, 99.9))
+    if hi <= lo:
+        hi = float(valid.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def _minus_one_to_nan(block: np.ndarray) -> np.ndarray:
+    out = np.asarray(block, dtype=np.float32).copy()
+    out[out == NO_DATA] = np.nan
+    return out
+
+
+def no_data_as_nan(data):
+    """``-1`` -> NaN as float32 (a lazy dask view for lazy data; unsigned data unchanged)."""
+    if data.dtype.kind == "u":
+        return data
+    if _is_lazy(data):
+        return _to_dask(data, _minus_one_to_nan, np.float32)
+    return _minus_one_to_nan(data)
+
+
+class _LazyView:
+    """A read-only array-like that slices its source first, then applies ``transform`` to the
+    (small) result. Given to ``dask.array.from_array``, it lets dask fuse napari's slice into
+    the read: only the displayed plane is read and converted. (Elementwise dask ops after
+    ``from_array`` would instead convert whole chunks; and ``from_array`` copies plain numpy
+    inputs - a 308 MB copy for a 25 µm memmap.)"""
+
+    def __init__(self, array, transform, dtype) -> None:
+        self._array = array
+        self._transform = transform
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index):
+        return self._transform(np.asarray(self._array[index]))
+
+
+def _to_dask(data, transform, dtype):
+    """Lazy dask view of ``data`` with ``transform`` applied per slice (see _LazyView)."""
+    import dask.array as da
+
+    if isinstance(data, da.Array):
+        return data.map_blocks(transform, dtype=dtype)
+    # Memmapped files are sliced through a PlaneReader, which releases the pages it touched:
+    # a coronal slice of a 10 µm grid then never leaves 4.8 GB mapped in the process.
+    source = plane_reader_for(data) or data
+    # name=False: a random name; tokenizing a memmap would hash (read) all of its bytes.
+    return da.from_array(_LazyView(source, transform, dtype), chunks=_chunks(data),
+                         asarray=True, name=False, meta=np.empty((0, 0, 0), dtype=dtype))
+
+
+def _chunks(data) -> tuple[int, int, int]:
+    """Whole-AP x whole-DV slabs of a few ML planes (<= 64 MB): in Fortran-ordered files each
+    slab is one contiguous run, so any slice reads few, sequential runs."""
+    n_ap, n_dv, n_ml = data.shape
+    plane = n_ap * n_dv * np.dtype(data.dtype).itemsize
+    return (n_ap, n_dv, int(max(1, min(n_ml, (64 << 20) // max(plane, 1)))))
+
+
+def layer_metadata(vol: GridVolume) -> dict:
+    """Layer ``metadata``: the documented keys first, then everything else known."""
+    meta = {key: vol.metadata[key] for key in _METADATA_KEYS if key in vol.metadata}
+    meta.update({k: v for k, v in vol.metadata.items() if k not in meta})
+    meta.update(kind=vol.kind, resolution=vol.resolution, source=vol.source,
+                shape=vol.shape, axes=("AP", "DV", "ML"), units="um", no_data_value=NO_DATA,
+                allen_grid=True)
+    return meta
+
+
+def _colormap(kind: str) -> str:
+    if kind in _ISH_KINDS or kind == "unknown":
+        return "magma"
+    if kind in _MASK_KINDS:
+        return "gray"
+    return "inferno"
+
+
+def image_layer(vol: GridVolume, **overrides) -> LayerDataTuple:
+    """An Image LayerDataTuple for an expression/connectivity grid (see module doc)."""
+    kwargs: dict = {
+        "name": vol.name,
+        "colormap": _colormap(vol.kind),
+        "blending": "additive",
+        "rendering": "mip",
+        "contrast_limits": valid_contrast_limits(vol.data),
+        "metadata": layer_metadata(vol),
+        **layer_space_kwargs(vol.resolution),
+    }
+    kwargs.update(overrides)
+    return no_data_as_nan(vol.data), kwargs, "image"
+
+
+def compact_labels(data, structure_ids: np.ndarray):
+    """Structure ids -> compact label values: 0 stays 0, ``structure_ids[i]`` becomes ``i+1``,
+    any other id becomes ``len(structure_ids)+1`` ("unknown"). uint16; lazy data stay lazy."""
+    ids = np.asarray(structure_ids, dtype=np.int64)
+    unknown = len(ids) + 1
+
+    def relabel(block: np.ndarray) -> np.ndarray:
+        block = np.asarray(block).astype(np.int64, copy=False)
+        pos = np.clip(np.searchsorted(ids, block), 0, len(ids) - 1)
+        out = np.where(ids[pos] == block, pos + 1, unknown).astype(np.uint16)
+        out[block == 0] = 0
+        return out
+
+    if _is_lazy(data):
+        return _to_dask(data, relabel, np.uint16)
+    return relabel(data)
+
+
+def labels_layer(
+    vol_or_array: GridVolume | np.ndarray,
+    resolution: float | None = None,
+    ontology: Ontology | None = None,
+    name: str | None = None,
+    **overrides,
+) -> LayerDataTuple:
+    """A Labels LayerDataTuple coloured by the atlas ontology, with hover features.
+
+    ``vol_or_array`` is an annotation GridVolume or an ``[AP, DV, ML]`` id array (then
+    ``resolution`` in µm is required).
+
+    Structure ids reach 614,454,xxx, and napari's direct colormap needs numba for label values
+    above 2**16; so the layer holds *compact* uint16 values instead (0 = background, ``i+1`` =
+    ``metadata['structure_ids'][i]``), with ``features`` ``index, structure_id, acronym, name``
+    so hovering shows the real structure. Colours and features cover the whole ontology (plus
+    any unknown ids of small arrays), so a lazy 25/10 µm annotation is never scanned; lazy
+    data are relabelled chunk by chunk (dask) as napari slices them.
+    """
+    if isinstance(vol_or_array, GridVolume):
+        vol = vol_or_array
+    else:
+        if resolution is None:
+            raise ValueError("labels_layer needs the resolution (µm) for a bare array")
+        vol = GridVolume(data=vol_or_array, resolution=resolution, kind="annotation")
+    onto = ontology or Ontology.default()
+    ids = {int(i) for i in onto.ids}
+    if not _is_lazy(vol.data):
+        ids |= {int(i) for i in np.unique(np.asarray(vol.data))}
+    ids.discard(0)
+    structure_ids = np.array(sorted(ids), dtype=np.int64)
+    data = compact_labels(vol.data, structure_ids)
+    by_id = onto.color_dict(structure_ids)
+    colors: dict = {None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0)}
+    unknown_color = (0.5, 0.5, 0.5, 1.0)
+    for value, sid in enumerate(structure_ids, start=1):
+        colors[value] = by_id.get(int(sid), unknown_color)
+    colors[len(structure_ids) + 1] = unknown_color
+    table = onto.features_for(structure_ids).rename(columns={"index": "structure_id"})
+    # features_for sorts ids and puts background (0) first: row k is compact value k.
+    table.insert(0, "index", np.arange(len(table)))
+    unknown_row = {"index": len(table), "structure_id": -1, "acronym": "?",
+                   "name": "structure not in the ontology"}
+    import pandas as pd
+
+    features = pd.concat([table, pd.DataFrame([unknown_row])], ignore_index=True)
+    meta = layer_metadata(vol)
+    meta.update(structure_ids=structure_ids, label_values="compact")
+    kwargs: dict = {
+        "name": name or vol.name,
+        "colormap": colors,
+        "features": features,
+        "opacity": 0.6,
+        "metadata": meta,
+        **layer_space_kwargs(vol.resolution),
+    }
+    kwargs.update(overrides)
+    return data, kwargs, "labels"
+
+
+def structure_ids_of(labels_data, metadata: dict) -> np.ndarray:
+    """Inverse of the compact labelling: layer values -> structure ids (unknown -> -1)."""
+    values = np.asarray(labels_data).astype(np.int64)
+    if metadata.get("label_values") != "compact":
+        return values
+    lut = np.concatenate([[0], np.asarray(metadata["structure_ids"], dtype=np.int64), [-1]])
+    return lut[values]
+
+
+def volume_layer(vol: GridVolume, **overrides) -> LayerDataTuple:
+    """Labels for annotation kinds, Image for everything else."""
+    if vol.is_labels:
+        return labels_layer(vol, **overrides)
+    return image_layer(vol, **overrides)

@@ -1,0 +1,303 @@
+"""Evaluate a parsed RMA model query against in-memory records.
+
+A :class:`Model` yields base records (dicts with alphabetical public keys; keys starting with
+``_`` are private and never served) and knows its associations. The engine applies filters,
+association joins, ``order``, paging, ``only``/``except``, ``include`` and ``tabular``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .rma import Association, Filter, Query, RmaSyntaxError, split_top
+
+DEFAULT_ROWS = 50
+MAX_ROWS = 25_000
+
+Record = dict[str, Any]
+
+
+class QueryError(ValueError):
+    """The query is well formed but cannot be answered (unknown model, attribute, id ...)."""
+
+
+@dataclass
+class AssocSpec:
+    """How to reach associated records from a record."""
+
+    getter: Callable[[Record], list[Record]]
+    many: bool
+    table: str
+    model: str | None = None  # model name of the targets, for nested associations
+
+
+@dataclass
+class Model:
+    name: str
+    table: str
+    element: str  # XML element of one record, e.g. "section-data-set"
+    records: Callable[[Query], list[Record]]
+    associations: dict[str, AssocSpec] = field(default_factory=dict)
+
+
+def public(record: Record) -> Record:
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def _coerce(sample: Any, text: str) -> Any:
+    """Convert filter text to the type of the record's value."""
+    if isinstance(sample, bool):
+        low = text.strip().lower()
+        if low in ("true", "t", "1"):
+            return True
+        if low in ("false", "f", "0"):
+            return False
+        raise QueryError(f"not a boolean: {text!r}")
+    if isinstance(sample, int):
+        try:
+            return int(float(text))
+        except ValueError:
+            raise QueryError(f"not an integer: {text!r}") from None
+    if isinstance(sample, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise QueryError(f"not a number: {text!r}") from None
+    return text
+
+
+def _match_one(value: Any, op: str, target: str) -> bool:
+    if op in ("$li", "$il"):
+        if value is None:
+            return False
+        text = str(value)
+        pattern = target
+        if op == "$il":
+            text, pattern = text.lower(), pattern.lower()
+        # '*' is the only wildcard; escape fnmatch's others.
+        pattern = re.sub(r"([\[\]?])", r"[\1]", pattern)
+        return fnmatch.fnmatchcase(text, pattern)
+    if value is None:  # only an explicit null matches a null
+        is_null = target.lower() in ("null", "nil")
+        return is_null if op in ("$eq", "$is") else (op == "$ne" and not is_null)
+    wanted = _coerce(value, target)
+    if op == "$eq" or op == "$is":
+        return value == wanted
+    if op == "$ne":
+        return value != wanted
+    try:
+        if op == "$gt":
+            return value > wanted
+        if op == "$lt":
+            return value < wanted
+        if op == "$ge":
+            return value >= wanted
+        if op == "$le":
+            return value <= wanted
+    except TypeError:
+        return False
+    raise QueryError(f"unsupported operator {op}")
+
+
+def matches(record: Record, flt: Filter, model: Model) -> bool:
+    attr = flt.attr.split(".")[-1]
+    if attr not in record or attr.startswith("_"):
+        raise QueryError(f"{model.name} has no attribute {flt.attr!r}")
+    value = record[attr]
+    if flt.op is None:
+        return value is not None
+    if flt.op == "$in":
+        return any(_match_one(value, "$eq", v) for v in (flt.value or []))
+    return _match_one(value, flt.op, str(flt.value))
+
+
+class Engine:
+    """Runs queries over a registry of models."""
+
+    def __init__(self, models: dict[str, Model]) -> None:
+        self.models = models
+
+    def model(self, name: str | None) -> Model:
+        if name not in self.models:
+            raise QueryError(f"unknown model {name!r}; this server knows "
+                             + ", ".join(sorted(self.models)))
+        return self.models[name]
+
+    # -- associations -----------------------------------------------------------------
+    def _assoc(self, model: Model, name: str) -> AssocSpec:
+        spec = model.associations.get(name)
+        if spec is None:
+            raise QueryError(f"{model.name} has no association {name!r}")
+        return spec
+
+    def _assoc_matches(self, model: Model, record: Record, assoc: Association) -> bool:
+        spec = self._assoc(model, assoc.name)
+        targets = spec.getter(record)
+        sub = self.models.get(spec.model or "")
+        for target in targets:
+            if all(matches(target, f, sub or model) for f in assoc.filters) and all(
+                sub is not None and self._assoc_matches(sub, target, child)
+                for child in assoc.children
+            ):
+                return True
+        return False
+
+    def _table_filter(self, model: Model, flt: Filter) -> Association | None:
+        """``[genes.acronym$eqX]`` -> an association filter; base-table prefixes are dropped."""
+        if "." not in flt.attr:
+            return None
+        table, attr = flt.attr.rsplit(".", 1)
+        if table in (model.table, model.name):
+            return None
+        for name, spec in model.associations.items():
+            if table in (spec.table, name):
+                return Association(name, [Filter(attr, flt.op, flt.value)])
+        raise QueryError(f"{model.name}: unknown table {table!r} in filter {flt.attr!r}")
+
+    def select(self, query: Query) -> tuple[Model, list[Record]]:
+        """All records matching the criteria (before paging)."""
+        model = self.model(query.model)
+        rows = model.records(query)
+        plain: list[Filter] = []
+        assocs = list(query.associations)
+        for flt in query.filters:
+            joined = self._table_filter(model, flt)
+            if joined is None:
+                plain.append(flt)
+            else:
+                assocs.append(joined)
+        if plain:
+            rows = [r for r in rows if all(matches(r, f, model) for f in plain)]
+        for assoc in assocs:
+            self._assoc(model, assoc.name)  # unknown association -> error even if no rows
+            rows = [r for r in rows if self._assoc_matches(model, r, assoc)]
+        return model, rows
+
+    # -- ordering and paging ----------------------------------------------------------
+    def order(self, model: Model, rows: list[Record], order: str) -> list[Record]:
+        keys = [k.strip().strip("'") for k in split_top(order) if k.strip().strip("'")]
+        for key in reversed(keys):  # stable sorts, last key first
+            desc = False
+            for suffix in ("$desc", " desc", "$asc", " asc"):
+                if key.lower().endswith(suffix):
+                    desc = "desc" in suffix
+                    key = key[: -len(suffix)].strip()
+            table, _, attr = key.rpartition(".")
+            if table and table not in (model.table, model.name):
+                # An associated table: sort by its first record's attribute.
+                name = next((n for n, s in model.associations.items() if table in (s.table, n)),
+                            None)
+                if name is None:
+                    raise QueryError(f"{model.name}: cannot order by {key!r}")
+                spec = model.associations[name]
+
+                def keyfunc(r, spec=spec, attr=attr):
+                    targets = spec.getter(r)
+                    value = targets[0].get(attr) if targets else None
+                    return (value is None, value if value is not None else 0)
+            else:
+                if rows and attr not in rows[0]:
+                    raise QueryError(f"{model.name} has no attribute {attr!r} to order by")
+
+                def keyfunc(r, attr=attr):
+                    value = r.get(attr)
+                    return (value is None, value if value is not None else 0)
+            rows = sorted(rows, key=keyfunc, reverse=desc)
+        return rows
+
+
+def page_bounds(options: dict[str, str], default_rows: int = DEFAULT_ROWS,
+                cap: int | None = MAX_ROWS) -> tuple[int, int | None]:
+    """(start_row, num_rows or None for all) from the options; 25,000 cap like Allen's."""
+    try:
+        start = int(options.get("start_row", "0") or 0)
+    except ValueError:
+        raise RmaSyntaxError(f"start_row must be an integer, not {options['start_row']!r}") \
+            from None
+    raw = str(options.get("num_rows", default_rows)).strip().strip("'")
+    if raw.lower() == "all":
+        return max(start, 0), None
+    try:
+        num = int(raw)
+    except ValueError:
+        raise RmaSyntaxError(f"num_rows must be an integer or 'all', not {raw!r}") from None
+    if cap is not None:
+        num = min(num, cap)
+    return max(start, 0), max(num, 0)
+
+
+def attr_list(text: str) -> list[str]:
+    return [p.strip().strip("'") for p in split_top(text) if p.strip()]
+
+
+def tabular_rows(engine: Engine, model: Model, rows: Iterable[Record], spec: str,
+                 query: Query) -> list[Record]:
+    """Flat rows for ``tabular=table.attr as alias,...``; has-many joins explode rows."""
+    distinct = False
+    columns: list[tuple[str | None, str, str]] = []  # (association or None, attr, label)
+    for item in attr_list(spec):
+        if item.lower().startswith("distinct "):
+            distinct = True
+            item = item[len("distinct "):].strip()
+        aliased = re.match(r"^(.*?)\s+as\s+(.+)$", item)
+        expr, alias = (aliased.group(1).strip(), aliased.group(2).strip()) if aliased \
+            else (item, "")
+        table, _, attr = expr.rpartition(".")
+        assoc = None
+        if table and table not in (model.table, model.name):
+            assoc = next((n for n, s in model.associations.items() if table in (s.table, n)),
+                         None)
+            if assoc is None:
+                raise QueryError(f"{model.name}: unknown table {table!r} in tabular {expr!r}")
+        columns.append((assoc, attr, alias or attr))
+    # Criteria on an association restrict the joined rows too (SQL inner join semantics).
+    join_filters = {a.name: a.filters for a in query.associations}
+    out: list[Record] = []
+    seen: set[tuple] = set()
+    for record in rows:
+        combos: list[dict[str | None, Record]] = [{None: record}]
+        for assoc in dict.fromkeys(c[0] for c in columns if c[0]):
+            spec = model.associations[assoc]
+            sub = engine.models.get(spec.model or "", model)
+            targets = [t for t in spec.getter(record)
+                       if all(matches(t, f, sub) for f in join_filters.get(assoc, []))]
+            if not targets:
+                targets = [{}]  # left join: the columns come out null
+            combos = [{**c, assoc: t} for c in combos for t in targets]
+        for combo in combos:
+            row = {label: combo[assoc].get(attr) for assoc, attr, label in columns}
+            if distinct:
+                key = tuple(row.values())
+                if key in seen:
+                    continue
+                seen.add(key)
+            out.append(row)
+    return out
+
+
+def shape_record(engine: Engine, model: Model, record: Record, includes: list[Association],
+                 only: list[str] | None, excpt: list[str] | None) -> Record:
+    """Public attributes (alphabetical), ``only``/``except`` applied, includes appended."""
+    def keep(key: str, table: str) -> bool:
+        if only and not any(o in (key, f"{table}.{key}") for o in only):
+            return False
+        return not (excpt and any(e in (key, f"{table}.{key}") for e in excpt))
+
+    out = {k: v for k, v in sorted(public(record).items()) if keep(k, model.table)}
+    for inc in includes:
+        spec = engine._assoc(model, inc.name)
+        sub = engine.models.get(spec.model or "")
+        targets = [t for t in spec.getter(record)
+                   if all(matches(t, f, sub or model) for f in inc.filters)]
+        shaped = []
+        for target in targets:
+            if sub is not None:
+                shaped.append(shape_record(engine, sub, target, inc.children, only, excpt))
+            else:
+                shaped.append(dict(sorted(public(target).items())))
+        out[inc.name] = shaped if spec.many else (shaped[0] if shaped else None)
+    return out

@@ -1,0 +1,221 @@
+"""StructureUnionize (ISH) and ProjectionStructureUnionize (connectivity) computed from the
+served grids and the real annotation, rolled up the structure hierarchy.
+
+ISH (200 µm, gridAnnotation): one 200 µm voxel stands for one "pixel" in the pixel sums;
+``expression_density`` = mean density, ``expression_energy`` = mean energy over voxels with data
+(energy != -1). Structures with no voxel with data are left out.
+
+Connectivity (100 µm grids, CCF annotation subsampled to 100 µm): a 100 µm voxel holds 1,000
+10 µm pixels; ``is_injection`` rows weight voxels by ``injection_fraction`` and the others by
+``1 - injection_fraction``; hemisphere 1 = left (ML < 5,700 µm), 2 = right, 3 = both;
+``projection_density = sum_projection_pixels / sum_pixels``, ``projection_energy = density x
+intensity``, volumes in mm³, ``normalized_projection_volume`` = projection_volume / the
+injection's projection_volume (structure 997, is_injection true, hemisphere 3), ``max_voxel_*`` =
+µm position of the densest voxel (0 when none).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from .catalog import Catalog, stable_int
+from .grids import GridStore
+from .query import QueryError
+from .rma import Query
+
+PIXELS_PER_VOXEL_100 = 1000  # (100 µm / 10 µm)^3
+PIXEL_MM3 = 1e-6  # one 10 µm pixel
+VOXEL_MM3_100 = 1e-3
+MIDLINE_INDEX_100 = 57  # ML voxel 57 is at 5,700 µm (right from there)
+
+_CACHE: OrderedDict[tuple, list[dict[str, Any]]] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 32
+
+
+def _cached(key: tuple, build) -> list[dict[str, Any]]:
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    rows = build()
+    with _CACHE_LOCK:
+        _CACHE[key] = rows
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return rows
+
+
+def _experiment_ids(query: Query) -> list[int]:
+    for flt in query.filters:
+        if flt.attr.split(".")[-1] == "section_data_set_id" and flt.op in ("$eq", "$in"):
+            values = flt.value if isinstance(flt.value, list) else [flt.value]
+            try:
+                return sorted({int(float(v)) for v in values})
+            except (TypeError, ValueError):
+                raise QueryError(f"section_data_set_id must be an integer: {values!r}") from None
+    raise QueryError(f"{query.model} queries need [section_data_set_id$eq<id>] or $in (the "
+                     "local server computes unionizes per experiment)")
+
+
+def _rolled_sums(store: GridStore, labels: np.ndarray, inverse: np.ndarray,
+                 quantities: dict[str, np.ndarray]) -> dict[int, dict[str, float]]:
+    """Per-structure sums (descendants included) of each quantity over the annotation."""
+    flat = inverse.ravel(order="F")
+    sums = {name: np.bincount(flat, weights=q.ravel(order="F"), minlength=len(labels))
+            for name, q in quantities.items()}
+    known = store.catalog.structure_by_id
+    out: dict[int, dict[str, float]] = {}
+    for i, label in enumerate(labels.tolist()):
+        if label == 0:
+            continue
+        chain = store.catalog.ancestors(label) if label in known else [997]
+        for sid in chain:
+            acc = out.setdefault(sid, dict.fromkeys(sums, 0.0))
+            for name, arr in sums.items():
+                acc[name] += float(arr[i])
+    return out
+
+
+# ------------------------------------------------------------------ ISH
+
+
+def ish_unionize_records(catalog: Catalog, store: GridStore, query: Query) -> list[dict]:
+    rows: list[dict[str, Any]] = []
+    for exp in _experiment_ids(query):
+        if not catalog.is_ish(exp):
+            continue
+        rows.extend(_cached(("ish", exp), lambda exp=exp: _ish_rows(store, exp)))
+    return rows
+
+
+def _ish_rows(store: GridStore, experiment_id: int) -> list[dict[str, Any]]:
+    arrays, _ = store.ish_arrays(experiment_id)
+    energy, density, intensity = arrays["energy"], arrays["density"], arrays["intensity"]
+    valid = (energy >= 0).astype(np.float64)
+    labels, inverse = store.label_index(200)
+    sums = _rolled_sums(store, labels, inverse, {
+        "n": valid,
+        "energy": np.where(energy >= 0, energy, 0.0),
+        "energy2": np.where(energy >= 0, energy.astype(np.float64) ** 2, 0.0),
+        "density": np.where(density >= 0, density, 0.0),
+        "intensity": np.where(intensity >= 0, intensity, 0.0),
+    })
+    rows = []
+    for sid in sorted(sums):
+        s = sums[sid]
+        n = s["n"]
+        if n <= 0:
+            continue
+        mean = s["energy"] / n
+        var = max(s["energy2"] / n - mean * mean, 0.0)
+        rows.append({
+            "expression_density": s["density"] / n,
+            "expression_energy": mean,
+            "id": stable_int("su", experiment_id, sid),
+            "section_data_set_id": experiment_id,
+            "structure_id": sid,
+            "sum_expressing_pixel_intensity": s["energy"],
+            "sum_expressing_pixels": s["density"],
+            "sum_pixel_intensity": s["intensity"],
+            "sum_pixels": n,
+            "voxel_energy_cv": (var**0.5 / mean) if mean > 0 else 0.0,
+            "voxel_energy_mean": mean,
+        })
+    return rows
+
+
+# ------------------------------------------------------------------ connectivity
+
+
+def projection_unionize_records(catalog: Catalog, store: GridStore, query: Query) -> list[dict]:
+    rows: list[dict[str, Any]] = []
+    for exp in _experiment_ids(query):
+        if exp not in catalog.connectivity_by_id:
+            continue
+        rows.extend(_cached(("proj", exp), lambda exp=exp: _projection_rows(store, exp)))
+    return rows
+
+
+def _projection_rows(store: GridStore, experiment_id: int) -> list[dict[str, Any]]:
+    arrays, _ = store.connectivity_arrays(experiment_id, 100)
+    density = arrays["projection_density"].astype(np.float64)
+    energy = arrays["projection_energy"].astype(np.float64)
+    fraction = np.clip(arrays["injection_fraction"].astype(np.float64), 0, 1)
+    labels, inverse = store.label_index(100)
+    ml = np.arange(density.shape[2])[None, None, :]
+    right = np.broadcast_to(ml >= MIDLINE_INDEX_100, density.shape)
+    results: dict[tuple[int, bool], dict[int, dict[str, float]]] = {}
+    maxima: dict[tuple[int, bool], dict[int, tuple[float, tuple[int, int, int]]]] = {}
+    for is_injection in (True, False):
+        weight = fraction if is_injection else 1.0 - fraction
+        for hemi, side in ((1, ~right), (2, right), (3, None)):
+            w = weight if side is None else weight * side
+            results[(hemi, is_injection)] = _rolled_sums(store, labels, inverse, {
+                "pixels": w * PIXELS_PER_VOXEL_100,
+                "proj_pixels": w * density * PIXELS_PER_VOXEL_100,
+                "proj_intensity": w * energy * PIXELS_PER_VOXEL_100,
+            })
+            maxima[(hemi, is_injection)] = _rolled_max(store, labels, inverse,
+                                                       np.where(w > 0, density, -1.0))
+    inj_volume = results[(3, True)].get(997, {}).get("proj_pixels", 0.0) * PIXEL_MM3
+    rows = []
+    for (hemi, is_injection), sums in sorted(results.items()):
+        for sid in sorted(sums):
+            s = sums[sid]
+            if s["pixels"] <= 0:
+                continue
+            volume = s["proj_pixels"] * PIXEL_MM3
+            peak, where = maxima[(hemi, is_injection)].get(sid, (0.0, (0, 0, 0)))
+            has_peak = peak > 0
+            rows.append({
+                "hemisphere_id": hemi,
+                "id": stable_int("psu", experiment_id, sid, hemi, is_injection),
+                "is_injection": is_injection,
+                "max_voxel_density": peak if has_peak else 0.0,
+                "max_voxel_x": where[0] * 100 if has_peak else 0,
+                "max_voxel_y": where[1] * 100 if has_peak else 0,
+                "max_voxel_z": where[2] * 100 if has_peak else 0,
+                "normalized_projection_volume": volume / inj_volume if inj_volume > 0 else 0.0,
+                "projection_density": s["proj_pixels"] / s["pixels"],
+                "projection_energy": s["proj_intensity"] / s["pixels"],
+                "projection_intensity": (s["proj_intensity"] / s["proj_pixels"]
+                                         if s["proj_pixels"] > 0 else 0.0),
+                "projection_volume": volume,
+                "section_data_set_id": experiment_id,
+                "structure_id": sid,
+                "sum_pixel_intensity": s["proj_intensity"] + 20.0 * s["pixels"],
+                "sum_pixels": s["pixels"],
+                "sum_projection_pixel_intensity": s["proj_intensity"],
+                "sum_projection_pixels": s["proj_pixels"],
+                "volume": s["pixels"] * PIXEL_MM3,
+            })
+    return rows
+
+
+def _rolled_max(store: GridStore, labels: np.ndarray, inverse: np.ndarray,
+                values: np.ndarray) -> dict[int, tuple[float, tuple[int, int, int]]]:
+    """Per structure (descendants included): the maximum value and its voxel index."""
+    flat_inv = inverse.ravel(order="F")
+    flat_val = values.ravel(order="F")
+    order = np.lexsort((-flat_val, flat_inv))  # by label, then value descending
+    first = np.ones(len(order), bool)
+    first[1:] = flat_inv[order][1:] != flat_inv[order][:-1]
+    best = order[first]
+    shape = values.shape
+    known = store.catalog.structure_by_id
+    out: dict[int, tuple[float, tuple[int, int, int]]] = {}
+    for flat_index in best.tolist():
+        label = int(labels[flat_inv[flat_index]])
+        value = float(flat_val[flat_index])
+        if label == 0 or value <= 0:
+            continue
+        index = tuple(int(i) for i in np.unravel_index(flat_index, shape, order="F"))
+        for sid in (store.catalog.ancestors(label) if label in known else [997]):
+            if sid not in out or value > out[sid][0]:
+                out[sid] = (value, index)  # type: ignore[assignment]
+    return out

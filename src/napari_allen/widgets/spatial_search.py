@@ -1,0 +1,290 @@
+"""The "Spatial search" dock widget: Allen's spatial-search lines, interactive.
+
+- Run: for an experiment and a density range, seed voxels (100 µm projection density, outside
+  fibre tracts, capped) are queried concurrently (``mouse_connectivity_target_spatial``,
+  ``section_data_set`` = the experiment); the lines appear as a 3-D Shapes path layer plus a
+  Vectors companion visible in 2-D slices, with the injection voxels as Points and optionally
+  the fibre tracts as an atlas-coloured Labels layer.
+- Click to search: while checked, a click (not a drag) on the canvas takes the 100 µm voxel
+  under the cursor as the seed and asks across all experiments; lines are coloured by
+  experiment.
+- Save JSON: the last result in the script's shape (``lines``, ``injectionCoordinates``).
+
+All work runs in a :class:`~napari_allen.widgets._tasks.TaskRunner` worker; layers are added on
+the main thread from its result callback. The mouse callback only starts a task.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_allen.analysis.seeds import DEFAULT_DENSITY_RANGE, SAMPLE_MODES, snap_to_voxel
+from napari_allen.api.spatial_search import DEFAULT_JOBS, search_seeds
+from napari_allen.atlas.space import GRID_SHAPES
+from napari_allen.commands.spatial import DEFAULT_EXPERIMENT, run_experiment_search
+from napari_allen.io.lines_json import write_lines_json
+from napari_allen.widgets._common import add_layer_tuple, shared_client
+from napari_allen.widgets._tasks import TaskRunner
+
+if TYPE_CHECKING:
+    import napari
+
+CLICK_RESOLUTION = 100  # µm: the click seed is the centre of this grid's voxel
+DEFAULT_SEED_CAP = 500
+CLICK_LAYER_NAME = "spatial search (click)"
+PARTIAL_EVERY_S = 1.0  # how often lines found so far are shown during a long search
+
+
+def _show(viewer: napari.Viewer, layer_tuple: tuple) -> None:
+    """Add a layer, or update the same-named one; per-item colours are refreshed too
+    (``add_layer_tuple`` replaces data and features, and a Shapes/Vectors layer would otherwise
+    colour new lines with its old colours). Main thread only."""
+    layer = add_layer_tuple(viewer, layer_tuple)
+    kwargs = layer_tuple[1]
+    for key in ("edge_color", "face_color"):
+        value = kwargs.get(key)
+        if isinstance(value, np.ndarray) and hasattr(layer, key):
+            setattr(layer, key, value)
+
+
+def _show_all(viewer: napari.Viewer, layer_tuples: list, prefix: str) -> None:
+    """Show ``layer_tuples`` and remove the other layers of the same search (``prefix`` +
+    lines / lines (2-D) / injection sites) that this result no longer has, so an empty result
+    never leaves the previous lines on screen."""
+    for layer_tuple in layer_tuples:
+        _show(viewer, layer_tuple)
+    kept = {t[1].get("name") for t in layer_tuples}
+    for suffix in ("lines", "lines (2-D)", "injection sites"):
+        stale = f"{prefix} {suffix}"
+        if stale not in kept and stale in viewer.layers:
+            viewer.layers.remove(stale)
+
+
+class SpatialSearchWidget(QWidget):
+    """Dock widget: experiment spatial search and point-and-click search (see module doc)."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.last_result: dict | None = None  # {"records", "injection_coordinates", "metadata"}
+
+        self.experiment = QSpinBox()
+        self.experiment.setRange(1, 2**31 - 1)
+        self.experiment.setValue(DEFAULT_EXPERIMENT)
+        self.density_min = QDoubleSpinBox()
+        self.density_max = QDoubleSpinBox()
+        for box, value in ((self.density_min, DEFAULT_DENSITY_RANGE[0]),
+                           (self.density_max, DEFAULT_DENSITY_RANGE[1])):
+            box.setRange(0.0, 1.0)
+            box.setDecimals(3)
+            box.setSingleStep(0.01)
+            box.setValue(value)
+        self.seed_cap = QSpinBox()
+        self.seed_cap.setRange(0, 1_000_000)
+        self.seed_cap.setSpecialValueText("no cap")  # 0 = all seeds
+        self.seed_cap.setValue(DEFAULT_SEED_CAP)
+        self.sample = QComboBox()
+        self.sample.addItems(list(SAMPLE_MODES))
+        self.jobs = QSpinBox()
+        self.jobs.setRange(1, 64)
+        self.jobs.setValue(DEFAULT_JOBS)
+        self.skip_fibers = QCheckBox("skip seeds in fibre tracts")
+        self.skip_fibers.setChecked(True)
+        self.show_fibers = QCheckBox("show fibre tracts (100 µm labels)")
+
+        self.run_button = QPushButton("Run spatial search")
+        self.run_button.clicked.connect(self.run)
+        self.click_button = QPushButton("Click to search")
+        self.click_button.setCheckable(True)
+        self.click_button.setToolTip("While checked, click in the viewer: the 100 µm voxel under "
+                                     "the cursor is the seed, searched across all experiments")
+        self.save_button = QPushButton("Save JSON…")
+        self.save_button.setEnabled(False)
+        self.save_button.clicked.connect(lambda: self.save_json())
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+
+        self.runner = TaskRunner(self)
+
+        form = QFormLayout()
+        form.addRow("experiment", self.experiment)
+        form.addRow("min density", self.density_min)
+        form.addRow("max density", self.density_max)
+        form.addRow("seed cap", self.seed_cap)
+        form.addRow("cap keeps", self.sample)
+        form.addRow("parallel queries", self.jobs)
+        form.addRow(self.skip_fibers)
+        form.addRow(self.show_fibers)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.click_button)
+        buttons.addWidget(self.save_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.runner.widget)
+        layout.addWidget(self.summary)
+        layout.addStretch(1)
+
+        self.viewer.mouse_drag_callbacks.append(self._on_mouse)
+        # A closure, not a method: the slot must not need this (dying) widget.
+        callbacks, callback = self.viewer.mouse_drag_callbacks, self._on_mouse
+        self.destroyed.connect(lambda *_: callback in callbacks and callbacks.remove(callback))
+
+    # --- experiment search ----------------------------------------------------------------
+    def parameters(self) -> dict[str, Any]:
+        """The current form values as ``run_experiment_search`` keywords."""
+        lo, hi = self.density_min.value(), self.density_max.value()
+        return {
+            "experiment_id": int(self.experiment.value()),
+            "density_range": (min(lo, hi), max(lo, hi)),
+            "max_seeds": int(self.seed_cap.value()) or None,
+            "sample": self.sample.currentText(),
+            "jobs": int(self.jobs.value()),
+            "fiber_tracts": self.skip_fibers.isChecked(),
+        }
+
+    def run(self) -> None:
+        """Start the experiment search (cancels any running task)."""
+        params = self.parameters()
+        show_fibers = self.show_fibers.isChecked()
+
+        name = f"spatial search {params['experiment_id']}"
+
+        def task(*, progress, cancel, emit):
+            from napari_allen.layers.lines import fiber_tract_layer, lines_layers
+
+            # Show the lines found so far every PARTIAL_EVERY_S while the queries run (built
+            # here, in the worker; the runner hands them to the main thread).
+            found: list = []
+            last = [time.monotonic()]
+
+            def on_lines(lines: list) -> None:
+                found.extend(lines)
+                if time.monotonic() - last[0] >= PARTIAL_EVERY_S:
+                    last[0] = time.monotonic()
+                    emit(lines_layers(list(found), name=name))
+
+            search = run_experiment_search(shared_client(), progress=progress, cancel=cancel,
+                                           on_lines=on_lines, **params)
+            layers = lines_layers(search.lines, search.injection_coordinates, name=name,
+                                  metadata=search.metadata)
+            if show_fibers:
+                from napari_allen.atlas.fiber_tracts import FiberTracts
+
+                layers.insert(0, fiber_tract_layer(FiberTracts.default(), CLICK_RESOLUTION))
+            return {"search": search, "layers": layers}
+
+        self.summary.setText("")
+        self.runner.run(task, on_result=self._show_experiment, on_partial=self._show_partial,
+                        description=f"spatial search of {params['experiment_id']}")
+
+    def _show_partial(self, layer_tuples: list) -> None:
+        for layer_tuple in layer_tuples:
+            _show(self.viewer, layer_tuple)
+
+    def _show_experiment(self, value: dict) -> None:
+        search = value["search"]
+        _show_all(self.viewer, value["layers"], f"spatial search {search.experiment_id}")
+        result = search.result
+        self.last_result = {"records": result.records(),
+                            "injection_coordinates": search.injection_coordinates,
+                            "metadata": search.metadata}
+        self.save_button.setEnabled(True)
+        attrs = search.seeds.attrs
+        text = (f"{len(search.seeds)} seeds ({attrs.get('in_range', 0)} in range, "
+                f"{attrs.get('in_fiber_tracts', 0)} in fibre tracts, {attrs.get('capped', 0)} "
+                f"over the cap) → {len(result.lines)} lines in {result.seconds:.1f} s")
+        if result.n_failed:
+            text += f"; {result.n_failed} seeds failed (run again to retry them)"
+        self.summary.setText(text)
+
+    # --- point and click ------------------------------------------------------------------
+    def search_at(self, point_um: Any) -> bool:
+        """Search across all experiments from the 100 µm voxel containing ``point_um``
+        (``[AP, DV, ML]`` µm). Returns False (and says why) if the point is outside the atlas."""
+        seed = snap_to_voxel(np.asarray(point_um, dtype=float)[-3:], CLICK_RESOLUTION,
+                             GRID_SHAPES[CLICK_RESOLUTION])
+        if seed is None:
+            self.summary.setText(f"{np.round(point_um, 0).tolist()} µm is outside the atlas")
+            return False
+        label = ", ".join(f"{v:.0f}" for v in seed)
+
+        def task(*, progress, cancel, emit):
+            from napari_allen.layers.lines import lines_layers
+
+            result = search_seeds(shared_client(), [seed], jobs=1, progress=progress,
+                                  cancel=cancel)
+            layers = lines_layers(result.lines, name=CLICK_LAYER_NAME, color_by="experiment",
+                                  metadata={"seed_um": seed.tolist()})
+            return {"result": result, "layers": layers, "seed": seed}
+
+        self.runner.run(task, on_result=self._show_click,
+                        description=f"spatial search at {label} µm")
+        return True
+
+    def _show_click(self, value: dict) -> None:
+        result, seed = value["result"], value["seed"]
+        _show_all(self.viewer, value["layers"], CLICK_LAYER_NAME)
+        self.last_result = {"records": result.records(),
+                            "injection_coordinates": np.empty((0, 3)),
+                            "metadata": {"seed_um": seed.tolist()}}
+        self.save_button.setEnabled(bool(result.lines))
+        experiments = sorted({ln.experiment_id for ln in result.lines})
+        label = ", ".join(f"{v:.0f}" for v in seed)
+        if result.n_failed:
+            self.summary.setText(f"seed {label} µm: query failed: {result.failures[0].error}")
+        else:
+            self.summary.setText(f"seed {label} µm: {len(result.lines)} lines from "
+                                 f"{len(experiments)} experiments")
+
+    def _on_mouse(self, viewer: Any, event: Any):
+        """Mouse callback: a click (press then release without moving) starts a search."""
+        if not self.click_button.isChecked() or getattr(event, "button", 1) != 1:
+            return
+        position = np.asarray(event.position, dtype=float)
+        yield
+        moved = False
+        while event.type == "mouse_move":
+            moved = True
+            yield
+        if not moved:
+            self.search_at(position)
+
+    def close_search(self) -> None:
+        """Cancel any running task and stop listening to clicks."""
+        self.runner.cancel()
+        if self._on_mouse in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
+
+    # --- saving ---------------------------------------------------------------------------
+    def save_json(self, path: str | None = None) -> str | None:
+        """Write the last result as the lines JSON; asks for a path when None."""
+        if self.last_result is None:
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save spatial-search lines", "",
+                                                  "Lines JSON (*.json)")
+            if not path:
+                return None
+        write_lines_json(path, self.last_result["records"],
+                         self.last_result["injection_coordinates"],
+                         metadata=self.last_result["metadata"])
+        self.summary.setText(f"saved {path}")
+        return str(path)

@@ -1,0 +1,127 @@
+"""The Connectivity dock widget in a real viewer, against the local Allen API server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_allen.widgets._common import reset_shared_client
+
+REAL = 158375425
+
+
+@pytest.fixture
+def widget(make_napari_viewer, allen_api, qtbot):
+    from napari_allen.widgets.connectivity import ConnectivityWidget
+
+    reset_shared_client()  # pick up the local server's URL
+    viewer = make_napari_viewer()
+    w = ConnectivityWidget(viewer)
+    qtbot.addWidget(w)
+    yield w
+    w.runner.cancel()
+    reset_shared_client()
+
+
+def _wait(qtbot, w, timeout=30000):
+    qtbot.waitUntil(lambda: not w.runner.is_running, timeout=timeout)
+
+
+def _search_vpm(qtbot, w):
+    w.structures_edit.setText("VPM")
+    w.line_combo.setCurrentText("wild type")
+    w.search_button.click()
+    _wait(qtbot, w)
+    frame = w.results.frame()
+    assert REAL in frame["id"].tolist()
+    return frame
+
+
+def test_search_table_and_load_selected(qtbot, widget):
+    w = widget
+    frame = _search_vpm(qtbot, w)
+    assert list(frame.columns[:9]) == ["id", "structure_abbrev", "transgenic_line",
+                                       "injection_volume", "injection_x", "injection_y",
+                                       "injection_z", "gender", "strain"]
+    assert set(frame["transgenic_line"]) == {"wild type"}
+    assert w.results.isSortingEnabled()
+    w.results.select_rows([frame.index[frame["id"] == REAL][0]])
+    w.load_injection_density.setChecked(True)
+    w.load_voxels.setChecked(True)
+    w.load_button.click()
+    _wait(qtbot, w)
+    names = [layer.name for layer in w.viewer.layers]
+    assert "projection density (exp 158375425, VPM)" in names
+    assert "injection density (exp 158375425, VPM)" in names
+    assert "injection sites" in names
+    assert "injection voxels > 0.5 (exp 158375425, VPM)" in names
+    proj = w.viewer.layers["projection density (exp 158375425, VPM)"]
+    assert tuple(proj.scale) == (100, 100, 100)
+    sites = w.viewer.layers["injection sites"]
+    np.testing.assert_allclose(sites.data, [[7070, 4360, 7650]])
+    assert sites.features["experiment"].tolist() == [REAL]
+
+
+def test_average_then_threshold(qtbot, widget):
+    w = widget
+    frame = _search_vpm(qtbot, w)
+    w.results.select_rows(list(range(min(3, len(frame)))))
+    w.normalize_combo.setCurrentText("injection volume")
+    w.group_combo.setCurrentText("none")
+    w.average_button.click()
+    _wait(qtbot, w)
+    avg = [layer for layer in w.viewer.layers if layer.name.startswith("mean projection")]
+    assert len(avg) == 1
+    assert avg[0].metadata["kind"] == "projection_average"
+    table = w.average_table.frame()
+    assert len(table) == min(3, len(frame)) and table["Used"].all()
+    assert {"ExperimentID", "InjectionVolume", "MouseLine", "GroupName"} <= set(table.columns)
+
+    w.refresh_layers()
+    w.threshold_layer_combo.setCurrentText(avg[0].name)
+    w.target_region_edit.setText("SSp")
+    w.method_combo.setCurrentText("percentile")
+    w.threshold_value.setValue(90)
+    w.threshold_button.click()
+    _wait(qtbot, w)
+    masks = [layer for layer in w.viewer.layers if layer._type_string == "labels"]
+    assert len(masks) == 1 and masks[0].data.sum() > 0
+    structures = w.structure_table.frame()
+    assert "SSp" in structures["acronym"].tolist()
+    assert (structures["n_significant"] > 0).all()
+
+
+def test_coordinate_search_from_cursor(qtbot, widget):
+    w = widget
+    w.viewer.cursor.position = (7070.0, 4360.0, 7650.0)
+    w.cursor_button.click()
+    assert w.seed_edit.text() == "7070, 4360, 7650"
+    w.coord_button.click()
+    _wait(qtbot, w)
+    frame = w.results.frame()
+    assert len(frame) > 0 and "distance" in frame.columns
+    assert frame["distance"].is_monotonic_increasing
+
+
+def test_new_search_drops_stale_results(qtbot, widget):
+    w = widget
+    w.structures_edit.setText("VIS")
+    w.search_button.click()
+    w.structures_edit.setText("VPM")
+    w.line_combo.setCurrentText("wild type")
+    w.primary_check.setChecked(True)
+    w.search_button.click()
+    _wait(qtbot, w)
+    qtbot.wait(200)  # a late stale result would land now
+    assert set(w.results.frame()["structure_abbrev"]) == {"VPM"}
+
+
+def test_bad_input_reports_error_without_running(qtbot, widget):
+    w = widget
+    w.structures_edit.setText("")
+    w.search_button.click()
+    assert not w.runner.is_running
+    w.group_combo.setCurrentText("regions")
+    w.regions_edit.setText("broken")
+    with pytest.raises(ValueError, match="NAME=ACR"):
+        w.averaging_options()

@@ -1,0 +1,179 @@
+"""The "Gene expression" dock widget against the local Allen server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_allen.io.plane_store import ISH_SHAPE, PlaneStore, open_plane_store
+from napari_allen.widgets._common import reset_shared_client
+
+TIMEOUT = 60_000  # ms
+
+
+@pytest.fixture
+def widget(make_napari_viewer, allen_api):
+    from napari_allen.widgets.gene_expression import GeneExpressionWidget
+
+    reset_shared_client()
+    viewer = make_napari_viewer()
+    w = GeneExpressionWidget(viewer)
+    yield w
+    for runner in (w.search_runner, w.load_runner, w.sim_runner, w.plane_runner, w.rank_runner):
+        runner.cancel()
+    reset_shared_client()
+
+
+def _wait(qtbot, runner):
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=TIMEOUT)
+
+
+def _search(qtbot, widget, text: str, plane: str = "both"):
+    widget.gene_edit.setText(text)
+    widget.plane_combo.setCurrentText(plane)
+    widget.search()
+    _wait(qtbot, widget.search_runner)
+
+
+def test_search_load_annotation_and_structure_table(widget, qtbot, tmp_path):
+    _search(qtbot, widget, "nrp1")  # case-insensitive
+    shown = widget.result_table.frame()
+    assert list(shown.columns) == ["experiment_id", "gene", "gene_name", "plane",
+                                   "section_thickness"]
+    assert set(shown["gene"]) == {"Nrp1"} and 74272479 in set(shown["experiment_id"])
+    row = int(np.flatnonzero(shown["experiment_id"].to_numpy() == 74272479)[0])
+    widget.result_table.select_rows([row])
+    widget.volume_boxes["density"].setChecked(True)
+    widget.load_selected()
+    _wait(qtbot, widget.load_runner)
+    viewer = widget.viewer
+    names = [layer.name for layer in viewer.layers]
+    assert "Nrp1 energy (exp 74272479)" in names and "Nrp1 density (exp 74272479)" in names
+    energy = viewer.layers["Nrp1 energy (exp 74272479)"]
+    assert energy.metadata["experiment_id"] == 74272479 and energy.metadata["gene"] == "Nrp1"
+    assert tuple(energy.scale) == (200.0, 200.0, 200.0)
+    assert np.isnan(np.asarray(energy.data)).sum() == 54_982  # -1 shown as NaN
+
+    labels = widget.add_annotation()
+    assert labels._type_string == "labels" and widget.add_annotation() is labels
+
+    widget.layer_combo.setCurrentText("Nrp1 energy (exp 74272479)")
+    table = widget.compute_structure_table()
+    hpf = table.set_index("acronym").loc["HPF"]
+    assert hpf["n_valid"] > 0
+    assert "highest mean" in widget.structure_status.text()
+    out = widget.structure_table.export_csv(str(tmp_path / "nrp1.csv"))
+    assert pd.read_csv(out).shape[0] == len(table)
+
+
+def test_cached_grids_load_without_network(widget, qtbot, allen_api):
+    _search(qtbot, widget, "Nrp1", plane="coronal")
+    widget.result_table.select_rows([0])
+    widget.load_selected()
+    _wait(qtbot, widget.load_runner)
+    for layer in list(widget.viewer.layers):
+        widget.viewer.layers.remove(layer)
+    allen_api.requests.clear()
+    allen_api.faults.add("http500", path_contains="/grid_data/", times=None)
+    widget.load_selected()
+    _wait(qtbot, widget.load_runner)
+    assert len(widget.viewer.layers) == 1
+    assert not [r for r in allen_api.requests if "/grid_data/" in r["path"]]
+
+
+def test_newer_search_wins(widget, qtbot, allen_api):
+    allen_api.latency_ms = 300
+    widget.gene_edit.setText("Pdyn")
+    widget.search()
+    widget.gene_edit.setText("Prox1")
+    widget.search()
+    _wait(qtbot, widget.search_runner)
+    qtbot.wait(800)  # let the stale worker finish: its result must be dropped
+    assert set(widget.result_table.frame()["gene"]) == {"Prox1"}
+
+
+def test_similarity_lines_heatmap_and_save(widget, qtbot, tmp_path):
+    widget.sim_mode.setCurrentText("genes")
+    widget.sim_genes.setText("Nrp1 Pdyn Prox1")
+    widget.sim_source.setCurrentText("grids")
+    widget.top_n.setValue(40)
+    assert widget.save_similarity(str(tmp_path / "none")) is None  # nothing yet
+    widget.run_similarity()
+    _wait(qtbot, widget.sim_runner)
+    result = widget.similarity
+    assert result is not None and 0 < len(result.connections) <= 39
+    lines = widget.viewer.layers["structure correlation"]
+    assert lines._type_string == "shapes"
+    assert {"source", "target", "r"} <= set(lines.features.columns)
+    assert len(lines.data) == len(lines.features) > 0
+    assert lines.data[0].shape == (2, 3)
+    assert widget.heatmap.pixmap() is not None and not widget.heatmap.pixmap().isNull()
+    assert " × " in widget.heatmap.describe_at(5, 5)
+    paths = widget.save_similarity(str(tmp_path / "sim.json"))
+    assert paths["connections"].exists() and paths["correlations"].exists()
+
+
+def _local_store(path, n=4) -> PlaneStore:
+    table = pd.DataFrame({"experiment_id": np.arange(10, 10 + n), "gene": [f"G{i}" for i in
+                          range(n)], "gene_name": "g", "plane": "coronal"})
+    store = PlaneStore.create(path, table)
+    pattern = np.random.default_rng(0).random(ISH_SHAPE).astype(np.float32)
+    for i in range(n):
+        # G1 follows G0's pattern, G2 its inverse, G3 is unrelated noise.
+        grid = {0: pattern, 1: 2 * pattern + 1, 2: 5 - pattern}.get(
+            i, np.random.default_rng(i).random(ISH_SHAPE).astype(np.float32)) + float(i)
+        grid = grid.astype(np.float32)
+        grid[2, 1, 3] = 100.0 * (n - i)  # outside the brain; the highest gene there is G0
+        store.write(10 + i, grid)
+    return store
+
+
+def test_open_store_current_gene_and_ranking(widget, qtbot, tmp_path):
+    _local_store(tmp_path / "s.zarr")
+    layer = widget.open_store(str(tmp_path / "s.zarr"))
+    assert layer.data.shape == (4, *ISH_SHAPE)
+    viewer = widget.viewer
+    # napari opens a new axis mid-way; the label follows whatever the slider shows.
+    assert f"G{viewer.dims.current_step[0]} " in widget.current_gene.text()
+    viewer.dims.set_current_step(0, 2)
+    assert "G2" in widget.current_gene.text() and "exp 12" in widget.current_gene.text()
+
+    viewer.cursor.position = (2, 2 * 200.0, 1 * 200.0, 3 * 200.0)
+    widget.rank_mode.setCurrentText("voxel at cursor")
+    widget.rank_genes()
+    _wait(qtbot, widget.rank_runner)
+    ranked = widget.rank_table.frame()
+    assert ranked["gene"].tolist()[:2] == ["G0", "G1"]
+    assert ranked["value"].iloc[0] == 400.0
+
+    widget.rank_structure.setText("HPF")
+    widget.rank_genes()
+    _wait(qtbot, widget.rank_runner)
+    ranked = widget.rank_table.frame()
+    assert ranked["gene"].iloc[0] == "G2" and "HPF" in widget.rank_status.text()
+
+    viewer.dims.set_current_step(0, 0)
+    widget.correlate_current_gene()
+    _wait(qtbot, widget.rank_runner)
+    ranked = widget.rank_table.frame()
+    assert ranked["gene"].tolist() == ["G1", "G3", "G2"]  # seed G0 itself left out
+    assert ranked["r"].iloc[0] == pytest.approx(1.0) and ranked["r"].iloc[-1] < -0.99
+
+    viewer.layers.remove(layer)
+    assert widget.store_layer is None and "no store open" in widget.current_gene.text()
+
+
+def test_plane_download_cancel_keeps_partial_store(widget, qtbot, tmp_path, allen_api):
+    allen_api.latency_ms = 20
+    widget.store_plane.setCurrentText("coronal")
+    widget.store_path.setText(str(tmp_path / "coronal.zarr"))
+    widget.store_jobs.setValue(4)
+    widget.download_plane()
+    qtbot.waitUntil(lambda: (tmp_path / "coronal.zarr" / "completed.txt").exists()
+                    and len(open_plane_store(tmp_path / "coronal.zarr").completed()) >= 2,
+                    timeout=TIMEOUT)
+    widget.plane_runner.cancel()
+    assert not widget.plane_runner.is_running
+    store = open_plane_store(tmp_path / "coronal.zarr")
+    assert len(store) > 1000 and 2 <= len(store.completed()) < len(store)

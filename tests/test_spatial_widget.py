@@ -1,0 +1,180 @@
+"""The Spatial search dock widget against the local server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from napari_allen.layers.lines import experiment_colors
+from napari_allen.widgets._common import reset_shared_client
+
+EXPERIMENT = 156394513
+
+
+@pytest.fixture
+def widget(make_napari_viewer, allen_api, qtbot):
+    from napari_allen.widgets.spatial_search import SpatialSearchWidget
+
+    reset_shared_client()  # the shared client must pick up the local server's URL
+    viewer = make_napari_viewer()
+    w = SpatialSearchWidget(viewer)
+    qtbot.addWidget(w)
+    yield w
+    w.close_search()
+    reset_shared_client()
+
+
+def _wait(qtbot, w, timeout=60_000):
+    qtbot.waitUntil(lambda: not w.runner.is_running, timeout=timeout)
+
+
+def test_defaults(widget):
+    params = widget.parameters()
+    assert params["experiment_id"] == EXPERIMENT
+    assert params["density_range"] == pytest.approx((0.04, 0.3))
+    assert params["fiber_tracts"] is True
+    widget.seed_cap.setValue(0)
+    assert widget.parameters()["max_seeds"] is None
+
+
+def test_run_adds_lines_companion_injection_and_fibres(widget, qtbot, tmp_path):
+    widget.seed_cap.setValue(12)
+    widget.jobs.setValue(4)
+    widget.show_fibers.setChecked(True)
+    widget.run()
+    _wait(qtbot, widget)
+    layers = widget.viewer.layers
+    names = [layer.name for layer in layers]
+    assert f"spatial search {EXPERIMENT} lines" in names, widget.summary.text()
+    lines = layers[f"spatial search {EXPERIMENT} lines"]
+    assert lines._type_string == "shapes" and set(lines.shape_type) == {"path"}
+    assert set(lines.features["experiment"]) == {EXPERIMENT}
+    assert layers[f"spatial search {EXPERIMENT} lines (2-D)"]._type_string == "vectors"
+    assert len(layers[f"spatial search {EXPERIMENT} injection sites"].data) > 0
+    fibres = layers["fibre tracts"]
+    assert fibres._type_string == "labels" and fibres.data.shape == (132, 80, 114)
+    assert "12 seeds" in widget.summary.text()
+    saved = widget.save_json(str(tmp_path / "w.json"))
+    doc = json.loads(Path(saved).read_text())
+    assert len(doc["lines"]) == len(lines.data)
+    assert len(doc["injectionCoordinates"]) > 0
+    # A second run replaces the layers instead of piling up duplicates.
+    widget.run()
+    _wait(qtbot, widget)
+    assert [layer.name for layer in widget.viewer.layers].count(
+        f"spatial search {EXPERIMENT} lines") == 1
+
+
+def test_click_searches_all_experiments(widget, qtbot):
+    widget.click_button.setChecked(True)
+    # Simulate napari's drag-callback protocol: press, then release without moving.
+    event = SimpleNamespace(type="mouse_press", position=(5010.0, 3490.0, 7530.0), button=1)
+    gen = widget._on_mouse(widget.viewer, event)
+    next(gen)
+    event.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(gen)
+    _wait(qtbot, widget)
+    layer = widget.viewer.layers["spatial search (click) lines"]
+    assert layer.features["experiment"].nunique() > 1
+    seeds = layer.features[["seed_ap_um", "seed_dv_um", "seed_ml_um"]].to_numpy()
+    np.testing.assert_allclose(seeds, [[5000, 3500, 7500]] * len(seeds))  # snapped voxel
+    colors = np.asarray(layer.edge_color)
+    by_exp = {}
+    for exp, color in zip(layer.features["experiment"], colors, strict=True):
+        by_exp.setdefault(exp, set()).add(tuple(np.round(color, 4)))
+    assert all(len(c) == 1 for c in by_exp.values())
+    assert len({next(iter(c)) for c in by_exp.values()}) > 1
+    # A second click elsewhere updates the same layers, colours included.
+    first_count = len(layer.data)
+    assert widget.search_at([4300.0, 2700.0, 7050.0])  # the MOs injection site of 156394513
+    _wait(qtbot, widget)
+    layer = widget.viewer.layers["spatial search (click) lines"]
+    assert [ly.name for ly in widget.viewer.layers].count(layer.name) == 1
+    assert len(layer.data) != first_count
+    expected = experiment_colors(layer.features["experiment"])
+    np.testing.assert_allclose(
+        np.asarray(layer.edge_color), [expected[int(e)] for e in layer.features["experiment"]])
+    vectors = widget.viewer.layers["spatial search (click) lines (2-D)"]
+    assert len(vectors.data) == sum(len(p) - 1 for p in layer.data)
+    # A click where no experiment projects (outside the brain, inside the grid) clears them.
+    assert widget.search_at([100.0, 100.0, 100.0])
+    _wait(qtbot, widget)
+    assert "spatial search (click) lines" not in widget.viewer.layers
+    assert "0 lines" in widget.summary.text()
+
+
+def test_drag_and_unchecked_do_not_search(widget, allen_api):
+    event = SimpleNamespace(type="mouse_press", position=(5000.0, 3500.0, 7500.0), button=1)
+    assert list(widget._on_mouse(widget.viewer, event)) == []  # click mode off: nothing
+    widget.click_button.setChecked(True)
+    gen = widget._on_mouse(widget.viewer, event)
+    next(gen)
+    event.type = "mouse_move"
+    next(gen)
+    event.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert not widget.runner.is_running
+    assert not widget.search_at([-5000.0, 0.0, 0.0])
+    assert "outside the atlas" in widget.summary.text()
+
+
+def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
+    from napari_allen.widgets import spatial_search as module
+
+    monkeypatch.setattr(module, "PARTIAL_EVERY_S", 0.0)  # show after every seed
+    shown: list[int] = []
+    original = module._show
+
+    def spy(viewer, layer_tuple):
+        if layer_tuple[2] == "shapes":
+            shown.append(len(layer_tuple[0]))
+        original(viewer, layer_tuple)
+
+    monkeypatch.setattr(module, "_show", spy)
+    widget.seed_cap.setValue(6)
+    widget.skip_fibers.setChecked(False)
+    widget.jobs.setValue(1)
+    widget.run()
+    _wait(qtbot, widget)
+    assert shown[-1] == 6  # the final result
+    assert len(shown) > 1 and min(shown) < 6  # partial layers came first
+    assert shown == sorted(shown)
+
+
+def test_cancel_stops_the_queries(widget, qtbot, allen_api):
+    import time
+
+    allen_api.latency_ms = 100
+    widget.seed_cap.setValue(300)
+    widget.jobs.setValue(2)
+    widget.skip_fibers.setChecked(False)
+    widget.run()
+
+    def spatial() -> int:
+        return sum("target_spatial" in r["target"] for r in allen_api.requests)
+
+    qtbot.waitUntil(lambda: spatial() >= 2, timeout=60_000)
+    widget.runner.cancel()
+    assert not widget.runner.is_running
+    time.sleep(0.5)  # requests already on the wire may finish; nothing new may start
+    settled = spatial()
+    time.sleep(0.5)
+    assert spatial() == settled < 50
+    assert f"spatial search {EXPERIMENT} injection sites" not in widget.viewer.layers
+
+
+def test_dock_widget_from_the_manifest(make_napari_viewer):
+    from napari_allen.widgets.spatial_search import SpatialSearchWidget
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-allen", "Spatial search")
+    assert isinstance(widget, SpatialSearchWidget)
+    assert widget._on_mouse in viewer.mouse_drag_callbacks
+    widget.close_search()
+    assert widget._on_mouse not in viewer.mouse_drag_callbacks
