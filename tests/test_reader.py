@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 import time
-import types
 import zipfile
 from importlib import resources
 
@@ -138,30 +136,25 @@ def test_non_allen_files_return_none_fast(tmp_path):
 
 def test_format_table_order():
     names = [entry.name for entry in FORMATS]
-    assert names[2:] == ["grid folder", "grid zip", "MetaImage", "bare raw", "NRRD"]
-    assert "lines_json" in names[0] and "plane_store" in names[1]
+    assert names == ["spatial-search lines JSON", "whole-plane Zarr store", "grid folder",
+                     "grid zip", "MetaImage", "bare raw", "NRRD"]
 
 
-def test_delegated_entries_call_other_modules(tmp_path, monkeypatch):
-    """Lines JSON goes to io.lines_json / layers.lines when they exist..."""
-    target = tmp_path / "lines.json"
-    target.write_text("{}")
-    sniff = types.ModuleType("napari_allen.io.lines_json")
-    sniff.looks_like_lines_json = lambda p: p.name == "lines.json"
-    read = types.ModuleType("napari_allen.layers.lines")
-    read.read_lines_json_layers = lambda p: [([[0, 0, 0]], {"name": p.name}, "points")]
-    monkeypatch.setitem(sys.modules, "napari_allen.io.lines_json", sniff)
-    monkeypatch.setitem(sys.modules, "napari_allen.layers.lines", read)
-    assert get_reader(str(target))(str(target)) == [([[0, 0, 0]], {"name": "lines.json"},
-                                                    "points")]
+def test_plane_store_folder_opens_as_one_4d_layer(tmp_path):
+    import pandas as pd
 
+    from napari_allen.io.plane_store import PlaneStore
 
-def test_delegated_entry_absent_simply_does_not_match(tmp_path, monkeypatch):
-    """...and simply do not match when the other area's module is missing."""
-    store = tmp_path / "coronal.zarr"
-    store.mkdir()
-    monkeypatch.setitem(sys.modules, "napari_allen.io.plane_store", None)  # ImportError
-    assert get_reader(str(store)) is None
+    table = pd.DataFrame({"experiment_id": [1, 2], "gene": ["Nrp1", "Gad1"],
+                          "gene_name": ["", ""], "plane": "coronal", "section_thickness": 25})
+    store = PlaneStore.create(tmp_path / "coronal.zarr", table)
+    store.write(1, np.full((67, 41, 58), 2.0, np.float32))
+    assert find_format(tmp_path / "coronal.zarr").name == "whole-plane Zarr store"
+    ((data, kwargs, kind),) = get_reader(str(tmp_path / "coronal.zarr"))(
+        str(tmp_path / "coronal.zarr"))
+    assert kind == "image" and data.shape == (2, 67, 41, 58)
+    (empty := tmp_path / "other.zarr").mkdir()
+    assert get_reader(str(empty)) is None  # an unrelated folder is not claimed
 
 
 # --- through napari -----------------------------------------------------------------------
@@ -187,12 +180,3 @@ def test_viewer_model_open_with_plugin(nrp1_folder):
     assert layer.world_to_data((1000, 2000, 3000)) == pytest.approx((5, 10, 15))
 
 
-def test_failing_delegated_sniff_does_not_break_grids(tmp_path, monkeypatch):
-    broken = types.ModuleType("napari_allen.io.plane_store")
-
-    def explode(path):
-        raise RuntimeError("bug in another area")
-
-    broken.looks_like_plane_store = explode
-    monkeypatch.setitem(sys.modules, "napari_allen.io.plane_store", broken)
-    assert find_format(NRP1_ZIP).name == "grid zip"

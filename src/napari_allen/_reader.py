@@ -5,10 +5,8 @@ reader, or ``None`` so napari's own readers (and other plugins) can take the fil
 cheap: a suffix test, ``stat``, a zip's central directory or a header of a few hundred bytes;
 no payload is ever read to decide.
 
-Entries: spatial-search lines JSON and whole-plane Zarr stores (implemented in
-``napari_allen.io.lines_json``/``layers.lines`` and ``io.plane_store``/``layers.expression``,
-imported lazily: if a module is missing the entry simply does not match), an unzipped
-download folder, a ``grid_data/download`` zip, a MetaImage ``.mhd`` (+ ``.raw``), a bare Allen
+Entries: spatial-search lines JSON, whole-plane Zarr stores, an unzipped download folder, a
+``grid_data/download`` zip, a MetaImage ``.mhd`` (+ ``.raw``), a bare Allen
 ``.raw``, and an Allen NRRD grid.
 
 Reader collision: napari's builtins (and napari-aicsimageio / napari-bioio) also claim
@@ -20,7 +18,6 @@ and tick "remember my choice".
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,28 +39,28 @@ class FormatEntry:
     read: Callable[[Path], list[LayerDataTuple]]
 
 
-def _optional(module: str, attr: str) -> Callable | None:
-    """``module.attr`` if another area has implemented it, else None."""
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None
+def _sniff_lines_json(path: Path) -> bool:
+    from .io.lines_json import looks_like_lines_json
+
+    return looks_like_lines_json(path)
 
 
-def _delegated(sniff_mod: str, sniff_attr: str, read_mod: str, read_attr: str) -> FormatEntry:
-    def sniff(path: Path) -> bool:
-        looks = _optional(sniff_mod, sniff_attr)
-        if not (looks and _optional(read_mod, read_attr)):
-            return False
-        try:
-            return bool(looks(path))
-        except Exception:  # noqa: BLE001 - a failing sniff must not break other formats
-            return False
+def _lines_layers(path: Path) -> list[LayerDataTuple]:
+    from .layers.lines import read_lines_json_layers
 
-    def read(path: Path) -> list[LayerDataTuple]:
-        return list(_optional(read_mod, read_attr)(path))  # type: ignore[misc]
+    return read_lines_json_layers(path)
 
-    return FormatEntry(f"{sniff_mod}.{sniff_attr}", sniff, read)
+
+def _sniff_plane_store(path: Path) -> bool:
+    from .io.plane_store import looks_like_plane_store
+
+    return looks_like_plane_store(path)
+
+
+def _plane_store_layers(path: Path) -> list[LayerDataTuple]:
+    from .layers.expression import plane_store_layers
+
+    return plane_store_layers(path)
 
 
 def _grid_layers(path: Path) -> list[LayerDataTuple]:
@@ -137,10 +134,8 @@ def _sniff_nrrd(path: Path) -> bool:
 
 #: The format table, asked in order. First match wins.
 FORMATS: tuple[FormatEntry, ...] = (
-    _delegated("napari_allen.io.lines_json", "looks_like_lines_json",
-               "napari_allen.layers.lines", "read_lines_json_layers"),
-    _delegated("napari_allen.io.plane_store", "looks_like_plane_store",
-               "napari_allen.layers.expression", "plane_store_layers"),
+    FormatEntry("spatial-search lines JSON", _sniff_lines_json, _lines_layers),
+    FormatEntry("whole-plane Zarr store", _sniff_plane_store, _plane_store_layers),
     FormatEntry("grid folder", _sniff_folder, _grid_layers),
     FormatEntry("grid zip", _sniff_zip, _grid_layers),
     FormatEntry("MetaImage", _sniff_mhd, _grid_layers),
