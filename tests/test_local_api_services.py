@@ -184,3 +184,25 @@ def test_synthetic_services_agree_with_the_synthetic_grids(allen_api):
                      "[seed_point$eq{},{},{}][section_data_set$eq{}]".format(
                          *(voxel * 100), experiment))["msg"]
     assert hit["density"] == pytest.approx(float(density[tuple(voxel)]), abs=1e-5)
+
+
+def test_fresh_server_answers_concurrent_first_requests_without_deadlock():
+    """A new server warms its tables in a thread while the first requests arrive; a
+    connectivity service and an ISH query racing that warm-up must both be answered."""
+    import concurrent.futures
+
+    import requests
+
+    from napari_allen.local_api.server import LocalAllenServer
+
+    queries = [
+        "service::mouse_connectivity_injection_structure[injection_structures$eq385]",
+        "model::SectionDataSet,rma::criteria,genes[acronym$eq'Nrp1']",
+        "model::ApiConnectivity,rma::options[num_rows$eq5]",
+    ]
+    for _ in range(3):
+        with LocalAllenServer() as server, concurrent.futures.ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(requests.get, f"{server.url}/api/v2/data/query.json",
+                                   params={"q": q}, timeout=60) for q in queries]
+            for future in futures:
+                assert future.result().json()["success"] is True

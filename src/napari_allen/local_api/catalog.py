@@ -26,10 +26,11 @@ import io
 import json
 import threading
 import zlib
-from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from ._memo import memoized
 
 #: Real files (exact bytes served) for some experiments.
 NRP1_ID = 74272479
@@ -85,13 +86,13 @@ class Catalog:
         self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- ontology
-    @cached_property
+    @memoized
     def structure_graph_bytes(self) -> bytes:
         """The real ``structure_graph_download/1.json`` response, byte for byte."""
         with gzip.open(data_path("ontology", "structure_graph_1.json.gz"), "rb") as fh:
             return fh.read()
 
-    @cached_property
+    @memoized
     def structures(self) -> list[dict[str, Any]]:
         """Flat Structure records (alphabetical keys), depth-first graph order."""
         with self._lock:
@@ -135,15 +136,15 @@ class Catalog:
                 stack.extend((c, ids, depth + 1) for c in reversed(node.get("children") or []))
             return rows
 
-    @cached_property
+    @memoized
     def structure_by_id(self) -> dict[int, dict[str, Any]]:
         return {s["id"]: s for s in self.structures}
 
-    @cached_property
+    @memoized
     def structure_by_acronym(self) -> dict[str, int]:
         return {s["acronym"].strip().lower(): s["id"] for s in self.structures}
 
-    @cached_property
+    @memoized
     def children(self) -> dict[int, list[int]]:
         kids: dict[int, list[int]] = {}
         for s in self.structures:
@@ -180,7 +181,7 @@ class Catalog:
             raise KeyError(f"unknown structure acronym {text!r}") from None
 
     # ---------------------------------------------------------------- genes / ISH
-    @cached_property
+    @memoized
     def _ish_sources(self) -> tuple[list[dict[str, str]], dict[int, dict[str, str]]]:
         abi = list(csv.DictReader(io.StringIO(_read_gz_text(data_path("ish",
                                                                        "ABI_genes.csv.gz")))))
@@ -188,7 +189,7 @@ class Catalog:
             _read_gz_text(data_path("ish", "coronal_p56_experiments.csv.gz"))))}
         return abi, coronal
 
-    @cached_property
+    @memoized
     def genes(self) -> list[dict[str, Any]]:
         """Gene records (alphabetical keys), ids made up as 1,000,000 + rank of the acronym."""
         with self._lock:
@@ -214,11 +215,11 @@ class Catalog:
                 })
             return genes
 
-    @cached_property
+    @memoized
     def gene_by_acronym(self) -> dict[str, dict[str, Any]]:
         return {g["acronym"]: g for g in self.genes}
 
-    @cached_property
+    @memoized
     def section_data_sets(self) -> list[dict[str, Any]]:
         """SectionDataSet records: ISH (product 1), coronal NISSL, and connectivity (5/31).
 
@@ -275,7 +276,7 @@ class Catalog:
             "_orientation": int(orientation) if str(orientation).isdigit() else None,
         }
 
-    @cached_property
+    @memoized
     def section_data_set_by_id(self) -> dict[int, dict[str, Any]]:
         return {r["id"]: r for r in self.section_data_sets}
 
@@ -288,17 +289,17 @@ class Catalog:
         return PLANES[rec["plane_of_section_id"]]["name"]
 
     # ---------------------------------------------------------------- connectivity
-    @cached_property
+    @memoized
     def connectivity_experiments(self) -> list[dict[str, Any]]:
         """The real ApiConnectivity records (experiments.json), in file order."""
         with self._lock:
             return json.loads(_read_gz_text(data_path("connectivity", "experiments.json.gz")))
 
-    @cached_property
+    @memoized
     def connectivity_by_id(self) -> dict[int, dict[str, Any]]:
         return {int(e["data_set_id"]): e for e in self.connectivity_experiments}
 
-    @cached_property
+    @memoized
     def projection_info(self) -> dict[int, dict[str, Any]]:
         """Rows of allenAtlasProjection_info.csv by id, ``injection-structures`` parsed."""
         with self._lock:

@@ -14,12 +14,12 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from . import formats, synthetic
+from ._memo import memoized
 from .catalog import (
     CONNECTIVITY_IMAGES,
     CONNECTIVITY_REAL_ID,
@@ -115,22 +115,22 @@ class GridStore:
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------- annotation volumes
-    @cached_property
+    @memoized
     def grid_annotation_zip(self) -> bytes:
         return data_path("annotation", "P56_Mouse_gridAnnotation.zip").read_bytes()
 
-    @cached_property
+    @memoized
     def grid_annotation(self) -> np.ndarray:
         """gridAnnotation ``[AP, DV, ML]`` uint32 (67x41x58, 200 µm)."""
         with zipfile.ZipFile(data_path("annotation", "P56_Mouse_gridAnnotation.zip")) as zf:
             raw = zf.read("gridAnnotation.raw")
         return np.frombuffer(raw, dtype="<u4").reshape(ISH_SHAPE, order="F")
 
-    @cached_property
+    @memoized
     def annotation_25_bytes(self) -> bytes:
         return data_path("annotation", "annotation_25.nrrd").read_bytes()
 
-    @cached_property
+    @memoized
     def _ccf_subsampled(self) -> dict[int, np.ndarray]:
         """The 50 and 100 µm annotation, subsampled from the real 25 µm file plane by plane
         (never holding the 308 MB volume): 50 µm voxel i = 25 µm voxel 2i."""
@@ -200,7 +200,7 @@ class GridStore:
         mask.ravel()[cache[key]] = True
         return mask
 
-    @cached_property
+    @memoized
     def ish_candidates(self) -> list[int]:
         """Structures (depth 4-7, 15-900 voxels at 200 µm, not fibre tracts or ventricles) that
         synthetic ISH sets express in."""
@@ -228,7 +228,7 @@ class GridStore:
                 out[sid] = out.get(sid, 0) + value
         return out
 
-    @cached_property
+    @memoized
     def target_centroids(self) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
         """Connectivity target candidates at 100 µm: id -> (left centroid µm, right centroid µm,
         major division id). Depth 6-7 structures with >= 20 voxels per side."""
@@ -348,7 +348,7 @@ class GridStore:
         """The synthetic blob model of a connectivity experiment (cached per id)."""
         return self._blobs(experiment_id)
 
-    @cached_property
+    @memoized
     def _blob_cache(self) -> dict[int, list[synthetic.Blob]]:
         return {}
 
