@@ -10,13 +10,20 @@ Measured in one run, with ``--latency-ms`` (default 50) injected per request:
 4. the same batch with ``--fault-rate`` (default 0.1) injected faults: every file must match
    the server's checksum, nothing may be left behind (``.part``/``.lock``), nothing failed.
 
+The server runs in a subprocess (``napari-allen local-api``) by default, so the client's CPU
+and memory are measured alone; ``--in-process`` runs it in a thread instead. Expected bytes come
+from the server's own ``LocalAllenServer.checksum`` (the served grids are deterministic).
+
 Usage: ``python benchmarks/bench_batch_download.py [--n 500] [--jobs 16] [--quick]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import logging
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +79,39 @@ def peak_memory(client: AllenClient, ids: list[int], out: Path, jobs: int) -> in
     return peak - base
 
 
+@contextlib.contextmanager
+def local_server(latency_ms: float, fault_rate: float, in_process: bool):
+    """Yield the URL of a local Allen API server with the given latency and fault rate."""
+    if in_process:
+        with LocalAllenServer(latency_ms=latency_ms, fault_rate=fault_rate) as server:
+            yield server.url
+        return
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_allen.cli", "local-api", "--port", "0",
+         "--latency-ms", str(latency_ms), "--fault-rate", str(fault_rate)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = proc.stdout.readline().strip()  # the command prints its URL once listening
+        if not url.startswith("http"):
+            raise RuntimeError(f"local-api did not start (printed {url!r})")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class RetryCounter(logging.Handler):
+    """Counts the client's retries (napari_allen.api.http logs each one)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("retrying"):
+            self.count += 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500, help="number of grids (default 500)")
@@ -79,38 +119,43 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--fault-rate", type=float, default=0.1)
     parser.add_argument("--quick", action="store_true", help="n=100")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the server in a thread of this process")
     args = parser.parse_args(argv)
     n = 100 if args.quick else args.n
     failures: list[str] = []
+    reference = LocalAllenServer()  # not started: only its deterministic responses are used
 
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp, \
-            LocalAllenServer(latency_ms=0) as server:
+            local_server(args.latency_ms, 0.0, args.in_process) as url:
         tmp = Path(tmp)
-        meta_client = AllenClient(server.url, tmp / "meta-cache")
-        listing = meta_client.ish_plane_listing("coronal")
+        client = AllenClient(url, tmp / "cache", backoff=0.05, retries=8)
+        listing = client.ish_plane_listing("coronal")
         ids = [int(i) for i in listing["experiment_id"].drop_duplicates()][:n]
         if len(ids) < n:
             print(f"only {len(ids)} coronal experiments served; using them all")
         n = len(ids)
-        urls = [meta_client.grid_zip_url(i, ("energy",)) for i in ids]
-        # Warm the server's grid cache and learn the exact bytes it serves (checksums), so
-        # both methods below measure transfer, not the server's first-time grid synthesis.
+        urls = [client.grid_zip_url(i, ("energy",)) for i in ids]
+        expected = {i: reference.checksum(path_and_query(u))
+                    for i, u in zip(ids, urls, strict=True)}
+        # Warm the server's grid cache, so both methods below measure transfer, not the
+        # server's first-time grid synthesis.
         t0 = time.perf_counter()
-        expected = {i: server.checksum(path_and_query(u)) for i, u in zip(ids, urls, strict=True)}
-        print(f"{n} grids; server warm-up {time.perf_counter() - t0:.1f} s")
+        batch(client, ids, tmp / "warm-up", args.jobs)
+        print(f"{n} grids, {args.latency_ms:g} ms latency; server warm-up "
+              f"{time.perf_counter() - t0:.1f} s")
 
-        server.latency_ms = args.latency_ms
         seq = sequential(urls, tmp / "sequential")
-        client = AllenClient(server.url, tmp / "cache", backoff=0.05, retries=8)
         par, frame = batch(client, ids, tmp / "parallel", args.jobs)
         speedup = seq / par
         bad_status = int((frame["status"] != "downloaded").sum())
         print(f"sequential (seed loop): {seq:7.2f} s  ({n / seq:6.1f} grids/s)")
         print(f"download_many x{args.jobs:<3}:   {par:7.2f} s  ({n / par:6.1f} grids/s)")
-        print(f"speed-up: {speedup:.1f}x (target >= 10x)")
+        # The 10x target is defined for 500 grids; shorter runs are dominated by ramp-up.
+        print(f"speed-up: {speedup:.1f}x (target >= 10x at 500 grids)")
         if bad_status:
             failures.append(f"{bad_status} rows not 'downloaded' in the clean run")
-        if speedup < 10:
+        if speedup < 10 and n >= 500:
             failures.append(f"speed-up {speedup:.1f}x below 10x")
 
         again, frame = batch(client, ids, tmp / "parallel", args.jobs)
@@ -122,23 +167,31 @@ def main(argv=None) -> int:
         mem_all = peak_memory(client, ids, tmp / "mem-all", args.jobs)
         ratio = mem_all / max(mem_small, 1)
         print(f"peak traced memory: {mem_small / 1e6:.1f} MB for {small} grids, "
-              f"{mem_all / 1e6:.1f} MB for {n} grids (ratio {ratio:.2f}; target ~1)")
+              f"{mem_all / 1e6:.1f} MB for {n} grids (ratio {ratio:.2f}; "
+              f"grids total {n * 0.3:.0f} MB on disk)")
         if n >= 2 * small and ratio > 1.5:
             failures.append(f"memory grows with the number of grids (ratio {ratio:.2f})")
 
-        server.fault_rate = args.fault_rate
+    counter = RetryCounter()
+    http_log = logging.getLogger("napari_allen.api.http")
+    http_log.addHandler(counter)
+    http_log.setLevel(logging.INFO)
+    with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp, \
+            local_server(args.latency_ms, args.fault_rate, args.in_process) as url:
+        tmp = Path(tmp)
+        client = AllenClient(url, tmp / "cache", backoff=0.05, retries=8)
         faulty_out = tmp / "faulty"
         tf, frame = batch(client, ids, faulty_out, args.jobs)
-        server.fault_rate = 0.0
-        faults = sum(1 for r in server.requests if r.get("fault"))
         wrong = [i for i in ids
                  if sha256(faulty_out / f"{i}_energy_200um.zip") != expected[i]]
         leftovers = [p.name for p in faulty_out.iterdir() if p.suffix in (".part", ".lock")]
         failed = int((frame["status"] == "failed").sum())
-        print(f"with {args.fault_rate:.0%} faults: {tf:.2f} s; {faults} faults injected, "
+        print(f"with {args.fault_rate:.0%} faults: {tf:.2f} s; {counter.count} retries, "
               f"{len(wrong)} wrong files, {len(leftovers)} leftovers, {failed} failed")
         if wrong or leftovers or failed:
             failures.append("faulty run: wrong files, leftovers or failures")
+        if args.fault_rate > 0 and counter.count == 0:
+            failures.append("no fault was injected")
     if failures:
         print("FAILED: " + "; ".join(failures))
         return 1

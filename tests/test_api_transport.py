@@ -382,3 +382,8 @@ def test_client_offline_download_needs_the_file_store(tmp_path, scripted):
         offline.grid_zip(74272480)
     assert len(scripted.log) == 1
     assert isinstance(Path(path), Path)
+
+
+def test_other_request_errors_become_allen_errors(tmp_path):
+    with pytest.raises(AllenApiError, match="InvalidURL|MissingSchema|InvalidSchema"):
+        transport(tmp_path).get_json("http://[::1/api")

@@ -181,20 +181,30 @@ def download_many(client: AllenClient, requests: Sequence[DownloadRequest], *, j
     tally = _Tally(len(requests), progress)
     rows: list[dict | None] = [None] * len(requests)
     report(progress, done=0, total=len(requests), message="starting")
+    queue = iter(enumerate(requests))
+    # A bounded window of submitted work: memory stays flat for 26,000 requests too.
+    window = 2 * jobs
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="allen-download") as pool:
-        futures: dict[Future, int] = {
-            pool.submit(_run_one, client, req, tally, cancel): i
-            for i, req in enumerate(requests)
-        }
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        futures: dict[Future, int] = {}
+
+        def refill() -> None:
+            while len(futures) < window and not cancel.cancelled:
+                item = next(queue, None)
+                if item is None:
+                    return
+                futures[pool.submit(_run_one, client, item[1], tally, cancel)] = item[0]
+
+        refill()
+        while futures:
+            finished, _ = wait(set(futures), timeout=0.2, return_when=FIRST_COMPLETED)
             for fut in finished:
+                index = futures.pop(fut)
                 if not fut.cancelled():
-                    rows[futures[fut]] = fut.result()
+                    rows[index] = fut.result()
             if cancel.cancelled:
-                for fut in pending:
+                for fut in futures:
                     fut.cancel()  # not yet started: never start
+            refill()
     for i, req in enumerate(requests):
         if rows[i] is None:
             rows[i] = _row(req, "cancelled")

@@ -221,7 +221,9 @@ def verify_nrrd(path: Path, source: str, *, cancel: CancelToken | None = None) -
 
 
 # --- downloads ---------------------------------------------------------------------------
-_path_locks: dict[str, threading.Lock] = {}
+# Per-destination locks with user counts, dropped when unused (a 26,000-grid batch must not
+# leave 26,000 locks behind).
+_path_locks: dict[str, list] = {}
 _path_locks_guard = threading.Lock()
 
 
@@ -229,39 +231,52 @@ _path_locks_guard = threading.Lock()
 def _exclusive(dest: Path) -> Iterator[None]:
     """One writer per destination: a thread lock in this process, plus an advisory file lock
     (POSIX) so a CLI batch and a napari session cannot write the same ``.part`` at once."""
+    key = str(dest)
     with _path_locks_guard:
-        lock = _path_locks.setdefault(str(dest), threading.Lock())
-    with lock:
+        entry = _path_locks.setdefault(key, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0]:
+            yield from _file_locked(dest)
+    finally:
+        with _path_locks_guard:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _path_locks[key]
+
+
+def _file_locked(dest: Path) -> Iterator[None]:
+    """The advisory file lock part of :func:`_exclusive` (a generator body)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: in-process locking only
+        yield
+        return
+    lock_path = dest.with_name(dest.name + ".lock")
+    while True:
+        fh = open(lock_path, "a+b")  # noqa: SIM115 - closed below on every path
         try:
-            import fcntl
-        except ImportError:  # Windows: in-process locking only
-            yield
-            return
-        lock_path = dest.with_name(dest.name + ".lock")
-        while True:
-            fh = open(lock_path, "a+b")  # noqa: SIM115 - closed below on every path
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            except OSError:  # a file system without flock (some network mounts)
-                fh.close()
-                fh = None
-                break
-            try:
-                same = os.fstat(fh.fileno()).st_ino == os.stat(lock_path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            # The previous holder removed the lock file after we opened it: lock the new one.
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except OSError:  # a file system without flock (some network mounts)
             fh.close()
+            fh = None
+            break
         try:
-            yield
-        finally:
-            if fh is not None:
-                # Remove before unlocking so a waiter on the old inode re-opens (see above).
-                with contextlib.suppress(OSError):
-                    lock_path.unlink()
-                fh.close()
+            same = os.fstat(fh.fileno()).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        # The previous holder removed the lock file after we opened it: lock the new one.
+        fh.close()
+    try:
+        yield
+    finally:
+        if fh is not None:
+            # Remove before unlocking so a waiter on the old inode re-opens (see above).
+            with contextlib.suppress(OSError):
+                lock_path.unlink()
+            fh.close()
 
 
 Verifier = Callable[[Path, str], None]
@@ -324,12 +339,12 @@ def download_file(transport: HttpTransport, url: str, dest: Path, verify: Verifi
     0 bytes when ``dest`` already existed. Cancelling deletes the partial file."""
     if dest.exists():
         return dest, 0
+    if transport.offline:
+        raise AllenApiError(url, "offline: this file is not in the download cache")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(dest):
         if dest.exists():  # another thread/process finished it while we waited
             return dest, 0
-        if transport.offline:
-            raise AllenApiError(url, "offline: this file is not in the download cache")
         part = dest.with_name(dest.name + ".part")
         moved = [0]
         try:
@@ -337,15 +352,8 @@ def download_file(transport: HttpTransport, url: str, dest: Path, verify: Verifi
                 url, lambda attempt: _attempt(transport, url, part, verify, on_bytes, cancel,
                                               resume, moved),
                 cancel=cancel)
-        except Cancelled:
-            part.unlink(missing_ok=True)
-            raise
-        except AllenFormatError:
-            part.unlink(missing_ok=True)
-            raise
-        except AllenApiError:
-            # Keep nothing that could be mistaken for data; a .part stays only for resume
-            # after a crash, never after a definite failure.
+        except (Cancelled, AllenFormatError, AllenApiError):
+            # A .part survives only a crash (for resume), never a cancel or a definite failure.
             part.unlink(missing_ok=True)
             raise
         os.replace(part, dest)

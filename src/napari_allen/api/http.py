@@ -266,6 +266,8 @@ class HttpTransport:
                     requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError) as exc:
                 last, status = exc, None
+            except requests.RequestException as exc:  # invalid URL, too many redirects...
+                raise AllenApiError(url, f"{exc.__class__.__name__}: {exc}") from exc
             if attempt == self.retries:
                 break
             delay = min(MAX_BACKOFF_S, self.backoff * 2 ** attempt)
