@@ -221,6 +221,8 @@ def test_bad_header_in_zip_names_member(tmp_path):
     ("grid_74272479_energy", {"experiment_id": 74272479}),
     ("P56_Mouse_gridAnnotation.zip", {}),
     ("tmpab12345", {}),  # digits glued to letters are not an id
+    ("479_energy_200um.zip", {"experiment_id": 479}),  # `napari-allen download` names
+    ("energy_200um.zip", {}),
 ])
 def test_hints_from_name(name, hints):
     from napari_allen.io.dataset import hints_from_name

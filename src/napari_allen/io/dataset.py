@@ -108,7 +108,10 @@ def lookup_experiment(experiment_id: int) -> dict:
 
 _NAME_FULL = re.compile(r"^(?P<gene>[A-Za-z0-9.\-]+?)_(?:P\d+_)?(?P<plane>coronal|sagittal)_"
                         r"(?P<id>\d{3,})", re.IGNORECASE)
-_NAME_ID = re.compile(r"(?:^|[_\-. ])(?P<id>\d{5,})(?=$|[_\-. ])")
+# An id anywhere (5+ digits, so resolutions such as "200um" never match), or any leading
+# number followed by a volume name: the "<id>_<volume>_<res>um.zip" of `napari-allen download`.
+_NAME_ID = re.compile(r"(?:^|[_\-. ])(?P<id>\d{5,})(?=$|[_\-. ])"
+                      r"|^(?P<lead>\d+)_(?=[a-z])", re.IGNORECASE)
 
 
 def hints_from_name(name: str) -> dict:
@@ -118,7 +121,7 @@ def hints_from_name(name: str) -> dict:
         return {"gene": match["gene"], "plane": match["plane"].lower(),
                 "experiment_id": int(match["id"])}
     match = _NAME_ID.search(name)
-    return {"experiment_id": int(match["id"])} if match else {}
+    return {"experiment_id": int(match["id"] or match["lead"])} if match else {}
 
 
 def merge_metadata(xml_meta: dict, name: str) -> dict:
