@@ -14,35 +14,19 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from napari_allen.progress import Progress
-
-_LIST_SPLIT = re.compile(r"[,\s]+")
-
-
-def _split(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for value in values or []:
-        out.extend(v for v in _LIST_SPLIT.split(value) if v)
-    return out
-
-
-def _stderr_progress(snapshot: Progress) -> None:
-    total = f"/{snapshot.total}" if snapshot.total else ""
-    failed = f" ({snapshot.failed} failed)" if snapshot.failed else ""
-    print(f"[{snapshot.done}{total}] {snapshot.message}{failed}", file=sys.stderr, flush=True)
-
-
-def _client():
-    from napari_allen.api.client import AllenClient
-
-    return AllenClient()
+from napari_allen.commands._common import (
+    ProgressPrinter,
+    cancel_on_sigint,
+    client_from_args,
+    split_list,
+)
+from napari_allen.progress import CancelToken
 
 
 def register(subparsers) -> None:
@@ -115,11 +99,13 @@ def register(subparsers) -> None:
 def _plane_store(args: argparse.Namespace) -> int:
     from napari_allen.api.plane_download import download_plane
 
-    genes = _split(args.genes) or None
+    genes = split_list(args.genes) or None
     plane = args.plane or args.only_plane
-    result = download_plane(_client(), args.out, plane=plane, genes=genes,
-                            volume=args.volume, jobs=args.jobs, keep_zips=args.keep_zips,
-                            progress=_stderr_progress)
+    # Ctrl-C cancels cleanly: finished volumes stay recorded, a re-run resumes.
+    with cancel_on_sigint(CancelToken()) as token:
+        result = download_plane(client_from_args(args), args.out, plane=plane, genes=genes,
+                                volume=args.volume, jobs=args.jobs, keep_zips=args.keep_zips,
+                                progress=ProgressPrinter(), cancel=token)
     print(result.summary(), file=sys.stderr)
     for row in result.failed.itertuples(index=False):
         print(f"failed {row.experiment_id} {row.gene}: {row.error}", file=sys.stderr)
@@ -135,12 +121,12 @@ def _experiment_ids(args: argparse.Namespace, client) -> list[int]:
 
     if args.experiments:
         try:
-            return [int(e) for e in _split(args.experiments)]
+            return [int(e) for e in split_list(args.experiments)]
         except ValueError:
             raise SystemExit(
                 f"napari-allen: --experiments takes ids, got {args.experiments}") from None
     table = experiment_table(client, plane=args.plane or args.only_plane,
-                             genes=_split(args.genes) or None)
+                             genes=split_list(args.genes) or None)
     return table["experiment_id"].astype(int).tolist()
 
 
@@ -149,13 +135,13 @@ def _correlate(args: argparse.Namespace) -> int:
     from napari_allen.api.plane_download import structure_matrix
     from napari_allen.atlas.ontology import Ontology
 
-    client = _client()
+    client = client_from_args(args)
     ids = _experiment_ids(args, client)
     print(f"{len(ids)} experiments; building the {args.source} matrix", file=sys.stderr)
     ontology = Ontology.default()
     matrix, volumes = structure_matrix(client, ids, source=args.source, ontology=ontology,
                                        store=args.store, scheduler=args.scheduler,
-                                       jobs=args.jobs, progress=_stderr_progress)
+                                       jobs=args.jobs, progress=ProgressPrinter())
     result = structure_similarity(matrix, top_n=args.top_n, method=args.method)
     paths = result.write(args.out, ontology, volumes)
     print(f"{len(result.structure_ids)} structures x {result.n_experiments} experiments, "
@@ -173,7 +159,7 @@ def _gene_correlation(args: argparse.Namespace) -> int:
     store = open_plane_store(args.store)
     table = store.table
     seeds: list[int] = []
-    for key in _split(args.seeds):
+    for key in split_list(args.seeds):
         if key.isdigit() and int(key) in set(table["experiment_id"].astype(int)):
             seeds.append(store.index_of(int(key)))
             continue
@@ -186,7 +172,7 @@ def _gene_correlation(args: argparse.Namespace) -> int:
     brain = np.asarray(grid_annotation().data) > 0
     corr = dask_gene_correlation(store.to_dask(missing_as_nan=False), seeds=seeds,
                                  voxel_mask=brain, scheduler=args.scheduler,
-                                 progress=_stderr_progress)
+                                 progress=ProgressPrinter())
     genes = table["gene"] if "gene" in table.columns else pd.Series([""] * len(table))
     frames = []
     for row, seed in enumerate(seeds):
@@ -219,8 +205,8 @@ def _expression_table(args: argparse.Namespace) -> int:
             return 1
         grid = chosen[0]
     elif source.isdigit():
-        (grid,) = _client().grid_volumes(int(source), (args.volume,),
-                                         progress=_stderr_progress)
+        (grid,) = client_from_args(args).grid_volumes(int(source), (args.volume,),
+                                         progress=ProgressPrinter())
     else:
         print(f"napari-allen: error: {source} is neither a file nor an experiment id",
               file=sys.stderr)

@@ -1,0 +1,104 @@
+"""Helpers shared by the sub-command modules: list arguments, the API client from options,
+progress on stderr and Ctrl-C as a clean cancel."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+from napari_allen.progress import CancelToken, Progress
+
+_LIST_SPLIT = re.compile(r"[,\s]+")
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """``["VISp,VISl", "MOs"]`` -> ``["VISp", "VISl", "MOs"]`` (commas or spaces)."""
+    out: list[str] = []
+    for value in values or []:
+        out.extend(v for v in _LIST_SPLIT.split(value) if v)
+    return out
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """``--offline`` and ``--retries`` for commands that talk to the API."""
+    parser.add_argument("--offline", action="store_true",
+                        help="answer from the cache only (no network)")
+    parser.add_argument("--retries", type=int, default=5, metavar="N",
+                        help="retries per request on transient errors (default 5)")
+
+
+def client_from_args(args: argparse.Namespace):
+    """An :class:`~napari_allen.api.client.AllenClient` honouring the client options (if the
+    command has them), ``NAPARI_ALLEN_API_URL`` and ``NAPARI_ALLEN_CACHE``."""
+    from napari_allen.api.client import AllenClient
+
+    return AllenClient(offline=getattr(args, "offline", False),
+                       retries=max(0, getattr(args, "retries", 5)))
+
+
+def format_size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+class ProgressPrinter:
+    """A progress callback writing to stderr: rewritten in place on a terminal, about once a
+    second otherwise (logs stay short); the final state is always shown once."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._last = 0.0
+        self._final_shown = False
+        self._lock = threading.Lock()  # callbacks arrive from worker threads
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        with self._lock:
+            final = p.total is not None and p.done >= p.total
+            if final and self._final_shown:
+                return
+            if not final and now - self._last < (0.1 if self.tty else 1.0):
+                return
+            self._last = now
+            self._final_shown = final
+            parts = [f"[{p.done}/{p.total if p.total is not None else '?'}]"]
+            if p.message:
+                parts.append(p.message)
+            if p.bytes_done:
+                parts.append(f"{format_size(p.bytes_done)} downloaded")
+            parts.append(f"{p.failed} failed")
+            line = " ".join(parts[:-1]) + ", " + parts[-1]
+            if self.tty:
+                self.stream.write("\r" + line.ljust(70) + ("\n" if final else ""))
+            else:
+                self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+@contextlib.contextmanager
+def cancel_on_sigint(token: CancelToken) -> Iterator[CancelToken]:
+    """Ctrl-C sets ``token`` (workers stop at their next check and clean up) instead of
+    killing the process mid-write. Only possible on the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield token
+        return
+
+    def handler(signum, frame):
+        print("\ncancelling...", file=sys.stderr)
+        token.cancel()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield token
+    finally:
+        signal.signal(signal.SIGINT, previous)
