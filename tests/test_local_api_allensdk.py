@@ -3,8 +3,8 @@ AllenInstitute/AllenSDK: rma_api.py, grid_data_api.py, mouse_connectivity_api.py
 connected_services.py), sent the way AllenSDK sends them (``requests.utils.quote(url,
 ';/?:@&=+$,')``), must work unchanged against the local server.
 
-AllenSDK itself is not a dependency (it pins old numpy/pandas); ``benchmarks/
-local_api_allensdk_compat.py`` runs the real AllenSDK against a standalone server.
+AllenSDK itself is not a dependency (it pins old numpy/pandas);
+``tools/check_allensdk_compat.py`` runs the real AllenSDK against a standalone server.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ AllenSDK pins old numpy/pandas, so it lives in a throwaway venv, never in the pr
 
     python3 -m venv /tmp/sdkvenv && /tmp/sdkvenv/bin/pip install allensdk
     .venv/bin/napari-allen local-api --port 18765 &        # the project's server
-    /tmp/sdkvenv/bin/python benchmarks/local_api_allensdk_compat.py http://127.0.0.1:18765
+    /tmp/sdkvenv/bin/python tools/check_allensdk_compat.py http://127.0.0.1:18765
 
 Each check prints OK or FAIL with the reason; the exit code is the number of failures. Only
 AllenSDK and the standard library are imported here.

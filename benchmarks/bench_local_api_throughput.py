@@ -10,7 +10,7 @@ Measured in one run, against a baseline from the same run:
 3. RMA query latency (structure graph, a SectionDataSet page, a tabular CSV plane listing);
 4. the process's peak RSS.
 
-    .venv/bin/python benchmarks/local_api_throughput.py [--quick] [--grids N] [--jobs J]
+    .venv/bin/python benchmarks/bench_local_api_throughput.py [--quick] [--grids N] [--jobs J]
 """
 
 from __future__ import annotations
