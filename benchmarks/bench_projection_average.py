@@ -131,6 +131,7 @@ def _run(n: int, jobs: int, port: int, tmp: Path) -> int:
 
     with LocalAllenServer(host="127.0.0.1", port=port) as server:
         os.environ["NAPARI_ALLEN_API_URL"] = server.url
+        server.warm(ccf=True)  # build the server's tables before the first request
         # A long read timeout for the warm-up only: the local server computes each
         # experiment's ProjectionStructureUnionize from its grids (about 1 s each).
         client = AllenClient(base_url=server.url, cache_dir=tmp / "cache", timeout=(5, 900))

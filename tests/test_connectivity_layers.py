@@ -40,6 +40,8 @@ def test_experiment_volume_layer_name_scale_metadata():
     inj = L.experiment_volume_layer(_vol("injection_density"), EXP)
     assert inj[1]["name"] == "injection density (exp 158375425, VPM)"
     assert inj[1]["colormap"] == "green"
+    centroid = np.array(inj[1]["metadata"]["injection_centroid_um"])
+    assert np.linalg.norm(centroid - [7070, 4360, 7650]) < 500
 
 
 def test_injection_sites_layer_points_in_um_with_structure_colours():
@@ -93,6 +95,20 @@ def test_average_layers_per_group_and_stack(subtract):
     layer = Layer.create(data, kwargs, kind)
     assert layer.axis_labels == ("group", "AP", "DV", "ML")
     assert [g["experiments"] for g in kwargs["metadata"]["groups"]] == [[1, 2], [3]]
+    assert L.individual_stack_layer(result) is None  # not kept: constant memory
+
+
+def test_individual_stack_layer():
+    exps = pd.DataFrame({"id": [5, 6], "structure_id": [385] * 2, "injection_x": 1.0,
+                         "injection_y": 1.0, "injection_z": 1.0})
+    vols = [(5, np.full((2, 2, 2), 1, np.float32)), (6, np.full((2, 2, 2), 3, np.float32))]
+    result = average_projections(vols, exps, AveragingOptions(keep_individual=True),
+                                 resolution=100)
+    data, kwargs, kind = L.individual_stack_layer(result)
+    layer = Layer.create(data, kwargs, kind)
+    assert layer.data.shape == (2, 2, 2, 2)
+    assert kwargs["metadata"]["experiment_ids"] == [5, 6]
+    assert float(layer.data[1].mean()) == 3.0
 
 
 def test_mask_layer_labels():

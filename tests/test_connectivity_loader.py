@@ -184,3 +184,28 @@ def test_average_survives_missing_summaries_unless_normalising(client, allen_api
     assert plain.table["InjectionVolume"].isna().all()
     with pytest.raises(AllenApiError, match="bad syntax"):
         C.average_experiments(client, exps, AveragingOptions(normalization="injection_volume"))
+
+
+def test_average_memory_guard():
+    assert C.check_average_memory(100, 1) < 30e6
+    with pytest.raises(ValueError, match="10 µm needs about"):
+        C.check_average_memory(10, 1)
+    with pytest.raises(ValueError, match="5 group"):
+        C.check_average_memory(25, 5, max_bytes=1e9)
+
+
+def test_downloads_survive_server_faults(client, allen_api):
+    allen_api.faults.add("http500", path_contains="download_file", times=1)
+    allen_api.faults.add("truncated", path_contains="download_file", times=1)
+    vol = C.load_volume(client, REAL, "injection_density", 100)
+    np.testing.assert_array_equal(np.asarray(vol.data), _bundled("injection_density"))
+    statuses = [r["status"] for r in allen_api.requests if "download_file" in r["path"]]
+    assert len(statuses) == 3 and statuses[0] == 500
+
+
+def test_cli_reports_bad_input(allen_api, tmp_path, capsys):
+    assert _cli(["search-connectivity", "-s", "NOTAREGION"]) == 2
+    assert "NOTAREGION" in capsys.readouterr().err
+    assert _cli(["average-projections", "-s", "VPM", "--resolution", "10",
+                 "--out", str(tmp_path)]) == 2
+    assert "10 µm needs about" in capsys.readouterr().err

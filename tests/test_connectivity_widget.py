@@ -68,10 +68,16 @@ def test_average_then_threshold(qtbot, widget):
     w.results.select_rows(list(range(min(3, len(frame)))))
     w.normalize_combo.setCurrentText("injection volume")
     w.group_combo.setCurrentText("none")
+    w.individual_check.setChecked(True)
     w.average_button.click()
     _wait(qtbot, w)
     avg = [layer for layer in w.viewer.layers if layer.name.startswith("mean projection")]
     assert len(avg) == 1
+    n = min(3, len(frame))
+    stack = w.viewer.layers[f"processed projections ({n} experiments)"]
+    assert stack.data.shape == (n, 132, 80, 114)
+    np.testing.assert_allclose(np.nanmean(stack.data, axis=0), avg[0].data, rtol=1e-5,
+                               atol=1e-6)
     assert avg[0].metadata["kind"] == "projection_average"
     table = w.average_table.frame()
     assert len(table) == min(3, len(frame)) and table["Used"].all()

@@ -680,19 +680,28 @@ def structure_projection_table(
 
 
 # --- injection sites -----------------------------------------------------------------------
-def injection_centroid(density: np.ndarray, resolution: float) -> np.ndarray:
+def injection_centroid(density, resolution: float) -> np.ndarray:
     """Density-weighted centroid ``[AP, DV, ML]`` (µm) of an injection density volume.
 
     No-data (negative/NaN) voxels are ignored; raises ValueError for an empty injection.
+    Works slab by slab along AP, so a 10 µm memory-mapped grid never loads at once.
     """
-    d = np.asarray(density, dtype=float)
-    w = np.where(np.isfinite(d) & (d > 0), d, 0.0)
-    total = w.sum()
+    shape = density.shape
+    ap_idx, dv_idx, ml_idx = (np.arange(n, dtype=float) for n in shape)
+    moments = np.zeros(3)
+    total = 0.0
+    step = max(1, int(2**24 // max(1, shape[1] * shape[2])))  # ~16 M voxels per slab
+    for start in range(0, shape[0], step):
+        d = np.asarray(density[start:start + step], dtype=float)
+        w = np.where(np.isfinite(d) & (d > 0), d, 0.0)
+        per_ap = w.sum(axis=(1, 2))
+        total += per_ap.sum()
+        moments[0] += per_ap @ ap_idx[start:start + step]
+        moments[1] += w.sum(axis=(0, 2)) @ dv_idx
+        moments[2] += w.sum(axis=(0, 1)) @ ml_idx
     if total <= 0:
         raise ValueError("the injection density volume is empty (no positive voxel)")
-    idx = np.indices(w.shape, dtype=float)
-    centre = np.array([(idx[a] * w).sum() / total for a in range(3)])
-    return centre * float(resolution)
+    return moments / total * float(resolution)
 
 
 def injection_voxels_um(volume: np.ndarray, resolution: float,

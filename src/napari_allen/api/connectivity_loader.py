@@ -358,6 +358,32 @@ def fetch_injection_summary(
     return injection_summary(rows)
 
 
+#: Refuse averages needing more working memory than this (bytes) unless asked.
+DEFAULT_MAX_AVERAGE_BYTES = 6e9
+
+
+def check_average_memory(resolution: int, n_groups: int, *,
+                         max_bytes: float = DEFAULT_MAX_AVERAGE_BYTES) -> float:
+    """Estimated working memory (bytes) of a streamed average; ValueError above ``max_bytes``.
+
+    Per group a float64 sum, a float32 mean and a uint16 missing count; plus the float32
+    volume being processed and half a volume of temporaries: 14 B per voxel per group + 6.
+    """
+    from napari_allen.atlas.space import GRID_SHAPES
+
+    shape = GRID_SHAPES.get(int(resolution))
+    if shape is None:
+        raise ValueError(f"no CCF grid at {resolution} µm")
+    voxels = float(np.prod(shape))
+    need = voxels * (14 * max(1, n_groups) + 6)
+    if need > max_bytes:
+        raise ValueError(
+            f"averaging {n_groups} group(s) at {resolution} µm needs about {need / 1e9:.1f} GB "
+            f"of memory (limit {max_bytes / 1e9:.1f} GB): use a coarser resolution "
+            "(100 or 50 µm) or fewer groups")
+    return need
+
+
 def average_experiments(
     client: AllenClient,
     experiments: pd.DataFrame,
@@ -367,6 +393,7 @@ def average_experiments(
     source: str = "nrrd",
     ontology: Ontology | None = None,
     prefetch: int = 3,
+    max_memory_bytes: float = DEFAULT_MAX_AVERAGE_BYTES,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> AveragingResult:
@@ -381,7 +408,8 @@ def average_experiments(
     experiments = experiments.reset_index(drop=True).copy()
     if experiments.empty:
         raise ValueError("no experiments to average")
-    group_index, _ = assign_groups(experiments, options, ontology)
+    group_index, groups = assign_groups(experiments, options, ontology)
+    check_average_memory(resolution, len(groups), max_bytes=max_memory_bytes)
     wanted = experiments["id"].astype("int64").to_numpy()[group_index >= 0]
     report(progress, done=0, total=len(wanted), message="fetching injection summaries")
     try:

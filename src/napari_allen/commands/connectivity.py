@@ -172,6 +172,20 @@ def _write_metaimage(path: Path, data: np.ndarray, resolution: float) -> None:
                             kind="projection_density"), path)
 
 
+def _user_errors(handler):
+    """Report bad input (unknown acronym, impossible option) as one line, exit code 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (ValueError, KeyError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"napari-allen {args.command}: error: {message}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def register(subparsers) -> None:
     """Add ``search-connectivity`` and ``average-projections`` to the CLI."""
     search = subparsers.add_parser(
@@ -180,7 +194,7 @@ def register(subparsers) -> None:
                     "target; prints a CSV table.")
     _add_search_arguments(search)
     search.add_argument("--out", "-o", default=None, help="write the CSV here, not stdout")
-    search.set_defaults(func=_search_command)
+    search.set_defaults(func=_user_errors(_search_command))
 
     avg = subparsers.add_parser(
         "average-projections", help="average projection density over found experiments",
@@ -209,4 +223,4 @@ def register(subparsers) -> None:
     avg.add_argument("--limit", type=int, default=0, help="use at most N experiments")
     avg.add_argument("--prefix", default="connectivity", help="output file name prefix")
     avg.add_argument("--out", "-o", required=True, help="output folder")
-    avg.set_defaults(func=_average_command)
+    avg.set_defaults(func=_user_errors(_average_command))

@@ -11,7 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_allen.analysis.projections import AveragingResult, injection_voxels_um
+from napari_allen.analysis.projections import (
+    AveragingResult,
+    injection_centroid,
+    injection_voxels_um,
+)
 from napari_allen.atlas.ontology import Ontology
 from napari_allen.atlas.space import AXES, UNITS, layer_space_kwargs
 
@@ -79,6 +83,12 @@ def experiment_volume_layer(vol, experiment: Mapping | None = None, **overrides)
     name = (f"{kind_text} ({experiment_label(exp_id, exp.get('structure_abbrev'))})"
             if exp_id is not None else vol.name)
     metadata = dict(vol.metadata)
+    if image == "injection_density":
+        try:  # where the injection really is, next to the metadata coordinates
+            metadata["injection_centroid_um"] = injection_centroid(
+                vol.data, vol.resolution).round(1).tolist()
+        except ValueError:
+            metadata["injection_centroid_um"] = None
     if exp:
         metadata["experiment"] = {k: _plain(v) for k, v in exp.items()}
     kwargs = {"name": name, "colormap": COLORMAPS.get(str(image), "magma"),
@@ -252,6 +262,28 @@ def average_layers(result: AveragingResult, *, stack: bool = False) -> list[Laye
         }
         layers.append((group.mean, kwargs, "image"))
     return layers
+
+
+def individual_stack_layer(result: AveragingResult) -> LayerDataTuple | None:
+    """The processed per-experiment volumes of a result (``keep_individual=True``) as one
+    layer with a leading experiment axis (ids in ``metadata['experiment_ids']``), or None."""
+    if not result.individual:
+        return None
+    ids = list(result.individual)
+    data = np.stack([result.individual[i] for i in ids])
+    space = layer_space_kwargs(result.resolution)
+    subtracted = result.options.subtract_hemisphere
+    kwargs = {
+        "name": f"processed projections ({len(ids)} experiments)",
+        "scale": (1.0, *space["scale"]),
+        "units": ("pixel", *space["units"]),
+        "axis_labels": ("experiment", *space["axis_labels"]),
+        "contrast_limits": _contrast(data, subtracted),
+        "colormap": "PiYG" if subtracted else "magma",
+        "blending": "translucent" if subtracted else "additive",
+        "metadata": {"kind": "projection_individual", "experiment_ids": ids},
+    }
+    return data, kwargs, "image"
 
 
 def mask_layer(

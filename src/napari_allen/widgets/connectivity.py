@@ -190,6 +190,9 @@ class ConnectivityWidget(QWidget):
         form.addRow("Region groups", self.regions_edit)
         self.stack_check = QCheckBox("one layer with a group axis", page)
         form.addRow("", self.stack_check)
+        self.individual_check = QCheckBox("also show each processed experiment", page)
+        self.individual_check.setToolTip("keeps every volume in memory (4.8 MB each at 100 µm)")
+        form.addRow("", self.individual_check)
         self.average_button = QPushButton("Average selected (all if none)", page)
         self.average_button.clicked.connect(self.average)
         form.addRow(self.average_button)
@@ -400,6 +403,7 @@ class ConnectivityWidget(QWidget):
             bins=self.bins_spin.value(),
             region_groups=parse_region_groups(self.regions_edit.text())
             if group == "regions" else None,
+            keep_individual=self.individual_check.isChecked(),
         )
 
     def average(self) -> None:
@@ -418,12 +422,17 @@ class ConnectivityWidget(QWidget):
 
         def task(*, progress, cancel, emit):
             from napari_allen.api.connectivity_loader import average_experiments
-            from napari_allen.layers.connectivity import average_layers
+            from napari_allen.layers.connectivity import average_layers, individual_stack_layer
 
             result = average_experiments(shared_client(), frame, options,
                                          resolution=resolution, source=source,
                                          progress=progress, cancel=cancel)
-            return result, average_layers(result, stack=stack)
+            layers = average_layers(result, stack=stack)
+            individual = individual_stack_layer(result)
+            if individual is not None:
+                layers.append(individual)
+            result.individual = None  # the layer holds the stack now
+            return result, layers
 
         self.runner.run(task, on_result=self._on_average, on_error=self._error,
                         description="Averaging projections…")
