@@ -197,21 +197,39 @@ def _projection_rows(store: GridStore, experiment_id: int) -> list[dict[str, Any
     return rows
 
 
+def _label_segments(store: GridStore, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(voxel order grouping F-order voxels by label index, start of each label's run);
+    computed once per annotation so each per-experiment maximum is a few vector passes."""
+    with store._lock:
+        cache = store.__dict__.setdefault("_label_segments", {})
+        key = inverse.shape
+        if key not in cache:
+            flat_inv = inverse.ravel(order="F")
+            order = np.argsort(flat_inv, kind="stable")
+            starts = np.flatnonzero(np.r_[True, np.diff(flat_inv[order]) != 0])
+            cache[key] = (order, starts)
+        return cache[key]
+
+
 def _rolled_max(store: GridStore, labels: np.ndarray, inverse: np.ndarray,
                 values: np.ndarray) -> dict[int, tuple[float, tuple[int, int, int]]]:
-    """Per structure (descendants included): the maximum value and its voxel index."""
+    """Per structure (descendants included): the maximum value and its voxel index (the
+    first voxel in F order among ties)."""
+    order, starts = _label_segments(store, inverse)
     flat_inv = inverse.ravel(order="F")
-    flat_val = values.ravel(order="F")
-    order = np.lexsort((-flat_val, flat_inv))  # by label, then value descending
-    first = np.ones(len(order), bool)
-    first[1:] = flat_inv[order][1:] != flat_inv[order][:-1]
-    best = order[first]
+    grouped = values.ravel(order="F")[order]
+    peaks = np.maximum.reduceat(grouped, starts)
+    # First position in each label's run that reaches the run's maximum.
+    run_of = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(grouped)]))
+    hits = np.flatnonzero(grouped == peaks[run_of])
+    first_hit = hits[np.r_[True, np.diff(run_of[hits]) != 0]]
     shape = values.shape
     known = store.catalog.structure_by_id
     out: dict[int, tuple[float, tuple[int, int, int]]] = {}
-    for flat_index in best.tolist():
+    for position in first_hit.tolist():
+        flat_index = int(order[position])
         label = int(labels[flat_inv[flat_index]])
-        value = float(flat_val[flat_index])
+        value = float(grouped[position])
         if label == 0 or value <= 0:
             continue
         index = tuple(int(i) for i in np.unravel_index(flat_index, shape, order="F"))
