@@ -302,26 +302,20 @@ class HttpTransport:
 
     def get_json(self, url: str, *, cancel: CancelToken | None = None) -> dict:
         """GET ``url`` (query string already encoded) and return the validated JSON envelope."""
-
-        def attempt(_: int) -> dict:
-            resp = self._get_meta(url)
-            try:
-                return parse_json_body(url, resp)
-            except (TransientError, AllenApiError):
-                self._drop_cached(resp)
-                if self.offline:
-                    raise AllenApiError(url, "offline: the cached response is invalid") from None
-                raise
-
-        return self.retrying(url, attempt, cancel=cancel)
+        return self._get_validated(url, parse_json_body, cancel)
 
     def get_csv(self, url: str, *, cancel: CancelToken | None = None) -> str:
         """GET a CSV listing and return its validated text."""
+        return self._get_validated(url, parse_csv_body, cancel)
 
-        def attempt(_: int) -> str:
+    def _get_validated(self, url: str, parse, cancel: CancelToken | None):
+        """GET a metadata URL (through the cache) and ``parse(url, response)`` it, retrying
+        transient failures; an invalid cached response is dropped, never served again."""
+
+        def attempt(_: int):
             resp = self._get_meta(url)
             try:
-                return parse_csv_body(url, resp)
+                return parse(url, resp)
             except (TransientError, AllenApiError):
                 self._drop_cached(resp)
                 if self.offline:
