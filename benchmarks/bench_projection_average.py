@@ -2,7 +2,7 @@
 
 Compares, in one run and on the same cached inputs served by the local Allen API server,
 
-- **ours**: ``napari_allen.api.connectivity_loader.average_experiments`` (streaming running sums,
+- **ours**: ``napari_allen.workflows.connectivity.average_experiments`` (streaming running sums,
   vectorised hemisphere subtraction, decoded-array cache, constant memory);
 - **baseline**: brain_street_view's ``fetch_connectivity_data`` approach re-implemented: per
   experiment ``np.fromfile`` of its cached raw density, injection volume looked up in the
@@ -121,13 +121,13 @@ def _run(n: int, jobs: int, port: int, tmp: Path) -> int:
     os.environ["NAPARI_ALLEN_CACHE"] = str(tmp / "cache")
     from napari_allen.analysis.projections import AveragingOptions
     from napari_allen.api.client import AllenClient
-    from napari_allen.api.connectivity_loader import (
+    from napari_allen.local_api.server import LocalAllenServer
+    from napari_allen.workflows.connectivity import (
         average_experiments,
         download_volume,
         fetch_injection_summary,
         iter_volumes,
     )
-    from napari_allen.local_api.server import LocalAllenServer
 
     with LocalAllenServer(host="127.0.0.1", port=port) as server:
         os.environ["NAPARI_ALLEN_API_URL"] = server.url

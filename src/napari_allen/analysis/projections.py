@@ -418,7 +418,7 @@ def average_projections(
     """Average projection volumes per group in one streaming pass.
 
     ``volumes`` yields ``(experiment_id, [AP, DV, ML] array)`` (any order, typically from
-    :func:`napari_allen.api.connectivity_loader.iter_volumes`); only experiments in a group
+    :func:`napari_allen.workflows.connectivity.iter_volumes`); only experiments in a group
     are used, others are consumed and ignored. ``experiments`` has one row per experiment
     (``id, structure_id, structure_abbrev, transgenic_line, injection_x/y/z`` µm, ...).
     ``injection`` is indexed by experiment id with ``injection_volume`` (mm³), required for

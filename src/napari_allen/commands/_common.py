@@ -52,12 +52,14 @@ def format_size(n: float) -> str:
 
 class ProgressPrinter:
     """A progress callback writing to stderr: rewritten in place on a terminal, about once a
-    second otherwise (logs stay short); the final state is always shown once."""
+    second otherwise (logs stay short). A new stage (the total changes or the count restarts)
+    and each stage's final state are always shown; per-item messages do not force a line."""
 
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self._last = 0.0
+        self._stage: tuple[int | None, int] = (None, -1)  # (total, last done)
         self._final_shown = False
         self._lock = threading.Lock()  # callbacks arrive from worker threads
 
@@ -65,9 +67,14 @@ class ProgressPrinter:
         now = time.monotonic()
         with self._lock:
             final = p.total is not None and p.done >= p.total
+            total, last_done = self._stage
+            new_stage = p.total != total or p.done < last_done
+            self._stage = (p.total, p.done)
+            if new_stage:
+                self._final_shown = False
             if final and self._final_shown:
                 return
-            if not final and now - self._last < (0.1 if self.tty else 1.0):
+            if not (final or new_stage) and now - self._last < (0.1 if self.tty else 1.0):
                 return
             self._last = now
             self._final_shown = final

@@ -14,22 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_allen.progress import Progress
-
-_LIST_SPLIT = re.compile(r"[,\s]+")
-
-
-def _split(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for value in values or []:
-        out.extend(v for v in _LIST_SPLIT.split(value) if v)
-    return out
-
-
-def _stderr_progress(snapshot: Progress) -> None:
-    total = f"/{snapshot.total}" if snapshot.total else ""
-    failed = f" ({snapshot.failed} failed)" if snapshot.failed else ""
-    print(f"[{snapshot.done}{total}] {snapshot.message}{failed}", file=sys.stderr, flush=True)
+from napari_allen.commands._common import ProgressPrinter, client_from_args, split_list
 
 
 def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,21 +31,15 @@ def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _search(args: argparse.Namespace, client):
-    from napari_allen.api.connectivity_loader import search_experiments
+    from napari_allen.workflows.connectivity import search_experiments
 
-    return search_experiments(client, _split(args.structures), line=args.line,
+    return search_experiments(client, split_list(args.structures), line=args.line,
                               primary_structure_only=args.primary,
-                              target_domain=_split(args.target) or None)
-
-
-def _client():
-    from napari_allen.api.client import AllenClient
-
-    return AllenClient()
+                              target_domain=split_list(args.target) or None)
 
 
 def _search_command(args: argparse.Namespace) -> int:
-    frame = _search(args, _client())
+    frame = _search(args, client_from_args(args))
     print(f"{len(frame)} experiments", file=sys.stderr)
     text = _csv_ready(frame).to_csv(index=False)
     if args.out:
@@ -88,7 +67,7 @@ def _parse_region_groups(values: list[str] | None) -> dict[str, list[str]]:
         name, sep, acronyms = value.partition("=")
         if not sep or not name.strip() or not acronyms.strip():
             raise SystemExit(f"--region-group expects NAME=ACR[,ACR...], got {value!r}")
-        groups[name.strip()] = _split([acronyms])
+        groups[name.strip()] = split_list([acronyms])
     return groups
 
 
@@ -118,9 +97,9 @@ def write_nrrd(path: Path, data: np.ndarray, resolution: float) -> None:
 
 def _average_command(args: argparse.Namespace) -> int:
     from napari_allen.analysis.projections import AveragingOptions
-    from napari_allen.api.connectivity_loader import average_experiments
+    from napari_allen.workflows.connectivity import average_experiments
 
-    client = _client()
+    client = client_from_args(args)
     options = AveragingOptions(
         normalization="injection_volume" if args.normalize == "injection-volume" else "none",
         subtract_hemisphere=args.subtract_hemisphere,
@@ -137,7 +116,7 @@ def _average_command(args: argparse.Namespace) -> int:
         return 1
     print(f"averaging {len(experiments)} experiments", file=sys.stderr)
     result = average_experiments(client, experiments, options, resolution=args.resolution,
-                                 source=args.source, progress=_stderr_progress)
+                                 source=args.source, progress=ProgressPrinter())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

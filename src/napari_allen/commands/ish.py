@@ -97,7 +97,7 @@ def register(subparsers) -> None:
 
 # --- handlers ---------------------------------------------------------------------------
 def _plane_store(args: argparse.Namespace) -> int:
-    from napari_allen.api.plane_download import download_plane
+    from napari_allen.workflows.plane_download import download_plane
 
     genes = split_list(args.genes) or None
     plane = args.plane or args.only_plane
@@ -117,7 +117,7 @@ def _plane_store(args: argparse.Namespace) -> int:
 
 
 def _experiment_ids(args: argparse.Namespace, client) -> list[int]:
-    from napari_allen.api.plane_download import experiment_table
+    from napari_allen.workflows.plane_download import experiment_table
 
     if args.experiments:
         try:
@@ -132,8 +132,8 @@ def _experiment_ids(args: argparse.Namespace, client) -> list[int]:
 
 def _correlate(args: argparse.Namespace) -> int:
     from napari_allen.analysis.correlation import structure_similarity
-    from napari_allen.api.plane_download import structure_matrix
     from napari_allen.atlas.ontology import Ontology
+    from napari_allen.workflows.plane_download import structure_matrix
 
     client = client_from_args(args)
     ids = _experiment_ids(args, client)

@@ -4,8 +4,8 @@ points and the fibre-tract Labels (LayerDataTuples, no Qt).
 Coordinates are CCF µm ``[AP, DV, ML]`` with scale 1 and µm units, so the layers overlay the
 grid layers (scale = resolution). A 3-D Shapes path only shows in a 2-D slice when it lies
 wholly inside it (napari #1334), hence the companion: the same paths split into Vectors
-segments drawn whatever the slice (``projection_mode='all'`` on napari >= 0.6,
-``out_of_slice_display`` before).
+segments drawn whatever the slice (``projection_mode='all'`` where napari has it, as in 0.9;
+``out_of_slice_display`` on older versions).
 """
 
 from __future__ import annotations

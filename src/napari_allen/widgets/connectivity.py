@@ -3,7 +3,7 @@ average projections per group, threshold projections inside a target region.
 
 A thin view: every search, download and computation runs through
 :class:`~napari_allen.widgets._tasks.TaskRunner` (progress, cancel, stale results dropped) using
-:mod:`napari_allen.api.connectivity_loader`, :mod:`napari_allen.analysis.projections` and
+:mod:`napari_allen.workflows.connectivity`, :mod:`napari_allen.analysis.projections` and
 :mod:`napari_allen.layers.connectivity`. Layers are added on the main thread only.
 """
 
@@ -295,7 +295,7 @@ class ConnectivityWidget(QWidget):
         target = _split(self.target_edit.text()) or None
 
         def task(*, progress, cancel, emit):
-            from napari_allen.api.connectivity_loader import search_experiments
+            from napari_allen.workflows.connectivity import search_experiments
 
             progress_msg(progress, "searching connectivity experiments")
             cancel.check()
@@ -361,7 +361,7 @@ class ConnectivityWidget(QWidget):
         records = frame.to_dict("records")
 
         def task(*, progress, cancel, emit):
-            from napari_allen.api.connectivity_loader import load_volume
+            from napari_allen.workflows.connectivity import load_volume
             from napari_allen.layers.connectivity import (
                 experiment_volume_layer,
                 injection_sites_layer,
@@ -421,7 +421,7 @@ class ConnectivityWidget(QWidget):
         stack = self.stack_check.isChecked()
 
         def task(*, progress, cancel, emit):
-            from napari_allen.api.connectivity_loader import average_experiments
+            from napari_allen.workflows.connectivity import average_experiments
             from napari_allen.layers.connectivity import average_layers, individual_stack_layer
 
             result = average_experiments(shared_client(), frame, options,

@@ -4,7 +4,7 @@ structure similarity (Allen's correlation script) and the whole-plane atlas.
 A thin view. Searches, downloads and computations run through
 :class:`~napari_allen.widgets._tasks.TaskRunner` (progress, cancel, stale results dropped),
 one runner per section so a new search never cancels a plane download. The work itself lives
-in :mod:`napari_allen.api.plane_download`, :mod:`napari_allen.analysis.expression`,
+in :mod:`napari_allen.workflows.plane_download`, :mod:`napari_allen.analysis.expression`,
 :mod:`napari_allen.analysis.correlation`, :mod:`napari_allen.io.plane_store` and
 :mod:`napari_allen.layers.expression`; layers are added on the main thread only.
 """
@@ -364,7 +364,7 @@ class GeneExpressionWidget(QWidget):
 
         def task(*, progress, cancel, emit):
             from napari_allen.analysis.correlation import structure_similarity
-            from napari_allen.api.plane_download import experiment_table, structure_matrix
+            from napari_allen.workflows.plane_download import experiment_table, structure_matrix
 
             client = shared_client()
             ids = selected
@@ -498,7 +498,7 @@ class GeneExpressionWidget(QWidget):
         jobs = int(self.store_jobs.value())
 
         def task(*, progress, cancel, emit):
-            from napari_allen.api.plane_download import download_plane
+            from napari_allen.workflows.plane_download import download_plane
 
             return download_plane(shared_client(), out, plane=plane, jobs=jobs,
                                   progress=progress, cancel=cancel)

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 
 from napari_allen.api.client import AllenClient
-from napari_allen.api.plane_download import (
+from napari_allen.io.plane_store import open_plane_store
+from napari_allen.progress import Cancelled, CancelToken
+from napari_allen.workflows.plane_download import (
     download_plane,
     experiment_table,
     fetch_grids,
     structure_matrix,
 )
-from napari_allen.io.plane_store import open_plane_store
-from napari_allen.progress import Cancelled, CancelToken
 
 GENES = ["Nrp1", "Pdyn", "Prox1"]
 

@@ -1,4 +1,4 @@
-"""napari_allen.api.connectivity_loader and the connectivity CLI through the local Allen API
+"""napari_allen.workflows.connectivity and the connectivity CLI through the local Allen API
 server (``allen_api``): real NRRDs of 158375425, synthetic grids elsewhere."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from napari_allen.analysis.projections import AveragingOptions, as_float_volume
-from napari_allen.api import connectivity_loader as C
 from napari_allen.atlas.ontology import Ontology
 from napari_allen.progress import Cancelled, CancelToken
+from napari_allen.workflows import connectivity as C
 
 REAL = 158375425
 

@@ -1,0 +1,44 @@
+"""The command-line helpers shared by every sub-command."""
+
+from __future__ import annotations
+
+import io
+
+from napari_allen.cli import build_parser
+from napari_allen.commands._common import ProgressPrinter, format_size, split_list
+from napari_allen.progress import Progress
+
+
+def test_split_list_accepts_commas_and_spaces():
+    assert split_list(["VISp,VISl", "MOs  SSp"]) == ["VISp", "VISl", "MOs", "SSp"]
+    assert split_list(None) == []
+
+
+def test_format_size():
+    assert format_size(999) == "999 B"
+    assert format_size(2_500_000) == "2.5 MB"
+
+
+def test_progress_printer_shows_stages_and_finals_but_not_every_item():
+    out = io.StringIO()
+    printer = ProgressPrinter(out)
+    for i in range(1, 1001):  # one stage of 1,000 items in well under a second
+        printer(Progress(done=i, total=1000, message=f"item {i}"))
+    printer(Progress(done=0, total=None, message="loading fibre tracts"))
+    for i in range(1, 4):
+        printer(Progress(done=i, total=3, message="lines"))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[1/1000]")
+    assert "[1000/1000] item 1000, 0 failed" in lines
+    assert any("loading fibre tracts" in line for line in lines)
+    assert lines[-1] == "[3/3] lines, 0 failed"
+    assert len(lines) <= 6
+
+
+def test_every_command_module_registers():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no API
+    for name in ("search-ish", "download", "cache-info", "local-api", "plane-store", "correlate",
+                 "gene-correlation", "expression-table", "search-connectivity",
+                 "average-projections", "spatial-search"):
+        assert name in commands
