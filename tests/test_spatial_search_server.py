@@ -118,7 +118,7 @@ def test_point_search_across_experiments(allen_api):
 
 def test_experiment_pipeline_and_json_round_trip(allen_api, tmp_path):
     from napari_allen._reader import get_reader
-    from napari_allen.commands.spatial import run_experiment_search
+    from napari_allen.workflows.spatial_search import run_experiment_search
 
     search = run_experiment_search(_client(), EXPERIMENT, max_seeds=20, jobs=4)
     assert len(search.seeds) == 20 and search.seeds.attrs["in_range"] >= 20
