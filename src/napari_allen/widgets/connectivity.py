@@ -361,12 +361,12 @@ class ConnectivityWidget(QWidget):
         records = frame.to_dict("records")
 
         def task(*, progress, cancel, emit):
-            from napari_allen.workflows.connectivity import load_volume
             from napari_allen.layers.connectivity import (
                 experiment_volume_layer,
                 injection_sites_layer,
                 injection_voxels_layer,
             )
+            from napari_allen.workflows.connectivity import load_volume
 
             if sites:
                 emit(injection_sites_layer(frame))
@@ -421,8 +421,8 @@ class ConnectivityWidget(QWidget):
         stack = self.stack_check.isChecked()
 
         def task(*, progress, cancel, emit):
-            from napari_allen.workflows.connectivity import average_experiments
             from napari_allen.layers.connectivity import average_layers, individual_stack_layer
+            from napari_allen.workflows.connectivity import average_experiments
 
             result = average_experiments(shared_client(), frame, options,
                                          resolution=resolution, source=source,

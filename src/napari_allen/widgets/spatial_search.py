@@ -37,10 +37,10 @@ from qtpy.QtWidgets import (
 from napari_allen.analysis.seeds import DEFAULT_DENSITY_RANGE, SAMPLE_MODES, snap_to_voxel
 from napari_allen.api.spatial_search import DEFAULT_JOBS, search_seeds
 from napari_allen.atlas.space import GRID_SHAPES
-from napari_allen.workflows.spatial_search import DEFAULT_EXPERIMENT, run_experiment_search
 from napari_allen.io.lines_json import write_lines_json
 from napari_allen.widgets._common import add_layer_tuple, shared_client
 from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.workflows.spatial_search import DEFAULT_EXPERIMENT, run_experiment_search
 
 if TYPE_CHECKING:
     import napari
