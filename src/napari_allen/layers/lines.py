@@ -192,5 +192,6 @@ def fiber_tract_layer(fiber_tracts: FiberTracts, resolution: float = 100.0, *,
     from napari_allen.layers.volumes import labels_layer
 
     labels = fiber_tracts.tract_labels(resolution)
+    # Context, not content: faint enough that the lines inside stay visible in 3-D.
     return labels_layer(labels, float(resolution), ontology=ontology or Ontology.default(),
-                        name=name)
+                        name=name, opacity=0.25)
