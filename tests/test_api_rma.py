@@ -118,7 +118,11 @@ def test_search_refuses_injection_before_any_request(monkeypatch):
 
 def test_files_url_follows_a_local_api_url(monkeypatch):
     monkeypatch.delenv("NAPARI_ALLEN_FILES_URL", raising=False)
-    assert resolve_files_url("https://api.brain-map.org") == "http://download.alleninstitute.org"
+    # Allen's own API URL maps to Allen's file server (constants: tests never name real hosts).
+    from napari_allen.api.client import DEFAULT_FILES_URL
+    from napari_allen.config import DEFAULT_API_URL
+
+    assert resolve_files_url(DEFAULT_API_URL) == DEFAULT_FILES_URL != DEFAULT_API_URL
     assert resolve_files_url("http://127.0.0.1:8765") == "http://127.0.0.1:8765"
     monkeypatch.setenv("NAPARI_ALLEN_FILES_URL", "http://files.example/")
     assert resolve_files_url("http://127.0.0.1:8765") == "http://files.example"
