@@ -106,19 +106,12 @@ def _envelope_error(url: str, data: dict, status: int | None) -> Exception:
     return AllenApiError(url, message, status, retryable=False)
 
 
-def parse_json_body(url: str, resp: requests.Response) -> dict:
-    """Validate a JSON response and return the envelope (``success`` true), or raise
-    :class:`TransientError` (retry) / :class:`AllenApiError` (do not retry)."""
+def _check_response(url: str, resp: requests.Response, data: object) -> None:
+    """Checks every metadata response shares: an error envelope (decided by its message,
+    whatever the HTTP status: the API may send "bad syntax" with a 500, and syntax errors must
+    not be retried), retryable statuses, other failures, empty bodies and HTML error pages."""
     body = resp.content
     status = resp.status_code
-    data = None
-    if body.strip():
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-    # A JSON error envelope decides by its message whatever the HTTP status (the API may send
-    # "bad syntax" with a 500): syntax errors must not be retried.
     if isinstance(data, dict) and data.get("success") is False:
         raise _envelope_error(url, data, status)
     if status in _RETRY_STATUS:
@@ -131,13 +124,27 @@ def parse_json_body(url: str, resp: requests.Response) -> dict:
         raise TransientError("empty response body", status)
     if _looks_html(resp, body):
         raise TransientError(_html_message(body), status)
+
+
+def parse_json_body(url: str, resp: requests.Response) -> dict:
+    """Validate a JSON response and return the envelope (``success`` true), or raise
+    :class:`TransientError` (retry) / :class:`AllenApiError` (do not retry)."""
+    body = resp.content
+    data = None
+    if body.strip():
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+    _check_response(url, resp, data)
     if data is None:
-        raise TransientError(f"truncated or invalid JSON ({len(body)} bytes)", status)
+        raise TransientError(f"truncated or invalid JSON ({len(body)} bytes)", resp.status_code)
     if not isinstance(data, dict):
         raise AllenApiError(url, f"unexpected JSON ({type(data).__name__}, not an envelope)",
-                            status)
+                            resp.status_code)
     if data.get("success") is not True:
-        raise AllenApiError(url, f"response without success: true ({str(data)[:200]})", status)
+        raise AllenApiError(url, f"response without success: true ({str(data)[:200]})",
+                            resp.status_code)
     return data
 
 
@@ -145,22 +152,13 @@ def parse_csv_body(url: str, resp: requests.Response) -> str:
     """Validate a CSV response (complete rows, same field count as the header); return text."""
     body = resp.content
     status = resp.status_code
-    if body.lstrip().startswith(b"{"):
+    data = None
+    if body.lstrip().startswith(b"{"):  # an error envelope instead of the CSV
         try:
             data = json.loads(body)
         except ValueError:
             data = None
-        if isinstance(data, dict) and data.get("success") is False:
-            raise _envelope_error(url, data, status)
-    if status in _RETRY_STATUS:
-        raise TransientError(f"HTTP {status}", status, _retry_after(resp))
-    if status != 200:
-        detail = body[:300].decode("utf-8", "replace").strip()
-        raise AllenApiError(url, f"HTTP {status}: {detail}", status)
-    if not body.strip():
-        raise TransientError("empty response body", status)
-    if _looks_html(resp, body):
-        raise TransientError(_html_message(body), status)
+    _check_response(url, resp, data)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
