@@ -37,8 +37,27 @@ def test_defaults(widget):
     assert params["experiment_id"] == EXPERIMENT
     assert params["density_range"] == pytest.approx((0.04, 0.3))
     assert params["fiber_tracts"] is True
+    assert params["injection_image"] == "injection_fraction"
+    assert params["injection_threshold"] == pytest.approx(0.5)
     widget.seed_cap.setValue(0)
     assert widget.parameters()["max_seeds"] is None
+
+
+def test_injection_mask_options_change_the_injection_points(widget, qtbot):
+    """A stricter injection threshold keeps fewer injection-coordinate points."""
+    widget.experiment.setValue(158375425)  # real injection grids
+    widget.seed_cap.setValue(5)
+    counts = {}
+    for threshold in (0.1, 0.9):
+        widget.injection_image.setCurrentText("injection_density")
+        widget.injection_threshold.setValue(threshold)
+        widget.run()
+        _wait(qtbot, widget)
+        points = next(layer for layer in widget.viewer.layers
+                      if layer.name.endswith("injection sites"))
+        counts[threshold] = len(points.data)
+        assert widget.last_result["metadata"]["injection_threshold"] == pytest.approx(threshold)
+    assert counts[0.1] > counts[0.9] > 0
 
 
 def test_run_adds_lines_companion_injection_and_fibres(widget, qtbot, tmp_path):

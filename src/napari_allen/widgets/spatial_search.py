@@ -34,13 +34,23 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_allen.analysis.seeds import DEFAULT_DENSITY_RANGE, SAMPLE_MODES, snap_to_voxel
+from napari_allen.analysis.seeds import (
+    DEFAULT_DENSITY_RANGE,
+    DEFAULT_INJECTION_THRESHOLD,
+    SAMPLE_MODES,
+    snap_to_voxel,
+)
 from napari_allen.api.spatial_search import DEFAULT_JOBS, search_seeds
 from napari_allen.atlas.space import GRID_SHAPES
 from napari_allen.io.lines_json import write_lines_json
 from napari_allen.widgets._common import add_layer_tuple, shared_client
 from napari_allen.widgets._tasks import TaskRunner
-from napari_allen.workflows.spatial_search import DEFAULT_EXPERIMENT, run_experiment_search
+from napari_allen.workflows.spatial_search import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_INJECTION_IMAGE,
+    INJECTION_IMAGES,
+    run_experiment_search,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -104,6 +114,14 @@ class SpatialSearchWidget(QWidget):
         self.jobs = QSpinBox()
         self.jobs.setRange(1, 64)
         self.jobs.setValue(DEFAULT_JOBS)
+        self.injection_image = QComboBox()
+        self.injection_image.addItems(list(INJECTION_IMAGES))
+        self.injection_image.setCurrentText(DEFAULT_INJECTION_IMAGE)
+        self.injection_threshold = QDoubleSpinBox()
+        self.injection_threshold.setRange(0.0, 1.0)
+        self.injection_threshold.setDecimals(2)
+        self.injection_threshold.setSingleStep(0.05)
+        self.injection_threshold.setValue(DEFAULT_INJECTION_THRESHOLD)
         self.skip_fibers = QCheckBox("skip seeds in fibre tracts")
         self.skip_fibers.setChecked(True)
         self.show_fibers = QCheckBox("show fibre tracts (100 µm labels)")
@@ -129,6 +147,8 @@ class SpatialSearchWidget(QWidget):
         form.addRow("seed cap", self.seed_cap)
         form.addRow("cap keeps", self.sample)
         form.addRow("parallel queries", self.jobs)
+        form.addRow("injection mask", self.injection_image)
+        form.addRow("injection threshold", self.injection_threshold)
         form.addRow(self.skip_fibers)
         form.addRow(self.show_fibers)
         buttons = QHBoxLayout()
@@ -158,6 +178,8 @@ class SpatialSearchWidget(QWidget):
             "sample": self.sample.currentText(),
             "jobs": int(self.jobs.value()),
             "fiber_tracts": self.skip_fibers.isChecked(),
+            "injection_image": self.injection_image.currentText(),
+            "injection_threshold": float(self.injection_threshold.value()),
         }
 
     def run(self) -> None:
