@@ -241,3 +241,23 @@ def test_partial_file_longer_than_the_server_file_is_discarded(client, allen_api
     path = client.grid_zip(NRP1)
     assert sha(path) == served(allen_api, client.grid_zip_url(NRP1, ["energy"]))
     assert [r["status"] for r in allen_api.requests] == [416, 200]
+
+
+def test_downloads_record_provenance_and_synthetic_data_is_named_so(client, allen_api):
+    """Each cached file has a sidecar with its URL; data the server generated (flagged by its
+    header) stays marked synthetic in the volume's metadata and layer name, real data not."""
+    from napari_allen.io.provenance import sidecar_path
+
+    (real,) = client.grid_volumes(74272479)  # the bundled real Nrp1 grid
+    synthetic_id = int(client.search_ish(["Gad1"], plane="coronal")["experiment_id"].iloc[0])
+    (generated,) = client.grid_volumes(synthetic_id)
+    assert "synthetic" not in real.metadata and "[synthetic]" not in real.name
+    assert real.metadata["source_url"].endswith("/grid_data/download/74272479?include=energy")
+    assert generated.metadata["synthetic"] is True
+    assert generated.name == f"Gad1 energy [synthetic] (exp {synthetic_id})"
+    assert sidecar_path(client.grid_zip(synthetic_id, ("energy",))).is_file()
+
+    nrrd = client.grid_nrrd(158375425, "projection_density", 100)
+    from napari_allen.io.nrrd import read_nrrd
+
+    assert "synthetic" not in read_nrrd(nrrd).metadata  # real 158375425 file

@@ -23,6 +23,7 @@ from napari_allen.api.cache import download_file, verify_grid_zip, verify_nrrd
 from napari_allen.api.client import AllenClient
 from napari_allen.api.http import HttpTransport
 from napari_allen.errors import AllenApiError, AllenFormatError
+from napari_allen.io.provenance import sidecar_path
 from napari_allen.progress import Cancelled, CancelToken
 
 OK_ENVELOPE = {"success": True, "id": 0, "start_row": 0, "num_rows": 1, "total_rows": 1,
@@ -259,7 +260,7 @@ def test_truncated_zip_is_never_kept(tmp_path, scripted, declare_length):
                                 dest, lambda p, s: verify_grid_zip(p, ["energy"], s))
     assert path.read_bytes() == body and moved >= len(body)
     assert len(scripted.log) == 3
-    assert list(dest.parent.iterdir()) == [dest]
+    assert sorted(dest.parent.iterdir()) == [dest, sidecar_path(dest)]  # file + provenance
 
 
 def test_truncated_everytime_fails_and_leaves_nothing(tmp_path, scripted):
@@ -309,7 +310,7 @@ def test_partial_file_is_resumed_with_range(tmp_path, scripted):
                                 dest, lambda p, s: verify_grid_zip(p, ["energy"], s))
     assert scripted.log[0]["range"] == "bytes=5000-"
     assert moved == len(body) - 5000 and path.read_bytes() == body
-    assert list(dest.parent.iterdir()) == [dest]
+    assert sorted(dest.parent.iterdir()) == [dest, sidecar_path(dest)]  # file + provenance
 
 
 def test_corrupt_partial_file_is_discarded_not_trusted(tmp_path, scripted):

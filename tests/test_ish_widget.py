@@ -49,7 +49,9 @@ def test_search_load_annotation_and_structure_table(widget, qtbot, tmp_path):
     _wait(qtbot, widget.load_runner)
     viewer = widget.viewer
     names = [layer.name for layer in viewer.layers]
-    assert "Nrp1 energy (exp 74272479)" in names and "Nrp1 density (exp 74272479)" in names
+    # The real Nrp1 zip has energy only: the local server generates (and flags) the density.
+    assert "Nrp1 energy (exp 74272479)" in names
+    assert "Nrp1 density [synthetic] (exp 74272479)" in names
     energy = viewer.layers["Nrp1 energy (exp 74272479)"]
     assert energy.metadata["experiment_id"] == 74272479 and energy.metadata["gene"] == "Nrp1"
     assert tuple(energy.scale) == (200.0, 200.0, 200.0)

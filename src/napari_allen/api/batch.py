@@ -151,7 +151,7 @@ def _run_one(client: AllenClient, req, tally: _Tally, cancel: CancelToken) -> di
         return _row(req, "failed", error=str(exc))
     try:
         path, moved = download_file(client.http, url, target, verify, on_bytes=tally.add_bytes,
-                                    cancel=cancel)
+                                    cancel=cancel, provenance=client.store.contains(target))
     except Cancelled:
         return _row(req, "cancelled", url=url)
     except (AllenError, OSError) as exc:

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from ..errors import AllenApiError, AllenFormatError
+from ..io.provenance import SYNTHETIC_HEADER, write_provenance
 from ..progress import Cancelled, CancelToken
 from .http import HttpTransport, TransientError
 
@@ -87,6 +88,10 @@ class FileStore:
 
     def annotation(self, host: str, resolution: int) -> Path:
         return self.root / host / "ccf_2017" / f"annotation_{int(resolution)}.nrrd"
+
+    def contains(self, path: str | os.PathLike) -> bool:
+        """Is ``path`` inside this store (rather than a folder the user chose)?"""
+        return Path(path).resolve().is_relative_to(self.root.resolve())
 
     def leftovers(self) -> list[Path]:
         """``.part`` files under the store (downloads interrupted by a killed process)."""
@@ -334,9 +339,11 @@ _watch = _CancelWatch()
 
 def download_file(transport: HttpTransport, url: str, dest: Path, verify: Verifier, *,
                   on_bytes: Callable[[int], None] | None = None,
-                  cancel: CancelToken | None = None, resume: bool = True) -> tuple[Path, int]:
+                  cancel: CancelToken | None = None, resume: bool = True,
+                  provenance: bool = True) -> tuple[Path, int]:
     """Download ``url`` to ``dest`` (verified, atomic). Returns ``(dest, bytes_transferred)``;
-    0 bytes when ``dest`` already existed. Cancelling deletes the partial file."""
+    0 bytes when ``dest`` already existed. Cancelling deletes the partial file. With
+    ``provenance`` a sidecar records the URL and any synthetic flag (:mod:`..io.provenance`)."""
     if dest.exists():
         return dest, 0
     if transport.offline:
@@ -347,21 +354,27 @@ def download_file(transport: HttpTransport, url: str, dest: Path, verify: Verifi
             return dest, 0
         part = dest.with_name(dest.name + ".part")
         moved = [0]
+        seen: dict = {}  # response headers worth keeping (see io.provenance)
         try:
             transport.retrying(
                 url, lambda attempt: _attempt(transport, url, part, verify, on_bytes, cancel,
-                                              resume, moved),
+                                              resume, moved, seen),
                 cancel=cancel)
         except (Cancelled, AllenFormatError, AllenApiError):
             # A .part survives only a crash (for resume), never a cancel or a definite failure.
             part.unlink(missing_ok=True)
             raise
+        if provenance:  # before the rename: a trusted file always has its sidecar
+            info: dict = {"url": url}
+            if seen.get(SYNTHETIC_HEADER, "").strip() in ("1", "true"):
+                info["synthetic"] = True
+            write_provenance(dest, info)
         os.replace(part, dest)
         return dest, moved[0]
 
 
 def _attempt(transport: HttpTransport, url: str, part: Path, verify: Verifier,
-             on_bytes, cancel, resume: bool, moved: list[int]) -> None:
+             on_bytes, cancel, resume: bool, moved: list[int], seen: dict) -> None:
     offset = part.stat().st_size if (resume and part.exists()) else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
@@ -370,6 +383,8 @@ def _attempt(transport: HttpTransport, url: str, part: Path, verify: Verifier,
         if exc.status == 416:
             part.unlink(missing_ok=True)
         raise
+    # requests' headers are case-insensitive; keep the one this cache records.
+    seen[SYNTHETIC_HEADER] = resp.headers.get(SYNTHETIC_HEADER, "")
     key = _watch.add(cancel, resp) if cancel is not None else None
     try:
         expected = _receive(resp, part, offset, on_bytes, cancel, moved)

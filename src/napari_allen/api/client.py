@@ -21,6 +21,7 @@ import pandas as pd
 
 from .. import config
 from ..errors import AllenApiError
+from ..io.provenance import SIDECAR_SUFFIX
 from ..progress import CancelToken, ProgressCallback, check, report
 from . import rma
 from .cache import (
@@ -502,6 +503,7 @@ class AllenClient:
                      cancel: CancelToken | None = None):
         """The experiment's grids as :class:`~napari_allen.io.volume.GridVolume` ([AP, DV, ML],
         200 µm, -1 = no data), one cached zip per volume."""
+        from ..io.dataset import lookup_experiment
         from ..io.gridzip import read_grid_zip
 
         out = []
@@ -509,8 +511,10 @@ class AllenClient:
         for n, vol in enumerate(vols):
             path = self.grid_zip(experiment_id, (vol,), cancel=cancel)
             for grid in read_grid_zip(path, cancel=cancel):
-                grid.metadata.setdefault("experiment_id", int(experiment_id))
                 grid.metadata["experiment_id"] = int(experiment_id)
+                # The cache's file names carry no gene: take it from the bundled listing.
+                for key, value in lookup_experiment(int(experiment_id)).items():
+                    grid.metadata.setdefault(key, value)
                 grid.metadata.setdefault("url", self.grid_zip_url(experiment_id, (vol,)))
                 out.append(grid)
             report(progress, done=n + 1, total=len(vols), message=f"{experiment_id} {vol}")
@@ -547,7 +551,8 @@ class AllenClient:
             report(progress, done=0, total=1, bytes_done=moved[0], message=target.name)
 
         path, _ = download_file(self.http, url, target, verify,
-                                on_bytes=on_bytes if progress else None, cancel=cancel)
+                                on_bytes=on_bytes if progress else None, cancel=cancel,
+                                provenance=self.store.contains(target))
         report(progress, done=1, total=1, bytes_done=moved[0], message=target.name)
         return path
 
@@ -559,7 +564,8 @@ class AllenClient:
         return {"folder": str(self.cache_dir), "metadata_bytes": meta, "file_bytes": files,
                 "total_bytes": folder_size(self.cache_dir),
                 "files": sum(1 for p in self.store.root.rglob("*")
-                             if p.is_file() and p.suffix != ".part")
+                             if p.is_file() and p.suffix != ".part"
+                             and not p.name.endswith(SIDECAR_SUFFIX))
                 if self.store.root.exists() else 0}
 
 

@@ -39,6 +39,7 @@ from .metaimage import (
     read_metaimage,
     size_problem,
 )
+from .provenance import read_provenance
 from .volume import GridVolume, kind_from_name
 
 #: Largest plausible deflate ratio (zlib's theoretical maximum is ~1032:1).
@@ -164,6 +165,7 @@ def read_grid_zip(
             if not header.compressed and raw_info.file_size != header.n_bytes:
                 raise AllenFormatError(source, size_problem(header, raw_info.file_size))
             plans.append((rel, header, raw_info))
+        provenance = read_provenance(path)
         volumes: list[GridVolume] = []
         for done, (rel, header, raw_info) in enumerate(plans):
             check(cancel)
@@ -171,7 +173,7 @@ def read_grid_zip(
             source = f"{path}!{rel}"
             data = _member_array(path, zf, raw_info, header, source, progress, cancel)
             vmeta = dict(meta, element_type=header.element_type, format="grid_zip",
-                         member=str(rel))
+                         member=str(rel), **provenance)
             volumes.append(GridVolume(data=data, resolution=header.resolution,
                                       kind=kind_from_name(rel.name), metadata=vmeta,
                                       source=str(path)))

@@ -28,6 +28,7 @@ from ..errors import AllenFormatError
 from ..progress import CancelToken, ProgressCallback
 from ._decode import cache_key, decoded_memmap, inflate, inflate_to_array
 from .metaimage import MEMMAP_THRESHOLD
+from .provenance import read_provenance
 from .volume import GridVolume, kind_from_name
 
 _TYPES: dict[str, str] = {}
@@ -165,7 +166,8 @@ def read_nrrd(
         except Exception as exc:  # noqa: BLE001 - pynrrd raises many types on bad data
             raise AllenFormatError(path, f"cannot read NRRD data: {exc}") from exc
         data = np.asarray(data).astype(dtype.newbyteorder("="), copy=False)
-    meta = {"format": "nrrd", "element_type": str(header.get("type")), "encoding": encoding}
+    meta = {"format": "nrrd", "element_type": str(header.get("type")), "encoding": encoding,
+            **read_provenance(path)}
     meta.update(metadata or {})
     return GridVolume(data=data, resolution=resolution, kind=kind or kind_from_name(path.name),
                       metadata=meta, source=str(path))

@@ -115,6 +115,8 @@ class GridVolume:
         gene = self.metadata.get("gene")
         exp = self.metadata.get("experiment_id")
         head = f"{gene} {kind}" if gene else kind
+        if self.metadata.get("synthetic"):
+            head += " [synthetic]"  # the local server's generated data, never Allen's
         if exp is not None:
             return f"{head} (exp {exp})"
         res = self.resolution

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
+from ..io.provenance import SYNTHETIC_HEADER  # one header name for server and client
 from . import formats, services
 from .catalog import WELL_KNOWN_FILES, Catalog
 from .grids import GridStore, NotServed, Payload
@@ -29,10 +30,8 @@ from .query import (
 )
 from .rma import RmaSyntaxError, parse_shortcut, parse_stages
 
-SYNTHETIC_HEADER = "X-Napari-Allen-Synthetic"
 CONTENT_TYPES = {"json": "application/json; charset=utf-8",
                  "xml": "application/xml; charset=utf-8", "csv": "text/csv; charset=utf-8"}
-
 
 
 @dataclass
