@@ -126,3 +126,14 @@ def test_dataframe_table_sorts_numerically_and_exports(qtbot, tmp_path):
     assert table.selected_frame()["id"].tolist() == [100]
     out = table.export_csv(str(tmp_path / "t.csv"))
     assert pd.read_csv(out).equals(frame)
+
+
+def test_data_source_label_names_api_and_cache(qtbot, monkeypatch, tmp_path):
+    from napari_allen.widgets._common import data_source_label
+
+    monkeypatch.setenv("NAPARI_ALLEN_API_URL", "http://127.0.0.1:8765/")
+    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(tmp_path / "my-cache"))
+    label = data_source_label()
+    qtbot.addWidget(label)
+    assert "http://127.0.0.1:8765" in label.text()
+    assert str(tmp_path / "my-cache") in label.text()

@@ -6,6 +6,7 @@
 - :class:`DataFrameTable`: a sortable, multi-select table view of a pandas DataFrame with CSV
   export.
 - :func:`cursor_position_um`: the viewer cursor in CCF µm ``[AP, DV, ML]``.
+- :func:`data_source_label`: where data comes from (API address) and goes (cache folder).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
-from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QTableView, QWidget
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHeaderView,
+    QLabel,
+    QTableView,
+    QWidget,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -73,6 +81,21 @@ def cursor_position_um(viewer: napari.Viewer) -> np.ndarray:
     The last three world axes are used, so a 4-D store layer with an experiment axis works too.
     """
     return np.asarray(viewer.cursor.position, dtype=float)[-3:]
+
+
+def data_source_label(parent: QWidget | None = None) -> QLabel:
+    """A small label naming the API address and the cache folder (``NAPARI_ALLEN_API_URL``,
+    ``NAPARI_ALLEN_CACHE``), so users know what is downloaded from where, and to where."""
+    from napari_allen import config
+
+    url, folder = config.api_base_url(), config.cache_dir()
+    label = QLabel(f"API: {url}<br>cache: {folder}", parent)
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    label.setToolTip("Set NAPARI_ALLEN_API_URL (e.g. a 'napari-allen local-api' server) and "
+                     "NAPARI_ALLEN_CACHE before starting napari to change these.")
+    label.setStyleSheet("color: gray; font-size: small;")
+    return label
 
 
 class _FrameModel(QAbstractTableModel):

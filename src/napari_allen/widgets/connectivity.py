@@ -34,6 +34,7 @@ from napari_allen.widgets._common import (
     DataFrameTable,
     add_layer_tuple,
     cursor_position_um,
+    data_source_label,
     shared_client,
 )
 from napari_allen.widgets._tasks import TaskRunner
@@ -101,6 +102,7 @@ class ConnectivityWidget(QWidget):
         tabs.addTab(self._build_threshold(), "Threshold")
         layout.addWidget(tabs)
         layout.addWidget(self.runner.widget)
+        layout.addWidget(data_source_label(self))
 
     # --- construction ---------------------------------------------------------------------
     def _build_search(self) -> QGroupBox:

@@ -38,6 +38,7 @@ from napari_allen.widgets._common import (
     DataFrameTable,
     add_layer_tuple,
     cursor_position_um,
+    data_source_label,
     shared_client,
 )
 from napari_allen.widgets._tasks import TaskRunner
@@ -123,6 +124,7 @@ class GeneExpressionWidget(QWidget):
         tabs.addTab(self._build_plane(), "Whole plane")
         layout = QVBoxLayout(self)
         layout.addWidget(tabs)
+        layout.addWidget(data_source_label(self))
         self.tabs = tabs
         self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
         self.viewer.layers.events.removed.connect(self._refresh_layer_choices)

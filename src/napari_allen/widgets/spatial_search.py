@@ -43,7 +43,7 @@ from napari_allen.analysis.seeds import (
 from napari_allen.api.spatial_search import DEFAULT_JOBS, search_seeds
 from napari_allen.atlas.space import GRID_SHAPES
 from napari_allen.io.lines_json import write_lines_json
-from napari_allen.widgets._common import add_layer_tuple, shared_client
+from napari_allen.widgets._common import add_layer_tuple, data_source_label, shared_client
 from napari_allen.widgets._tasks import TaskRunner
 from napari_allen.workflows.spatial_search import (
     DEFAULT_EXPERIMENT,
@@ -161,6 +161,7 @@ class SpatialSearchWidget(QWidget):
         layout.addWidget(self.runner.widget)
         layout.addWidget(self.summary)
         layout.addStretch(1)
+        layout.addWidget(data_source_label(self))
 
         self.viewer.mouse_drag_callbacks.append(self._on_mouse)
         # A closure, not a method: the slot must not need this (dying) widget.
