@@ -33,3 +33,13 @@ def allen_api(allen_server, monkeypatch):
     monkeypatch.setenv("NAPARI_ALLEN_API_URL", allen_server.url)
     yield allen_server
     allen_server.reset()
+
+
+@pytest.fixture
+def client(allen_api):
+    """An :class:`AllenClient` of the local server (short backoff so fault tests stay fast)."""
+    from napari_allen.api.client import AllenClient
+
+    c = AllenClient(backoff=0.01, retries=4)
+    yield c
+    c.close()

@@ -21,12 +21,7 @@ from napari_allen.errors import AllenApiError
 NRP1 = 74272479
 VPM_EXP = 158375425
 
-
-@pytest.fixture
-def client(allen_api):
-    c = AllenClient(backoff=0.01, retries=4)
-    yield c
-    c.close()
+# `client`: an AllenClient of the local server with short backoff (tests/conftest.py).
 
 
 def queries(server) -> list[str]:
