@@ -38,7 +38,8 @@ def test_progress_printer_shows_stages_and_finals_but_not_every_item():
 def test_every_command_module_registers():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no API
-    for name in ("search-ish", "download", "cache-info", "local-api", "plane-store", "correlate",
+    for name in ("search-ish", "download", "cache-info", "local-api", "export", "plane-store",
+                 "correlate",
                  "gene-correlation", "expression-table", "search-connectivity",
                  "average-projections", "spatial-search"):
         assert name in commands

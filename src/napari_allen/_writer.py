@@ -55,24 +55,15 @@ def layer_to_volume(data: Any, meta: dict) -> GridVolume | None:
                       source=str(layer_meta.get("source", "")))
 
 
-def _annotation_for(vol: GridVolume) -> GridVolume:
-    """The bundled annotation matching a grid: 200 µm grid annotation, else the 25 µm CCF."""
-    from .atlas.annotation import ccf_annotation_25, grid_annotation
-
-    grid = grid_annotation()
-    if vol.shape == grid.shape and vol.resolution == grid.resolution:
-        return grid
-    return ccf_annotation_25()
-
-
 def write_csv(path: str, data: Any, meta: dict) -> list[str]:
     """Save an Allen grid layer as CSV with structure acronyms; [] if not an Allen grid."""
+    from .atlas.annotation import annotation_for
     from .io.export import to_csv
 
     vol = layer_to_volume(data, meta)
     if vol is None:
         return []
-    return [str(to_csv(vol, path, annotation=_annotation_for(vol)))]
+    return [str(to_csv(vol, path, annotation=annotation_for(vol)))]
 
 
 def write_nifti(path: str, data: Any, meta: dict) -> list[str]:

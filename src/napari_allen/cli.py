@@ -17,7 +17,7 @@ from napari_allen.errors import AllenError
 from napari_allen.progress import Cancelled
 
 #: Modules of napari_allen.commands, each with ``register(subparsers)``.
-COMMAND_MODULES = ("api_commands", "local_api", "ish", "connectivity", "spatial")
+COMMAND_MODULES = ("api_commands", "local_api", "export", "ish", "connectivity", "spatial")
 
 
 def build_parser() -> argparse.ArgumentParser:

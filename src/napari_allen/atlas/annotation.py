@@ -63,6 +63,15 @@ def ccf_annotation_25() -> GridVolume:
         return _ccf_annotation_25()
 
 
+def annotation_for(vol: GridVolume) -> GridVolume:
+    """The bundled annotation to label ``vol``'s voxels: the 200 µm grid annotation for ISH
+    grids (their own 67x41x58 space), else the 25 µm CCFv3 annotation (looked up through µm)."""
+    grid = grid_annotation()
+    if tuple(vol.shape) == tuple(grid.shape) and vol.resolution == grid.resolution:
+        return grid
+    return ccf_annotation_25()
+
+
 def structure_id_at_voxel(annotation: GridVolume | np.ndarray,
                           index: Sequence[int] | np.ndarray) -> np.ndarray | int:
     """Structure id(s) at voxel ``index`` (``(3,)`` or ``(N, 3)`` [AP, DV, ML]); 0 outside."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from ..config import cache_dir
 from ..errors import AllenFormatError
 from ..progress import CancelToken, ProgressCallback, check, report
+from .atomic import atomic_path
 
 _IN_CHUNK = 1 << 20  # compressed bytes read per step
 _OUT_CHUNK = 16 << 20  # at most this many inflated bytes held at once
@@ -110,18 +110,13 @@ def decoded_memmap(
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{key}.raw"
     if not (target.exists() and target.stat().st_size == n_bytes):
-        # A unique temporary name: two threads may decode the same grid at once.
-        fd, tmp = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".part", dir=folder)
-        part = Path(tmp)
-        try:
-            with os.fdopen(fd, "wb") as out:
+        # atomic_path: a unique temporary name (two threads may decode the same grid at
+        # once), removed on errors or cancel, renamed only when complete.
+        with atomic_path(target) as part:
+            with open(part, "wb") as out:
                 fill(out.write)
             if part.stat().st_size != n_bytes:
                 raise RuntimeError(f"decoded {part.stat().st_size} bytes, expected {n_bytes}")
-            os.replace(part, target)
-        finally:
-            # Never leave a partial decode behind (errors, cancel).
-            part.unlink(missing_ok=True)
     return np.memmap(target, dtype=dtype, mode="r", shape=tuple(shape), order="F")
 
 
