@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 
 from napari_allen.cli import build_parser
-from napari_allen.commands._common import ProgressPrinter, format_size, split_list
+from napari_allen.commands._common import ProgressPrinter, format_size
+from napari_allen.parsing import split_list
 from napari_allen.progress import Progress
 
 

@@ -1,11 +1,10 @@
-"""Helpers shared by the sub-command modules: list arguments, the API client from options,
-progress on stderr and Ctrl-C as a clean cancel."""
+"""Helpers shared by the sub-command modules: the API client from options, progress on
+stderr and Ctrl-C as a clean cancel (list arguments: :mod:`napari_allen.parsing`)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import signal
 import sys
 import threading
@@ -13,16 +12,6 @@ import time
 from collections.abc import Iterator
 
 from napari_allen.progress import CancelToken, Progress
-
-_LIST_SPLIT = re.compile(r"[,\s]+")
-
-
-def split_list(values: list[str] | None) -> list[str]:
-    """``["VISp,VISl", "MOs"]`` -> ``["VISp", "VISl", "MOs"]`` (commas or spaces)."""
-    out: list[str] = []
-    for value in values or []:
-        out.extend(v for v in _LIST_SPLIT.split(value) if v)
-    return out
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_allen.commands._common import ProgressPrinter, client_from_args, split_list
+from napari_allen.commands._common import ProgressPrinter, client_from_args
+from napari_allen.parsing import split_list
 
 
 def _add_search_arguments(parser: argparse.ArgumentParser) -> None:

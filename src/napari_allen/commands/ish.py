@@ -24,8 +24,8 @@ from napari_allen.commands._common import (
     ProgressPrinter,
     cancel_on_sigint,
     client_from_args,
-    split_list,
 )
+from napari_allen.parsing import split_list
 from napari_allen.progress import CancelToken
 
 

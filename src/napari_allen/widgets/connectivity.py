@@ -9,7 +9,6 @@ A thin view: every search, download and computation runs through
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allen.parsing import split_list
 from napari_allen.widgets._common import (
     DataFrameTable,
     add_layer_tuple,
@@ -48,13 +48,6 @@ RESULT_COLUMNS = ["id", "structure_abbrev", "transgenic_line", "injection_volume
 LINE_CHOICES = ["any", "wild type"]
 SOURCE_GRID = "100 µm grid (density.raw)"
 SOURCE_NRRD = "NRRD"
-_SPLIT = re.compile(r"[,\s]+")
-
-
-def _split(text: str) -> list[str]:
-    return [t for t in _SPLIT.split(text or "") if t]
-
-
 def parse_region_groups(text: str) -> dict[str, list[str]]:
     """``"visual=VIS; motor=MOp,MOs"`` -> ``{"visual": ["VIS"], "motor": ["MOp", "MOs"]}``."""
     groups: dict[str, list[str]] = {}
@@ -62,9 +55,9 @@ def parse_region_groups(text: str) -> dict[str, list[str]]:
         if not part.strip():
             continue
         name, sep, acronyms = part.partition("=")
-        if not sep or not name.strip() or not _split(acronyms):
+        if not sep or not name.strip() or not split_list(acronyms):
             raise ValueError(f"region group {part.strip()!r}: write NAME=ACR[,ACR...]")
-        groups[name.strip()] = _split(acronyms)
+        groups[name.strip()] = split_list(acronyms)
     return groups
 
 
@@ -288,13 +281,13 @@ class ConnectivityWidget(QWidget):
 
     # --- search -------------------------------------------------------------------------
     def search(self) -> None:
-        structures = _split(self.structures_edit.text())
+        structures = split_list(self.structures_edit.text())
         if not structures:
             self._error(ValueError("type at least one injection structure (e.g. VISp)"))
             return
         line = self.line_combo.currentText()
         primary = self.primary_check.isChecked()
-        target = _split(self.target_edit.text()) or None
+        target = split_list(self.target_edit.text()) or None
 
         def task(*, progress, cancel, emit):
             from napari_allen.workflows.connectivity import search_experiments
@@ -315,14 +308,14 @@ class ConnectivityWidget(QWidget):
         if not self.seed_edit.text().strip():
             self.seed_from_cursor()
         try:
-            seed = [float(v) for v in _split(self.seed_edit.text())]
+            seed = [float(v) for v in split_list(self.seed_edit.text())]
         except ValueError:
             seed = []
         if len(seed) != 3:
             self._error(ValueError("the seed point needs three numbers: AP, DV, ML (µm)"))
             return
         line = self.line_combo.currentText()
-        structures = _split(self.structures_edit.text())
+        structures = split_list(self.structures_edit.text())
 
         def task(*, progress, cancel, emit):
             progress_msg(progress, "searching experiments near the seed point")
@@ -460,7 +453,7 @@ class ConnectivityWidget(QWidget):
         layer = self.viewer.layers[name]
         data = np.asarray(layer.data)
         resolution = float(layer.scale[-1])
-        regions = _split(self.target_region_edit.text()) or ["root"]
+        regions = split_list(self.target_region_edit.text()) or ["root"]
         method = self.method_combo.currentText()
         value = float(self.threshold_value.value())
 

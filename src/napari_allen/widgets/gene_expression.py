@@ -11,7 +11,6 @@ in :mod:`napari_allen.workflows.plane_download`, :mod:`napari_allen.analysis.exp
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allen.parsing import split_list
 from napari_allen.widgets._common import (
     DataFrameTable,
     add_layer_tuple,
@@ -52,13 +52,6 @@ SEARCH_COLUMNS = ["experiment_id", "gene", "gene_name", "plane", "section_thickn
 PLANE_CHOICES = ["coronal", "sagittal", "both"]
 SIMILARITY_MODES = ["genes", "whole plane", "selected search results"]
 ANNOTATION_LAYER = "gridAnnotation (200 µm)"
-_SPLIT = re.compile(r"[,\s]+")
-
-
-def _split(text: str) -> list[str]:
-    return [t for t in _SPLIT.split(text or "") if t]
-
-
 def _plane(value: str) -> str | None:
     return None if value == "both" else value
 
@@ -178,7 +171,7 @@ class GeneExpressionWidget(QWidget):
 
     def search(self) -> None:
         """Search ISH experiments (worker); a newer search makes an older one stale."""
-        genes = _split(self.gene_edit.text())
+        genes = split_list(self.gene_edit.text())
         if not genes:
             self.search_status.setText("Type a gene acronym or name first")
             return
@@ -348,7 +341,7 @@ class GeneExpressionWidget(QWidget):
         """Matrix -> correlation -> top pairs in a worker; then lines + heatmap."""
         mode = self.sim_mode.currentText()
         plane = _plane(self.sim_plane.currentText())
-        genes = _split(self.sim_genes.text())
+        genes = split_list(self.sim_genes.text())
         selected = (self.selected_experiments()["experiment_id"].astype(int).tolist()
                     if mode == "selected search results" else [])
         if mode == "genes" and not genes:
