@@ -106,14 +106,28 @@ def _envelope_error(url: str, data: dict, status: int | None) -> Exception:
     return AllenApiError(url, message, status, retryable=False)
 
 
+def _json_or_none(body: bytes) -> object:
+    """The JSON value of ``body``, or None when it is not JSON."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _raise_if_error_envelope(url: str, data: object, status: int) -> None:
+    """An Allen ``success: false`` envelope becomes the matching error (never a retry for
+    syntax errors), whatever the HTTP status."""
+    if isinstance(data, dict) and data.get("success") is False:
+        raise _envelope_error(url, data, status)
+
+
 def _check_response(url: str, resp: requests.Response, data: object) -> None:
     """Checks every metadata response shares: an error envelope (decided by its message,
     whatever the HTTP status: the API may send "bad syntax" with a 500, and syntax errors must
     not be retried), retryable statuses, other failures, empty bodies and HTML error pages."""
     body = resp.content
     status = resp.status_code
-    if isinstance(data, dict) and data.get("success") is False:
-        raise _envelope_error(url, data, status)
+    _raise_if_error_envelope(url, data, status)
     if status in _RETRY_STATUS:
         raise TransientError(f"HTTP {status} {resp.reason or ''}".strip(), status,
                              _retry_after(resp))
@@ -130,12 +144,7 @@ def parse_json_body(url: str, resp: requests.Response) -> dict:
     """Validate a JSON response and return the envelope (``success`` true), or raise
     :class:`TransientError` (retry) / :class:`AllenApiError` (do not retry)."""
     body = resp.content
-    data = None
-    if body.strip():
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
+    data = _json_or_none(body) if body.strip() else None
     _check_response(url, resp, data)
     if data is None:
         raise TransientError(f"truncated or invalid JSON ({len(body)} bytes)", resp.status_code)
@@ -152,12 +161,8 @@ def parse_csv_body(url: str, resp: requests.Response) -> str:
     """Validate a CSV response (complete rows, same field count as the header); return text."""
     body = resp.content
     status = resp.status_code
-    data = None
-    if body.lstrip().startswith(b"{"):  # an error envelope instead of the CSV
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
+    # An error envelope instead of the CSV?
+    data = _json_or_none(body) if body.lstrip().startswith(b"{") else None
     _check_response(url, resp, data)
     try:
         text = body.decode("utf-8")
@@ -339,12 +344,7 @@ class HttpTransport:
                 body = resp.content[:4000]
                 resp.close()
                 if "application/json" in ctype:
-                    try:
-                        data = json.loads(body)
-                    except ValueError:
-                        data = None
-                    if isinstance(data, dict) and data.get("success") is False:
-                        raise _envelope_error(url, data, status)
+                    _raise_if_error_envelope(url, _json_or_none(body), status)
                     raise AllenApiError(url, f"JSON instead of a file: {body[:200]!r}", status)
                 raise TransientError(_html_message(body), status)
             return resp
@@ -355,12 +355,7 @@ class HttpTransport:
             # of it. The caller discards the partial file and starts over.
             raise TransientError("HTTP 416: partial file does not match the server's file",
                                  status)
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and data.get("success") is False:
-            raise _envelope_error(url, data, status)
+        _raise_if_error_envelope(url, _json_or_none(body), status)
         if status in _RETRY_STATUS:
             raise TransientError(f"HTTP {status}", status, _retry_after(resp))
         detail = body[:300].decode("utf-8", "replace").strip() or (resp.reason or "")
