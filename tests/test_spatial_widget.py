@@ -148,14 +148,14 @@ def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
 
     monkeypatch.setattr(module, "PARTIAL_EVERY_S", 0.0)  # show after every seed
     shown: list[int] = []
-    original = module._show
+    original = module.add_layer_tuple
 
     def spy(viewer, layer_tuple):
         if layer_tuple[2] == "shapes":
             shown.append(len(layer_tuple[0]))
         original(viewer, layer_tuple)
 
-    monkeypatch.setattr(module, "_show", spy)
+    monkeypatch.setattr(module, "add_layer_tuple", spy)
     widget.seed_cap.setValue(6)
     widget.skip_fibers.setChecked(False)
     widget.jobs.setValue(1)

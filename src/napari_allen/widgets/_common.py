@@ -69,6 +69,12 @@ def add_layer_tuple(viewer: napari.Viewer, layer_tuple: tuple) -> Any:
                 existing.metadata = kwargs["metadata"]
             if "features" in kwargs and hasattr(existing, "features"):
                 existing.features = kwargs["features"]
+            # Per-item colours must follow the new items (a Shapes/Points/Vectors layer would
+            # otherwise colour new lines or points with its old colours).
+            for key in ("edge_color", "face_color"):
+                value = kwargs.get(key)
+                if isinstance(value, np.ndarray) and hasattr(existing, key):
+                    setattr(existing, key, value)
             return existing
     layer = Layer.create(data, kwargs, layer_type)
     viewer.add_layer(layer)

@@ -61,24 +61,12 @@ CLICK_LAYER_NAME = "spatial search (click)"
 PARTIAL_EVERY_S = 1.0  # how often lines found so far are shown during a long search
 
 
-def _show(viewer: napari.Viewer, layer_tuple: tuple) -> None:
-    """Add a layer, or update the same-named one; per-item colours are refreshed too
-    (``add_layer_tuple`` replaces data and features, and a Shapes/Vectors layer would otherwise
-    colour new lines with its old colours). Main thread only."""
-    layer = add_layer_tuple(viewer, layer_tuple)
-    kwargs = layer_tuple[1]
-    for key in ("edge_color", "face_color"):
-        value = kwargs.get(key)
-        if isinstance(value, np.ndarray) and hasattr(layer, key):
-            setattr(layer, key, value)
-
-
 def _show_all(viewer: napari.Viewer, layer_tuples: list, prefix: str) -> None:
     """Show ``layer_tuples`` and remove the other layers of the same search (``prefix`` +
     lines / lines (2-D) / injection sites) that this result no longer has, so an empty result
     never leaves the previous lines on screen."""
     for layer_tuple in layer_tuples:
-        _show(viewer, layer_tuple)
+        add_layer_tuple(viewer, layer_tuple)
     kept = {t[1].get("name") for t in layer_tuples}
     for suffix in ("lines", "lines (2-D)", "injection sites"):
         stale = f"{prefix} {suffix}"
@@ -220,7 +208,7 @@ class SpatialSearchWidget(QWidget):
 
     def _show_partial(self, layer_tuples: list) -> None:
         for layer_tuple in layer_tuples:
-            _show(self.viewer, layer_tuple)
+            add_layer_tuple(self.viewer, layer_tuple)
 
     def _show_experiment(self, value: dict) -> None:
         search = value["search"]
