@@ -59,12 +59,6 @@ class Progress:
     bytes_total: int | None = None
     failed: int = 0
 
-    @property
-    def fraction(self) -> float | None:
-        if not self.total:
-            return None
-        return min(1.0, self.done / self.total)
-
 
 ProgressCallback = Callable[[Progress], None]
 

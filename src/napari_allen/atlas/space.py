@@ -30,8 +30,7 @@ GRID_SHAPES: dict[int, tuple[int, int, int]] = {
 #: The legacy CCFv2 connectivity grid (experiments processed before May 2015).
 CCFV2_100_SHAPE: tuple[int, int, int] = (133, 81, 115)
 
-#: CCFv3 extent in µm (AP, DV, ML) and the midline (ML) position.
-CCF_EXTENT_UM: tuple[int, int, int] = (13200, 8000, 11400)
+#: The CCFv3 midline (ML) position in µm: half of the 11,400 µm ML extent.
 MIDLINE_UM: float = 5700.0
 
 

@@ -52,9 +52,3 @@ def atomic_write_text(target: str | os.PathLike, text: str, encoding: str = "utf
     with atomic_open(target, "w", encoding=encoding, newline="") as fh:
         fh.write(text)
     return Path(target)
-
-
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
-    with atomic_open(target, "wb") as fh:
-        fh.write(data)
-    return Path(target)
