@@ -103,7 +103,7 @@ def test_similarity_lines_heatmap_and_save(widget, qtbot, tmp_path):
     assert widget.save_similarity(str(tmp_path / "none")) is None  # nothing yet
     widget.run_similarity()
     _wait(qtbot, widget.sim_runner)
-    result = widget.similarity
+    result = widget.similarity.similarity
     assert result is not None and 0 < len(result.connections) <= 39
     lines = widget.viewer.layers["structure correlation"]
     assert lines._type_string == "shapes"
@@ -179,3 +179,16 @@ def test_plane_download_cancel_keeps_partial_store(widget, qtbot, tmp_path, alle
     assert not widget.plane_runner.is_running
     store = open_plane_store(tmp_path / "coronal.zarr")
     assert len(store) > 1000 and 2 <= len(store.completed()) < len(store)
+
+
+def test_similarity_from_a_plane_store(widget, qtbot, tmp_path):
+    _local_store(tmp_path / "s.zarr")
+    widget.sim_mode.setCurrentText("whole plane")
+    widget.sim_plane.setCurrentText("both")  # no plane: every experiment of the store
+    widget.sim_store.setText(str(tmp_path / "s.zarr"))
+    widget.top_n.setValue(20)
+    widget.run_similarity()
+    _wait(qtbot, widget.sim_runner)
+    assert widget.similarity.experiment_ids == [10, 11, 12, 13]
+    assert widget.similarity.source == "grids"
+    assert "4 experiments" in widget.sim_status.text()

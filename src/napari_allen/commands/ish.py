@@ -54,7 +54,7 @@ def register(subparsers) -> None:
         description="Build the structures x experiments expression matrix, correlate "
                     "structures ignoring missing values and keep the TOP_N most correlated "
                     "pairs; writes PREFIX.{structures,connections,correlations}.json and CSV.")
-    chosen = c.add_mutually_exclusive_group(required=True)
+    chosen = c.add_mutually_exclusive_group()
     chosen.add_argument("--plane", choices=("coronal", "sagittal"))
     chosen.add_argument("--genes", nargs="+", help="gene acronyms (wildcards *)")
     chosen.add_argument("--experiments", nargs="+", help="SectionDataSet ids")
@@ -67,7 +67,8 @@ def register(subparsers) -> None:
     c.add_argument("--method", choices=("pairwise", "numpy_ma"), default="pairwise",
                    help="pairwise-complete Pearson (default) or the script's numpy.ma")
     c.add_argument("--store", type=Path, default=None,
-                   help="with --source grids: read the grids from this plane store")
+                   help="read the grids from this plane store (implies --source grids; "
+                        "alone: every experiment in the store)")
     c.add_argument("--scheduler", default=None,
                    help="dask distributed scheduler address for --store computations")
     c.add_argument("--jobs", type=int, default=8, help="concurrent grid downloads")
@@ -116,36 +117,32 @@ def _plane_store(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment_ids(args: argparse.Namespace, client) -> list[int]:
-    from napari_allen.workflows.plane_download import experiment_table
-
-    if args.experiments:
-        try:
-            return [int(e) for e in split_list(args.experiments)]
-        except ValueError:
-            raise SystemExit(
-                f"napari-allen: --experiments takes ids, got {args.experiments}") from None
-    table = experiment_table(client, plane=args.plane or args.only_plane,
-                             genes=split_list(args.genes) or None)
-    return table["experiment_id"].astype(int).tolist()
-
-
 def _correlate(args: argparse.Namespace) -> int:
-    from napari_allen.analysis.correlation import structure_similarity
-    from napari_allen.atlas.ontology import Ontology
-    from napari_allen.workflows.plane_download import structure_matrix
+    from napari_allen.workflows.structure_similarity import run_structure_similarity
 
-    client = client_from_args(args)
-    ids = _experiment_ids(args, client)
-    print(f"{len(ids)} experiments; building the {args.source} matrix", file=sys.stderr)
-    ontology = Ontology.default()
-    matrix, volumes = structure_matrix(client, ids, source=args.source, ontology=ontology,
-                                       store=args.store, scheduler=args.scheduler,
-                                       jobs=args.jobs, progress=ProgressPrinter())
-    result = structure_similarity(matrix, top_n=args.top_n, method=args.method)
-    paths = result.write(args.out, ontology, volumes)
-    print(f"{len(result.structure_ids)} structures x {result.n_experiments} experiments, "
-          f"{len(result.connections)} connections", file=sys.stderr)
+    if not (args.plane or args.genes or args.experiments or args.store):
+        print("napari-allen correlate: error: give --plane, --genes, --experiments or --store",
+              file=sys.stderr)
+        return 2
+    try:
+        experiments = [int(e) for e in split_list(args.experiments)]
+    except ValueError:
+        print(f"napari-allen correlate: error: --experiments takes ids, got {args.experiments}",
+              file=sys.stderr)
+        return 2
+    with cancel_on_sigint(CancelToken()) as token:
+        try:
+            outcome = run_structure_similarity(
+                client_from_args(args), experiments=experiments,
+                genes=split_list(args.genes), plane=args.plane or args.only_plane,
+                source="grids" if args.store else args.source, method=args.method,
+                top_n=args.top_n, store=args.store, scheduler=args.scheduler, jobs=args.jobs,
+                progress=ProgressPrinter(), cancel=token)
+        except ValueError as exc:
+            print(f"napari-allen correlate: error: {exc}", file=sys.stderr)
+            return 2
+    paths = outcome.write(args.out)
+    print(outcome.summary(), file=sys.stderr)
     for path in paths.values():
         print(path, file=sys.stderr)
     return 0

@@ -46,7 +46,7 @@ from napari_allen.widgets._tasks import TaskRunner
 if TYPE_CHECKING:
     import napari
 
-    from napari_allen.analysis.correlation import Similarity
+    from napari_allen.workflows.structure_similarity import SimilarityOutcome
 
 SEARCH_COLUMNS = ["experiment_id", "gene", "gene_name", "plane", "section_thickness"]
 PLANE_CHOICES = ["coronal", "sagittal", "both"]
@@ -107,8 +107,7 @@ class GeneExpressionWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.results = pd.DataFrame(columns=SEARCH_COLUMNS)
-        self.similarity: Similarity | None = None
-        self._similarity_volumes: dict[int, float] = {}
+        self.similarity: SimilarityOutcome | None = None
         self.store_layer = None
         tabs = QTabWidget(self)
         tabs.addTab(self._build_search(), "Search")
@@ -319,6 +318,12 @@ class GeneExpressionWidget(QWidget):
         form.addRow("Expression from", self.sim_source)
         form.addRow("Correlation", self.sim_method)
         form.addRow("TOP_N", self.top_n)
+        self.sim_store = QLineEdit()
+        self.sim_store.setPlaceholderText("optional plane store (grids read from it)")
+        self.sim_scheduler = QLineEdit()
+        self.sim_scheduler.setPlaceholderText("optional dask scheduler, e.g. tcp://host:8786")
+        form.addRow("Store", self.sim_store)
+        form.addRow("Scheduler", self.sim_scheduler)
         self.sim_button = QPushButton("Correlate structures")
         self.sim_button.clicked.connect(self.run_similarity)
         self.sim_runner = TaskRunner(self)
@@ -338,61 +343,63 @@ class GeneExpressionWidget(QWidget):
         return page
 
     def run_similarity(self) -> None:
-        """Matrix -> correlation -> top pairs in a worker; then lines + heatmap."""
+        """Run :func:`~napari_allen.workflows.structure_similarity.run_structure_similarity`
+        in a worker (lines layer built there too); then lines + heatmap."""
         mode = self.sim_mode.currentText()
         plane = _plane(self.sim_plane.currentText())
         genes = split_list(self.sim_genes.text())
         selected = (self.selected_experiments()["experiment_id"].astype(int).tolist()
                     if mode == "selected search results" else [])
+        store = self.sim_store.text().strip() or None
         if mode == "genes" and not genes:
             self.sim_status.setText("Type genes first")
             return
-        if mode == "whole plane" and plane is None:
-            self.sim_status.setText("Choose coronal or sagittal for a whole plane")
+        if mode == "whole plane" and plane is None and store is None:
+            self.sim_status.setText("Choose coronal or sagittal (or a plane store) for a "
+                                    "whole plane")
             return
         if mode == "selected search results" and not selected:
             self.sim_status.setText("Select search results first")
             return
-        source = self.sim_source.currentText()
-        method = self.sim_method.currentText()
-        top_n = int(self.top_n.value())
+        options = {
+            "experiments": selected or None,
+            "genes": genes if mode == "genes" else None,
+            "plane": plane,
+            "source": "grids" if store else self.sim_source.currentText(),
+            "method": self.sim_method.currentText(),
+            "top_n": int(self.top_n.value()),
+            "store": store,
+            "scheduler": self.sim_scheduler.text().strip() or None,
+        }
 
         def task(*, progress, cancel, emit):
-            from napari_allen.analysis.correlation import structure_similarity
-            from napari_allen.workflows.plane_download import experiment_table, structure_matrix
+            from napari_allen.atlas.annotation import grid_annotation
+            from napari_allen.atlas.ontology import Ontology
+            from napari_allen.layers.expression import connections_layer
+            from napari_allen.workflows.structure_similarity import (
+                run_structure_similarity,
+                structure_acronyms,
+            )
 
-            client = shared_client()
-            ids = selected
-            if not ids:
-                table = experiment_table(client, plane=plane,
-                                         genes=genes if mode == "genes" else None, cancel=cancel)
-                ids = table["experiment_id"].astype(int).tolist()
-            matrix, volumes = structure_matrix(client, ids, source=source, progress=progress,
-                                               cancel=cancel)
-            cancel.check()
-            return structure_similarity(matrix, top_n=top_n, method=method), volumes
+            outcome = run_structure_similarity(shared_client(), progress=progress,
+                                               cancel=cancel, **options)
+            onto = Ontology.default()
+            annotation = grid_annotation()
+            layer = connections_layer(outcome.similarity.connections,
+                                      np.asarray(annotation.data), annotation.resolution, onto)
+            return outcome, structure_acronyms(outcome.similarity.structure_ids, onto), layer
 
+        self.save_button.setEnabled(False)  # the shown result is about to be replaced
         self.sim_runner.run(task, on_result=self._show_similarity,
                             description="Correlating structures…")
 
     def _show_similarity(self, payload) -> None:
-        from napari_allen.atlas.annotation import grid_annotation
-        from napari_allen.atlas.ontology import Ontology
-        from napari_allen.layers.expression import connections_layer
-
-        result, volumes = payload
-        self.similarity = result
-        self._similarity_volumes = volumes
-        onto = Ontology.default()
-        acronyms = [onto.acronym(s) if s in onto else str(s) for s in result.structure_ids]
-        self.heatmap.set_matrix(result.corr, acronyms)
+        outcome, acronyms, layer_tuple = payload
+        self.similarity = outcome
+        self.heatmap.set_matrix(outcome.similarity.corr, acronyms)
         self.add_annotation()
-        annotation = grid_annotation()
-        self._add_tuple(connections_layer(result.connections, np.asarray(annotation.data),
-                                          annotation.resolution, onto))
-        self.sim_status.setText(
-            f"{len(result.structure_ids)} structures × {result.n_experiments} experiments "
-            f"({result.method}); {len(result.connections)} connections")
+        self._add_tuple(layer_tuple)
+        self.sim_status.setText(outcome.summary())
         self.save_button.setEnabled(True)
 
     def save_similarity(self, prefix: str | None = None) -> dict | None:
@@ -406,7 +413,7 @@ class GeneExpressionWidget(QWidget):
                                                     "out.json", "JSON (*.json)")
             if not prefix:
                 return None
-        paths = self.similarity.write(prefix, Ontology.default(), self._similarity_volumes)
+        paths = self.similarity.write(prefix, Ontology.default())
         self.sim_status.setText(f"saved {paths['structures'].parent} / "
                                 f"{Path(prefix).stem}.*")
         return paths

@@ -1,0 +1,64 @@
+"""The structure-similarity workflow shared by the Similarity tab and `napari-allen correlate`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_allen.io.plane_store import ISH_SHAPE, PlaneStore
+from napari_allen.workflows.structure_similarity import (
+    run_structure_similarity,
+    select_experiments,
+)
+
+
+def _store(path, n=5) -> PlaneStore:
+    table = pd.DataFrame({"experiment_id": np.arange(10, 10 + n),
+                          "gene": [f"G{i}" for i in range(n)], "gene_name": "g",
+                          "plane": "coronal"})
+    store = PlaneStore.create(path, table)
+    rng = np.random.default_rng(0)
+    for i in range(n - 1):  # the last experiment stays unfinished
+        store.write(10 + i, rng.random(ISH_SHAPE).astype(np.float32))
+    return store
+
+
+def test_store_alone_correlates_its_finished_experiments(tmp_path):
+    _store(tmp_path / "s.zarr")
+    # No client needed: the experiments and grids come from the store.
+    assert select_experiments(None, store=tmp_path / "s.zarr") == [10, 11, 12, 13]
+    outcome = run_structure_similarity(None, store=tmp_path / "s.zarr", source="grids",
+                                       top_n=30)
+    assert outcome.experiment_ids == [10, 11, 12, 13]
+    assert outcome.similarity.n_experiments == 4
+    assert 0 < len(outcome.similarity.connections) <= 29
+    assert "4 experiments" in outcome.summary()
+    paths = outcome.write(tmp_path / "out.json")
+    assert paths["connections"].exists()
+
+
+def test_store_and_api_grids_give_the_same_matrix(client, tmp_path):
+    from napari_allen.workflows.plane_download import download_plane
+
+    download_plane(client, tmp_path / "g.zarr", genes=["Nrp1", "Pdyn"], jobs=2)
+    from_store = run_structure_similarity(client, genes=["Nrp1", "Pdyn"], source="grids",
+                                          store=tmp_path / "g.zarr", top_n=40)
+    downloaded = run_structure_similarity(client, genes=["Nrp1", "Pdyn"], source="grids",
+                                          top_n=40)
+    assert from_store.experiment_ids == downloaded.experiment_ids
+    np.testing.assert_allclose(from_store.similarity.corr, downloaded.similarity.corr,
+                               equal_nan=True, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"store": "x.zarr", "source": "unionize"}, "source 'grids'"),
+    ({"genes": ["Nrp1"], "scheduler": "tcp://h:1"}, "plane store"),
+    ({"genes": ["Nrp1"], "method": "magic"}, "method"),
+    ({"genes": ["Nrp1"], "top_n": 0}, "top_n"),
+    ({}, "choose experiments"),
+    ({"plane": "axial"}, "plane"),
+])
+def test_impossible_options_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run_structure_similarity(None, **kwargs)
