@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from napari_allen.commands import api_commands
+from napari_allen.io.manifest import MANIFEST_NAME
 
 NRP1 = 74272479
 
@@ -43,7 +44,7 @@ def test_download_by_gene_writes_grids_and_metadata_and_resumes(allen_api, tmp_p
     n = len(allen_api.requests)
     assert run(argv) == 0
     again = pd.read_csv(out / "metadata.csv")
-    assert set(again["status"]) == {"cached"} and again["success"].all()
+    assert set(again["status"]) == {"verified"} and again["success"].all()
     grid_requests = [r for r in allen_api.requests[n:] if "grid_data" in r["path"]]
     assert grid_requests == []  # resume: nothing downloaded twice
     assert "complete" in capsys.readouterr().err
@@ -58,7 +59,8 @@ def test_download_experiments_with_a_failure_records_it(allen_api, tmp_path, cap
     meta = pd.read_csv(out / "metadata.csv").set_index("experiment_id")
     assert not meta.loc[NRP1, "success"] and "HTTP 500" in meta.loc[NRP1, "error"]
     assert meta.loc[71717084, "success"]
-    assert sorted(p.name for p in out.iterdir()) == ["71717084_energy_200um.zip", "metadata.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "71717084_energy_200um.zip",
+                                                     "metadata.csv"]
     assert "1 failed" in capsys.readouterr().err
 
 
@@ -128,4 +130,4 @@ def test_console_download_interrupted_by_ctrl_c_then_resumed(allen_api, tmp_path
     assert finished.returncode == 0, finished.stderr
     meta = pd.read_csv(out / "metadata.csv").set_index("experiment_id")
     assert meta["success"].all()
-    assert set(meta.index[meta["status"] == "cached"]) == done
+    assert set(meta.index[meta["status"] == "verified"]) == done

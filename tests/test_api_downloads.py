@@ -19,6 +19,7 @@ from napari_allen.api.batch import (
 )
 from napari_allen.api.client import AllenClient
 from napari_allen.errors import AllenApiError
+from napari_allen.io.manifest import MANIFEST_NAME
 from napari_allen.progress import Cancelled, CancelToken
 
 NRP1 = 74272479
@@ -130,7 +131,7 @@ def test_batch_downloads_concurrently_with_progress(client, allen_api, tmp_path)
         url, target, _ = req.plan(client)
         assert row["path"] == str(target) and sha(target) == served(allen_api, url)
     again = download_many(client, reqs, jobs=4)
-    assert (again["status"] == "cached").all()
+    assert (again["status"] == "verified").all()
 
 
 def test_batch_failures_are_reported_per_row(client, allen_api):
@@ -158,11 +159,12 @@ def test_batch_cancel_then_resume(client, allen_api, tmp_path):
     assert 4 <= len(done) < len(ids)
     assert set(first["status"]) <= {"downloaded", "cancelled"}
     assert leftovers(out) == []
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.zip" for i in done)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [MANIFEST_NAME] + [f"{i}.zip" for i in done])
     allen_api.latency_ms = 0
     second = download_many(client, reqs, jobs=4)
     status = dict(zip(second["experiment_id"], second["status"], strict=True))
-    assert {i for i, s in status.items() if s == "cached"} == done
+    assert {i for i, s in status.items() if s == "verified"} == done
     assert {i for i, s in status.items() if s == "downloaded"} == set(ids) - done
     for req in reqs:
         url, target, _ = req.plan(client)
@@ -239,9 +241,9 @@ def test_partial_file_longer_than_the_server_file_is_discarded(client, allen_api
 
 
 def test_downloads_record_provenance_and_synthetic_data_is_named_so(client, allen_api):
-    """Each cached file has a sidecar with its URL; data the server generated (flagged by its
-    header) stays marked synthetic in the volume's metadata and layer name, real data not."""
-    from napari_allen.io.provenance import sidecar_path
+    """Each cached file has a manifest entry with its URL; data the server generated (flagged
+    by its header) stays marked synthetic in the volume's metadata and layer name, real not."""
+    from napari_allen.io.manifest import recorded_entry
 
     (real,) = client.grid_volumes(74272479)  # the bundled real Nrp1 grid
     synthetic_id = int(client.search_ish(["Gad1"], plane="coronal")["experiment_id"].iloc[0])
@@ -250,7 +252,7 @@ def test_downloads_record_provenance_and_synthetic_data_is_named_so(client, alle
     assert real.metadata["source_url"].endswith("/grid_data/download/74272479?include=energy")
     assert generated.metadata["synthetic"] is True
     assert generated.name == f"Gad1 energy [synthetic] (exp {synthetic_id})"
-    assert sidecar_path(client.grid_zip(synthetic_id, ("energy",))).is_file()
+    assert recorded_entry(client.grid_zip(synthetic_id, ("energy",))).synthetic
 
     nrrd = client.grid_nrrd(158375425, "projection_density", 100)
     from napari_allen.io.nrrd import read_nrrd

@@ -23,7 +23,7 @@ from napari_allen.api.cache import download_file, verify_grid_zip, verify_nrrd
 from napari_allen.api.client import AllenClient
 from napari_allen.api.http import HttpTransport
 from napari_allen.errors import AllenApiError, AllenFormatError
-from napari_allen.io.provenance import sidecar_path
+from napari_allen.io.manifest import MANIFEST_NAME
 from napari_allen.progress import Cancelled, CancelToken
 
 OK_ENVELOPE = {"success": True, "id": 0, "start_row": 0, "num_rows": 1, "total_rows": 1,
@@ -256,11 +256,11 @@ def test_truncated_zip_is_never_kept(tmp_path, scripted, declare_length):
     scripted.plan = [truncated(body, len(body) // 2, declare_length)] * 2
     scripted.default = send(200, body, "application/zip")
     dest = tmp_path / "store" / "energy_200um.zip"
-    path, moved = download_file(transport(tmp_path), scripted.url + "/grid_data/download/1",
+    path, moved, *_ = download_file(transport(tmp_path), scripted.url + "/grid_data/download/1",
                                 dest, lambda p, s: verify_grid_zip(p, ["energy"], s))
     assert path.read_bytes() == body and moved >= len(body)
     assert len(scripted.log) == 3
-    assert sorted(dest.parent.iterdir()) == [dest, sidecar_path(dest)]  # file + provenance
+    assert sorted(dest.parent.iterdir()) == [dest.parent / MANIFEST_NAME, dest]  # file + entry
 
 
 def test_truncated_everytime_fails_and_leaves_nothing(tmp_path, scripted):
@@ -270,7 +270,7 @@ def test_truncated_everytime_fails_and_leaves_nothing(tmp_path, scripted):
     with pytest.raises(AllenApiError, match="not a complete zip"):
         download_file(transport(tmp_path, retries=2), scripted.url + "/grid_data/download/1",
                       dest, lambda p, s: verify_grid_zip(p, ["energy"], s))
-    assert list(dest.parent.iterdir()) == []
+    assert [p for p in dest.parent.iterdir() if p.name != MANIFEST_NAME] == []
 
 
 @pytest.mark.parametrize("member", ["../evil.raw", "/etc/evil", "a/../../evil", "C:\\evil"])
@@ -284,7 +284,7 @@ def test_zip_members_escaping_the_folder_are_refused(tmp_path, scripted, member)
         download_file(transport(tmp_path), scripted.url + "/grid_data/download/1", dest,
                       lambda p, s: verify_grid_zip(p, ["energy"], s))
     assert len(scripted.log) == 1  # not a transient problem: no retry
-    assert list(dest.parent.iterdir()) == []
+    assert [p for p in dest.parent.iterdir() if p.name != MANIFEST_NAME] == []
     assert not (tmp_path / "evil.raw").exists()
 
 
@@ -306,11 +306,11 @@ def test_partial_file_is_resumed_with_range(tmp_path, scripted):
     dest.parent.mkdir(parents=True)
     dest.with_name(dest.name + ".part").write_bytes(body[:5000])  # left by a killed process
     scripted.default = ranged(body)
-    path, moved = download_file(transport(tmp_path), scripted.url + "/grid_data/download/1",
+    path, moved, *_ = download_file(transport(tmp_path), scripted.url + "/grid_data/download/1",
                                 dest, lambda p, s: verify_grid_zip(p, ["energy"], s))
     assert scripted.log[0]["range"] == "bytes=5000-"
     assert moved == len(body) - 5000 and path.read_bytes() == body
-    assert sorted(dest.parent.iterdir()) == [dest, sidecar_path(dest)]  # file + provenance
+    assert sorted(dest.parent.iterdir()) == [dest.parent / MANIFEST_NAME, dest]  # file + entry
 
 
 def test_corrupt_partial_file_is_discarded_not_trusted(tmp_path, scripted):
@@ -319,7 +319,7 @@ def test_corrupt_partial_file_is_discarded_not_trusted(tmp_path, scripted):
     dest.parent.mkdir(parents=True)
     dest.with_name(dest.name + ".part").write_bytes(b"garbage" * 100)
     scripted.default = ranged(body)
-    path, _ = download_file(transport(tmp_path), scripted.url + "/g", dest,
+    path, *_ = download_file(transport(tmp_path), scripted.url + "/g", dest,
                             lambda p, s: verify_grid_zip(p, ["energy"], s))
     assert path.read_bytes() == body
     assert [e["range"] for e in scripted.log] == ["bytes=700-", None]
@@ -343,7 +343,7 @@ def test_cancel_mid_download_removes_the_partial_file(tmp_path, scripted):
                       lambda p, s: verify_grid_zip(p, ["energy"], s), on_bytes=on_bytes,
                       cancel=token)
     assert time.monotonic() - started < 3
-    assert list(dest.parent.iterdir()) == []
+    assert [p for p in dest.parent.iterdir() if p.name != MANIFEST_NAME] == []
 
 
 def test_error_page_instead_of_a_file(tmp_path, scripted):

@@ -112,7 +112,7 @@ def test_structure_matrix_from_unionize_and_grids(client):
     # Nrp1's real grid: the hippocampal leaves carry data.
     assert grids[74272479].notna().sum() > 100
     got, frame = fetch_grids(client, ids[:1])
-    assert list(got) == ids[:1] and frame["status"].iloc[0] in ("downloaded", "cached")
+    assert list(got) == ids[:1] and frame["status"].iloc[0] in ("downloaded", "verified")
     with pytest.raises(ValueError, match="source"):
         structure_matrix(client, ids, source="magic")
 

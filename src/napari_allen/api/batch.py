@@ -26,7 +26,9 @@ from .client import AllenClient, _check_volumes
 
 RESULT_COLUMNS = ["request", "experiment_id", "volume", "resolution", "status", "path", "bytes",
                   "seconds", "error", "url"]
-# status values: downloaded | cached (already complete, skipped) | failed | cancelled
+# status values: downloaded | verified (on disk, matches its manifest entry) | refetched
+# (on disk but damaged/swapped, downloaded again) | failed | cancelled
+OK_STATUSES = ("downloaded", "verified", "refetched")
 
 Verifier = Callable[[Path, str], None]
 
@@ -140,7 +142,8 @@ def _row(req, status: str, **extra) -> dict:
     return row
 
 
-def _run_one(client: AllenClient, req, tally: _Tally, cancel: CancelToken) -> dict:
+def _run_one(client: AllenClient, req, tally: _Tally, cancel: CancelToken,
+             deep: bool = False) -> dict:
     if cancel.cancelled:
         return _row(req, "cancelled")
     start = time.monotonic()
@@ -150,29 +153,30 @@ def _run_one(client: AllenClient, req, tally: _Tally, cancel: CancelToken) -> di
         tally.finish(True, f"invalid request {req}")
         return _row(req, "failed", error=str(exc))
     try:
-        path, moved = download_file(client.http, url, target, verify, on_bytes=tally.add_bytes,
-                                    cancel=cancel, provenance=client.store.contains(target))
+        fetched = download_file(client.http, url, target, verify, on_bytes=tally.add_bytes,
+                                cancel=cancel, deep=deep)
     except Cancelled:
         return _row(req, "cancelled", url=url)
     except (AllenError, OSError) as exc:
         row = _row(req, "failed", url=url, error=str(exc), seconds=time.monotonic() - start)
         tally.finish(True, f"failed {target.name}")
         return row
-    status = "downloaded" if moved else "cached"
-    tally.finish(False, f"{status} {target.name}")
-    return _row(req, status, url=url, path=str(path), bytes=moved,
-                seconds=round(time.monotonic() - start, 3))
+    tally.finish(False, f"{fetched.status} {target.name}")
+    return _row(req, fetched.status, url=url, path=str(fetched.path), bytes=fetched.bytes,
+                seconds=round(time.monotonic() - start, 3), error=fetched.reason)
 
 
 def download_many(client: AllenClient, requests: Sequence[DownloadRequest], *, jobs: int = 8,
                   progress: ProgressCallback | None = None,
-                  cancel: CancelToken | None = None) -> pd.DataFrame:
+                  cancel: CancelToken | None = None, deep: bool = False) -> pd.DataFrame:
     """Download every request with ``jobs`` threads; one result row per request, in order.
 
-    Columns: request, experiment_id, volume, resolution, status ('downloaded', 'cached',
-    'failed', 'cancelled'), path, bytes, seconds, error, url. Failures are reported per row,
-    never raised; cancellation raises :class:`BatchCancelled` (with the rows) after every
-    worker stopped and removed its partial file.
+    Columns: request, experiment_id, volume, resolution, status, path, bytes, seconds, error,
+    url. ``status``: 'downloaded' (new), 'verified' (already on disk and matching its manifest
+    entry), 'refetched' (was on disk but damaged or swapped: ``error`` says how, downloaded
+    again), 'failed', 'cancelled'. ``deep`` re-hashes every file on disk, changed or not.
+    Failures are reported per row, never raised; cancellation raises :class:`BatchCancelled`
+    (with the rows) after every worker stopped and removed its partial file.
     """
     requests = list(requests)
     jobs = max(1, int(jobs))
@@ -192,7 +196,7 @@ def download_many(client: AllenClient, requests: Sequence[DownloadRequest], *, j
                 item = next(queue, None)
                 if item is None:
                     return
-                futures[pool.submit(_run_one, client, item[1], tally, cancel)] = item[0]
+                futures[pool.submit(_run_one, client, item[1], tally, cancel, deep)] = item[0]
 
         refill()
         while futures:

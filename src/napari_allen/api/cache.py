@@ -14,11 +14,18 @@ NRRD gzip stream and inflated size; Content-Length), then ``os.replace``-d into 
 final name only ever holds a complete, verified file. A ``.part`` left by a killed process is
 never trusted: it is resumed with an HTTP ``Range`` request when the server honours it, and the
 result is verified like any other download.
+
+Every file is recorded in its folder's manifest (:mod:`napari_allen.io.manifest`: size,
+SHA-256, source URL, synthetic flag) just before the rename, and checked against it on every
+reuse: a truncated, bit-flipped, emptied or swapped file is downloaded again and reported as
+``refetched``, never opened as data. The same holds for a folder the user chose.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import re
 import threading
@@ -26,15 +33,18 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from ..errors import AllenApiError, AllenFormatError
-from ..io.provenance import SYNTHETIC_HEADER, write_provenance
+from ..io import manifest
+from ..io.provenance import SYNTHETIC_HEADER
 from ..progress import Cancelled, CancelToken
 from .http import HttpTransport, TransientError
 
 CHUNK = 1 << 16  # 64 KiB: memory per download stays constant whatever the file size
 META_DB = "http_cache.sqlite"
+log = logging.getLogger(__name__)
 
 _MET_SIZES = {
     "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_UINT": 4, "MET_INT": 4, "MET_USHORT": 2,
@@ -337,24 +347,73 @@ class _CancelWatch:
 _watch = _CancelWatch()
 
 
+class Fetched(NamedTuple):
+    """What :func:`download_file` did: ``status`` is ``downloaded`` (new file), ``verified``
+    (the file on disk matched its manifest entry, no request) or ``refetched`` (the file on
+    disk was damaged or swapped and was downloaded again; ``reason`` says what was wrong)."""
+
+    path: Path
+    bytes: int
+    status: str
+    reason: str = ""
+
+
+DOWNLOADED, VERIFIED, REFETCHED = "downloaded", "verified", "refetched"
+
+
+def _reusable(dest: Path, url: str, verify: Verifier, deep: bool) -> tuple[bool, str]:
+    """May ``dest`` be reused for ``url``? Returns ``(ok, reason it may not)``.
+
+    A recorded file must match its manifest entry (size always, SHA-256 when changed) and
+    come from the same URL; a file without an entry (an older napari-allen, a copy) is adopted
+    only after the full format check passes, and is then recorded."""
+    result = manifest.check_file(dest, deep=deep)
+    if result.status == manifest.MISSING:
+        return False, ""
+    if result.status == manifest.DAMAGED:
+        return False, result.reason
+    if result.status == manifest.UNRECORDED:
+        try:
+            verify(dest, str(dest))
+        except (TransientError, AllenFormatError) as exc:
+            return False, f"fails the format check ({exc})"
+        except OSError as exc:
+            return False, f"cannot be read ({exc})"
+        manifest.record_file(dest, url=url)
+        return True, ""
+    if result.entry is not None and result.entry.url and result.entry.url != url:
+        return False, f"was downloaded from {result.entry.url}, not {url}"
+    return True, ""
+
+
 def download_file(transport: HttpTransport, url: str, dest: Path, verify: Verifier, *,
                   on_bytes: Callable[[int], None] | None = None,
                   cancel: CancelToken | None = None, resume: bool = True,
-                  provenance: bool = True) -> tuple[Path, int]:
-    """Download ``url`` to ``dest`` (verified, atomic). Returns ``(dest, bytes_transferred)``;
-    0 bytes when ``dest`` already existed. Cancelling deletes the partial file. With
-    ``provenance`` a sidecar records the URL and any synthetic flag (:mod:`..io.provenance`)."""
-    if dest.exists():
-        return dest, 0
+                  deep: bool = False) -> Fetched:
+    """Download ``url`` to ``dest`` (verified, atomic, recorded in the folder's manifest).
+
+    A file already at ``dest`` is reused only when it is still what was recorded
+    (:mod:`..io.manifest`; ``deep`` re-hashes even unchanged files); a damaged, truncated or
+    swapped file is downloaded again (status ``refetched``, logged with the reason), never
+    returned as data. Cancelling deletes the partial file."""
+    ok, reason = _reusable(dest, url, verify, deep)
+    if ok:
+        return Fetched(dest, 0, VERIFIED)
     if transport.offline:
-        raise AllenApiError(url, "offline: this file is not in the download cache")
+        what = f"{dest} {reason}" if reason else "this file is not in the download cache"
+        raise AllenApiError(url, f"offline: {what}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(dest):
-        if dest.exists():  # another thread/process finished it while we waited
-            return dest, 0
+        if reason == "":
+            # Another thread/process may have finished it while we waited for the lock.
+            ok, reason = _reusable(dest, url, verify, False)
+            if ok:
+                return Fetched(dest, 0, VERIFIED)
+        if reason:
+            log.warning("%s %s: downloading it again", dest, reason)
         part = dest.with_name(dest.name + ".part")
         moved = [0]
-        seen: dict = {}  # response headers worth keeping (see io.provenance)
+        seen: dict = {}  # response headers worth keeping, and the running SHA-256
         try:
             transport.retrying(
                 url, lambda attempt: _attempt(transport, url, part, verify, on_bytes, cancel,
@@ -364,13 +423,11 @@ def download_file(transport: HttpTransport, url: str, dest: Path, verify: Verifi
             # A .part survives only a crash (for resume), never a cancel or a definite failure.
             part.unlink(missing_ok=True)
             raise
-        if provenance:  # before the rename: a trusted file always has its sidecar
-            info: dict = {"url": url}
-            if seen.get(SYNTHETIC_HEADER, "").strip() in ("1", "true"):
-                info["synthetic"] = True
-            write_provenance(dest, info)
+        synthetic = seen.get(SYNTHETIC_HEADER, "").strip() in ("1", "true")
+        # Record before the rename: a file under its final name always has its entry.
+        manifest.record_file(dest, part, url=url, synthetic=synthetic, sha256=seen["sha256"])
         os.replace(part, dest)
-        return dest, moved[0]
+        return Fetched(dest, moved[0], REFETCHED if reason else DOWNLOADED, reason)
 
 
 def _attempt(transport: HttpTransport, url: str, part: Path, verify: Verifier,
@@ -387,7 +444,7 @@ def _attempt(transport: HttpTransport, url: str, part: Path, verify: Verifier,
     seen[SYNTHETIC_HEADER] = resp.headers.get(SYNTHETIC_HEADER, "")
     key = _watch.add(cancel, resp) if cancel is not None else None
     try:
-        expected = _receive(resp, part, offset, on_bytes, cancel, moved)
+        expected, digest = _receive(resp, part, offset, on_bytes, cancel, moved)
     except Exception:
         if cancel is not None and cancel.cancelled:
             raise Cancelled("download cancelled") from None  # the watcher broke the socket
@@ -404,11 +461,14 @@ def _attempt(transport: HttpTransport, url: str, part: Path, verify: Verifier,
     except TransientError:
         part.unlink(missing_ok=True)  # corrupt content: the next attempt starts from zero
         raise
+    seen["sha256"] = digest
 
 
-def _receive(resp, part: Path, offset: int, on_bytes, cancel, moved: list[int]) -> int | None:
+def _receive(resp, part: Path, offset: int, on_bytes, cancel, moved: list[int]
+             ) -> tuple[int | None, str]:
     """Stream the body into ``part``, appending after a honoured Range request; return the
-    expected final size (from Content-Length) or None."""
+    expected final size (from Content-Length) or None, and the file's SHA-256 (hashed as it
+    streams: no second read of the file)."""
     mode = "wb"
     if offset and resp.status_code == 206 and resp.headers.get(
             "Content-Range", "").startswith(f"bytes {offset}-"):
@@ -417,12 +477,18 @@ def _receive(resp, part: Path, offset: int, on_bytes, cancel, moved: list[int]) 
         offset = 0  # server ignored the Range: start over
     length = resp.headers.get("Content-Length")
     expected = offset + int(length) if length and length.isdigit() else None
+    digest = hashlib.sha256()
+    if mode == "ab":
+        with open(part, "rb") as fh:
+            for block in iter(lambda: fh.read(manifest.HASH_CHUNK), b""):
+                digest.update(block)
     with open(part, mode) as fh:
         for chunk in resp.iter_content(CHUNK):
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("download cancelled")
             fh.write(chunk)
+            digest.update(chunk)
             moved[0] += len(chunk)
             if on_bytes is not None:
                 on_bytes(len(chunk))
-    return expected
+    return expected, digest.hexdigest()

@@ -21,6 +21,7 @@ import pandas as pd
 
 from .. import config
 from ..errors import AllenApiError
+from ..io.manifest import MANIFEST_NAME
 from ..io.provenance import SIDECAR_SUFFIX
 from ..progress import CancelToken, ProgressCallback, check, report
 from . import rma
@@ -550,11 +551,11 @@ class AllenClient:
             moved[0] += n
             report(progress, done=0, total=1, bytes_done=moved[0], message=target.name)
 
-        path, _ = download_file(self.http, url, target, verify,
-                                on_bytes=on_bytes if progress else None, cancel=cancel,
-                                provenance=self.store.contains(target))
-        report(progress, done=1, total=1, bytes_done=moved[0], message=target.name)
-        return path
+        fetched = download_file(self.http, url, target, verify,
+                                on_bytes=on_bytes if progress else None, cancel=cancel)
+        report(progress, done=1, total=1, bytes_done=moved[0],
+               message=f"{target.name} {fetched.status}")
+        return fetched.path
 
     # --- cache ---------------------------------------------------------------------------
     def cache_info(self) -> dict:
@@ -564,7 +565,8 @@ class AllenClient:
         return {"folder": str(self.cache_dir), "metadata_bytes": meta, "file_bytes": files,
                 "total_bytes": folder_size(self.cache_dir),
                 "files": sum(1 for p in self.store.root.rglob("*")
-                             if p.is_file() and p.suffix != ".part"
+                             if p.is_file() and p.suffix not in (".part", ".lock")
+                             and p.name != MANIFEST_NAME
                              and not p.name.endswith(SIDECAR_SUFFIX))
                 if self.store.root.exists() else 0}
 

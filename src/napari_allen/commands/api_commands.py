@@ -89,7 +89,7 @@ def _listing(client, args) -> pd.DataFrame:
 
 
 def download_command(args) -> int:
-    from ..api.batch import BatchCancelled, GridRequest, download_many
+    from ..api.batch import OK_STATUSES, BatchCancelled, GridRequest, download_many
 
     if args.jobs < 1:
         print("download: --jobs must be at least 1", file=sys.stderr)
@@ -124,16 +124,21 @@ def download_command(args) -> int:
             results, cancelled = exc.results, True
     status = results[["status", "path", "bytes", "error"]].copy()
     status["path"] = [Path(p).name if p else "" for p in status["path"]]
-    status["success"] = results["status"].isin(["downloaded", "cached"]).to_numpy()
+    status["success"] = results["status"].isin(OK_STATUSES).to_numpy()
     meta = pd.concat([listing.reset_index(drop=True), status.reset_index(drop=True)], axis=1)
     meta["volume"] = args.volume
     atomic_write_text(out / METADATA_CSV, meta.to_csv(index=False))
     ok = int(meta["success"].sum())
-    failed = int((results["status"] == "failed").sum())
-    print(f"{ok}/{len(meta)} complete, {failed} failed; metadata in {out / METADATA_CSV}",
+    counts = results["status"].value_counts()
+    failed = int(counts.get("failed", 0))
+    print(f"{ok}/{len(meta)} complete: {int(counts.get('downloaded', 0))} downloaded, "
+          f"{int(counts.get('verified', 0))} verified, {int(counts.get('refetched', 0))} "
+          f"re-fetched (damaged on disk), {failed} failed; metadata in {out / METADATA_CSV}",
           file=sys.stderr)
+    for _, row in results[results["status"] == "refetched"].head(10).iterrows():
+        print(f"  re-fetched {row['experiment_id']}: {row['error']}", file=sys.stderr)
     for _, row in results[results["status"] == "failed"].head(10).iterrows():
-        print(f"  {row['experiment_id']}: {row['error']}", file=sys.stderr)
+        print(f"  failed {row['experiment_id']}: {row['error']}", file=sys.stderr)
     if cancelled:
         print("cancelled: run the same command again to resume", file=sys.stderr)
         return 130

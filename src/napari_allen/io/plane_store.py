@@ -12,6 +12,9 @@ Layout of ``<name>.zarr/`` (a Zarr group, format 3):
   (``experiment_id, gene, gene_name, plane, section_thickness, ...``);
 - ``completed.txt``: ids of experiments fully written, one per line, appended after each
   chunk is on disk (so an interrupted run resumes where it stopped);
+- ``.napari-allen-manifest.jsonl`` (:mod:`napari_allen.io.manifest`): size and SHA-256 of each
+  written chunk file; a completed experiment whose chunk was damaged since counts as pending
+  again (:meth:`PlaneStore.damaged`), so resuming re-fetches it;
 - group attributes (``napari_allen_plane_store``): format version, plane, volume kind,
   resolution (µm), axes ``[experiment, AP, DV, ML]``, units, the experiment ids and genes.
 """
@@ -30,6 +33,7 @@ import pandas as pd
 
 from napari_allen.errors import AllenFormatError
 from napari_allen.io.atomic import atomic_write_text
+from napari_allen.io.manifest import DAMAGED, MISSING, Manifest
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
 
 STORE_ATTR = "napari_allen_plane_store"
@@ -70,6 +74,7 @@ class PlaneStore:
         ids = self.table["experiment_id"].astype(np.int64).to_numpy()
         self._index = {int(e): i for i, e in enumerate(ids)}
         self._lock = threading.Lock()
+        self.manifest = Manifest(self.path)
 
     # --- construction ---------------------------------------------------------------
     @classmethod
@@ -186,13 +191,41 @@ class PlaneStore:
         return done
 
     def pending(self) -> list[int]:
-        """Ids still to write, in table order."""
-        done = self.completed()
+        """Ids still to write, in table order: never written, or written but damaged since
+        (:meth:`damaged`)."""
+        done = self.completed() - set(self.damaged())
         return [int(e) for e in self.experiment_ids if int(e) not in done]
 
+    def _chunk_name(self, experiment_id: int) -> str:
+        """The experiment's chunk file, relative to the store folder (``energy/c/<i>/0/0/0``)."""
+        key = self.array.metadata.encode_chunk_key((self.index_of(experiment_id), 0, 0, 0))
+        return f"{self.volume}/{key}"
+
+    def damaged(self, *, deep: bool = False) -> list[int]:
+        """Completed experiments whose chunk file no longer matches its manifest entry
+        (truncated, edited, swapped or deleted). Cheap: a stat per chunk, a hash only for
+        changed files (all of them with ``deep``)."""
+        bad = []
+        recorded = self.manifest.entries()
+        for eid in sorted(self.completed()):
+            name = self._chunk_name(eid)
+            if name not in recorded:
+                continue  # an all-NaN grid has no chunk file; a store of an older version
+            status = self.manifest.check(name, deep=deep).status
+            if status in (DAMAGED, MISSING):
+                bad.append(eid)
+        return bad
+
+    def _record(self, experiment_ids: Iterable[int], url: str = "") -> None:
+        for eid in experiment_ids:
+            name = self._chunk_name(eid)
+            if (self.path / name).is_file():  # zarr writes no file for an all-fill chunk
+                self.manifest.record(name, url=url)
+
     # --- data --------------------------------------------------------------------------
-    def write(self, experiment_id: int, data: np.ndarray) -> None:
-        """Write one experiment's ``[AP, DV, ML]`` grid and record it as complete."""
+    def write(self, experiment_id: int, data: np.ndarray, *, source_url: str = "") -> None:
+        """Write one experiment's ``[AP, DV, ML]`` grid and record it as complete (and its
+        chunk in the manifest, with the URL it came from)."""
         index = self.index_of(experiment_id)
         data = np.asarray(data, dtype=np.float32)
         if data.shape != tuple(self.array.shape[1:]):
@@ -201,6 +234,7 @@ class PlaneStore:
                 f"grid shape {data.shape} does not match the store's {self.array.shape[1:]}",
             )
         self.array[index] = data
+        self._record([experiment_id], source_url)
         with self._lock, open(self.path / COMPLETED_NAME, "a", encoding="utf-8") as fh:
             fh.write(f"{int(experiment_id)}\n")
             fh.flush()
@@ -221,6 +255,7 @@ class PlaneStore:
         else:
             for k, i in enumerate(index):
                 self.array[i] = grids[k]
+        self._record(experiment_ids)
         with self._lock, open(self.path / COMPLETED_NAME, "a", encoding="utf-8") as fh:
             fh.write("".join(f"{int(e)}\n" for e in experiment_ids))
             fh.flush()

@@ -30,14 +30,33 @@ def write_provenance(path: str | os.PathLike, info: dict) -> Path:
 
 
 def read_provenance(path: str | os.PathLike) -> dict:
-    """The sidecar of ``path`` as a dict (``source_url``, ``synthetic``), or ``{}``."""
+    """Where ``path`` came from (``source_url``, ``synthetic``) from its manifest entry
+    (:mod:`.manifest`) or, for files of older versions, its sidecar; ``{}`` if unknown.
+
+    Raises :class:`AllenFormatError` when the file has an entry it no longer matches
+    (truncated, edited or swapped since it was downloaded): such a file is never opened."""
+    from ..errors import AllenFormatError
+    from .manifest import DAMAGED, check_file
+
+    result = check_file(path)
+    if result.status == DAMAGED:
+        source = f" from {result.entry.url}" if result.entry and result.entry.url else ""
+        raise AllenFormatError(path, f"{result.reason}; this is not the file napari-allen "
+                               f"downloaded{source}: download it again (napari-allen "
+                               "download re-fetches damaged files)")
+    entry = result.entry if result.ok else None
+    if entry is not None:
+        out: dict = {"source_url": entry.url} if entry.url else {}
+        if entry.synthetic:
+            out["synthetic"] = True
+        return out
     try:
         info = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(info, dict):
         return {}
-    out: dict = {}
+    out = {}
     if isinstance(info.get("url"), str):
         out["source_url"] = info["url"]
     if info.get("synthetic") is True:

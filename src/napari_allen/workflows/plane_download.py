@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_allen.api.batch import GridRequest, download_many
+from napari_allen.api.batch import OK_STATUSES, GridRequest, download_many
 from napari_allen.errors import AllenError, AllenFormatError
+from napari_allen.io.manifest import forget_file
 from napari_allen.io.plane_store import PlaneStore
 from napari_allen.progress import Cancelled, CancelToken, Progress, ProgressCallback, check, report
 
@@ -31,7 +32,9 @@ STATUS_COLUMNS = ["experiment_id", "gene", "status", "error"]
 @dataclass
 class PlaneDownloadResult:
     """Outcome of :func:`download_plane`: the store and one status row per experiment
-    (``status`` = ``downloaded``, ``already`` (in the store before this run) or ``failed``)."""
+    (``status`` = ``downloaded``, ``already`` (in the store before this run and still matching
+    its manifest entry), ``refetched`` (in the store but damaged since, fetched again) or
+    ``failed``)."""
 
     store: PlaneStore
     statuses: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=STATUS_COLUMNS))
@@ -48,7 +51,8 @@ class PlaneDownloadResult:
         counts = self.statuses["status"].value_counts()
         return (f"{self.store.path}: {len(self.store)} experiments, "
                 f"{int(counts.get('downloaded', 0))} downloaded, "
-                f"{int(counts.get('already', 0))} already stored, "
+                f"{int(counts.get('already', 0))} already stored (verified), "
+                f"{int(counts.get('refetched', 0))} re-fetched (damaged), "
                 f"{int(counts.get('failed', 0))} failed")
 
 
@@ -109,6 +113,7 @@ def download_plane(
     gene_column = table["gene"] if "gene" in table.columns else pd.Series([""] * len(table))
     genes_by_id = {int(e): str(g) for e, g in zip(table["experiment_id"], gene_column,
                                                   strict=True)}
+    repairing = set(store.damaged())  # written before, damaged since: fetched again
     pending = store.pending()
     waiting = set(pending)
     rows: list[dict] = [
@@ -150,6 +155,8 @@ def download_plane(
                     eid = int(row.experiment_id)
                     moved[0] += int(row.bytes or 0)
                     status, text = _store_row(store, row, volume, keep_zips, cancel)
+                    if status == "downloaded" and eid in repairing:
+                        status = "refetched"
                     if status == "failed":
                         failed += 1
                     else:
@@ -195,16 +202,17 @@ class _LinkedToken(CancelToken):
 
 def _store_row(store: PlaneStore, row, volume: str, keep_zips: bool, cancel) -> tuple[str, str]:
     """Write one downloaded zip (a ``download_many`` result row) into the store."""
-    if row.status not in ("downloaded", "cached"):
+    if row.status not in OK_STATUSES:
         return "failed", str(row.error or row.status)
     try:
         grid = _volume_from_zip(row.path, volume, int(row.experiment_id), cancel)
-        store.write(int(row.experiment_id), grid)
+        store.write(int(row.experiment_id), grid, source_url=row.url)
     except (AllenError, OSError, ValueError) as exc:
         return "failed", str(exc)
     if not keep_zips:
         # The store now holds the volume; the zip would only double the disk use.
         Path(row.path).unlink(missing_ok=True)
+        forget_file(row.path)
     return "downloaded", ""
 
 
@@ -244,7 +252,7 @@ def fetch_grids(
     grids: dict[int, np.ndarray] = {}
     for row in frame.itertuples(index=False):
         check(cancel)
-        if row.status in ("downloaded", "cached"):
+        if row.status in OK_STATUSES:
             grids[int(row.experiment_id)] = _volume_from_zip(
                 row.path, volume, int(row.experiment_id), cancel)
     return grids, frame
