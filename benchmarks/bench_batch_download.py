@@ -33,9 +33,9 @@ from urllib.parse import urlsplit
 
 import requests
 
+from allen_local_api.server import LocalAllenServer
 from napari_allen.api.batch import GridRequest, download_many
 from napari_allen.api.client import AllenClient
-from napari_allen.local_api.server import LocalAllenServer
 
 
 def sha256(path: Path) -> str:

@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from napari_allen.local_api.catalog import catalog
-from napari_allen.local_api.server import LocalAllenServer
+from allen_local_api.catalog import catalog
+from allen_local_api.server import LocalAllenServer
 
 _local = threading.local()
 

@@ -88,8 +88,8 @@ def slider_steps(path: Path, steps: int, seed: int = 1) -> dict:
 
 
 def download_comparison(n: int, jobs: int, latency_ms: float, root: Path) -> None:
+    from allen_local_api.server import LocalAllenServer
     from napari_allen.api.client import AllenClient
-    from napari_allen.local_api.server import LocalAllenServer
     from napari_allen.workflows.plane_download import _volume_from_zip, download_plane
 
     with LocalAllenServer(latency_ms=latency_ms) as server:

@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(n: int, jobs: int, port: int, tmp: Path) -> int:
     os.environ["NAPARI_ALLEN_CACHE"] = str(tmp / "cache")
+    from allen_local_api.server import LocalAllenServer
     from napari_allen.analysis.projections import AveragingOptions
     from napari_allen.api.client import AllenClient
-    from napari_allen.local_api.server import LocalAllenServer
     from napari_allen.workflows.connectivity import (
         average_experiments,
         download_volume,

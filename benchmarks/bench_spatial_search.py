@@ -33,7 +33,7 @@ EXPERIMENT = 156394513
 
 _SERVER_CHILD = r"""
 import sys
-from napari_allen.local_api.server import LocalAllenServer
+from allen_local_api.server import LocalAllenServer
 server = LocalAllenServer(host="127.0.0.1", port=0, latency_ms=float(sys.argv[1]))
 server.warm(ccf=True)  # build its tables first: no first-request cost in the timings
 server.start()

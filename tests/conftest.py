@@ -19,7 +19,7 @@ def _isolated_environment(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def allen_server():
     """The local Allen API server on 127.0.0.1 with a free port, for the whole session."""
-    from napari_allen.local_api.server import LocalAllenServer
+    from allen_local_api.server import LocalAllenServer
 
     with LocalAllenServer(host="127.0.0.1", port=0) as server:
         yield server

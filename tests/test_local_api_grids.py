@@ -7,11 +7,12 @@ import gzip
 import hashlib
 import io
 import zipfile
-from importlib import resources
 
 import numpy as np
 import pytest
 import requests
+
+from allen_local_api.catalog import data_path
 
 ENERGY_MHD = (
     b"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
@@ -35,7 +36,7 @@ def get(server, target: str, **kw) -> requests.Response:
 
 
 def data_file(*parts: str) -> bytes:
-    return (resources.files("napari_allen") / "data").joinpath(*parts).read_bytes()
+    return data_path(*parts).read_bytes()  # the server's own data, else the product's
 
 
 def read_raw(zf: zipfile.ZipFile, name: str, shape=(67, 41, 58), dtype="<f4") -> np.ndarray:
@@ -92,8 +93,8 @@ def test_synthetic_ish_zip_is_deterministic_flagged_and_plausible(allen_api):
 
 
 def test_synthetic_signal_is_in_its_chosen_structures(allen_api):
-    from napari_allen.local_api.server import shared_app
-    from napari_allen.local_api.synthetic import ish_signal_structures
+    from allen_local_api.server import shared_app
+    from allen_local_api.synthetic import ish_signal_structures
 
     experiment = 71717084  # Pdyn, coronal
     store = shared_app().store
@@ -215,8 +216,8 @@ def test_range_requests_resume_a_download(allen_api):
 
 def test_fresh_store_builds_identical_bytes():
     """Determinism across processes: a new store (empty caches) makes the same synthetic bytes."""
-    from napari_allen.local_api.catalog import catalog
-    from napari_allen.local_api.grids import GridStore
+    from allen_local_api.catalog import catalog
+    from allen_local_api.grids import GridStore
 
     a = GridStore(catalog()).grid_download(PROX1_SAGITTAL, ["density"]).body
     b = GridStore(catalog()).grid_download(PROX1_SAGITTAL, ["density"]).body

@@ -239,7 +239,7 @@ def test_concurrent_first_requests_get_identical_bytes(allen_api):
 
 
 def test_independent_servers_and_lifecycle():
-    from napari_allen.local_api.server import LocalAllenServer
+    from allen_local_api.server import LocalAllenServer
 
     with LocalAllenServer(latency_ms=1) as a, LocalAllenServer() as b:
         assert a.url != b.url

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_allen.local_api.rma import (
+from allen_local_api.rma import (
     Filter,
     RmaSyntaxError,
     parse_association,

@@ -193,7 +193,7 @@ def test_fresh_server_answers_concurrent_first_requests_without_deadlock():
 
     import requests
 
-    from napari_allen.local_api.server import LocalAllenServer
+    from allen_local_api.server import LocalAllenServer
 
     queries = [
         "service::mouse_connectivity_injection_structure[injection_structures$eq385]",

@@ -27,7 +27,7 @@ def real_labels_100(real_tracts) -> np.ndarray:
 
 def test_fiber_ids_match_flat_ontology_csv():
     # Independent source: the flat 2017 structure tree (its structure_id_path strings).
-    csv = resources.files("napari_allen") / "data" / "ontology" / "structure_tree_safe_2017.csv"
+    csv = resources.files("allen_local_api") / "data" / "ontology" / "structure_tree_safe_2017.csv"
     with csv.open("rb") as fh:
         tree = pd.read_csv(fh)
     expected = set(tree.loc[tree["structure_id_path"].str.contains("/1009/"), "id"].astype(int))
@@ -51,7 +51,7 @@ def test_real_mask_covers_corpus_callosum_not_cortex(real_tracts, real_labels_10
 
 
 def test_real_mask_agrees_with_independent_membership(real_tracts, real_labels_100):
-    csv = resources.files("napari_allen") / "data" / "ontology" / "structure_tree_safe_2017.csv"
+    csv = resources.files("allen_local_api") / "data" / "ontology" / "structure_tree_safe_2017.csv"
     with csv.open("rb") as fh:
         tree = pd.read_csv(fh)
     ids = tree.loc[tree["structure_id_path"].str.contains("/1009/"), "id"].to_numpy()

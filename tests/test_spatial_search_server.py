@@ -36,7 +36,7 @@ def _seeds(n: int) -> np.ndarray:
 
 def _metadata_injection_site(experiment: int) -> np.ndarray:
     """The injection point (µm) in the bundled real experiments.json (AllenSDK's cache)."""
-    path = resources.files("napari_allen") / "data" / "connectivity" / "experiments.json.gz"
+    path = resources.files("allen_local_api") / "data" / "connectivity" / "experiments.json.gz"
     with path.open("rb") as raw, gzip.open(raw, "rt") as fh:
         records = json.load(fh)
     (exp,) = [r for r in records if int(r["data_set_id"]) == experiment]

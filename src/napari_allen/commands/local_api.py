@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the server, print its URL on stdout, serve until interrupted."""
-    from napari_allen.local_api.server import LocalAllenServer
+    from allen_local_api.server import LocalAllenServer
 
     try:
         server = LocalAllenServer(host=args.host, port=args.port, latency_ms=args.latency_ms,

@@ -1,7 +1,7 @@
 """A local Allen API server (loopback HTTP, real formats, fault injection) for tests and offline
 work.
 
-    from napari_allen.local_api.server import LocalAllenServer
+    from allen_local_api.server import LocalAllenServer
 
     with LocalAllenServer(port=0) as server:     # or: napari-allen local-api --port 8765
         ...  # point NAPARI_ALLEN_API_URL (or AllenSDK's base_uri) at server.url

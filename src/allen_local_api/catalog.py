@@ -1,5 +1,6 @@
-"""The local server's data: tables built once (lazily) from the real files bundled in
-``napari_allen/data``.
+"""The local server's data: tables built once (lazily) from real Allen files: the server's own
+``allen_local_api/data`` (listings only the server needs) and the product's ``napari_allen/data``
+(files the product ships too, read in place so no file is stored twice).
 
 Sources and what is made up (deterministically) where the files are silent:
 
@@ -65,7 +66,11 @@ TREATMENTS = {"ISH": {"id": 304, "name": "ISH"}, "NISSL": {"id": 305, "name": "N
 
 
 def data_path(*parts: str) -> Path:
-    """A bundled data file (``napari_allen/data/...``)."""
+    """A real data file: the server's own (``allen_local_api/data/...``) if it has it, else the
+    product's (``napari_allen/data/...``: sample data, annotation, ontology, gene table)."""
+    own = Path(str(resources.files("allen_local_api").joinpath("data", *parts)))
+    if own.exists():
+        return own
     return Path(str(resources.files("napari_allen").joinpath("data", *parts)))
 
 

@@ -6,7 +6,7 @@ latency and fault injection, started in a background thread.
         server.faults.add("http500", path_contains="grid_data", times=2)
         server.checksum("/grid_data/download/74272479")  # sha256 of the fault-free bytes
 
-Responses are computed by :class:`napari_allen.local_api.app.App` from the shared catalog and
+Responses are computed by :class:`allen_local_api.app.App` from the shared catalog and
 grid store; this module only moves bytes (and breaks them on purpose).
 """
 
@@ -218,7 +218,7 @@ class LocalAllenServer:
                  latency_ms: float = 0, fault_rate: float = 0.0, seed: int = 0) -> None:
         if data_dir is not None:
             raise ValueError("data_dir is not supported: the server serves the data bundled in "
-                             "napari_allen/data")
+                             "allen_local_api/data and napari_allen/data")
         self.host = host
         self.port = port
         self.latency_ms = float(latency_ms)

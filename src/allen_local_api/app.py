@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-from ..io.provenance import SYNTHETIC_HEADER  # one header name for server and client
+from napari_allen.io.provenance import SYNTHETIC_HEADER  # one header name for server and client
+
 from . import formats, services
 from .catalog import WELL_KNOWN_FILES, Catalog
 from .grids import GridStore, NotServed, Payload
