@@ -1,6 +1,7 @@
 # Two entry points that do all set-up on a fresh Debian machine (Python 3.11, root, no display):
 #   make demo   napari with the plugin and the bundled sample data (headless: screenshot PNG)
-#   make test   the whole test suite, headless under Xvfb
+#   make test   ruff, the import-linter layer contracts (pyproject.toml) and the whole test
+#               suite, headless under Xvfb
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,11 +26,13 @@ demo: system-deps $(STAMP)
 
 test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/npe2 validate napari-allen
 	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
@@ -53,4 +56,4 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache demo-output
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .import_linter_cache demo-output

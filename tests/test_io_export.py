@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_allen.atlas.annotation import grid_annotation
+from napari_allen.atlas.ontology import Ontology
 from napari_allen.io.export import ras_affine, to_csv, to_metaimage, to_nifti
 from napari_allen.io.gridzip import read_grid_zip
 from napari_allen.io.metaimage import read_metaimage
@@ -29,7 +30,8 @@ def _rows(path):
 
 
 def test_csv_one_row_per_voxel_with_data(tmp_path, nrp1):
-    out = to_csv(nrp1, tmp_path / "nrp1.csv", annotation=grid_annotation())
+    out = to_csv(nrp1, tmp_path / "nrp1.csv", annotation=grid_annotation(),
+                 ontology=Ontology.default())
     rows = _rows(out)
     assert len(rows) == 159_326 - 54_982  # every voxel but the -1s
     assert list(rows[0]) == ["AP_um", "DV_um", "ML_um", "value", "structure_id", "acronym"]
@@ -58,10 +60,16 @@ def test_csv_annotation_at_another_resolution(tmp_path):
     """A 400 µm grid looks its structures up in the 200 µm annotation through µm."""
     ann = grid_annotation()
     coarse = GridVolume(np.ones((34, 21, 29), dtype=np.float32), 400.0, kind="energy")
-    rows = _rows(to_csv(coarse, tmp_path / "c.csv", annotation=ann))
+    rows = _rows(to_csv(coarse, tmp_path / "c.csv", annotation=ann, ontology=Ontology.default()))
     row = next(r for r in rows if r["AP_um"] == "6800" and r["DV_um"] == "4000"
                and r["ML_um"] == "4000")
     assert int(row["structure_id"]) == int(ann.data[34, 20, 20])
+
+
+def test_csv_annotation_needs_its_ontology(tmp_path, nrp1):
+    with pytest.raises(ValueError, match="ontology"):
+        to_csv(nrp1, tmp_path / "x.csv", annotation=grid_annotation())
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_ras_affine_ccf():

@@ -10,7 +10,7 @@ import pytest
 
 from napari_allen.errors import AllenFormatError
 from napari_allen.io import read_volumes
-from napari_allen.io.raw import describe_size_match, infer_raw_grid, read_raw
+from napari_allen.io.raw import infer_raw_grid, read_raw
 
 DATA = resources.files("napari_allen") / "data"
 
@@ -87,12 +87,6 @@ def test_oversized_10um(tmp_path):
     raw = _sparse(tmp_path / "density.raw", 1320 * 800 * 1140 * 4 + 4096)
     with pytest.raises(AllenFormatError, match="truncated, or give it its .mhd"):
         read_raw(raw)
-
-
-def test_describe_size_match():
-    assert describe_size_match(4_815_360) == ("the size matches the 100 µm grid 132x80x114 of "
-                                              "4-byte values")
-    assert describe_size_match(1_000_001) is None
 
 
 def test_large_bare_raw_is_lazy(tmp_path):

@@ -71,8 +71,8 @@ def _grid_layers(path: Path) -> list[LayerDataTuple]:
 
 
 def _is_allen_shape_or_name(shape: Sequence[int], name: str) -> bool:
-    from .atlas.space import resolution_for_shape
     from .io.volume import kind_from_name
+    from .space import resolution_for_shape
 
     return resolution_for_shape(shape) is not None or kind_from_name(name) != "unknown"
 

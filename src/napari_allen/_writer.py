@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .atlas.space import resolution_for_shape
 from .io.volume import KINDS, GridVolume
+from .space import resolution_for_shape
 
 
 def layer_to_volume(data: Any, meta: dict) -> GridVolume | None:
@@ -58,12 +58,13 @@ def layer_to_volume(data: Any, meta: dict) -> GridVolume | None:
 def write_csv(path: str, data: Any, meta: dict) -> list[str]:
     """Save an Allen grid layer as CSV with structure acronyms; [] if not an Allen grid."""
     from .atlas.annotation import annotation_for
+    from .atlas.ontology import Ontology
     from .io.export import to_csv
 
     vol = layer_to_volume(data, meta)
     if vol is None:
         return []
-    return [str(to_csv(vol, path, annotation=annotation_for(vol)))]
+    return [str(to_csv(vol, path, annotation=annotation_for(vol), ontology=Ontology.default()))]
 
 
 def write_nifti(path: str, data: Any, meta: dict) -> list[str]:

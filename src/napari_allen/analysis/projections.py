@@ -2,7 +2,7 @@
 grouping of experiments, thresholds inside target regions, per-structure tables, injection sites.
 
 All volumes are ``[AP, DV, ML]`` arrays on one CCF grid (voxel ``i`` centred at ``i * res`` µm,
-see :mod:`napari_allen.atlas.space`); coordinates are µm. Allen's ``-1`` (no data) is treated
+see :mod:`napari_allen.space`); coordinates are µm. Allen's ``-1`` (no data) is treated
 as missing (NaN) everywhere. Nothing here touches the network or Qt.
 
 This re-does brain_street_view's ``fetch_connectivity_data`` with three corrections:
@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from napari_allen.atlas.ontology import Ontology
-from napari_allen.atlas.space import grid_midline_index, rescale_index
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
+from napari_allen.space import grid_midline_index, rescale_index
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "injection_volume")
 GROUPINGS: tuple[str, ...] = ("none", "ap", "dv", "ml", "regions")

@@ -3,7 +3,7 @@
 Allen's spatial-search lines script seeds one target-spatial query per projection-density voxel
 whose density lies in a range (default 0.04-0.3: low enough to avoid dense axon bundles) and that
 is not in a fibre tract. Seeds are returned as voxel indices and CCF µm ``[AP, DV, ML]``
-(voxel ``i`` centred at ``i * resolution``, :mod:`napari_allen.atlas.space`).
+(voxel ``i`` centred at ``i * resolution``, :mod:`napari_allen.space`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from napari_allen.atlas.space import um_to_voxel, voxel_to_um
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
+from napari_allen.space import um_to_voxel, voxel_to_um
 
 if TYPE_CHECKING:
     from napari_allen.atlas.fiber_tracts import FiberTracts

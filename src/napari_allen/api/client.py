@@ -24,6 +24,7 @@ from ..errors import AllenApiError
 from ..io.manifest import MANIFEST_NAME
 from ..io.provenance import SIDECAR_SUFFIX
 from ..progress import CancelToken, ProgressCallback, check, report
+from ..space import GRID_VOLUMES, NRRD_IMAGES, NRRD_RESOLUTIONS
 from . import rma
 from .cache import (
     FileStore,
@@ -43,11 +44,6 @@ ANNOTATION_PATH = ("/informatics-archive/current-release/mouse_ccf/annotation/cc
 
 ISH_PRODUCT_ID = 1
 PLANES = {"coronal": 1, "sagittal": 2}
-ISH_VOLUMES = ("energy", "density", "intensity")
-GRID_VOLUMES = (*ISH_VOLUMES, "injection")
-NRRD_IMAGES = ("projection_density", "projection_energy", "injection_fraction",
-               "injection_density", "injection_energy", "data_mask")
-NRRD_RESOLUTIONS = (10, 25, 50, 100)
 HEMISPHERES = ("left", "right", "both")
 
 ISH_COLUMNS = ["experiment_id", "gene", "gene_name", "plane", "section_thickness",

@@ -7,7 +7,7 @@
   actually looked at are read.
 
 Both are cached per process. Positions are CCF µm ``[AP, DV, ML]`` (voxel ``i`` centred at
-``i*resolution``, :mod:`napari_allen.atlas.space`).
+``i*resolution``, :mod:`napari_allen.space`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from importlib import resources
 import numpy as np
 
 from ..io.volume import GridVolume
+from ..space import sample_at_um, sample_at_voxels
 from .ontology import Ontology
-from .space import um_to_voxel
 
 _LOCK = threading.Lock()
 
@@ -76,24 +76,13 @@ def structure_id_at_voxel(annotation: GridVolume | np.ndarray,
                           index: Sequence[int] | np.ndarray) -> np.ndarray | int:
     """Structure id(s) at voxel ``index`` (``(3,)`` or ``(N, 3)`` [AP, DV, ML]); 0 outside."""
     data = annotation.data if isinstance(annotation, GridVolume) else annotation
-    idx = np.atleast_2d(np.asarray(index, dtype=np.int64))
-    shape = np.asarray(data.shape)
-    inside = np.all((idx >= 0) & (idx < shape), axis=1)
-    out = np.zeros(len(idx), dtype=np.int64)
-    if inside.any():
-        good = idx[inside]
-        # Fancy indexing touches only the pages holding these voxels of a memmap.
-        out[inside] = np.asarray(data[good[:, 0], good[:, 1], good[:, 2]]).astype(np.int64)
-    return int(out[0]) if np.ndim(index) == 1 else out
+    return sample_at_voxels(data, index)
 
 
 def structure_id_at(annotation: GridVolume, point_um: Sequence[float] | np.ndarray
                     ) -> np.ndarray | int:
     """Structure id(s) at CCF µm point(s) ``[AP, DV, ML]`` (nearest voxel centre; 0 outside)."""
-    pts = np.asarray(point_um, dtype=float)
-    idx = um_to_voxel(pts, annotation.resolution)
-    # um_to_voxel rounds; a point more than half a voxel outside the grid maps outside.
-    return structure_id_at_voxel(annotation, idx)
+    return sample_at_um(annotation.data, annotation.resolution, point_um)
 
 
 def structure_at(point_um: Sequence[float], *, resolution: int = 25,

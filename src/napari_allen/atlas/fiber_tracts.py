@@ -10,7 +10,7 @@ terminals). Two sources give the tracts:
   voxel is a tract (:meth:`FiberTracts.from_legacy`).
 
 Arrays are ``[AP, DV, ML]``; voxel ``i`` of a grid at ``r`` µm is centred at ``i * r`` µm
-(:mod:`napari_allen.atlas.space`). A voxel of another grid is looked up through µm, so a 100 µm
+(:mod:`napari_allen.space`). A voxel of another grid is looked up through µm, so a 100 µm
 index maps to the 25 µm annotation index ×4 (the seed script's ``ftScale``).
 """
 
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_allen.atlas.ontology import FIBER_TRACTS_ID, Ontology
-from napari_allen.atlas.space import GRID_SHAPES, rescale_index
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
+from napari_allen.space import GRID_SHAPES, rescale_index
 
 if TYPE_CHECKING:
     from napari_allen.io.volume import GridVolume

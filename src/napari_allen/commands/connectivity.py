@@ -16,6 +16,7 @@ import pandas as pd
 
 from napari_allen.commands._common import ProgressPrinter, client_from_args
 from napari_allen.parsing import split_list
+from napari_allen.space import NRRD_RESOLUTIONS
 
 
 def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
@@ -194,7 +195,7 @@ def register(subparsers) -> None:
                      help="equal-width bins for --group-by ap/ml/dv (empty bins dropped)")
     avg.add_argument("--region-group", action="append", metavar="NAME=ACR[,ACR]",
                      help="a region group for --group-by regions (repeat for each group)")
-    avg.add_argument("--resolution", type=int, choices=(10, 25, 50, 100), default=100,
+    avg.add_argument("--resolution", type=int, choices=NRRD_RESOLUTIONS, default=100,
                      help="grid resolution in µm (NRRD source)")
     avg.add_argument("--source", choices=("nrrd", "grid"), default="nrrd",
                      help="NRRD download_file images, or the 100 µm grid zip density.raw")

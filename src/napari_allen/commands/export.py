@@ -41,6 +41,7 @@ def output_name(volume_name: str) -> str:
 
 def export_command(args: argparse.Namespace) -> int:
     from napari_allen.atlas.annotation import annotation_for
+    from napari_allen.atlas.ontology import Ontology
     from napari_allen.io import read_volumes
     from napari_allen.io.export import to_csv, to_metaimage, to_nifti
 
@@ -50,7 +51,8 @@ def export_command(args: argparse.Namespace) -> int:
             target = args.out / (output_name(vol.name) + FORMATS[args.to])
             if args.to == "csv":
                 annotation = None if args.no_structures else annotation_for(vol)
-                written = [to_csv(vol, target, annotation=annotation)]
+                written = [to_csv(vol, target, annotation=annotation,
+                                  ontology=None if annotation is None else Ontology.default())]
             elif args.to == "nifti":
                 written = [to_nifti(vol, target, space=args.space, no_data=args.no_data)]
             else:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..progress import CancelToken, ProgressCallback, check, report
+from ..space import sample_at_um
 from .atomic import atomic_open, atomic_path, atomic_write_text
 from .metaimage import format_header
 from .volume import GridVolume
@@ -75,14 +76,13 @@ def to_csv(
     cancel: CancelToken | None = None,
 ) -> Path:
     """Write one row per voxel with data (``AP_um, DV_um, ML_um, value[, structure_id,
-    acronym]``); the annotation may have another resolution (looked up through µm)."""
-    from ..atlas.annotation import structure_id_at
+    acronym]``); the annotation may have another resolution (looked up through µm).
 
+    ``ontology`` (an :class:`napari_allen.atlas.ontology.Ontology`: ``id in ontology``,
+    ``ontology.acronym(id)``) names the annotation's structures; it is required with it."""
     path = Path(path)
     if annotation is not None and ontology is None:
-        from ..atlas.ontology import Ontology
-
-        ontology = Ontology.default()
+        raise ValueError("to_csv: an annotation needs the ontology that names its structures")
     data = vol.data
     n_ap = data.shape[0]
     step = max(1, 4_000_000 // max(1, data.shape[1] * data.shape[2]))  # ~4 M voxels a block
@@ -102,8 +102,8 @@ def to_csv(
             um = np.column_stack([ap, dv, ml]).astype(float) * vol.resolution
             cols = [um[:, 0], um[:, 1], um[:, 2], values]
             if annotation is not None:
-                sids = np.atleast_1d(structure_id_at(annotation, um)) if len(um) else \
-                    np.zeros(0, dtype=np.int64)
+                sids = (np.atleast_1d(sample_at_um(annotation.data, annotation.resolution, um))
+                        if len(um) else np.zeros(0, dtype=np.int64))
                 for sid in np.unique(sids):
                     if int(sid) not in acronyms:
                         acronyms[int(sid)] = (ontology.acronym(int(sid)) if int(sid) in ontology

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atlas.space import resolution_for_shape
 from ..errors import AllenFormatError
+from ..space import describe_size_match, resolution_for_shape
 from .volume import GridVolume, kind_from_name
 
 #: Payloads above this many bytes are memory-mapped instead of read.
@@ -193,8 +193,6 @@ def size_problem(header: MetaImageHeader, found: int) -> str:
     what = "truncated" if found < expected else "larger than its header says"
     text = (f"data {what}: {header.describe()} needs {expected:,} bytes, found {found:,}"
             " (DimSize/ElementType disagree with the data)")
-    from .raw import describe_size_match
-
     hint = describe_size_match(found)
     return f"{text}; {hint}" if hint else text
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import nrrd as pynrrd
 import numpy as np
 
-from ..atlas.space import resolution_for_shape
 from ..errors import AllenFormatError
 from ..progress import CancelToken, ProgressCallback
+from ..space import resolution_for_shape
 from ._decode import cache_key, decoded_memmap, inflate, inflate_to_array
 from .metaimage import MEMMAP_THRESHOLD
 from .provenance import read_provenance

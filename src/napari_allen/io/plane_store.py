@@ -35,13 +35,13 @@ from napari_allen.errors import AllenFormatError
 from napari_allen.io.atomic import atomic_write_text
 from napari_allen.io.manifest import DAMAGED, MISSING, Manifest
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
+from napari_allen.space import ISH_VOLUMES
 
 STORE_ATTR = "napari_allen_plane_store"
 FORMAT_VERSION = 1
 TABLE_NAME = "experiments.csv"
 COMPLETED_NAME = "completed.txt"
 ISH_SHAPE: tuple[int, int, int] = (67, 41, 58)
-VOLUME_KINDS = ("energy", "density", "intensity")
 
 
 def looks_like_plane_store(path: str | os.PathLike) -> bool:
@@ -97,8 +97,8 @@ class PlaneStore:
         import zarr
 
         path = Path(path)
-        if volume not in VOLUME_KINDS:
-            raise ValueError(f"volume must be one of {VOLUME_KINDS}, got {volume!r}")
+        if volume not in ISH_VOLUMES:
+            raise ValueError(f"volume must be one of {ISH_VOLUMES}, got {volume!r}")
         if "experiment_id" not in table.columns:
             raise ValueError("the experiment table needs an 'experiment_id' column")
         table = table.drop_duplicates("experiment_id").reset_index(drop=True)

@@ -17,34 +17,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..atlas.space import CCFV2_100_SHAPE, GRID_SHAPES
 from ..errors import AllenFormatError
+from ..space import KNOWN_GRIDS, grid_for_voxels
 from .metaimage import MetaImageHeader, read_payload
 from .volume import LABEL_KINDS, GridVolume, kind_from_name
-
-#: (shape [AP, DV, ML], resolution µm) of every grid a bare .raw may hold.
-KNOWN_GRIDS: list[tuple[tuple[int, int, int], int]] = [
-    (shape, res) for res, shape in sorted(GRID_SHAPES.items(), reverse=True)
-] + [(CCFV2_100_SHAPE, 100)]
-
-
-def _grid_for_voxels(n_voxels: int) -> tuple[tuple[int, int, int], int] | None:
-    for shape, res in KNOWN_GRIDS:
-        if shape[0] * shape[1] * shape[2] == n_voxels:
-            return shape, res
-    return None
-
-
-def describe_size_match(n_bytes: int) -> str | None:
-    """'the size matches the 100 µm grid 132x80x114 of 4-byte values' or None."""
-    for itemsize in (4, 2, 8):
-        if n_bytes % itemsize == 0:
-            match = _grid_for_voxels(n_bytes // itemsize)
-            if match:
-                shape, res = match
-                dims = "x".join(map(str, shape))
-                return f"the size matches the {res} µm grid {dims} of {itemsize}-byte values"
-    return None
 
 
 def _known_sizes_text() -> str:
@@ -75,7 +51,7 @@ def infer_raw_grid(path: str | os.PathLike, size: int | None = None,
     for etype, itemsize in candidates:
         if size % itemsize:
             continue
-        match = _grid_for_voxels(size // itemsize)
+        match = grid_for_voxels(size // itemsize)
         if match:
             shape, res = match
             header = MetaImageHeader(
@@ -110,8 +86,7 @@ def looks_like_raw_grid(path: str | os.PathLike) -> bool:
     if path.suffix.lower() != ".raw" or not path.is_file():
         return False
     size = path.stat().st_size
-    return any(size % i == 0 and _grid_for_voxels(size // i) for i in (4, 2))
+    return any(size % i == 0 and grid_for_voxels(size // i) for i in (4, 2))
 
 
-__all__ = ["read_raw", "infer_raw_grid", "describe_size_match", "looks_like_raw_grid",
-           "KNOWN_GRIDS"]
+__all__ = ["read_raw", "infer_raw_grid", "looks_like_raw_grid"]

@@ -13,31 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from ..space import GRID_SHAPES, GRID_VOLUMES, NRRD_IMAGES
+
 #: Every volume kind the package knows. Annotation kinds hold uint32 structure ids.
-KINDS: tuple[str, ...] = (
-    "energy", "density", "intensity", "injection", "annotation", "fiber_annotation",
-    "projection_density", "projection_energy", "injection_density", "injection_fraction",
-    "injection_energy", "data_mask", "unknown",
-)
+KINDS: tuple[str, ...] = (*GRID_VOLUMES, "annotation", "fiber_annotation", *NRRD_IMAGES,
+                          "unknown")
 LABEL_KINDS: frozenset[str] = frozenset({"annotation", "fiber_annotation"})
 
 # File stems (lower case, resolution suffix removed) -> kind. Allen's own names.
 _STEM_KINDS: dict[str, str] = {
-    "energy": "energy",
-    "density": "density",
-    "intensity": "intensity",
-    "injection": "injection",
+    **{name: name for name in (*GRID_VOLUMES, *NRRD_IMAGES)},
     "gridannotation": "annotation",
     "annotation": "annotation",
     "annotationfiber": "fiber_annotation",
     "fiber_annotation": "fiber_annotation",
-    "projection_density": "projection_density",
-    "projection_energy": "projection_energy",
-    "injection_density": "injection_density",
-    "injection_fraction": "injection_fraction",
-    "injection_energy": "injection_energy",
-    "data_mask": "data_mask",
 }
+# Allen suffixes the resolution (annotation_25, projection_density_100).
+_RESOLUTION_SUFFIX = re.compile(
+    r"_(" + "|".join(str(r) for r in sorted(GRID_SHAPES, reverse=True)) + r")(um)?$")
 
 
 def kind_from_name(name: str | PurePath) -> str:
@@ -49,8 +42,7 @@ def kind_from_name(name: str | PurePath) -> str:
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    # Allen suffixes the resolution (annotation_25, projection_density_100).
-    stem = re.sub(r"_(10|25|50|100|200)(um)?$", "", stem)
+    stem = _RESOLUTION_SUFFIX.sub("", stem)
     if stem in _STEM_KINDS:
         return _STEM_KINDS[stem]
     # Names like "12345_energy" or "Nrp1_energy": use the last token.

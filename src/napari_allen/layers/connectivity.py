@@ -17,7 +17,7 @@ from napari_allen.analysis.projections import (
     injection_voxels_um,
 )
 from napari_allen.atlas.ontology import Ontology
-from napari_allen.atlas.space import AXES, UNITS, layer_space_kwargs
+from napari_allen.space import AXES, UNITS, layer_space_kwargs
 
 LayerDataTuple = tuple[Any, dict, str]
 

@@ -21,8 +21,8 @@ import pandas as pd
 
 from napari_allen.analysis.expression import structure_centroids, structure_expression
 from napari_allen.atlas.ontology import Ontology
-from napari_allen.atlas.space import AXES
 from napari_allen.io.plane_store import PlaneStore, open_plane_store
+from napari_allen.space import AXES
 
 LayerDataTuple = tuple
 STORE_META_KEY = "napari_allen_plane_store"

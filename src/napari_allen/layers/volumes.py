@@ -8,7 +8,7 @@
 - :func:`volume_layer`: picks one from the volume kind.
 
 All layers live in CCF µm: ``scale`` = spacing, ``units`` µm, ``axis_labels`` AP/DV/ML
-(:func:`napari_allen.atlas.space.layer_space_kwargs`). Lazy data (memmap, dask, > 10^7 voxels)
+(:func:`napari_allen.space.layer_space_kwargs`). Lazy data (memmap, dask, > 10^7 voxels)
 stay lazy: the layer gets a dask array whose chunks read, per slice napari asks for, only the
 needed ML planes (:mod:`napari_allen.io.planes`) and convert just that slice (-1 -> NaN, or
 structure id -> compact label); contrast limits are estimated from 8 ML planes (contiguous in
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from ..atlas.ontology import Ontology
-from ..atlas.space import layer_space_kwargs
 from ..io.planes import plane_reader_for
 from ..io.volume import GridVolume
+from ..space import ISH_VOLUMES, layer_space_kwargs
 
 LayerDataTuple = tuple[Any, dict, str]
 
@@ -32,7 +32,6 @@ LayerDataTuple = tuple[Any, dict, str]
 LAZY_VOXELS = 10_000_000
 NO_DATA = -1
 
-_ISH_KINDS = {"energy", "density", "intensity"}
 _MASK_KINDS = {"data_mask"}
 _METADATA_KEYS = ("experiment_id", "gene", "plane", "resolution", "kind", "source", "synthetic")
 
@@ -142,7 +141,7 @@ def layer_metadata(vol: GridVolume) -> dict:
 
 
 def _colormap(kind: str) -> str:
-    if kind in _ISH_KINDS or kind == "unknown":
+    if kind in ISH_VOLUMES or kind == "unknown":
         return "magma"
     if kind in _MASK_KINDS:
         return "gray"

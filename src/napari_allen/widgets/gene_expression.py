@@ -553,8 +553,8 @@ class GeneExpressionWidget(QWidget):
         """Rank the store's genes at the cursor voxel or its structure (worker)."""
         from napari_allen.atlas.annotation import grid_annotation
         from napari_allen.atlas.ontology import Ontology
-        from napari_allen.atlas.space import um_to_voxel
         from napari_allen.layers.expression import STORE_META_KEY
+        from napari_allen.space import um_to_voxel
 
         layer = self.store_layer
         if layer is None or layer not in self.viewer.layers:

@@ -33,6 +33,7 @@ from napari_allen.analysis.projections import (
 )
 from napari_allen.errors import AllenApiError
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
+from napari_allen.space import NRRD_IMAGES, NRRD_RESOLUTIONS
 
 if TYPE_CHECKING:
     from napari_allen.api.client import AllenClient
@@ -41,13 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Images served as NRRD by ``/grid_data/download_file``.
-NRRD_IMAGES: tuple[str, ...] = (
-    "projection_density", "projection_energy", "injection_fraction", "injection_density",
-    "injection_energy", "data_mask",
-)
-#: Resolutions (µm) of the NRRD images.
-RESOLUTIONS: tuple[int, ...] = (10, 25, 50, 100)
 #: Image -> member of the 100 µm grid zip (``/grid_data/download?include=``).
 GRID_ZIP_MEMBERS: dict[str, str] = {
     "projection_density": "density",
@@ -148,8 +142,9 @@ def _check_request(image: str, resolution: int, source: str) -> None:
     if source == "nrrd":
         if image not in NRRD_IMAGES:
             raise ValueError(f"unknown connectivity image {image!r}; one of {NRRD_IMAGES}")
-        if int(resolution) not in RESOLUTIONS:
-            raise ValueError(f"NRRD resolution must be one of {RESOLUTIONS} µm, not {resolution}")
+        if int(resolution) not in NRRD_RESOLUTIONS:
+            raise ValueError(f"NRRD resolution must be one of {NRRD_RESOLUTIONS} µm, "
+                             f"not {resolution}")
     else:
         if image not in GRID_ZIP_MEMBERS:
             raise ValueError(f"the grid zip holds {sorted(GRID_ZIP_MEMBERS)}, not {image!r}")
@@ -369,7 +364,7 @@ def check_average_memory(resolution: int, n_groups: int, *,
     Per group a float64 sum, a float32 mean and a uint16 missing count; plus the float32
     volume being processed and half a volume of temporaries: 14 B per voxel per group + 6.
     """
-    from napari_allen.atlas.space import GRID_SHAPES
+    from napari_allen.space import GRID_SHAPES
 
     shape = GRID_SHAPES.get(int(resolution))
     if shape is None:

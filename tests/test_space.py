@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_allen.atlas.space import (
+from napari_allen.space import (
     GRID_SHAPES,
     MIDLINE_UM,
+    describe_size_match,
     grid_midline_index,
     layer_space_kwargs,
     mirror_ml,
     rescale_index,
     resolution_for_shape,
+    sample_at_um,
     um_to_voxel,
     voxel_to_um,
 )
@@ -57,3 +59,19 @@ def test_layer_space_kwargs():
     assert layer_space_kwargs(25) == {"scale": (25.0, 25.0, 25.0), "units": ("um",) * 3,
                                       "axis_labels": ("AP", "DV", "ML")}
     assert layer_space_kwargs((10, 20, 30))["scale"] == (10.0, 20.0, 30.0)
+
+
+def test_describe_size_match():
+    assert describe_size_match(4_815_360) == ("the size matches the 100 µm grid 132x80x114 of "
+                                              "4-byte values")
+    assert describe_size_match(1_000_001) is None
+
+
+def test_sample_at_um_nearest_voxel_and_fill_outside():
+    grid = np.arange(1, 2 * 3 * 4 + 1, dtype=np.uint32).reshape(2, 3, 4)
+    assert sample_at_um(grid, 100.0, [100.0, 240.0, 260.0]) == int(grid[1, 2, 3])
+    points = [[0.0, 0.0, 349.0], [-60.0, 0.0, 0.0], [0.0, 0.0, 351.0], [-40.0, 0.0, 0.0]]
+    # Nearest centre; more than half a voxel outside the grid -> fill.
+    np.testing.assert_array_equal(sample_at_um(grid, 100.0, points, fill=-1),
+                                  [grid[0, 0, 3], -1, -1, grid[0, 0, 0]])
+    assert sample_at_um(grid, 100.0, [0.0, 0.0, 400.0]) == 0

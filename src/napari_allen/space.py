@@ -1,4 +1,8 @@
-"""The CCF coordinate space: grid sizes per resolution and voxel <-> µm conversion.
+"""The CCF coordinate space: grid sizes per resolution, volume names, voxel <-> µm conversion.
+
+The bottom of the house (numpy only): ``io``, ``atlas``, ``api`` and everything above read the
+grid shapes, resolutions and volume names from here, so each is defined once and ``io`` and
+``atlas`` need not import each other.
 
 Conventions (one place for the whole package):
 
@@ -30,6 +34,20 @@ GRID_SHAPES: dict[int, tuple[int, int, int]] = {
 #: The legacy CCFv2 connectivity grid (experiments processed before May 2015).
 CCFV2_100_SHAPE: tuple[int, int, int] = (133, 81, 115)
 
+#: Resolutions (µm) of the CCFv3 NRRD volumes Allen publishes: connectivity images
+#: (``/grid_data/download_file``) and the CCF annotation.
+NRRD_RESOLUTIONS: tuple[int, ...] = (10, 25, 50, 100)
+
+#: Volumes of an ISH grid zip (``include=energy,density,intensity``).
+ISH_VOLUMES: tuple[str, ...] = ("energy", "density", "intensity")
+#: Volumes of any grid zip (connectivity zips add ``injection``).
+GRID_VOLUMES: tuple[str, ...] = (*ISH_VOLUMES, "injection")
+#: Connectivity images served as NRRD (``/grid_data/download_file?image=``).
+NRRD_IMAGES: tuple[str, ...] = (
+    "projection_density", "projection_energy", "injection_fraction", "injection_density",
+    "injection_energy", "data_mask",
+)
+
 #: The CCFv3 midline (ML) position in µm: half of the 11,400 µm ML extent.
 MIDLINE_UM: float = 5700.0
 
@@ -42,6 +60,32 @@ def resolution_for_shape(shape: Sequence[int]) -> int | None:
             return res
     if shape == CCFV2_100_SHAPE:
         return 100
+    return None
+
+
+#: (shape [AP, DV, ML], resolution µm) of every grid a file may hold, finest first.
+KNOWN_GRIDS: list[tuple[tuple[int, int, int], int]] = [
+    (shape, res) for res, shape in sorted(GRID_SHAPES.items(), reverse=True)
+] + [(CCFV2_100_SHAPE, 100)]
+
+
+def grid_for_voxels(n_voxels: int) -> tuple[tuple[int, int, int], int] | None:
+    """``(shape, resolution)`` of the known grid with ``n_voxels`` voxels, or None."""
+    for shape, res in KNOWN_GRIDS:
+        if shape[0] * shape[1] * shape[2] == n_voxels:
+            return shape, res
+    return None
+
+
+def describe_size_match(n_bytes: int) -> str | None:
+    """'the size matches the 100 µm grid 132x80x114 of 4-byte values' or None."""
+    for itemsize in (4, 2, 8):
+        if n_bytes % itemsize == 0:
+            match = grid_for_voxels(n_bytes // itemsize)
+            if match:
+                shape, res = match
+                dims = "x".join(map(str, shape))
+                return f"the size matches the {res} µm grid {dims} of {itemsize}-byte values"
     return None
 
 
@@ -63,6 +107,27 @@ def um_to_voxel(
     if shape is not None:
         idx = np.clip(idx, 0, np.asarray(shape) - 1)
     return idx
+
+
+def sample_at_voxels(data, index: np.ndarray | Sequence[int], fill: int = 0) -> np.ndarray | int:
+    """Values of a ``[AP, DV, ML]`` grid at voxel ``index`` (``(3,)`` or ``(N, 3)``), ``fill``
+    outside the grid, as int64 (labels: structure ids). Fancy indexing touches only the pages
+    holding these voxels of a memmap."""
+    idx = np.atleast_2d(np.asarray(index, dtype=np.int64))
+    shape = np.asarray(data.shape)
+    inside = np.all((idx >= 0) & (idx < shape), axis=1)
+    out = np.full(len(idx), fill, dtype=np.int64)
+    if inside.any():
+        good = idx[inside]
+        out[inside] = np.asarray(data[good[:, 0], good[:, 1], good[:, 2]]).astype(np.int64)
+    return int(out[0]) if np.ndim(index) == 1 else out
+
+
+def sample_at_um(data, resolution: float, point_um: np.ndarray | Sequence[float],
+                 fill: int = 0) -> np.ndarray | int:
+    """Values of a ``[AP, DV, ML]`` grid of ``resolution`` µm at CCF µm point(s) (nearest voxel
+    centre; a point more than half a voxel outside the grid gets ``fill``)."""
+    return sample_at_voxels(data, um_to_voxel(point_um, resolution), fill)
 
 
 def rescale_index(
