@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_allen.analysis.seeds import seed_points_um, select_seeds
     from napari_allen.api.client import AllenClient
-    from napari_allen.api.spatial_search import search_seeds
     from napari_allen.atlas.fiber_tracts import FiberTracts
     from napari_allen.io.nrrd import read_nrrd
+    from napari_allen.workflows.seed_search import search_seeds
 
     server = ChildServer(args.latency_ms)
     try:

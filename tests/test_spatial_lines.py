@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from napari_allen.api.spatial_search import LineRecord
 from napari_allen.errors import AllenFormatError
 from napari_allen.io.lines_json import (
     LAYER_META_KEY,
+    LineRecord,
     looks_like_lines_json,
     read_lines_json,
     write_lines_json,

@@ -9,7 +9,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from napari_allen.api.spatial_search import search_seeds
+from napari_allen.workflows.seed_search import search_seeds
 
 EXPERIMENT = 156394513
 

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from napari_allen.api.spatial_search import search_seeds, unique_seeds
 from napari_allen.errors import AllenApiError
 from napari_allen.progress import Cancelled, CancelToken
+from napari_allen.workflows.seed_search import search_seeds, unique_seeds
 
 INJECTION = [4300.0, 2690.0, 7050.0]
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from ..concurrency import bounded_map
 from ..errors import AllenError
 from ..progress import Cancelled, CancelToken, ProgressCallback, report
 from .cache import download_file, host_tag, verify_grid_zip, verify_nrrd
@@ -166,6 +166,35 @@ def _run_one(client: AllenClient, req, tally: _Tally, cancel: CancelToken,
                 seconds=round(time.monotonic() - start, 3), error=fetched.reason)
 
 
+def iter_downloads(client: AllenClient, requests: Sequence[DownloadRequest], *, jobs: int = 8,
+                   progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None,
+                   deep: bool = False) -> Iterator[tuple[int, dict]]:
+    """Download the requests with ``jobs`` threads; yield ``(index, result row)`` as each
+    finishes (completion order), so a caller can use a file while the others download.
+
+    Rows and ``deep`` as :func:`download_many`'s; a request never started because of a cancel
+    yields nothing. Leaving the loop early stops the running downloads (partial files removed).
+    """
+    requests = list(requests)
+    client.http.ensure_pool(jobs)
+    tally = _Tally(len(requests), progress)
+    report(progress, done=0, total=len(requests), message="starting")
+
+    def run(req: DownloadRequest, token: CancelToken) -> dict:
+        return _run_one(client, req, tally, token, deep)
+
+    # A bounded window of submitted work: memory stays flat for 26,000 requests too.
+    for outcome in bounded_map(run, requests, jobs=jobs, cancel=cancel,
+                               thread_name="allen-download"):
+        if outcome.error is not None:
+            raise outcome.error  # _run_one reports failures in its row: this is a bug
+        yield outcome.index, outcome.value
+    if not (cancel is not None and cancel.cancelled):
+        report(progress, done=tally.done, total=len(requests), bytes_done=tally.bytes,
+               failed=tally.failed, message="done")
+
+
 def download_many(client: AllenClient, requests: Sequence[DownloadRequest], *, jobs: int = 8,
                   progress: ProgressCallback | None = None,
                   cancel: CancelToken | None = None, deep: bool = False) -> pd.DataFrame:
@@ -179,42 +208,14 @@ def download_many(client: AllenClient, requests: Sequence[DownloadRequest], *, j
     (with the rows) after every worker stopped and removed its partial file.
     """
     requests = list(requests)
-    jobs = max(1, int(jobs))
-    cancel = cancel or CancelToken()
-    client.http.ensure_pool(jobs)
-    tally = _Tally(len(requests), progress)
     rows: list[dict | None] = [None] * len(requests)
-    report(progress, done=0, total=len(requests), message="starting")
-    queue = iter(enumerate(requests))
-    # A bounded window of submitted work: memory stays flat for 26,000 requests too.
-    window = 2 * jobs
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="allen-download") as pool:
-        futures: dict[Future, int] = {}
-
-        def refill() -> None:
-            while len(futures) < window and not cancel.cancelled:
-                item = next(queue, None)
-                if item is None:
-                    return
-                futures[pool.submit(_run_one, client, item[1], tally, cancel, deep)] = item[0]
-
-        refill()
-        while futures:
-            finished, _ = wait(set(futures), timeout=0.2, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                index = futures.pop(fut)
-                if not fut.cancelled():
-                    rows[index] = fut.result()
-            if cancel.cancelled:
-                for fut in futures:
-                    fut.cancel()  # not yet started: never start
-            refill()
+    for index, row in iter_downloads(client, requests, jobs=jobs, progress=progress,
+                                     cancel=cancel, deep=deep):
+        rows[index] = row
     for i, req in enumerate(requests):
         if rows[i] is None:
             rows[i] = _row(req, "cancelled")
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    if cancel.cancelled:
+    if cancel is not None and cancel.cancelled:
         raise BatchCancelled(frame)
-    report(progress, done=tally.done, total=len(requests), bytes_done=tally.bytes,
-           failed=tally.failed, message="done")
     return frame

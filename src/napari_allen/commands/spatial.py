@@ -16,8 +16,8 @@ from napari_allen.analysis.seeds import (
     DEFAULT_INJECTION_THRESHOLD,
     SAMPLE_MODES,
 )
-from napari_allen.api.spatial_search import DEFAULT_JOBS
 from napari_allen.commands._common import ProgressPrinter
+from napari_allen.workflows.seed_search import DEFAULT_JOBS
 from napari_allen.workflows.spatial_search import (
     DEFAULT_EXPERIMENT,
     DEFAULT_INJECTION_IMAGE,

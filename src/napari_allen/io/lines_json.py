@@ -28,6 +28,8 @@ import numpy as np
 from napari_allen.errors import AllenFormatError
 from napari_allen.io.atomic import atomic_write_text
 
+#: The service whose records are the lines.
+SERVICE = "mouse_connectivity_target_spatial"
 LINES_KEY = "lines"
 INJECTION_KEY = "injectionCoordinates"
 META_KEY = "napari-allen"
@@ -51,6 +53,73 @@ class LinesDocument:
     def paths_um(self) -> list[np.ndarray]:
         """Each line's path as ``(N, 3)`` µm ``[AP, DV, ML]``, seed end first."""
         return [np.array([p["coord"] for p in rec["path"]], dtype=float) for rec in self.lines]
+
+
+def _get(record: Mapping, key: str, default: Any = None) -> Any:
+    """A service field by its served (hyphenated) name, tolerating underscores."""
+    if key in record:
+        return record[key]
+    return record.get(key.replace("-", "_"), default)
+
+
+@dataclass
+class LineRecord:
+    """One spatial-search line: a path from a seed (target) back to an injection site.
+
+    ``coords_um`` is ``(N, 3)`` µm ``[AP, DV, ML]`` from the seed end to the injection;
+    ``densities``/``intensities`` are the per-point values; ``target_density`` is the record's
+    ``density`` (projection density at the seed); ``injection_structure`` the primary injection
+    structure's acronym. ``record`` is the service record as served.
+    """
+
+    seed_um: tuple[float, float, float]
+    experiment_id: int
+    coords_um: np.ndarray
+    densities: np.ndarray
+    intensities: np.ndarray
+    target_density: float
+    injection_structure: str
+    structure_id: int | None
+    record: dict = field(repr=False)
+
+    @property
+    def injection_um(self) -> np.ndarray:
+        """The injection end of the path (µm)."""
+        return self.coords_um[-1]
+
+    @classmethod
+    def from_record(cls, record: Mapping, seed_um: Sequence[float] | None = None,
+                    where: str = SERVICE) -> LineRecord:
+        """Parse one target-spatial record; AllenFormatError naming ``where`` if malformed."""
+        path = _get(record, "path")
+        if not isinstance(path, list) or not path:
+            raise AllenFormatError(where, "spatial-search record without a 'path' list")
+        try:
+            coords = np.array([p["coord"] for p in path], dtype=float).reshape(len(path), 3)
+            densities = np.array([p.get("density", np.nan) for p in path], dtype=float)
+            intensities = np.array([p.get("intensity", np.nan) for p in path], dtype=float)
+            exp_id = int(_get(record, "id"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AllenFormatError(where, f"malformed spatial-search record: {exc}") from exc
+        abbrev = _get(record, "structure-abbrev")
+        if not abbrev:
+            structures = _get(record, "injection-structures") or []
+            if structures and isinstance(structures[0], Mapping):
+                abbrev = structures[0].get("abbreviation")
+        sid = _get(record, "structure-id")
+        density = _get(record, "density")
+        seed = coords[0] if seed_um is None else np.asarray(seed_um, dtype=float)
+        return cls(
+            seed_um=(float(seed[0]), float(seed[1]), float(seed[2])),
+            experiment_id=exp_id,
+            coords_um=coords,
+            densities=densities,
+            intensities=intensities,
+            target_density=float(density) if density is not None else float(densities[0]),
+            injection_structure=str(abbrev or "").strip(),  # Allen pads some ('SUM ')
+            structure_id=None if sid is None else int(sid),
+            record=dict(record),
+        )
 
 
 def looks_like_lines_json(path: str | os.PathLike) -> bool:

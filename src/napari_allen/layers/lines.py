@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from napari_allen.api.spatial_search import LineRecord
-from napari_allen.io.lines_json import LAYER_META_KEY, read_lines_json
+from napari_allen.io.lines_json import LAYER_META_KEY, LineRecord, read_lines_json
 from napari_allen.space import layer_space_kwargs
 
 if TYPE_CHECKING:

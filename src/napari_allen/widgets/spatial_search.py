@@ -40,11 +40,11 @@ from napari_allen.analysis.seeds import (
     SAMPLE_MODES,
     snap_to_voxel,
 )
-from napari_allen.api.spatial_search import DEFAULT_JOBS, search_seeds
 from napari_allen.io.lines_json import write_lines_json
 from napari_allen.space import GRID_SHAPES
 from napari_allen.widgets._common import add_layer_tuple, data_source_label, shared_client
 from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.workflows.seed_search import DEFAULT_JOBS, search_seeds
 from napari_allen.workflows.spatial_search import (
     DEFAULT_EXPERIMENT,
     DEFAULT_INJECTION_IMAGE,

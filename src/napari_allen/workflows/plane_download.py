@@ -11,20 +11,18 @@ completed by running it again; failures are reported per experiment, never abort
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from napari_allen.api.batch import OK_STATUSES, GridRequest, download_many
+from napari_allen.api.batch import OK_STATUSES, GridRequest, download_many, iter_downloads
 from napari_allen.errors import AllenError, AllenFormatError
 from napari_allen.io.manifest import forget_file
 from napari_allen.io.plane_store import PlaneStore
-from napari_allen.progress import Cancelled, CancelToken, Progress, ProgressCallback, check, report
+from napari_allen.progress import CancelToken, Progress, ProgressCallback, check, report
 
 STATUS_COLUMNS = ["experiment_id", "gene", "status", "error"]
 
@@ -122,97 +120,55 @@ def download_plane(
         for e in table["experiment_id"] if int(e) not in waiting
     ]
     total = len(pending)
-    written = failed = 0
-    moved = [0]
+    written = failed = moved = 0
     report(progress, done=0, total=total, message=f"{total} experiments to download")
 
     def on_download(snapshot: Progress) -> None:
-        # Bytes from the current window; experiment counts come from the store writes below.
+        # Bytes from the downloads; experiment counts come from the store writes below.
         report(progress, done=written + failed, total=total, failed=failed,
-               bytes_done=moved[0] + snapshot.bytes_done, message="downloading")
+               bytes_done=snapshot.bytes_done, message="downloading")
 
-    jobs = max(1, int(jobs))
-    window = max(4 * jobs, 16)
-    windows = [pending[i:i + window] for i in range(0, len(pending), window)]
-
-    # Our own token (following the caller's) lets an error here stop the window in flight.
-    inner = _LinkedToken(cancel)
-
-    def fetch(ids: list[int]) -> pd.DataFrame:
-        requests = [GridRequest(int(e), (volume,)) for e in ids]
-        return download_many(client, requests, jobs=jobs, progress=on_download, cancel=inner)
-
-    # Pipeline: the next window downloads while this one is written into the store, so the
-    # network stays busy; resumability is per experiment (store.write records it).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plane-window") as fetcher:
-        ahead = fetcher.submit(fetch, windows[0]) if windows else None
-        for k in range(len(windows)):
-            frame = ahead.result()  # BatchCancelled (a Cancelled) propagates
-            ahead = fetcher.submit(fetch, windows[k + 1]) if k + 1 < len(windows) else None
-            try:
-                for row in frame.itertuples(index=False):
-                    inner.check()
-                    eid = int(row.experiment_id)
-                    moved[0] += int(row.bytes or 0)
-                    status, text = _store_row(store, row, volume, keep_zips, cancel)
-                    if status == "downloaded" and eid in repairing:
-                        status = "refetched"
-                    if status == "failed":
-                        failed += 1
-                    else:
-                        written += 1
-                    rows.append({"experiment_id": eid, "gene": genes_by_id.get(eid, ""),
-                                 "status": status, "error": text})
-                    report(progress, done=written + failed, total=total, failed=failed,
-                           bytes_done=moved[0],
-                           message=f"{eid} {genes_by_id.get(eid, '')} {status}")
-            except BaseException:
-                inner.cancel()  # stop the window downloading ahead too
-                raise
+    # Each verified zip is written into the store (in this thread) while the next ones download
+    # (bounded: api.batch.iter_downloads keeps at most 2 x jobs in flight); resumability is per
+    # experiment (store.write records it). Leaving the loop (error, cancel) stops the downloads.
+    requests = [GridRequest(int(e), (volume,)) for e in pending]
+    for _, row in iter_downloads(client, requests, jobs=max(1, int(jobs)), progress=on_download,
+                                 cancel=cancel):
+        check(cancel)
+        eid = int(row["experiment_id"])
+        moved += int(row["bytes"] or 0)
+        status, text = _store_row(store, row, volume, keep_zips, cancel)
+        if status == "downloaded" and eid in repairing:
+            status = "refetched"
+        if status == "failed":
+            failed += 1
+        else:
+            written += 1
+        rows.append({"experiment_id": eid, "gene": genes_by_id.get(eid, ""),
+                     "status": status, "error": text})
+        report(progress, done=written + failed, total=total, failed=failed, bytes_done=moved,
+               message=f"{eid} {genes_by_id.get(eid, '')} {status}")
+    check(cancel)
     statuses = pd.DataFrame(rows, columns=STATUS_COLUMNS)
     order = {int(e): i for i, e in enumerate(table["experiment_id"])}
     statuses = statuses.sort_values("experiment_id", key=lambda s: s.map(order), kind="stable")
     return PlaneDownloadResult(store=store, statuses=statuses.reset_index(drop=True))
 
 
-class _LinkedToken(CancelToken):
-    """A cancel token that is also cancelled when its ``parent`` is."""
-
-    def __init__(self, parent: CancelToken | None) -> None:
-        super().__init__()
-        self._parent = parent
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set() or (self._parent is not None and self._parent.cancelled)
-
-    def check(self) -> None:
-        if self.cancelled:
-            raise Cancelled("cancelled by the user")
-
-    def wait(self, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while not self.cancelled:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._event.wait(min(left, 0.05))
-        return True
-
-
-def _store_row(store: PlaneStore, row, volume: str, keep_zips: bool, cancel) -> tuple[str, str]:
-    """Write one downloaded zip (a ``download_many`` result row) into the store."""
-    if row.status not in OK_STATUSES:
-        return "failed", str(row.error or row.status)
+def _store_row(store: PlaneStore, row: dict, volume: str, keep_zips: bool,
+               cancel) -> tuple[str, str]:
+    """Write one downloaded zip (an ``api.batch`` result row) into the store."""
+    if row["status"] not in OK_STATUSES:
+        return "failed", str(row["error"] or row["status"])
     try:
-        grid = _volume_from_zip(row.path, volume, int(row.experiment_id), cancel)
-        store.write(int(row.experiment_id), grid, source_url=row.url)
+        grid = _volume_from_zip(row["path"], volume, int(row["experiment_id"]), cancel)
+        store.write(int(row["experiment_id"]), grid, source_url=row["url"])
     except (AllenError, OSError, ValueError) as exc:
         return "failed", str(exc)
     if not keep_zips:
         # The store now holds the volume; the zip would only double the disk use.
-        Path(row.path).unlink(missing_ok=True)
-        forget_file(row.path)
+        Path(row["path"]).unlink(missing_ok=True)
+        forget_file(row["path"])
     return "downloaded", ""
 
 

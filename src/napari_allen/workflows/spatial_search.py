@@ -27,14 +27,9 @@ from napari_allen.analysis.seeds import (
     seed_points_um,
     select_seeds,
 )
-from napari_allen.api.spatial_search import (
-    DEFAULT_JOBS,
-    LineRecord,
-    SpatialSearchResult,
-    search_seeds,
-)
-from napari_allen.io.lines_json import write_lines_json
+from napari_allen.io.lines_json import LineRecord, write_lines_json
 from napari_allen.progress import CancelToken, Progress, ProgressCallback, check, report
+from napari_allen.workflows.seed_search import DEFAULT_JOBS, SpatialSearchResult, search_seeds
 
 if TYPE_CHECKING:
     from napari_allen.api.client import AllenClient

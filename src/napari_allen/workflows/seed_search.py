@@ -1,36 +1,38 @@
 """Spatial-search lines for many seed points, concurrently (service
-``mouse_connectivity_target_spatial``).
+``mouse_connectivity_target_spatial``): the seed fan-out shared by the spatial-search workflow,
+the widget and the CLI.
 
 Allen's lines script asks the service once per seed voxel, one after another. Here the seeds are
 deduplicated (a seed voxel is asked once, keyed on whole µm), capped, and queried from a thread
-pool through the shared, thread-safe :class:`~napari_allen.api.client.AllenClient`, whose cache
-makes repeated runs free and whose retries absorb transient faults. A seed that still fails is
+pool (:func:`napari_allen.concurrency.bounded_map`) through the shared, thread-safe
+:class:`~napari_allen.api.client.AllenClient`, whose cache makes repeated runs free and whose
+retries absorb transient faults. A seed that still fails is
 recorded in :attr:`SpatialSearchResult.failures`; it never loses the other seeds' lines.
 
 Coordinates are CCF µm ``[AP, DV, ML]`` (= Allen's ``x, y, z``, PIR). Each service record's
 ``path`` runs from the seed (target) to the injection site; it is kept verbatim in
-:attr:`LineRecord.record` so the result can be saved in the script's JSON shape.
+:attr:`napari_allen.io.lines_json.LineRecord.record` so the result can be saved in the script's
+JSON shape.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from napari_allen.errors import AllenFormatError
+from napari_allen.concurrency import bounded_map
+from napari_allen.io.lines_json import SERVICE, LineRecord
 from napari_allen.progress import Cancelled, CancelToken, ProgressCallback, check, report
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_JOBS = 8
-SERVICE = "mouse_connectivity_target_spatial"
 
 
 class TargetSpatialClient(Protocol):
@@ -40,73 +42,6 @@ class TargetSpatialClient(Protocol):
                               section_data_set: int | None = None,
                               cancel: CancelToken | None = None,
                               **filters: Any) -> list[dict]: ...
-
-
-def _get(record: Mapping, key: str, default: Any = None) -> Any:
-    """A service field by its served (hyphenated) name, tolerating underscores."""
-    if key in record:
-        return record[key]
-    return record.get(key.replace("-", "_"), default)
-
-
-@dataclass
-class LineRecord:
-    """One spatial-search line: a path from a seed (target) back to an injection site.
-
-    ``coords_um`` is ``(N, 3)`` µm ``[AP, DV, ML]`` from the seed end to the injection;
-    ``densities``/``intensities`` are the per-point values; ``target_density`` is the record's
-    ``density`` (projection density at the seed); ``injection_structure`` the primary injection
-    structure's acronym. ``record`` is the service record as served.
-    """
-
-    seed_um: tuple[float, float, float]
-    experiment_id: int
-    coords_um: np.ndarray
-    densities: np.ndarray
-    intensities: np.ndarray
-    target_density: float
-    injection_structure: str
-    structure_id: int | None
-    record: dict = field(repr=False)
-
-    @property
-    def injection_um(self) -> np.ndarray:
-        """The injection end of the path (µm)."""
-        return self.coords_um[-1]
-
-    @classmethod
-    def from_record(cls, record: Mapping, seed_um: Sequence[float] | None = None,
-                    where: str = SERVICE) -> LineRecord:
-        """Parse one target-spatial record; AllenFormatError naming ``where`` if malformed."""
-        path = _get(record, "path")
-        if not isinstance(path, list) or not path:
-            raise AllenFormatError(where, "spatial-search record without a 'path' list")
-        try:
-            coords = np.array([p["coord"] for p in path], dtype=float).reshape(len(path), 3)
-            densities = np.array([p.get("density", np.nan) for p in path], dtype=float)
-            intensities = np.array([p.get("intensity", np.nan) for p in path], dtype=float)
-            exp_id = int(_get(record, "id"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise AllenFormatError(where, f"malformed spatial-search record: {exc}") from exc
-        abbrev = _get(record, "structure-abbrev")
-        if not abbrev:
-            structures = _get(record, "injection-structures") or []
-            if structures and isinstance(structures[0], Mapping):
-                abbrev = structures[0].get("abbreviation")
-        sid = _get(record, "structure-id")
-        density = _get(record, "density")
-        seed = coords[0] if seed_um is None else np.asarray(seed_um, dtype=float)
-        return cls(
-            seed_um=(float(seed[0]), float(seed[1]), float(seed[2])),
-            experiment_id=exp_id,
-            coords_um=coords,
-            densities=densities,
-            intensities=intensities,
-            target_density=float(density) if density is not None else float(densities[0]),
-            injection_structure=str(abbrev or "").strip(),  # Allen pads some ('SUM ')
-            structure_id=None if sid is None else int(sid),
-            record=dict(record),
-        )
 
 
 @dataclass(frozen=True)
@@ -225,11 +160,11 @@ def search_seeds(
     if total == 0:
         return result
 
-    def query(seed: np.ndarray) -> list[LineRecord]:
-        check(cancel)  # a queued seed started after cancel does no request
+    def query(seed: np.ndarray, token: CancelToken) -> list[LineRecord]:
+        token.check()  # a queued seed started after cancel does no request
         point = [int(v) for v in seed]
         records = client.target_spatial_search(point, section_data_set=section_data_set,
-                                               cancel=cancel, **filters)
+                                               cancel=token, **filters)
         where = f"{SERVICE} seed_point={point[0]},{point[1]},{point[2]}"
         return [LineRecord.from_record(rec, seed_um=seed, where=where) for rec in records or []]
 
@@ -239,40 +174,27 @@ def search_seeds(
     if ensure_pool is not None:
         ensure_pool(jobs)
     # Results are kept per seed index so the output order is the seed order, whatever order
-    # the futures finish in (deterministic output for tests and saved JSON).
+    # the queries finish in (deterministic output for tests and saved JSON).
     per_seed: list[list[LineRecord] | None] = [None] * total
     errors: dict[int, str] = {}
-    done = 0
-    window = max(2 * jobs, jobs + 1)  # bounded queue: a cancel never waits for 1,000 seeds
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="allen-spatial")
-    pending: dict[Future, int] = {}
-    next_seed = 0
-    try:
-        while next_seed < total or pending:
-            check(cancel)
-            while next_seed < total and len(pending) < window:
-                pending[pool.submit(query, seeds[next_seed])] = next_seed
-                next_seed += 1
-            finished, _ = wait(list(pending), timeout=0.1, return_when=FIRST_COMPLETED)
-            for future in finished:
-                index = pending.pop(future)
-                try:
-                    lines = future.result()
-                except Cancelled:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one bad seed must not end the search
-                    errors[index] = f"{type(exc).__name__}: {exc}"
-                    logger.warning("spatial search seed %s failed: %s", seeds[index], exc)
-                    lines = []
-                else:
-                    per_seed[index] = lines
-                done += 1
-                if lines and on_lines is not None:
-                    on_lines(lines)
-                report(progress, done=done, total=total, failed=len(errors),
-                       message="spatial search")
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    # Bounded queue (2 x jobs, at least jobs + 1): a cancel never waits for 1,000 seeds.
+    outcomes = bounded_map(query, seeds, jobs=jobs, window=max(2 * jobs, jobs + 1),
+                           cancel=cancel, thread_name="allen-spatial")
+    for done, outcome in enumerate(outcomes, start=1):
+        check(cancel)
+        if isinstance(outcome.error, Cancelled):
+            raise outcome.error
+        if outcome.error is not None:  # one bad seed must not end the search
+            exc = outcome.error
+            errors[outcome.index] = f"{type(exc).__name__}: {exc}"
+            logger.warning("spatial search seed %s failed: %s", outcome.item, exc)
+            lines: list[LineRecord] = []
+        else:
+            lines = per_seed[outcome.index] = outcome.value or []
+        if lines and on_lines is not None:
+            on_lines(lines)
+        report(progress, done=done, total=total, failed=len(errors), message="spatial search")
+    check(cancel)
     for lines in per_seed:
         if lines:
             result.lines.extend(lines)
