@@ -10,12 +10,8 @@ import pandas as pd
 import pytest
 
 from napari_allen.api import rma
-from napari_allen.api.client import (
-    CONNECTIVITY_COLUMNS,
-    ISH_COLUMNS,
-    PLANE_CSV_COLUMNS,
-    AllenClient,
-)
+from napari_allen.api.client import AllenClient
+from napari_allen.api.frames import CONNECTIVITY_COLUMNS, ISH_COLUMNS, PLANE_CSV_COLUMNS
 from napari_allen.errors import AllenApiError
 
 NRP1 = 74272479

@@ -7,7 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from napari_allen.api import rma
-from napari_allen.api.client import AllenClient, resolve_files_url
+from napari_allen.api.base import resolve_files_url
+from napari_allen.api.client import AllenClient
 
 HOSTILE = [
     "Nrp1'][failed$eqtrue",
@@ -119,7 +120,7 @@ def test_search_refuses_injection_before_any_request(monkeypatch):
 def test_files_url_follows_a_local_api_url(monkeypatch):
     monkeypatch.delenv("NAPARI_ALLEN_FILES_URL", raising=False)
     # Allen's own API URL maps to Allen's file server (constants: tests never name real hosts).
-    from napari_allen.api.client import DEFAULT_FILES_URL
+    from napari_allen.api.base import DEFAULT_FILES_URL
     from napari_allen.config import DEFAULT_API_URL
 
     assert resolve_files_url(DEFAULT_API_URL) == DEFAULT_FILES_URL != DEFAULT_API_URL

@@ -22,7 +22,8 @@ from ..concurrency import bounded_map
 from ..errors import AllenError
 from ..progress import Cancelled, CancelToken, ProgressCallback, report
 from .cache import download_file, host_tag, verify_grid_zip, verify_nrrd
-from .client import AllenClient, _check_volumes
+from .client import AllenClient
+from .grids import check_volumes
 
 RESULT_COLUMNS = ["request", "experiment_id", "volume", "resolution", "status", "path", "bytes",
                   "seconds", "error", "url"]
@@ -44,7 +45,7 @@ class GridRequest:
     kind: str = field(default="grid_zip", init=False)
 
     def plan(self, client: AllenClient) -> tuple[str, Path, Verifier]:
-        vols = _check_volumes(self.volumes)
+        vols = check_volumes(self.volumes)
         target = self.dest or client.store.grid_zip(client.api_host, self.experiment_id, vols)
         return (client.grid_zip_url(self.experiment_id, vols), Path(target),
                 lambda p, s: verify_grid_zip(p, vols, s))
