@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sqlite3
 import sys
+import traceback
 from collections.abc import Sequence
 
 from napari_allen import __version__
@@ -44,17 +46,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    from napari_allen.commands._common import served_note
+
+    served_note()  # forget clients of an earlier main() in this process (tests)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Cancelled:
         print("cancelled", file=sys.stderr)
         return 130
-    except (AllenError, OSError) as exc:
-        print(f"napari-allen: error: {exc}", file=sys.stderr)
+    # Anticipated failures end with one line (the traceback only with --verbose): API and
+    # format errors, bad values (RmaValueError is a ValueError), files, the cache database.
+    except (AllenError, OSError, ValueError, sqlite3.Error, MemoryError) as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"napari-allen {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+    note = served_note()
+    if note:
+        print(note, file=sys.stderr)
+    return code
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line (type name if it has none), at most 600 characters."""
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    if isinstance(exc, MemoryError):
+        text = f"not enough memory ({text})"
+    elif isinstance(exc, sqlite3.Error):
+        text = f"metadata cache database: {text}"
+    return text if len(text) <= 600 else text[:597] + "..."
 
 
 if __name__ == "__main__":

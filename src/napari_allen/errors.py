@@ -30,3 +30,24 @@ class AllenApiError(AllenError):
         self.retryable = retryable
         where = f"HTTP {status} " if status is not None else ""
         super().__init__(f"Allen API {where}error for {url}: {message}")
+
+
+class AllenUnreachableError(AllenApiError):
+    """The API server cannot be reached at all (connection refused, unknown host): raised at
+    once, without retries. The message is one sentence saying what to do."""
+
+    def __init__(self, url: str, address: str, reason: str, cache_note: str) -> None:
+        self.address = address
+        self.reason = reason
+        sentence = (f"Cannot reach the Allen API at {address} ({reason}): check the network, "
+                    "set NAPARI_ALLEN_API_URL to the right address, or start a local server "
+                    f"with `napari-allen local-api`; {cache_note}.")
+        super().__init__(url, sentence, None, retryable=False)
+        self.args = (sentence,)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class AllenCacheError(AllenError):
+    """The metadata cache cannot be used (e.g. its folder is read-only or full)."""

@@ -9,19 +9,28 @@ One :class:`HttpTransport` per :class:`~napari_allen.api.client.AllenClient`. It
 - a plain ``requests.Session`` for streamed file downloads (grids never go into SQLite).
 
 Retries (exponential backoff with jitter) cover what the Allen API does transiently: HTTP 5xx,
-429 and 408, connection errors and timeouts, ``success: false`` "Informatics service request
-failed", HTTP 200 HTML "site unavailable" pages, empty and truncated bodies. Query mistakes
-("bad syntax", unknown model, HTTP 4xx) raise at once. Every failure raises
-:class:`~napari_allen.errors.AllenApiError` carrying the URL and the server's message.
+429 and 408, timeouts and dropped connections, ``success: false`` "Informatics service request
+failed", HTTP 200 HTML "site unavailable" pages, empty and truncated bodies; they stop after
+``retries`` attempts or ``retry_budget`` seconds (default 10 s, restarted whenever a download
+makes progress). Query mistakes ("bad syntax", unknown model, HTTP 4xx) raise at once. A server
+that cannot be reached at all (connection refused, unknown host) raises
+:class:`~napari_allen.errors.AllenUnreachableError` at once: one sentence naming the address,
+``NAPARI_ALLEN_API_URL``, ``napari-allen local-api`` and whether cached results exist. Every
+other failure raises :class:`~napari_allen.errors.AllenApiError` with the URL and the message.
+
+The metadata cache stores JSON, never pickles, and survives damage (:mod:`.metacache`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import random
+import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -29,12 +38,14 @@ from datetime import timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from ..errors import AllenApiError
+from ..errors import AllenApiError, AllenCacheError, AllenUnreachableError
 from ..progress import CancelToken, check
+from . import metacache
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +65,7 @@ _TRANSIENT_MESSAGES = (
 )
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
+RETRY_BUDGET_S = 10.0
 
 
 class TransientError(Exception):
@@ -188,6 +200,30 @@ def parse_csv_body(url: str, resp: requests.Response) -> str:
     return text
 
 
+def unreachable_reason(exc: BaseException) -> str | None:
+    """'connection refused' / 'unknown host' when ``exc`` says the server cannot be reached
+    at all (retrying cannot help), else None (timeouts, resets: worth retrying)."""
+    seen: set[int] = set()
+    stack: list = [exc]
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, socket.gaierror) or type(err).__name__ == "NameResolutionError":
+            return "unknown host"
+        if isinstance(err, ConnectionRefusedError):
+            return "connection refused"
+        stack.extend([getattr(err, "reason", None), err.__cause__, err.__context__])
+        stack.extend(a for a in getattr(err, "args", ()) if isinstance(a, BaseException))
+    return None
+
+
+def _address(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url
+
+
 def _cacheable(resp: requests.Response) -> bool:
     """requests-cache filter: store only responses that would pass validation."""
     if resp.status_code != 200:
@@ -209,30 +245,74 @@ class HttpTransport:
 
     def __init__(self, cache_path: Path | None, *, timeout: tuple[float, float] = (5, 60),
                  retries: int = 5, backoff: float = 0.5, offline: bool = False,
-                 pool_size: int = 16, expire_after: timedelta | int = timedelta(days=30)) -> None:
+                 pool_size: int = 16, expire_after: timedelta | int = timedelta(days=30),
+                 retry_budget: float = RETRY_BUDGET_S) -> None:
         self.timeout = timeout
         self.retries = int(retries)
         self.backoff = float(backoff)
+        self.retry_budget = float(retry_budget)
         self.offline = offline
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.expire_after = expire_after
+        self.served = metacache.ServedTally()
         self._lock = threading.Lock()
         self._pool_size = 0
-        if cache_path is None:
-            self.meta: requests.Session = requests.Session()
+        self._generation = 0  # bumped when a damaged cache is replaced mid-session
+        self.meta: requests.Session = self._open_meta()
+        self.files = requests.Session()
+        self.files.headers["User-Agent"] = USER_AGENT
+        self.ensure_pool(pool_size)
+
+    def _open_meta(self) -> requests.Session:
+        """The metadata session: a JSON-serialised SQLite cache after checking the file
+        (a damaged or foreign one is moved aside, :mod:`.metacache`), or a plain session."""
+        if self.cache_path is None:
+            session = requests.Session()
         else:
             import requests_cache
 
-            self.meta = requests_cache.CachedSession(
-                str(cache_path), backend="sqlite", expire_after=expire_after,
-                allowable_codes=(200,), allowable_methods=("GET",), filter_fn=_cacheable,
-                stale_if_error=True,
-                # Write-ahead log: concurrent workers' cache writes no longer serialise on
-                # one SQLite journal (1,000 spatial-search seeds: 15.8 s -> 3.6 s under load).
-                wal=True,
-            )
-        self.files = requests.Session()
-        for session in (self.meta, self.files):
-            session.headers["User-Agent"] = USER_AGENT
-        self.ensure_pool(pool_size)
+            reason = metacache.probe(self.cache_path)
+            if reason:
+                metacache.move_aside(self.cache_path, reason)
+            try:
+                session = self._cached_session()
+            except sqlite3.DatabaseError as exc:
+                if not metacache.is_damage(exc):
+                    raise AllenCacheError(f"metadata cache {self.cache_path} cannot be "
+                                          f"used: {exc}") from None
+                metacache.move_aside(self.cache_path, f"is damaged ({exc})")
+                session = self._cached_session()
+            assert isinstance(session, requests_cache.CachedSession)
+        session.headers["User-Agent"] = USER_AGENT
+        return session
+
+    def _cached_session(self) -> requests.Session:
+        import requests_cache
+
+        return requests_cache.CachedSession(
+            str(self.cache_path), backend="sqlite", expire_after=self.expire_after,
+            allowable_codes=(200,), allowable_methods=("GET",), filter_fn=_cacheable,
+            stale_if_error=True, serializer=metacache.json_serializer(),
+            # Write-ahead log: concurrent workers' cache writes no longer serialise on
+            # one SQLite journal (1,000 spatial-search seeds: 15.8 s -> 3.6 s under load).
+            wal=True,
+        )
+
+    def _replace_damaged_cache(self, generation: int, exc: BaseException) -> None:
+        """A cache operation hit a damaged database: move it aside and reopen (once per
+        generation, however many threads noticed)."""
+        with self._lock:
+            if generation != self._generation:
+                return  # another thread already replaced it
+            self._generation += 1
+            old = self.meta
+            with contextlib.suppress(Exception):
+                old.close()
+            if self.cache_path is not None:
+                metacache.move_aside(self.cache_path, f"is damaged ({exc})")
+            self.meta = self._open_meta()
+            size, self._pool_size = self._pool_size, 0
+        self.ensure_pool(size)
 
     @property
     def cached(self) -> bool:
@@ -256,14 +336,20 @@ class HttpTransport:
 
     # --- the retry loop ------------------------------------------------------------------
     def retrying(self, url: str, attempt_fn: Callable[[int], T], *,
-                 cancel: CancelToken | None = None) -> T:
+                 cancel: CancelToken | None = None,
+                 progress: Callable[[], int] | None = None) -> T:
         """Call ``attempt_fn(attempt)`` until it returns; retry on :class:`TransientError`,
-        connection errors and timeouts with exponential backoff and jitter."""
+        dropped connections and timeouts with exponential backoff and jitter, within
+        ``retries`` attempts and ``retry_budget`` seconds (the clock restarts when
+        ``progress()`` - e.g. bytes received - grew during the attempt). A server that cannot
+        be reached at all fails at once (:class:`AllenUnreachableError`)."""
         last: Exception | None = None
         status: int | None = None
+        started = time.monotonic()
         for attempt in range(self.retries + 1):
             check(cancel)
             wait: float | None = None
+            mark = progress() if progress is not None else 0
             try:
                 return attempt_fn(attempt)
             except TransientError as exc:
@@ -271,15 +357,25 @@ class HttpTransport:
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError) as exc:
+                reason = unreachable_reason(exc)
+                if reason is not None:
+                    raise AllenUnreachableError(url, _address(url), reason,
+                                                self.cache_note(url)) from None
                 last, status = exc, None
             except requests.RequestException as exc:  # invalid URL, too many redirects...
                 raise AllenApiError(url, f"{exc.__class__.__name__}: {exc}") from exc
             if attempt == self.retries:
                 break
+            if progress is not None and progress() > mark:
+                started = time.monotonic()  # a slow but moving download keeps its budget
             delay = min(MAX_BACKOFF_S, self.backoff * 2 ** attempt)
             delay *= random.uniform(0.5, 1.5)  # jitter: parallel workers must not retry in step
             if wait is not None:
                 delay = max(delay, min(wait, MAX_BACKOFF_S))
+            if time.monotonic() - started + delay > self.retry_budget:
+                last = TransientError(f"{_describe(last)}; retries stopped after "
+                                      f"{time.monotonic() - started:.1f} s", status)
+                break
             log.info("retrying %s in %.2f s after: %s", url, delay, last)
             if cancel is not None:
                 if cancel.wait(delay):
@@ -287,24 +383,68 @@ class HttpTransport:
             else:
                 time.sleep(delay)
         message = _describe(last)
-        raise AllenApiError(url, f"{message} (gave up after {self.retries + 1} attempts)",
+        raise AllenApiError(url, f"{message} (gave up after {attempt + 1} attempts)",
                             status, retryable=True)
+
+    def cache_note(self, url: str) -> str:
+        """Whether cached results exist, for messages about an unreachable server."""
+        if self.cache_path is None or not self.cached:
+            return "there is no metadata cache"
+        n = metacache.count_responses(self.cache_path)
+        if n == 0:
+            return "no results are cached yet"
+        return (f"{n} cached responses exist (offline mode, --offline, answers from them; "
+                "this exact query is not among them)")
 
     # --- metadata requests ---------------------------------------------------------------
     def _get_meta(self, url: str) -> requests.Response:
+        """GET through the cache; a damaged cache database is replaced and the request
+        repeated; a cache that cannot be written (read-only, full) is bypassed."""
+        for _ in range(2):
+            generation, session = self._generation, self.meta
+            try:
+                resp = self._get_meta_once(session, url)
+            except sqlite3.DatabaseError as exc:
+                if metacache.is_damage(exc):
+                    self._replace_damaged_cache(generation, exc)
+                    continue
+                if self.offline:
+                    raise AllenCacheError(f"metadata cache {self.cache_path} cannot be read: "
+                                          f"{exc}") from None
+                log.warning("metadata cache %s unusable (%s): fetching without it",
+                            self.cache_path, exc)
+                resp = self.files.get(url, timeout=self.timeout)
+            self.served.add(bool(getattr(resp, "from_cache", False)))
+            return resp
+        raise AllenCacheError(f"metadata cache {self.cache_path} is damaged again right after "
+                              "being rebuilt (is the disk failing?)")
+
+    def _get_meta_once(self, session: requests.Session, url: str) -> requests.Response:
         if self.offline:
-            if not self.cached:
+            if not hasattr(session, "cache"):
                 raise AllenApiError(url, "offline mode needs the metadata cache", None)
-            resp = self.meta.get(url, only_if_cached=True, timeout=self.timeout)
+            resp = session.get(url, only_if_cached=True, timeout=self.timeout)
             if resp.status_code == 504:
                 raise AllenApiError(url, "offline: this query is not in the cache", 504)
             return resp
-        return self.meta.get(url, timeout=self.timeout)
+        return session.get(url, timeout=self.timeout)
 
-    def _drop_cached(self, resp: requests.Response) -> None:
-        # A cached response that fails validation (stored by an older version) must go.
-        if getattr(resp, "from_cache", False) and self.cached:
+    def _drop_cached(self, resp: requests.Response) -> bool:
+        """Delete a cached response that failed validation (edited, damaged, or stored by an
+        older version); True if it came from the cache."""
+        if not (getattr(resp, "from_cache", False) and self.cached):
+            return False
+        with contextlib.suppress(sqlite3.Error):
             self.meta.cache.delete(requests=[resp.request])
+        log.warning("dropped an invalid cached response for %s; fetching it again", resp.url)
+        return True
+
+    @contextlib.contextmanager
+    def served_block(self):
+        """``with transport.served_block() as served:`` counts this thread's metadata responses
+        from the cache vs the network (``served.label``: '', 'from the cache', ...)."""
+        with self.served.block() as served:
+            yield served
 
     def get_json(self, url: str, *, cancel: CancelToken | None = None) -> dict:
         """GET ``url`` (query string already encoded) and return the validated JSON envelope."""
@@ -323,10 +463,12 @@ class HttpTransport:
             try:
                 return parse(url, resp)
             except (TransientError, AllenApiError):
-                self._drop_cached(resp)
+                if not self._drop_cached(resp):
+                    raise
                 if self.offline:
                     raise AllenApiError(url, "offline: the cached response is invalid") from None
-                raise
+            # The invalid cached copy is gone: fetch it from the server at once (no backoff).
+            return parse(url, self._get_meta(url))
 
         return self.retrying(url, attempt, cancel=cancel)
 

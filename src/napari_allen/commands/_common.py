@@ -27,8 +27,41 @@ def client_from_args(args: argparse.Namespace):
     command has them), ``NAPARI_ALLEN_API_URL`` and ``NAPARI_ALLEN_CACHE``."""
     from napari_allen.api.client import AllenClient
 
-    return AllenClient(offline=getattr(args, "offline", False),
-                       retries=max(0, getattr(args, "retries", 5)))
+    client = AllenClient(offline=getattr(args, "offline", False),
+                         retries=max(0, getattr(args, "retries", 5)))
+    _clients.append(client)
+    return client
+
+
+_clients: list = []  # clients of this command, for served_note()
+
+
+def served_note() -> str:
+    """'note: ... from the cache' when this command's metadata came (partly) from the cache."""
+    from napari_allen.api.metacache import Served
+
+    total = Served()
+    for client in _clients:
+        total.cache += client.http.served.total.cache
+        total.network += client.http.served.total.network
+    _clients.clear()
+    return f"note: results {total.label} (metadata cache)" if total.label else ""
+
+
+def gene_pattern(text: str) -> str:
+    """argparse type for a gene acronym/pattern: refuses what no gene symbol contains (quotes,
+    brackets, control characters) with the reason, instead of failing in the query."""
+    from napari_allen.api.rma import RmaValueError, _check_text
+    from napari_allen.parsing import split_list
+
+    try:
+        for gene in split_list(text) or [text]:  # "Nrp1,Gad1" is a list (split later)
+            _check_text(gene, "gene")
+        return text.strip()
+    except RmaValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (gene symbols are letters, digits, '-', "
+                                         "'.', and '*' as a wildcard, e.g. Nrp1 or Calb*)"
+                                         ) from None
 
 
 def format_size(n: float) -> str:

@@ -19,6 +19,7 @@ from ._common import (
     cancel_on_sigint,
     client_from_args,
     format_size,
+    gene_pattern,
 )
 
 VOLUME_CHOICES = ("energy", "density", "intensity")
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
         "search-ish", help="list adult mouse ISH experiments of genes (CSV on stdout)",
         description="Adult mouse ISH experiments (SectionDataSets) of the genes; acronyms are "
                     "case-insensitive and accept * wildcards.")
-    p.add_argument("genes", nargs="+", metavar="GENE")
+    p.add_argument("genes", nargs="+", metavar="GENE", type=gene_pattern)
     p.add_argument("--plane", choices=("coronal", "sagittal"))
     add_client_options(p)
     p.set_defaults(func=search_ish_command)
@@ -45,7 +46,7 @@ def register(subparsers) -> None:
     # filter for --genes, so argparse's exclusive groups cannot express it).
     which = d.add_mutually_exclusive_group()
     which.add_argument("--experiments", nargs="+", type=int, metavar="ID")
-    which.add_argument("--genes", nargs="+", metavar="GENE")
+    which.add_argument("--genes", nargs="+", metavar="GENE", type=gene_pattern)
     d.add_argument("--plane", choices=("coronal", "sagittal"),
                    help="alone: every ISH experiment of the plane; with --genes: a filter")
     d.add_argument("--out", required=True, type=Path, metavar="DIR")

@@ -24,6 +24,7 @@ from napari_allen.commands._common import (
     ProgressPrinter,
     cancel_on_sigint,
     client_from_args,
+    gene_pattern,
 )
 from napari_allen.parsing import split_list
 from napari_allen.progress import CancelToken
@@ -38,7 +39,8 @@ def register(subparsers) -> None:
                     "same command resumes an interrupted or partly failed download.")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--plane", choices=("coronal", "sagittal"))
-    which.add_argument("--genes", nargs="+", help="gene acronyms (wildcards *), any plane "
+    which.add_argument("--genes", nargs="+", type=gene_pattern,
+                       help="gene acronyms (wildcards *), any plane "
                        "unless --only-plane is given")
     p.add_argument("--only-plane", choices=("coronal", "sagittal"), default=None,
                    help="with --genes: restrict to one plane")
@@ -56,7 +58,8 @@ def register(subparsers) -> None:
                     "pairs; writes PREFIX.{structures,connections,correlations}.json and CSV.")
     chosen = c.add_mutually_exclusive_group()
     chosen.add_argument("--plane", choices=("coronal", "sagittal"))
-    chosen.add_argument("--genes", nargs="+", help="gene acronyms (wildcards *)")
+    chosen.add_argument("--genes", nargs="+", type=gene_pattern,
+                        help="gene acronyms (wildcards *)")
     chosen.add_argument("--experiments", nargs="+", help="SectionDataSet ids")
     c.add_argument("--only-plane", choices=("coronal", "sagittal"), default=None,
                    help="with --genes: restrict to one plane")
