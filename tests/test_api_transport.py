@@ -215,7 +215,7 @@ def test_gives_up_after_the_retry_budget(tmp_path, scripted):
 
 def test_connection_refused_and_slow_headers(tmp_path, scripted):
     http = transport(tmp_path, retries=1, timeout=(1, 0.3))
-    with pytest.raises(AllenApiError, match="connection failed"):
+    with pytest.raises(AllenApiError, match="connection refused"):
         http.get_json("http://127.0.0.1:9/api/v2/data/query.json")
 
     def sleepy(h):
