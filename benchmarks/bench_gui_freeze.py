@@ -1,0 +1,267 @@
+"""How long does the GUI freeze, per user action? (issue #13)
+
+Drives a real napari viewer (under Xvfb when there is no display) with a 10 ms ``QTimer``
+heartbeat on napari's own event loop. For every action the longest gap between two heartbeats
+is the longest time the user could not interact: that is what is printed, next to napari's own
+cost of adding a plain 528x320x456 float32 image (the baseline) measured in the same run.
+
+Actions: File > Open Sample (each sample), adding each dock, Connectivity search "VISp" (results
+arrive), loading 3 experiments, Gene expression "expression per structure", a spatial search of
+~400 seeds (lines layers added) and opening the bundled 25 µm annotation NRRD (first open, in a
+fresh cache, and a second open). The local Allen API server runs in-process; the cache folder is
+a temporary one (deleted at the end).
+
+Targets: every dock action <= 200 ms; opening files and samples <= the baseline.
+
+    PYTHONPATH=src python benchmarks/bench_gui_freeze.py [--repeat N] [--seeds 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+DOCK_TARGET_MS = 200.0
+BASELINE_SHAPE = (528, 320, 456)
+
+
+def _ensure_display():
+    """Start a virtual X server if there is no display (returns it, or None)."""
+    if os.environ.get("DISPLAY") or sys.platform in ("darwin", "win32"):
+        return None
+    from pyvirtualdisplay import Display
+
+    display = Display(visible=False, size=(1600, 1000), color_depth=24)
+    display.start()
+    return display
+
+
+class Heartbeat:
+    """A 10 ms QTimer whose tick times (``time.perf_counter``) reveal event-loop freezes."""
+
+    def __init__(self, interval_ms: int = 10) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.ticks: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+
+    def start(self) -> None:
+        self.ticks.clear()
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+    def longest_gap_ms(self, t0: float, t1: float) -> float:
+        """Longest interval without a tick in ``[t0, t1]`` (the window ends count as ticks)."""
+        ticks = [t0] + [t for t in self.ticks if t0 < t < t1] + [t1]
+        return 1000.0 * float(np.max(np.diff(ticks)))
+
+
+def measure(app, beat: Heartbeat, start: Callable[[], Callable[[], bool] | None], *,
+            settle_s: float = 0.4, timeout_s: float = 300.0) -> tuple[float, float]:
+    """Run ``start`` from inside the event loop; wait until the predicate it returns is true
+    (plus ``settle_s`` so the first draw of new layers counts). Returns
+    ``(longest freeze ms, wall time s)``."""
+    from qtpy.QtCore import QTimer
+
+    state: dict = {}
+
+    def kick() -> None:
+        state["t0"] = time.perf_counter()
+        state["done"] = start() or (lambda: True)
+
+    beat.start()
+    QTimer.singleShot(0, kick)
+    deadline = time.perf_counter() + timeout_s
+    finished = None
+    while time.perf_counter() < deadline:
+        app.processEvents()
+        time.sleep(0.002)
+        if "done" not in state:
+            continue
+        if finished is None and state["done"]():
+            finished = time.perf_counter()
+        if finished is not None and time.perf_counter() - finished >= settle_s:
+            break
+    else:
+        raise TimeoutError("action did not finish in time")
+    t1 = time.perf_counter()
+    beat.stop()
+    # processEvents + sleep(2 ms) drives the loop here; napari's own exec loop behaves alike.
+    return beat.longest_gap_ms(state["t0"], t1), finished - state["t0"]
+
+
+def _idle(*runners) -> Callable[[], bool]:
+    return lambda: not any(r.is_running for r in runners)
+
+
+def _all_runners(widget) -> list:
+    from napari_allen.widgets._tasks import TaskRunner
+
+    return [v for v in vars(widget).values() if isinstance(v, TaskRunner)]
+
+
+def run(repeat: int, seeds: int) -> list[tuple[str, str, list[float], list[float]]]:
+    """All actions, ``repeat`` fresh viewers; rows of (action, kind, freezes ms, walls s)."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_allen.local_api.server import LocalAllenServer
+    from napari_allen.widgets._common import reset_shared_client
+
+    rows: dict[str, tuple[str, list[float], list[float]]] = {}
+
+    def record(name: str, kind: str, result: tuple[float, float]) -> None:
+        rows.setdefault(name, (kind, [], []))
+        rows[name][1].append(result[0])
+        rows[name][2].append(result[1])
+        print(f"  {name:<52} {result[0]:8.0f} ms freeze  ({result[1]:.2f} s)", flush=True)
+
+    rng = np.random.default_rng(0)
+    plain = rng.random(BASELINE_SHAPE, dtype=np.float32)
+    annotation = Path(__file__).resolve().parents[1] / "src" / "napari_allen" / "data" / \
+        "annotation" / "annotation_25.nrrd"
+    with LocalAllenServer(host="127.0.0.1", port=0) as server:
+        os.environ["NAPARI_ALLEN_API_URL"] = server.url
+        for rep in range(repeat):
+            print(f"run {rep + 1}/{repeat}", flush=True)
+            with tempfile.TemporaryDirectory(prefix="napari-allen-freeze-") as cache:
+                os.environ["NAPARI_ALLEN_CACHE"] = cache
+                reset_shared_client()
+                viewer = napari.Viewer(show=True)
+                app = QApplication.instance()
+                viewer.window._qt_window.resize(1600, 1000)
+                for _ in range(50):
+                    app.processEvents()
+                    time.sleep(0.01)
+                beat = Heartbeat()
+                _one_run(app, beat, viewer, plain, annotation, seeds, record)
+                viewer.close()
+                for _ in range(20):
+                    app.processEvents()
+    return [(name, kind, f, w) for name, (kind, f, w) in rows.items()]
+
+
+def _one_run(app, beat, viewer, plain, annotation, seeds, record) -> None:
+    def fresh() -> None:
+        viewer.layers.clear()
+        for _ in range(20):
+            app.processEvents()
+
+    record("napari: add 528x320x456 float32 image (baseline)", "baseline",
+           measure(app, beat, lambda: viewer.add_image(plain) and None))
+    fresh()
+    for key in ("nrp1", "connectivity_158375425"):
+        record(f"File > Open Sample: {key}", "open",
+               measure(app, beat, lambda k=key: viewer.open_sample("napari-allen", k) and None))
+        fresh()
+    record("open annotation_25.nrrd (first, fresh cache)", "open",
+           measure(app, beat, lambda: viewer.open(str(annotation), plugin="napari-allen")
+                   and None))
+    fresh()
+    record("open annotation_25.nrrd (again)", "open",
+           measure(app, beat, lambda: viewer.open(str(annotation), plugin="napari-allen")
+                   and None))
+    fresh()
+
+    docks = {}
+    for title in ("Connectivity", "Gene expression", "Spatial search"):
+        def add(t=title):
+            _, docks[t] = viewer.window.add_plugin_dock_widget("napari-allen", t)
+        record(f"add dock: {title}", "dock", measure(app, beat, add))
+
+    conn = docks["Connectivity"]
+
+    def search():
+        conn.structures_edit.setText("VISp")
+        conn.search_button.click()
+        return lambda: _idle(*_all_runners(conn))() and len(conn.results.frame()) > 0
+    record('Connectivity: search "VISp" (results arrive)', "dock", measure(app, beat, search))
+
+    def load3():
+        conn.results.select_rows([0, 1, 2])
+        conn.load_button.click()
+        return _idle(*_all_runners(conn))
+    record("Connectivity: load 3 experiments", "dock", measure(app, beat, load3))
+    fresh()
+
+    gene = docks["Gene expression"]
+
+    def gene_search():
+        gene.gene_edit.setText("Nrp1")
+        gene.plane_combo.setCurrentText("coronal")
+        gene.search()
+        return lambda: _idle(*_all_runners(gene))() and len(gene.result_table.frame()) > 0
+    record("Gene expression: search Nrp1", "dock", measure(app, beat, gene_search))
+
+    def gene_load():
+        gene.result_table.select_rows([0])
+        gene.load_selected()
+        return _idle(*_all_runners(gene))
+    record("Gene expression: load Nrp1 energy", "dock", measure(app, beat, gene_load))
+
+    def per_structure():
+        gene.structure_table.set_frame(gene.structure_table.frame().iloc[0:0])
+        gene.table_button.click()
+        return lambda: (_idle(*_all_runners(gene))()
+                        and len(gene.structure_table.frame()) > 0)
+    record("Gene expression: expression per structure", "dock",
+           measure(app, beat, per_structure))
+    fresh()
+
+    spatial = docks["Spatial search"]
+
+    def spatial_run():
+        spatial.seed_cap.setValue(seeds)
+        spatial.jobs.setValue(4)
+        spatial.run()
+        return _idle(*_all_runners(spatial))
+    record(f"Spatial search, {seeds} seeds (lines layers added)", "dock",
+           measure(app, beat, spatial_run, timeout_s=600))
+    spatial.close_search()
+    fresh()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1, help="fresh viewers (default 1)")
+    parser.add_argument("--seeds", type=int, default=400, help="spatial-search seed cap")
+    args = parser.parse_args(argv)
+    display = _ensure_display()
+    try:
+        rows = run(args.repeat, args.seeds)
+    finally:
+        if display is not None:
+            display.stop()
+    baseline = max(statistics.median(f) for _, kind, f, _ in rows if kind == "baseline")
+    print(f"\n{'action':<52} {'freeze ms':>10} {'/ base':>7} {'target':>10}  ok")
+    failed = 0
+    for name, kind, freezes, _ in rows:
+        worst = max(freezes)
+        if kind == "baseline":
+            target, ok = "", True
+        elif kind == "open":
+            target, ok = f"<= {baseline:.0f}", worst <= baseline
+        else:
+            target, ok = f"<= {DOCK_TARGET_MS:.0f}", worst <= DOCK_TARGET_MS
+        failed += not ok
+        print(f"{name:<52} {worst:10.0f} {worst / baseline:7.2f} {target:>10}  "
+              f"{'yes' if ok else 'NO'}")
+    print(f"\n{len(rows) - 1 - failed}/{len(rows) - 1} actions within target "
+          f"(freeze = worst of {len(next(iter(rows))[2])} run(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
