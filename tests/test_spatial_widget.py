@@ -150,10 +150,14 @@ def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
     shown: list[int] = []
     original = module.add_layer_tuple
 
-    def spy(viewer, layer_tuple):
-        if layer_tuple[2] == "shapes":
-            shown.append(len(layer_tuple[0]))
-        original(viewer, layer_tuple)
+    def spy(viewer, layer):
+        from napari.layers import Shapes
+
+        # Lines layers arrive ready-built (in the worker), never as tuples.
+        assert isinstance(layer, Shapes) or layer_type_of(layer) != "shapes"
+        if isinstance(layer, Shapes):
+            shown.append(len(layer.data))
+        original(viewer, layer)
 
     monkeypatch.setattr(module, "add_layer_tuple", spy)
     widget.seed_cap.setValue(6)
@@ -164,6 +168,37 @@ def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
     assert shown[-1] == 6  # the final result
     assert len(shown) > 1 and min(shown) < 6  # partial layers came first
     assert shown == sorted(shown)
+
+
+def layer_type_of(item) -> str:
+    from napari.layers import Layer
+
+    return type(item).__name__.lower() if isinstance(item, Layer) else item[2]
+
+
+def test_lines_layers_are_built_in_the_worker(widget, qtbot, monkeypatch):
+    """The Shapes/Vectors/Points/Labels of a search are constructed off the main thread (a
+    Shapes layer triangulates every path when built: seconds for thousands of lines)."""
+    import threading
+
+    from napari_allen.layers import prebuilt
+
+    threads: list[tuple[str, bool]] = []
+    original = prebuilt.build_layer
+
+    def spy(layer_tuple):
+        threads.append((layer_tuple[2], threading.current_thread() is threading.main_thread()))
+        return original(layer_tuple)
+
+    monkeypatch.setattr(prebuilt, "build_layer", spy)
+    widget.seed_cap.setValue(5)
+    widget.show_fibers.setChecked(True)
+    widget.run()
+    _wait(qtbot, widget)
+    kinds = {kind for kind, _ in threads}
+    assert {"shapes", "vectors", "labels"} <= kinds
+    assert not any(on_main for _, on_main in threads)
+    assert f"spatial search {EXPERIMENT} lines" in widget.viewer.layers
 
 
 def test_cancel_stops_the_queries(widget, qtbot, allen_api):

@@ -53,17 +53,24 @@ def reset_shared_client() -> None:
         _client = None
 
 
-def add_layer_tuple(viewer: napari.Viewer, layer_tuple: tuple) -> Any:
-    """Add ``(data, kwargs, layer_type)`` to ``viewer``; a same-named layer of the same type is
-    updated in place instead of piling up duplicates. Returns the layer. Main thread only."""
+def add_layer_tuple(viewer: napari.Viewer, layer_tuple: Any) -> Any:
+    """Add ``(data, kwargs, layer_type)`` or a ready napari layer (built in a worker by
+    :func:`napari_allen.layers.prebuilt.build_layer`) to ``viewer``. A same-named layer of the
+    same type is updated instead of piling up duplicates: a ready layer replaces it at the same
+    position (nothing is recomputed here), a tuple's data go into it. Returns the layer. Main
+    thread only."""
     from napari.layers import Layer
 
+    from napari_allen.layers.prebuilt import layer_type_name
+
+    if isinstance(layer_tuple, Layer):
+        return _replace_or_add(viewer, layer_tuple)
     data, kwargs, layer_type = (tuple(layer_tuple) + ({}, "image"))[:3]
     kwargs = dict(kwargs or {})
     name = kwargs.get("name")
     if name is not None and name in viewer.layers:
         existing = viewer.layers[name]
-        if existing._type_string == layer_type:
+        if layer_type_name(existing) == layer_type:
             existing.data = data
             if "metadata" in kwargs:
                 existing.metadata = kwargs["metadata"]
@@ -79,6 +86,30 @@ def add_layer_tuple(viewer: napari.Viewer, layer_tuple: tuple) -> Any:
     layer = Layer.create(data, kwargs, layer_type)
     viewer.add_layer(layer)
     return layer
+
+
+def _replace_or_add(viewer: napari.Viewer, layer: Any) -> Any:
+    """Insert a ready layer, taking the place of a same-named layer of the same type."""
+    from napari_allen.layers.prebuilt import layer_type_name
+
+    if layer.name in viewer.layers:
+        existing = viewer.layers[layer.name]
+        if layer_type_name(existing) == layer_type_name(layer):
+            index = viewer.layers.index(existing)
+            viewer.layers.remove(existing)
+            viewer.layers.insert(index, layer)
+            return layer
+    viewer.add_layer(layer)
+    return layer
+
+
+def layer_name(item: Any) -> str | None:
+    """The name of a LayerDataTuple or of a napari layer."""
+    from napari.layers import Layer
+
+    if isinstance(item, Layer):
+        return item.name
+    return (tuple(item) + ({},))[1].get("name")
 
 
 def cursor_position_um(viewer: napari.Viewer) -> np.ndarray:

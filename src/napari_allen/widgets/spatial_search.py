@@ -42,7 +42,12 @@ from napari_allen.analysis.seeds import (
 )
 from napari_allen.io.lines_json import write_lines_json
 from napari_allen.space import GRID_SHAPES
-from napari_allen.widgets._common import add_layer_tuple, data_source_label, shared_client
+from napari_allen.widgets._common import (
+    add_layer_tuple,
+    data_source_label,
+    layer_name,
+    shared_client,
+)
 from napari_allen.widgets._tasks import TaskRunner
 from napari_allen.workflows.seed_search import DEFAULT_JOBS, search_seeds
 from napari_allen.workflows.spatial_search import (
@@ -67,7 +72,7 @@ def _show_all(viewer: napari.Viewer, layer_tuples: list, prefix: str) -> None:
     never leaves the previous lines on screen."""
     for layer_tuple in layer_tuples:
         add_layer_tuple(viewer, layer_tuple)
-    kept = {t[1].get("name") for t in layer_tuples}
+    kept = {layer_name(t) for t in layer_tuples}
     for suffix in ("lines", "lines (2-D)", "injection sites"):
         stale = f"{prefix} {suffix}"
         if stale not in kept and stale in viewer.layers:
@@ -180,6 +185,7 @@ class SpatialSearchWidget(QWidget):
 
         def task(*, progress, cancel, emit):
             from napari_allen.layers.lines import fiber_tract_layer, lines_layers
+            from napari_allen.layers.prebuilt import build_layers
 
             # Show the lines found so far every PARTIAL_EVERY_S while the queries run (built
             # here, in the worker; the runner hands them to the main thread).
@@ -190,7 +196,7 @@ class SpatialSearchWidget(QWidget):
                 found.extend(lines)
                 if time.monotonic() - last[0] >= PARTIAL_EVERY_S:
                     last[0] = time.monotonic()
-                    emit(lines_layers(list(found), name=name))
+                    emit(build_layers(lines_layers(list(found), name=name)))
 
             search = run_experiment_search(shared_client(), progress=progress, cancel=cancel,
                                            on_lines=on_lines, **params)
@@ -200,7 +206,8 @@ class SpatialSearchWidget(QWidget):
                 from napari_allen.atlas.fiber_tracts import FiberTracts
 
                 layers.insert(0, fiber_tract_layer(FiberTracts.default(), CLICK_RESOLUTION))
-            return {"search": search, "layers": layers}
+            # Built here, in the worker: the main thread only inserts them (no triangulation).
+            return {"search": search, "layers": build_layers(layers)}
 
         self.summary.setText("")
         self.runner.run(task, on_result=self._show_experiment, on_partial=self._show_partial,
@@ -239,12 +246,13 @@ class SpatialSearchWidget(QWidget):
 
         def task(*, progress, cancel, emit):
             from napari_allen.layers.lines import lines_layers
+            from napari_allen.layers.prebuilt import build_layers
 
             result = search_seeds(shared_client(), [seed], jobs=1, progress=progress,
                                   cancel=cancel)
             layers = lines_layers(result.lines, name=CLICK_LAYER_NAME, color_by="experiment",
                                   metadata={"seed_um": seed.tolist()})
-            return {"result": result, "layers": layers, "seed": seed}
+            return {"result": result, "layers": build_layers(layers), "seed": seed}
 
         self.runner.run(task, on_result=self._show_click,
                         description=f"spatial search at {label} µm")
