@@ -1,0 +1,445 @@
+"""A chunked multiscale cache (OME-Zarr-style pyramid) for 10/25 µm grids, written once.
+
+Allen grids are stored AP-fastest: an ML (sagittal) plane is one contiguous run of the file but
+an AP (coronal) or DV (horizontal) plane touches every page of it (5-20 s for a 4.8 GB 10 µm
+grid). Here a grid is rewritten once into a Zarr v3 group of 32^3-voxel chunks (Blosc-LZ4),
+so a full-resolution plane along *any* axis reads only the chunks it crosses, plus
+down-sampled levels so napari can show the whole brain from a small level.
+
+Layout (``<cache>/pyramids/<key>.zarr``): arrays ``"0"``, ``"1"``, ... (level ``k`` is level 0
+sampled every ``2**k`` voxels: *nearest*, never interpolated, so labels keep exact uint32 ids
+and images keep exact values; voxel ``i`` of level ``k`` is level-0 voxel ``i * 2**k``, centred
+at ``i * 2**k * resolution`` µm); the ``ome`` attribute holds OME-Zarr 0.5 ``multiscales``
+(axes AP/DV/ML in micrometres, a scale per level) and ``napari_allen`` holds the source's
+identity, shape, dtype, kind, metadata and value statistics of the coarsest level.
+
+Conversion streams the source ML slab by ML slab (contiguous on disk: a single sequential
+read), writing every level from each slab; it runs in ``<key>.zarr.part`` and records after
+each slab how far it got, so a cancelled or killed conversion resumes where it stopped; only a
+complete store is renamed to its final name and trusted. The cache is kept under a size cap
+(``NAPARI_ALLEN_CACHE_MAX`` as for decoded grids; least recently used pyramids go first).
+
+Arrays are ``[AP, DV, ML]``; no Qt or napari here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import cache_dir
+from ..progress import Cancelled, CancelToken, ProgressCallback, check, report
+from .volume import GridVolume
+
+PYRAMID_VERSION = 1
+#: Chunk edge (voxels) at every level; also the ML slab read per conversion step.
+CHUNK = 32
+#: Levels are added while the largest level dimension exceeds this (voxels), at most 5 extra
+#: (2**5 = CHUNK keeps every level's slab aligned).
+COARSEST_MAX = 256
+MAX_EXTRA_LEVELS = 5
+NO_DATA = -1
+ATTRS_KEY = "napari_allen"
+
+
+def level_shapes(shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Shapes of every level: level ``k`` is ``ceil(n / 2**k)`` per axis."""
+    shapes = [tuple(int(s) for s in shape)]
+    while max(shapes[-1]) > COARSEST_MAX and len(shapes) <= MAX_EXTRA_LEVELS:
+        shapes.append(tuple(-(-s // 2) for s in shapes[-1]))
+    return shapes  # type: ignore[return-value]
+
+
+def source_identity(path: str | os.PathLike) -> dict:
+    """What identifies the source file version: resolved path, size and mtime (ns)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return {"path": str(p), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def pyramid_key(path: str | os.PathLike) -> str:
+    """A cache key that changes when the source file changes (or the layout version does)."""
+    text = json.dumps({**source_identity(path), "version": PYRAMID_VERSION}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def pyramid_folder(cache_root: str | os.PathLike | None = None) -> Path:
+    folder = cache_dir(cache_root) / "pyramids"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def pyramid_path(path: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> Path:
+    """Where the complete pyramid of ``path`` lives (it may not exist yet)."""
+    return pyramid_folder(cache_root) / f"{pyramid_key(path)}.zarr"
+
+
+@dataclass
+class Pyramid:
+    """An opened, complete pyramid: ``levels[k]`` are read-only Zarr arrays ``[AP, DV, ML]``."""
+
+    store: Path
+    levels: list
+    attrs: dict
+
+    @property
+    def resolution(self) -> float:
+        return float(self.attrs["resolution"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.attrs["kind"])
+
+    @property
+    def scales_um(self) -> list[float]:
+        """Voxel spacing (µm) of each level."""
+        return [self.resolution * 2 ** k for k in range(len(self.levels))]
+
+
+def open_pyramid(store: str | os.PathLike) -> Pyramid | None:
+    """Open a complete, verified pyramid store; None if absent, partial or inconsistent."""
+    import zarr
+
+    store = Path(store)
+    if store.suffix == ".part" or not (store / "zarr.json").is_file():
+        return None
+    try:
+        group = zarr.open_group(str(store), mode="r")
+        attrs = dict(group.attrs.get(ATTRS_KEY) or {})
+        if not attrs.get("complete") or attrs.get("version") != PYRAMID_VERSION:
+            return None
+        shapes = level_shapes(tuple(attrs["shape"]))
+        levels = [group[str(k)] for k in range(len(shapes))]
+        if [tuple(a.shape) for a in levels] != shapes or \
+                any(np.dtype(a.dtype) != np.dtype(attrs["dtype"]) for a in levels):
+            return None
+    except (KeyError, ValueError, OSError, TypeError):
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(store)  # least-recently-used eviction reads this
+    return Pyramid(store=store, levels=levels, attrs=attrs)
+
+
+def _ome_attrs(resolution: float, n_levels: int, name: str) -> dict:
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in ("AP", "DV", "ML")]
+    datasets = [{"path": str(k), "coordinateTransformations": [
+        {"type": "scale", "scale": [resolution * 2 ** k] * 3}]} for k in range(n_levels)]
+    return {"version": "0.5", "multiscales": [{"name": name, "axes": axes,
+                                               "datasets": datasets}]}
+
+
+def _jsonable(meta: dict) -> dict:
+    out = {}
+    for key, value in meta.items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            value = str(value)
+        out[str(key)] = value
+    return out
+
+
+def _value_stats(data: np.ndarray) -> dict:
+    """min / max / 99.9th percentile of the voxels holding data (not -1, finite)."""
+    flat = np.asarray(data).ravel()
+    if flat.dtype.kind == "f":
+        flat = flat[np.isfinite(flat) & (flat != NO_DATA)]
+    elif flat.dtype.kind == "i":
+        flat = flat[flat != NO_DATA]
+    if flat.size == 0:
+        return {"min": 0.0, "max": 1.0, "p999": 1.0, "n_valid": 0}
+    return {"min": float(flat.min()), "max": float(flat.max()),
+            "p999": float(np.percentile(flat, 99.9)), "n_valid": int(flat.size)}
+
+
+def _create_part(part: Path, vol: GridVolume, identity: dict) -> Any:
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    if part.exists():
+        shutil.rmtree(part)
+    group = zarr.open_group(str(part), mode="w")
+    dtype = np.dtype(vol.dtype).newbyteorder("=")
+    shuffle = "bitshuffle" if dtype.itemsize == 1 else "shuffle"
+    for k, shape in enumerate(level_shapes(vol.shape)):
+        group.create_array(str(k), shape=shape, dtype=dtype, chunks=(CHUNK,) * 3,
+                           compressors=[BloscCodec(cname="lz4", clevel=1, shuffle=shuffle)],
+                           fill_value=0)
+    attrs = {"version": PYRAMID_VERSION, "complete": False, "done_ml": 0,
+             "shape": list(vol.shape), "dtype": dtype.str, "resolution": vol.resolution,
+             "kind": vol.kind, "name": vol.name, "metadata": _jsonable(vol.metadata),
+             "source": identity}
+    group.attrs.update({ATTRS_KEY: attrs,
+                        "ome": _ome_attrs(vol.resolution, len(level_shapes(vol.shape)),
+                                          vol.name)})
+    return group
+
+
+def _resume_or_create(part: Path, vol: GridVolume, identity: dict) -> tuple[Any, int]:
+    """The partial store to continue (and the ML plane to continue from), or a new one."""
+    import zarr
+
+    if (part / "zarr.json").is_file():
+        try:
+            group = zarr.open_group(str(part), mode="r+")
+            attrs = dict(group.attrs.get(ATTRS_KEY) or {})
+            if (attrs.get("version") == PYRAMID_VERSION and attrs.get("source") == identity
+                    and attrs.get("shape") == list(vol.shape)
+                    and np.dtype(attrs.get("dtype")) == np.dtype(vol.dtype).newbyteorder("=")):
+                done = int(attrs.get("done_ml", 0))
+                if done % CHUNK == 0 or done == vol.shape[2]:
+                    return group, done
+        except (ValueError, OSError, KeyError, TypeError):
+            pass
+    return _create_part(part, vol, identity), 0
+
+
+def _slab_reader(data) -> Callable[[int, int], np.ndarray]:
+    """``read(k0, k1) -> data[:, :, k0:k1]`` as a native-endian array; memory-mapped files go
+    through a PlaneReader (the pages read are released: RSS stays at one slab)."""
+    from .planes import plane_reader_for
+
+    source = plane_reader_for(data) if isinstance(data, np.memmap) else None
+    source = source or data
+
+    def read(k0: int, k1: int) -> np.ndarray:
+        slab = np.asarray(source[:, :, k0:k1])
+        return slab.astype(slab.dtype.newbyteorder("="), copy=False)
+
+    return read
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive advisory lock (another process converting the same grid waits)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: threads are still serialised per key
+        yield
+        return
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_pyramid(
+    vol: GridVolume,
+    target: str | os.PathLike,
+    *,
+    identity: dict | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Pyramid:
+    """Write ``vol`` (``[AP, DV, ML]``, any lazy array) as a pyramid at ``target`` (a
+    ``.zarr`` folder); resumes a matching ``target.part`` left by an interrupted run.
+
+    ``identity`` (default: the volume's source file) must match for a partial store to be
+    resumed. Raises :class:`Cancelled` when ``cancel`` is set (the partial store stays, to be
+    resumed). Returns the opened pyramid.
+    """
+    target = Path(target)
+    identity = identity or (source_identity(vol.source) if vol.source else
+                            {"path": str(target), "size": 0, "mtime_ns": 0})
+    part = target.with_name(target.name + ".part")
+    with _file_lock(target.with_name(target.name + ".lock")):
+        done_pyramid = open_pyramid(target)
+        if done_pyramid is not None:
+            return done_pyramid
+        group, start = _resume_or_create(part, vol, identity)
+        levels = [group[str(k)] for k in range(len(level_shapes(vol.shape)))]
+        n_ml = vol.shape[2]
+        read = _slab_reader(vol.data)
+        t0 = time.perf_counter()
+        for k0 in range(start, n_ml, CHUNK):
+            check(cancel)
+            k1 = min(n_ml, k0 + CHUNK)
+            slab = read(k0, k1)
+            levels[0][:, :, k0:k1] = slab
+            for k, level in enumerate(levels[1:], start=1):
+                f = 2 ** k
+                # k0 is a multiple of CHUNK >= f: the slab's first plane is on level k's grid.
+                sub = slab[::f, ::f, ::f]
+                level[:, :, k0 // f:k0 // f + sub.shape[2]] = sub
+            attrs = dict(group.attrs[ATTRS_KEY])
+            attrs["done_ml"] = k1
+            group.attrs[ATTRS_KEY] = attrs
+            report(progress, done=k1, total=n_ml,
+                   message=f"building the multiscale cache of {Path(vol.source).name or 'grid'}"
+                           f" ({k1}/{n_ml} ML planes, {time.perf_counter() - t0:.0f} s)")
+        attrs = dict(group.attrs[ATTRS_KEY])
+        attrs.update(stats=_value_stats(levels[-1][...]), complete=True, done_ml=n_ml)
+        group.attrs[ATTRS_KEY] = attrs
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(part, target)
+    enforce_cap(target.parent, keep={target})
+    opened = open_pyramid(target)
+    if opened is None:  # pragma: no cover - would mean the rename lost data
+        raise RuntimeError(f"pyramid {target} failed verification after writing")
+    return opened
+
+
+def _folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def cache_cap_bytes(folder: Path) -> int | None:
+    """The cache cap shared with the decoded-grid cache, when configured (else None)."""
+    env = os.environ.get("NAPARI_ALLEN_CACHE_MAX", "").strip()
+    if not env:
+        return None
+    try:
+        from ._decode import parse_size  # the decoded cache's parser, when present
+    except ImportError:
+        parse_size = int  # type: ignore[assignment]
+    try:
+        return int(parse_size(env))
+    except ValueError:
+        return None
+
+
+def enforce_cap(folder: Path, keep: set[Path] = frozenset()) -> None:
+    """Remove least recently used complete pyramids until the folder fits the cap."""
+    cap = cache_cap_bytes(folder)
+    if cap is None:
+        return
+    stores = [(p.stat().st_mtime, p) for p in folder.glob("*.zarr") if p.is_dir()]
+    sizes = {p: _folder_size(p) for _, p in stores}
+    total = sum(sizes.values())
+    for _, store in sorted(stores):
+        if total <= cap:
+            break
+        if store in keep:
+            continue
+        shutil.rmtree(store, ignore_errors=True)
+        total -= sizes[store]
+
+
+# --- background conversion, one job per source file -------------------------------------
+@dataclass
+class PyramidJob:
+    """A background conversion. ``done`` is set when it ends (``pyramid`` or ``error``)."""
+
+    key: str
+    target: Path
+    done: threading.Event = field(default_factory=threading.Event)
+    pyramid: Pyramid | None = None
+    error: BaseException | None = None
+    fraction: float = 0.0
+    message: str = ""
+    cancel_token: CancelToken = field(default_factory=CancelToken)
+    callbacks: list = field(default_factory=list)
+
+    def cancel(self) -> None:
+        self.cancel_token.cancel()
+
+    def add_done_callback(self, fn: Callable[[PyramidJob], object]) -> None:
+        """Call ``fn(job)`` when the job ends (now, if it already has), in the job's thread."""
+        with _JOBS_LOCK:
+            if not self.done.is_set():
+                self.callbacks.append(fn)
+                return
+        fn(self)
+
+
+_JOBS: dict[str, PyramidJob] = {}
+_JOBS_LOCK = threading.Lock()
+
+
+def start_pyramid_job(path: str | os.PathLike, open_volume: Callable[..., GridVolume], *,
+                      cache_root: str | os.PathLike | None = None) -> PyramidJob:
+    """Convert ``path`` in a daemon thread (or return the job already doing it).
+    ``open_volume(progress=, cancel=)`` returns the grid (it may decode the file first)."""
+    key = pyramid_key(path)
+    target = pyramid_folder(cache_root) / f"{key}.zarr"
+    identity = source_identity(path)
+    with _JOBS_LOCK:
+        job = _JOBS.get(key)
+        if job is not None and not (job.done.is_set() and job.error is not None):
+            return job
+        job = PyramidJob(key=key, target=target)
+        _JOBS[key] = job
+
+    def progress(p) -> None:
+        total = getattr(p, "total", None) or 0
+        job.fraction = float(getattr(p, "done", 0) or 0) / total if total else job.fraction
+        job.message = getattr(p, "message", "") or job.message
+
+    def run() -> None:
+        try:
+            vol = open_volume(progress=progress, cancel=job.cancel_token)
+            job.pyramid = build_pyramid(vol, target, identity=identity, progress=progress,
+                                        cancel=job.cancel_token)
+            job.fraction = 1.0
+        except (Exception, Cancelled) as exc:  # noqa: BLE001 - reported through the job
+            job.error = exc
+        finally:
+            with _JOBS_LOCK:
+                job.done.set()
+                callbacks, job.callbacks = list(job.callbacks), []
+            for fn in callbacks:
+                with contextlib.suppress(Exception):
+                    fn(job)
+
+    threading.Thread(target=run, name=f"napari-allen pyramid {key[:8]}", daemon=True).start()
+    return job
+
+
+class _Described:
+    """Shape and dtype of a grid not read yet (enough for :class:`GridVolume`)."""
+
+    def __init__(self, shape, dtype) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = 3
+
+
+def describe_grid(path: str | os.PathLike) -> GridVolume | None:
+    """A :class:`GridVolume` of ``path`` without reading (or decoding) its payload: its
+    ``data`` has only ``shape`` and ``dtype``. None for files holding several grids (zips,
+    folders). Raw-encoded files are simply memory-mapped (that reads nothing either)."""
+    from . import file_metadata, read_volumes
+    from .volume import kind_from_name
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix == ".zip":
+        return None
+    if suffix in (".nrrd", ".nhdr"):
+        from .nrrd import read_nrrd_header
+
+        header = read_nrrd_header(path)
+        if isinstance(header, tuple):  # (fields dict, data offset)
+            fields = header[0]
+            encoding = str(fields.get("encoding", "")).strip().lower()
+            if encoding != "raw":
+                from .nrrd import _dtype, _resolution
+
+                sizes = tuple(int(s) for s in fields["sizes"])
+                return GridVolume(data=_Described(sizes, _dtype(fields, path)),
+                                  resolution=_resolution(fields, sizes, path),
+                                  kind=kind_from_name(path.name),
+                                  metadata={"format": "nrrd", **file_metadata(path)},
+                                  source=str(path))
+        elif getattr(header, "encoding", "raw") != "raw":
+            return GridVolume(data=_Described(header.sizes, header.dtype),
+                              resolution=header.resolution(path),
+                              kind=kind_from_name(path.name),
+                                  metadata={"format": "nrrd", **file_metadata(path)},
+                              source=str(path))
+    vols = read_volumes(path)
+    return vols[0] if len(vols) == 1 else None

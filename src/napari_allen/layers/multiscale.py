@@ -1,0 +1,227 @@
+"""Multiscale layers of 10/25 µm grids backed by the chunked pyramid cache (io/pyramid.py).
+
+:func:`multiscale_layer_for_file` is what the reader returns for a large grid file:
+
+- pyramid already in the cache: a multiscale Image/Labels over its levels, instantly;
+- not yet: the conversion starts in a background thread and the same layer is returned at
+  once, its levels reading as empty (0) until the pyramid is complete; then the layer is
+  refreshed on napari's main thread (when a Qt event loop runs) and shows the data.
+
+Either way napari never scans the volume: contrast limits come from the pyramid's statistics
+(or the kind's natural range while converting), label colours and features from the cached
+per-ontology tables (:func:`napari_allen.layers.volumes.label_tables`). Levels are read-only
+array-likes (``shape``, ``dtype``, ``ndim``, ``__getitem__``) that slice the Zarr level first
+and convert only the slice (``-1`` -> NaN; structure id -> compact label), like the lazy
+single-scale layers of :mod:`napari_allen.layers.volumes`. Arrays ``[AP, DV, ML]``, µm.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..atlas.ontology import Ontology
+from ..atlas.space import layer_space_kwargs
+from ..io.pyramid import (
+    PyramidJob,
+    level_shapes,
+    open_pyramid,
+    pyramid_path,
+    start_pyramid_job,
+)
+from ..io.volume import LABEL_KINDS, GridVolume
+from .prebuilt import layer_type_name
+from .volumes import _colormap, _minus_one_to_nan, label_tables, layer_metadata
+
+LayerDataTuple = tuple
+log = logging.getLogger(__name__)
+
+#: Grids with at least this many voxels open as multiscale pyramids (the 25 µm grid has 77 M).
+MULTISCALE_VOXELS = 50_000_000
+
+
+class PyramidLevel:
+    """One level as a read-only array-like; reads 0 until ``job`` (if any) has finished."""
+
+    def __init__(self, shape, dtype, transform, out_dtype, *, job: PyramidJob | None = None,
+                 level: int = 0, array=None) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(out_dtype)
+        self.ndim = len(self.shape)
+        self._source_dtype = np.dtype(dtype)
+        self._transform = transform
+        self._job = job
+        self._level = level
+        self._array = array
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def _source(self):
+        if self._array is None and self._job is not None and self._job.pyramid is not None:
+            self._array = self._job.pyramid.levels[self._level]
+        return self._array
+
+    def __getitem__(self, index):
+        source = self._source()
+        if source is None:  # still converting: an empty (background) view of the right shape
+            shape = np.empty(self.shape, dtype=bool)[index].shape
+            block = np.zeros(shape, dtype=self._source_dtype)
+        else:
+            block = np.asarray(source[index])
+        return self._transform(block)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
+def _relabel(structure_ids: np.ndarray):
+    from .volumes import compact_labels
+
+    def relabel(block: np.ndarray) -> np.ndarray:
+        return compact_labels(np.asarray(block), structure_ids)
+
+    return relabel
+
+
+def _image_transform(dtype: np.dtype):
+    if np.dtype(dtype).kind == "u":
+        return lambda block: block, np.dtype(dtype)
+    return _minus_one_to_nan, np.dtype(np.float32)
+
+
+def _default_limits(kind: str, dtype: np.dtype) -> tuple[float, float]:
+    """Limits to use while the statistics are unknown (converting)."""
+    if "fraction" in kind or "density" in kind or kind == "data_mask":
+        return 0.0, 1.0
+    if np.dtype(dtype).kind == "u" and np.dtype(dtype).itemsize == 1:
+        return 0.0, 255.0
+    return 0.0, 1.0
+
+
+def multiscale_layer(vol: GridVolume, levels: list, *, stats: dict | None = None,
+                     ontology: Ontology | None = None, **overrides) -> LayerDataTuple:
+    """A multiscale Image or Labels LayerDataTuple over ``levels`` (raw-valued array-likes,
+    level 0 = ``vol``'s grid). ``vol`` gives name, kind, resolution and metadata (its data
+    are not read)."""
+    meta = layer_metadata(vol)
+    meta.update(multiscale=True, level_shapes=[tuple(lv.shape) for lv in levels])
+    space = layer_space_kwargs(vol.resolution)
+    if vol.kind in LABEL_KINDS:
+        structure_ids, colors, features = label_tables(ontology or Ontology.default())
+        relabel = _relabel(structure_ids)
+        data = [_wrap(lv, relabel, np.uint16) for lv in levels]
+        meta.update(structure_ids=structure_ids, label_values="compact")
+        kwargs = {"name": vol.name, "colormap": dict(colors), "features": features.copy(),
+                  "opacity": 0.6, "metadata": meta, "multiscale": True, **space}
+        kwargs.update(overrides)
+        return data, kwargs, "labels"
+    transform, out_dtype = _image_transform(vol.dtype)
+    data = [_wrap(lv, transform, out_dtype) for lv in levels]
+    if stats and stats.get("n_valid"):
+        lo, hi = float(stats["min"]), float(stats["p999"])
+        if hi <= lo:
+            hi = float(stats["max"]) if stats["max"] > lo else lo + 1.0
+    else:
+        lo, hi = _default_limits(vol.kind, vol.dtype)
+    kwargs = {"name": vol.name, "colormap": _colormap(vol.kind), "blending": "additive",
+              "rendering": "mip", "contrast_limits": (lo, hi), "metadata": meta,
+              "multiscale": True, **space}
+    kwargs.update(overrides)
+    return data, kwargs, "image"
+
+
+def _wrap(level, transform, out_dtype) -> PyramidLevel:
+    if isinstance(level, PyramidLevel):
+        return PyramidLevel(level.shape, level._source_dtype, transform, out_dtype,
+                            job=level._job, level=level._level, array=level._array)
+    return PyramidLevel(level.shape, level.dtype, transform, out_dtype, array=level)
+
+
+def pyramid_layer(store: str | os.PathLike, **overrides) -> LayerDataTuple | None:
+    """The layer of a complete pyramid store (None if the store is not complete)."""
+    pyr = open_pyramid(store)
+    if pyr is None:
+        return None
+    attrs = pyr.attrs
+    vol = GridVolume(data=pyr.levels[0], resolution=pyr.resolution, kind=attrs["kind"],
+                     metadata=dict(attrs.get("metadata") or {}),
+                     source=str((attrs.get("source") or {}).get("path", "")))
+    return multiscale_layer(vol, list(pyr.levels), stats=attrs.get("stats"), **overrides)
+
+
+def multiscale_layer_for_file(path: str | os.PathLike, describe, open_volume
+                              ) -> LayerDataTuple | None:
+    """The reader's multiscale layer for a large grid file, or None for small grids.
+
+    ``describe(path) -> GridVolume`` must be cheap (header only: its ``data`` only needs
+    ``shape``/``dtype``); ``open_volume(path, progress=, cancel=)`` reads the grid (it may
+    decode it) and runs in the background conversion thread.
+    """
+    path = Path(path)
+    done = pyramid_layer(pyramid_path(path))
+    if done is not None:
+        return done
+    info = describe(path)
+    if info is None or int(np.prod(info.shape)) < MULTISCALE_VOXELS:
+        return None
+    job = start_pyramid_job(path, lambda **kw: open_volume(path, **kw))
+    levels = [PyramidLevel(shape, info.dtype, lambda b: b, info.dtype, job=job, level=k)
+              for k, shape in enumerate(level_shapes(info.shape))]
+    layer = multiscale_layer(info, levels)
+    layer[1]["metadata"]["pyramid"] = "converting"
+    job.add_done_callback(_refresh_layers_when_done)
+    _notify(f"{path.name}: building a multiscale cache in the background (once); the layer "
+            "fills in when it is ready")
+    return layer
+
+
+def _notify(text: str) -> None:
+    log.info(text)
+    if "napari" in sys.modules:
+        try:
+            from napari.utils.notifications import show_info
+
+            show_info(text)
+        except Exception:  # noqa: BLE001 - a message must never break reading
+            pass
+
+
+def _refresh_layers_when_done(job: PyramidJob) -> None:
+    """Refresh the viewer's layers showing ``job``'s levels, on the main thread."""
+    if job.error is not None:
+        log.warning("multiscale cache of %s failed: %s", job.target, job.error)
+    if "qtpy" not in sys.modules:  # no GUI: readers of the levels see the data on next read
+        return
+    try:
+        from superqt.utils import ensure_main_thread
+    except ImportError:  # pragma: no cover
+        return
+
+    @ensure_main_thread
+    def refresh() -> None:
+        import napari
+
+        viewer = napari.current_viewer()
+        if viewer is None:
+            return
+        for layer in list(viewer.layers):
+            data = getattr(layer, "data", None)
+            levels = list(data) if getattr(layer, "multiscale", False) else []
+            if any(isinstance(lv, PyramidLevel) and lv._job is job for lv in levels):
+                if job.error is None and job.pyramid is not None:
+                    layer.metadata = {**layer.metadata, "pyramid": "ready"}
+                    stats = job.pyramid.attrs.get("stats") or {}
+                    if layer_type_name(layer) == "image" and stats.get("n_valid"):
+                        hi = stats["p999"] if stats["p999"] > stats["min"] else stats["max"]
+                        if hi > stats["min"]:
+                            layer.contrast_limits = (stats["min"], hi)
+                layer.refresh()
+
+    refresh()

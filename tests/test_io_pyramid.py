@@ -1,0 +1,191 @@
+"""The chunked multiscale cache (io/pyramid.py) and the multiscale layers over it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_allen.io import read_volumes
+from napari_allen.io.pyramid import (
+    CHUNK,
+    build_pyramid,
+    level_shapes,
+    open_pyramid,
+    pyramid_path,
+    start_pyramid_job,
+)
+from napari_allen.io.volume import GridVolume
+from napari_allen.progress import Cancelled, CancelToken
+
+SHAPE = (300, 70, 135)  # odd ML size, > 256 on AP: three levels
+
+
+def _write_mhd(folder, name: str, data: np.ndarray, etype: str, res: int = 25):
+    (folder / f"{name}.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+        f"ElementSpacing = {res} {res} {res}\nDimSize = {' '.join(map(str, data.shape))}\n"
+        f"ElementType = {etype}\nElementDataFile = {name}.raw\n")
+    (folder / f"{name}.raw").write_bytes(np.asarray(data).tobytes(order="F"))
+    return folder / f"{name}.mhd"
+
+
+@pytest.fixture
+def labels(tmp_path):
+    rng = np.random.default_rng(1)
+    # Real structure ids up to 614,454,xxx: uint32 values must survive exactly.
+    ids = np.array([0, 733, 385, 614454277, 1009], dtype=np.uint32)
+    data = ids[rng.integers(0, len(ids), SHAPE)]
+    data[0, 0, 0], data[1, 0, 0], data[0, 1, 0], data[0, 0, 1] = 733, 385, 614454277, 1009
+    path = _write_mhd(tmp_path, "annotation_25", data, "MET_UINT")
+    (vol,) = read_volumes(path)
+    return vol, data
+
+
+@pytest.fixture
+def image(tmp_path):
+    rng = np.random.default_rng(2)
+    data = rng.random(SHAPE, dtype=np.float32)
+    data[:, :, :10] = -1  # no data
+    path = _write_mhd(tmp_path, "projection_density_25", data, "MET_FLOAT")
+    (vol,) = read_volumes(path)
+    return vol, data
+
+
+def test_level_shapes_and_scales(labels, tmp_path):
+    vol, _ = labels
+    assert level_shapes(SHAPE) == [(300, 70, 135), (150, 35, 68)]
+    assert level_shapes((1320, 800, 1140))[-1] == (165, 100, 143)
+    pyr = build_pyramid(vol, tmp_path / "p.zarr")
+    assert pyr.scales_um == [25.0, 50.0]
+    ome = __import__("zarr").open_group(str(pyr.store), mode="r").attrs["ome"]
+    datasets = ome["multiscales"][0]["datasets"]
+    scales = [d["coordinateTransformations"][0]["scale"] for d in datasets]
+    assert scales == [[25.0] * 3, [50.0] * 3]
+    assert [a["name"] for a in ome["multiscales"][0]["axes"]] == ["AP", "DV", "ML"]
+
+
+def test_labels_exact_values_and_orientation(labels, tmp_path):
+    vol, data = labels
+    pyr = build_pyramid(vol, tmp_path / "p.zarr")
+    level0, level1 = pyr.levels
+    assert level0.dtype == np.uint32
+    np.testing.assert_array_equal(level0[...], data)
+    # Orientation: the marked voxels are where they were written ([AP, DV, ML]).
+    assert level0[1, 0, 0] == 385 and level0[0, 1, 0] == 614454277 and level0[0, 0, 1] == 1009
+    # Coarser levels pick voxels (nearest), never blend ids.
+    np.testing.assert_array_equal(level1[...], data[::2, ::2, ::2])
+    assert set(np.unique(level1[...])) <= set(np.unique(data))
+    # Planes along every axis.
+    for axis in range(3):
+        index = [slice(None)] * 3
+        index[axis] = 17
+        np.testing.assert_array_equal(level0[tuple(index)], data[tuple(index)])
+
+
+def test_image_values_exact_and_contrast_stats(image, tmp_path):
+    vol, data = image
+    pyr = build_pyramid(vol, tmp_path / "p.zarr")
+    np.testing.assert_array_equal(pyr.levels[0][...], data)
+    np.testing.assert_array_equal(pyr.levels[1][...], data[::2, ::2, ::2])
+    stats = pyr.attrs["stats"]
+    assert stats["min"] >= 0 and stats["max"] <= 1  # -1 (no data) is left out
+
+
+def test_cancel_leaves_a_partial_store_that_resumes(labels, tmp_path):
+    vol, data = labels
+    target = tmp_path / "p.zarr"
+    token = CancelToken()
+    seen: list[int] = []
+
+    def progress(p) -> None:
+        seen.append(p.done)
+        if p.done >= 2 * CHUNK:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        build_pyramid(vol, target, progress=progress, cancel=token)
+    assert not target.exists() and open_pyramid(target) is None
+    part = target.with_name(target.name + ".part")
+    assert part.exists() and open_pyramid(part) is None  # never trusted while partial
+    resumed: list[int] = []
+    pyr = build_pyramid(vol, target, progress=lambda p: resumed.append(p.done))
+    assert resumed[0] == 3 * CHUNK  # continued after the two slabs already written
+    np.testing.assert_array_equal(pyr.levels[0][...], data)
+    np.testing.assert_array_equal(pyr.levels[1][...], data[::2, ::2, ::2])
+    assert not part.exists()
+
+
+def test_partial_store_of_another_source_is_not_resumed(labels, image, tmp_path):
+    vol, data = labels
+    other, _ = image
+    target = tmp_path / "p.zarr"
+    token = CancelToken()
+
+    def progress(p) -> None:
+        token.cancel()
+
+    with pytest.raises(Cancelled):
+        build_pyramid(other, target, progress=progress, cancel=token)
+    done: list[int] = []
+    pyr = build_pyramid(vol, target, progress=lambda p: done.append(p.done))
+    assert done[0] == CHUNK  # started over
+    np.testing.assert_array_equal(pyr.levels[0][...], data)
+
+
+def test_incomplete_store_is_rejected(labels, tmp_path):
+    import zarr
+
+    vol, _ = labels
+    pyr = build_pyramid(vol, tmp_path / "p.zarr")
+    group = zarr.open_group(str(pyr.store), mode="r+")
+    attrs = dict(group.attrs["napari_allen"])
+    attrs["complete"] = False
+    group.attrs["napari_allen"] = attrs
+    assert open_pyramid(pyr.store) is None
+
+
+def test_background_job_and_multiscale_labels(labels):
+    from napari_allen.layers.multiscale import MULTISCALE_VOXELS, pyramid_layer
+
+    vol, data = labels
+    job = start_pyramid_job(vol.source, lambda **kw: read_volumes(vol.source, **kw)[0])
+    assert job.done.wait(60) and job.error is None
+    assert job.target == pyramid_path(vol.source)
+    layer_data, kwargs, layer_type = pyramid_layer(job.target)
+    assert layer_type == "labels" and kwargs["multiscale"] and len(layer_data) == 2
+    assert kwargs["scale"] == (25.0, 25.0, 25.0)
+    compact = np.asarray(layer_data[0][0, 0])  # an AP/DV line, compact uint16 values
+    ids = kwargs["metadata"]["structure_ids"]
+    expected = data[0, 0]
+    got = np.where(compact == 0, 0, np.asarray(ids)[np.maximum(compact.astype(int) - 1, 0)])
+    np.testing.assert_array_equal(got, expected)
+    row = kwargs["features"].iloc[int(layer_data[0][0, 0, 0])]
+    assert row["acronym"] == "VPM"
+    assert int(np.prod(SHAPE)) < MULTISCALE_VOXELS  # small grids keep the plain reader path
+
+
+def test_reader_returns_multiscale_for_large_grids_at_once(tmp_path, monkeypatch):
+    """A grid above the threshold opens at once (converting in the background) and reads
+    exact values once converted."""
+    from napari_allen import _reader
+    from napari_allen.io import pyramid
+    from napari_allen.layers import multiscale
+
+    monkeypatch.setattr(multiscale, "MULTISCALE_VOXELS", 1000)
+    data = np.arange(np.prod((40, 30, 70)), dtype=np.float32).reshape((40, 30, 70))
+    path = _write_mhd(tmp_path, "projection_density_100", data, "MET_FLOAT", res=100)
+    (layer,) = _reader.get_reader(str(path))(str(path))
+    levels, kwargs, layer_type = layer
+    assert layer_type == "image" and kwargs["multiscale"]
+    assert levels[0].shape == (40, 30, 70) and kwargs["scale"] == (100.0,) * 3
+    job = pyramid._JOBS[pyramid.pyramid_path(path).stem]
+    assert job.done.wait(60) and job.error is None
+    np.testing.assert_array_equal(np.asarray(levels[0][:, 5, :]), data[:, 5, :])
+    (again,) = _reader.get_reader(str(path))(str(path))
+    assert again[1]["contrast_limits"][1] > 0 and again[1]["multiscale"]
+
+
+def test_volume_without_source_file(tmp_path):
+    data = np.arange(2 * 3 * 40, dtype=np.int16).reshape((2, 3, 40))
+    pyr = build_pyramid(GridVolume(data=data, resolution=10.0), tmp_path / "p.zarr")
+    np.testing.assert_array_equal(pyr.levels[0][...], data)
