@@ -109,7 +109,7 @@ def test_cancel_leaves_a_partial_store_that_resumes(labels, tmp_path):
     assert part.exists() and open_pyramid(part) is None  # never trusted while partial
     resumed: list[int] = []
     pyr = build_pyramid(vol, target, progress=lambda p: resumed.append(p.done))
-    assert resumed[0] == 3 * CHUNK  # continued after the two slabs already written
+    assert resumed[0] == min(3 * CHUNK, SHAPE[2])  # continued after the two slabs written
     np.testing.assert_array_equal(pyr.levels[0][...], data)
     np.testing.assert_array_equal(pyr.levels[1][...], data[::2, ::2, ::2])
     assert not part.exists()
