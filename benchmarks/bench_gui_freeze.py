@@ -121,7 +121,7 @@ def run(repeat: int, seeds: int, groups: tuple[str, ...] = GROUPS
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_allen.local_api.server import LocalAllenServer
+    from allen_local_api.server import LocalAllenServer
     from napari_allen.widgets._common import reset_shared_client
 
     rows: dict[str, tuple[str, list[float], list[float]]] = {}

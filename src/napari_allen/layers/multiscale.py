@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..atlas.ontology import Ontology
-from ..atlas.space import layer_space_kwargs
 from ..io.pyramid import (
     PyramidJob,
     level_shapes,
@@ -34,6 +34,7 @@ from ..io.pyramid import (
     start_pyramid_job,
 )
 from ..io.volume import LABEL_KINDS, GridVolume
+from ..space import layer_space_kwargs
 from .prebuilt import layer_type_name
 from .volumes import _colormap, _minus_one_to_nan, label_tables, layer_metadata
 
@@ -193,18 +194,27 @@ def _notify(text: str) -> None:
             pass
 
 
+#: ``caller(fn)`` runs ``fn`` on napari's main (GUI) thread. Qt lives above this package, so the
+#: widgets package installs one (:func:`set_main_thread_caller`); without one (no dock opened
+#: yet, scripts) a finished conversion shows at the next slice napari asks for (moving a
+#: slider, zooming: multiscale layers re-slice then).
+_MAIN_THREAD_CALLER: Callable[[Callable[[], None]], object] | None = None
+
+
+def set_main_thread_caller(caller: Callable[[Callable[[], None]], object] | None) -> None:
+    """Install how finished conversions reach the GUI thread (see ``_MAIN_THREAD_CALLER``)."""
+    global _MAIN_THREAD_CALLER
+    _MAIN_THREAD_CALLER = caller
+
+
 def _refresh_layers_when_done(job: PyramidJob) -> None:
     """Refresh the viewer's layers showing ``job``'s levels, on the main thread."""
     if job.error is not None:
         log.warning("multiscale cache of %s failed: %s", job.target, job.error)
-    if "qtpy" not in sys.modules:  # no GUI: readers of the levels see the data on next read
-        return
-    try:
-        from superqt.utils import ensure_main_thread
-    except ImportError:  # pragma: no cover
+    caller = _MAIN_THREAD_CALLER
+    if caller is None:
         return
 
-    @ensure_main_thread
     def refresh() -> None:
         import napari
 
@@ -224,4 +234,4 @@ def _refresh_layers_when_done(job: PyramidJob) -> None:
                             layer.contrast_limits = (stats["min"], hi)
                 layer.refresh()
 
-    refresh()
+    caller(refresh)
