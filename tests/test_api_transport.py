@@ -294,8 +294,8 @@ def test_zip_without_the_requested_volume_or_with_wrong_sizes(tmp_path):
     verify_grid_zip(path, ["energy"], "src")
     with pytest.raises(AllenFormatError, match="no density.mhd"):
         verify_grid_zip(path, ["density"], "src")
-    path.write_bytes(grid_zip_bytes([("energy.mhd", (b"DimSize = 67 41 58\nElementType = "
-                                                    b"MET_FLOAT\n")), ("energy.raw", b"12")]))
+    header = b"DimSize = 67 41 58\nElementType = MET_FLOAT\nElementDataFile = energy.raw\n"
+    path.write_bytes(grid_zip_bytes([("energy.mhd", header), ("energy.raw", b"12")]))
     with pytest.raises(AllenFormatError, match="promises 637304"):
         verify_grid_zip(path, ["energy"], "src")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 from importlib import resources
 
 import numpy as np
@@ -81,12 +83,16 @@ def test_large_gzip_decodes_once_to_cache(tmp_path, monkeypatch):
     vol = read_nrrd(path)
     assert isinstance(vol.data, np.memmap)
     assert vol.data[3, 4, 5] == 0.25
-    decoded = list((tmp_path / "cache" / "decoded").iterdir())
-    assert len(decoded) == 1 and decoded[0].suffix == ".raw"
+    decoded = sorted((tmp_path / "cache" / "decoded").iterdir())
+    # One decoded payload plus its manifest record (size + SHA-256 + source).
+    assert [p.suffix for p in decoded] == [".json", ".raw"]
+    record = json.loads(decoded[0].read_text())
+    assert record["size"] == grid.nbytes and record["source"] == str(path)
+    assert record["sha256"] == hashlib.sha256(grid.tobytes(order="F")).hexdigest()
     # A second open reuses the decoded file (same path, no new file, no .part left).
     again = read_nrrd(path)
     assert again.data.filename == vol.data.filename
-    assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 1
+    assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 2
 
 
 def test_bundled_annotation_25_is_lazy():
@@ -176,5 +182,5 @@ def test_concurrent_first_opens_share_one_decode(tmp_path, monkeypatch):
     with ThreadPoolExecutor(2) as pool:
         vols = list(pool.map(lambda _: read_nrrd(path), range(2)))
     assert all(v.data[7, 8, 9] == 0.5 for v in vols)
-    leftovers = [p.name for p in (tmp_path / "cache" / "decoded").iterdir()]
-    assert len(leftovers) == 1 and leftovers[0].endswith(".raw")
+    leftovers = sorted(p.suffix for p in (tmp_path / "cache" / "decoded").iterdir())
+    assert leftovers == [".json", ".raw"]

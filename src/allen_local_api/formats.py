@@ -19,6 +19,8 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from napari_allen.io.elements import met_name, nrrd_name  # the one element-type table
+
 # ------------------------------------------------------------------ envelopes
 
 
@@ -163,15 +165,12 @@ def csv_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> b
 
 # ------------------------------------------------------------------ volumes
 
-_MHD_TYPES = {np.dtype("<f4"): "MET_FLOAT", np.dtype("<u4"): "MET_UINT"}
-
-
 def mhd_header(name: str, shape: tuple[int, int, int], spacing: float, dtype: np.dtype) -> bytes:
     """The ``.mhd`` text of allen-api.md §8. ``shape`` is ``(AP, DV, ML)`` = DimSize order.
 
     gridAnnotation's header (uint32) carries ``CompressedData = False``; energy's does not.
     """
-    element = _MHD_TYPES[np.dtype(dtype).newbyteorder("<")]
+    element = met_name(dtype)
     lines = ["ObjectType = Image", "NDims = 3", "BinaryData = True",
              "BinaryDataByteOrderMSB = False"]
     if element == "MET_UINT":
@@ -191,13 +190,9 @@ def raw_bytes(volume: np.ndarray) -> bytes:
         order="F")
 
 
-_NRRD_TYPES = {np.dtype("<f4"): "float", np.dtype("<u4"): "unsigned int",
-               np.dtype("<f8"): "double"}
-
-
 def nrrd_header(shape: tuple[int, int, int], resolution: float, dtype: np.dtype) -> bytes:
     """The gzip NRRD header of allen-api.md §8 (ends with the blank line)."""
-    kind = _NRRD_TYPES[np.dtype(dtype).newbyteorder("<")]
+    kind = nrrd_name(dtype)
     r = f"{resolution:g}"
     lines = [
         "NRRD0004",

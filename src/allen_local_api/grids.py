@@ -95,14 +95,13 @@ class ByteLRU:
 
 
 def _read_nrrd_array(path_bytes: bytes) -> np.ndarray:
-    """Decode one of the bundled gzip NRRDs (float32 or uint32) to ``[AP, DV, ML]``."""
-    end = path_bytes.index(b"\n\n") + 2
-    header = path_bytes[:end].decode()
-    fields = dict(line.split(": ", 1) for line in header.splitlines()[1:] if ": " in line)
-    sizes = tuple(int(s) for s in fields["sizes"].split())
-    dtype = {"float": "<f4", "unsigned int": "<u4", "double": "<f8"}[fields["type"]]
-    raw = gzip.decompress(path_bytes[end:])
-    return np.frombuffer(raw, dtype=dtype).reshape(sizes, order="F")
+    """Decode one of the bundled gzip NRRDs to ``[AP, DV, ML]`` (the product's NRRD parser)."""
+    from napari_allen.io.elements import array_from_bytes
+    from napari_allen.io.nrrd import MAX_HEADER_BYTES, parse_nrrd_header
+
+    header = parse_nrrd_header(path_bytes[:MAX_HEADER_BYTES + 1], "bundled NRRD")
+    raw = gzip.decompress(path_bytes[header.data_offset:])
+    return array_from_bytes(raw, header.dtype, header.sizes)
 
 
 class GridStore:

@@ -30,7 +30,6 @@ import os
 import re
 import threading
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
@@ -45,20 +44,6 @@ from .http import HttpTransport, TransientError
 CHUNK = 1 << 16  # 64 KiB: memory per download stays constant whatever the file size
 META_DB = "http_cache.sqlite"
 log = logging.getLogger(__name__)
-
-_MET_SIZES = {
-    "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_UINT": 4, "MET_INT": 4, "MET_USHORT": 2,
-    "MET_SHORT": 2, "MET_UCHAR": 1, "MET_CHAR": 1, "MET_ULONG": 8, "MET_LONG": 8,
-}
-_NRRD_SIZES = {
-    "float": 4, "double": 8, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
-    "char": 1, "signed char": 1, "int8": 1, "int8_t": 1, "short": 2, "short int": 2,
-    "signed short": 2, "int16": 2, "int16_t": 2, "ushort": 2, "unsigned short": 2, "uint16": 2,
-    "uint16_t": 2, "int": 4, "signed int": 4, "int32": 4, "int32_t": 4, "uint": 4,
-    "unsigned int": 4, "uint32": 4, "uint32_t": 4, "longlong": 8, "int64": 8, "int64_t": 8,
-    "ulonglong": 8, "uint64": 8, "uint64_t": 8,
-}
-
 
 def host_tag(url: str) -> str:
     """A folder name for a server: ``api.brain-map.org``, ``127.0.0.1_8765``."""
@@ -109,32 +94,22 @@ class FileStore:
 
 
 # --- verification ------------------------------------------------------------------------
-def _check_member_name(name: str, source: str) -> None:
-    # Zip-slip: a member must stay inside the folder it is extracted to.
-    pure = PurePosixPath(name.replace("\\", "/"))
-    if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", name):
-        raise AllenFormatError(source, f"zip member {name!r} points outside the archive folder")
-
-
-def parse_mhd(text: str) -> dict[str, str]:
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            fields[key.strip()] = value.strip()
-    return fields
-
-
+# The formats are parsed by io/ (one parser per format); this only decides what a failure
+# means for a download: damaged bytes are worth fetching again (TransientError), a well-formed
+# file that is not what was asked for is not (AllenFormatError).
 def verify_grid_zip(path: Path, volumes: Sequence[str], source: str) -> None:
     """Check a ``grid_data/download`` zip: readable, CRCs intact, safe member names, and for
     each requested volume a ``<vol>.mhd`` + ``<vol>.raw`` whose size matches DimSize x
     ElementType. Corruption raises :class:`TransientError` (download again); unsafe or
     missing members raise :class:`AllenFormatError`."""
+    from ..io.gridzip import ZIP_ERRORS, check_member_name, read_member
+    from ..io.metaimage import MAX_HEADER_BYTES, parse_header
+
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             for info in infos:
-                _check_member_name(info.filename, source)
+                check_member_name(info.filename, source)
             bad = zf.testzip()
             if bad is not None:
                 raise TransientError(f"{source}: zip member {bad!r} is corrupt (CRC mismatch)")
@@ -145,94 +120,54 @@ def verify_grid_zip(path: Path, volumes: Sequence[str], source: str) -> None:
                     raise AllenFormatError(
                         source, f"zip has no {vol}.mhd/{vol}.raw (members: "
                         f"{', '.join(sorted(by_name)) or 'none'})")
-                header = parse_mhd(zf.read(mhd).decode("utf-8", "replace"))
-                try:
-                    dims = [int(v) for v in header["DimSize"].split()]
-                    item = _MET_SIZES[header["ElementType"]]
-                except (KeyError, ValueError):
-                    raise AllenFormatError(source, f"{vol}.mhd lacks a valid DimSize/ElementType"
-                                           ) from None
-                expected = item
-                for d in dims:
-                    expected *= d
-                if raw.file_size != expected:
+                header = parse_header(read_member(zf, mhd, MAX_HEADER_BYTES, source),
+                                      f"{source}!{mhd.filename}")
+                if not header.compressed and raw.file_size != header.n_bytes:
                     raise AllenFormatError(source, f"{vol}.raw has {raw.file_size} bytes, "
-                                           f"{vol}.mhd promises {expected}")
+                                           f"{vol}.mhd promises {header.n_bytes}")
     except zipfile.BadZipFile as exc:
         raise TransientError(f"{source}: not a complete zip file ({exc})") from None
-    except (EOFError, zlib.error, OSError) as exc:
+    except AllenFormatError:
+        raise
+    except ZIP_ERRORS as exc:
         raise TransientError(f"{source}: zip cannot be read ({exc})") from None
 
 
-def _nrrd_header(fh, source: str) -> dict[str, str]:
-    magic = fh.readline(64)
-    if not magic.startswith(b"NRRD000"):
-        raise TransientError(f"{source}: not an NRRD file (starts with {magic[:16]!r})")
-    fields: dict[str, str] = {}
-    for _ in range(200):
-        line = fh.readline(4096)
-        if not line:
-            raise TransientError(f"{source}: NRRD header ends early (truncated)")
-        text = line.decode("latin-1").rstrip("\r\n")
-        if text == "":
-            return fields
-        if text.startswith("#"):
-            continue
-        key, sep, value = text.partition(":")
-        if sep:
-            fields[key.strip().lower()] = value.lstrip("=").strip()
-    raise AllenFormatError(source, "NRRD header too long")
-
-
 def verify_nrrd(path: Path, source: str, *, cancel: CancelToken | None = None) -> None:
-    """Check an attached-data NRRD: header, and a payload (raw or gzip) that inflates to
-    exactly prod(sizes) x sizeof(type) bytes with an intact gzip stream (CRC, length)."""
+    """Check an attached-data NRRD: header, and a payload (raw, gzip or bzip2) that inflates
+    to exactly prod(sizes) x sizeof(type) bytes with an intact stream (CRC, length)."""
+    from ..io._decode import BZIP2, GZIP_OR_ZLIB, inflate
+    from ..io.nrrd import read_nrrd_header
+
+    try:
+        header = read_nrrd_header(path)
+    except AllenFormatError as exc:  # a cut or garbled header: fetch it again
+        raise TransientError(f"{source}: {exc.problem}") from None
+    if header.data_file is not None:
+        raise AllenFormatError(source, "detached NRRD data files are not accepted")
+    expected = header.n_bytes
     with open(path, "rb") as fh:
-        fields = _nrrd_header(fh, source)
-        if "data file" in fields or "datafile" in fields:
-            raise AllenFormatError(source, "detached NRRD data files are not accepted")
-        try:
-            sizes = [int(v) for v in fields["sizes"].split()]
-            item = _NRRD_SIZES[fields["type"].lower()]
-        except (KeyError, ValueError):
-            raise AllenFormatError(source, "NRRD header lacks valid sizes/type") from None
-        expected = item
-        for s in sizes:
-            expected *= s
-        encoding = fields.get("encoding", "raw").lower()
-        if encoding == "raw":
+        fh.seek(header.data_offset)
+        if header.encoding == "raw":
             payload = os.fstat(fh.fileno()).st_size - fh.tell()
             if payload != expected:
                 raise TransientError(
                     f"{source}: NRRD payload {payload} bytes, expected {expected}")
             return
-        if encoding not in ("gzip", "gz"):
-            raise AllenFormatError(source, f"unsupported NRRD encoding {encoding!r}")
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        total = 0
-        n = 0
-        while True:
-            block = fh.read(1 << 20)
-            if not block:
-                break
-            try:
-                # Bounded output per call keeps memory flat even for the 308 MB annotation.
-                out = inflater.decompress(block, 1 << 24)
-                total += len(out)
-                while inflater.unconsumed_tail:
-                    out = inflater.decompress(inflater.unconsumed_tail, 1 << 24)
-                    total += len(out)
-            except zlib.error as exc:
-                raise TransientError(f"{source}: corrupt gzip payload ({exc})") from None
-            n += 1
-            if cancel is not None and n % 8 == 0:
-                cancel.check()
-            if inflater.eof:
-                break
-        if not inflater.eof:
-            raise TransientError(f"{source}: gzip payload ends early (truncated download)")
-        if total != expected:
-            raise TransientError(f"{source}: NRRD inflates to {total} bytes, expected {expected}")
+        if header.encoding not in ("gzip", "bzip2"):
+            raise AllenFormatError(source, f"unsupported NRRD encoding {header.encoding!r}")
+        total = [0]
+
+        def count(chunk: bytes) -> None:  # the decoded bytes are only counted, never kept
+            total[0] += len(chunk)
+
+        try:
+            inflate(fh, expected, count, source, what=f"NRRD {header.encoding} payload",
+                    wbits=BZIP2 if header.encoding == "bzip2" else GZIP_OR_ZLIB,
+                    cancel=cancel)
+        except AllenFormatError as exc:
+            raise TransientError(f"{source}: {exc.problem}; NRRD inflates to {total[0]} "
+                                 f"bytes, expected {expected}") from None
 
 
 # --- downloads ---------------------------------------------------------------------------

@@ -49,43 +49,59 @@ def _sibling_header(raw: Path) -> Path | None:
     return None
 
 
+def _check_exists(path: Path) -> None:
+    """AllenFormatError naming ``path`` if it cannot even be looked at."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise AllenFormatError(path, "broken symlink (its target does not exist)") from None
+        raise AllenFormatError(path, "no such file or folder") from None
+    except OSError as exc:  # ELOOP (symlink loop), EACCES on a parent folder, ...
+        raise AllenFormatError(path, f"cannot open: {exc.strerror or exc}") from None
+
+
 def read_volumes(
     path: str | os.PathLike,
     *,
+    cache_dir: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> list[GridVolume]:
     """Read every grid in ``path``: ``.mhd`` (+ ``.raw``), bare ``.raw``, grid zip, unzipped
-    download folder, or Allen NRRD. Raises AllenFormatError naming the file on bad input."""
+    download folder, or Allen NRRD. Raises AllenFormatError naming the file on bad input.
+
+    ``cache_dir`` is the cache folder whose ``decoded/`` holds large inflated payloads (default:
+    the configured one, ``NAPARI_ALLEN_CACHE``).
+    """
     path = Path(path)
-    if not path.exists():
-        raise AllenFormatError(path, "no such file or folder")
+    _check_exists(path)
+    opts = {"cache_dir": cache_dir, "progress": progress, "cancel": cancel}
     if path.is_dir():
         from .gridzip import read_grid_folder
 
-        return read_grid_folder(path, progress=progress, cancel=cancel)
+        return read_grid_folder(path, **opts)
     suffix = path.suffix.lower()
     if suffix == ".zip":
         from .gridzip import read_grid_zip
 
-        return read_grid_zip(path, progress=progress, cancel=cancel)
+        return read_grid_zip(path, **opts)
     if suffix in (".mhd", ".mha"):
         from .metaimage import read_metaimage
 
-        return [read_metaimage(path, metadata=file_metadata(path))]
+        return [read_metaimage(path, metadata=file_metadata(path), **opts)]
     if suffix == ".raw":
         header = _sibling_header(path)
         if header is not None:
             from .metaimage import read_metaimage
 
-            return [read_metaimage(header, metadata=file_metadata(path))]
+            return [read_metaimage(header, metadata=file_metadata(path), **opts)]
         from .raw import read_raw
 
         return [read_raw(path, metadata=file_metadata(path))]
     if suffix in (".nrrd", ".nhdr"):
         from .nrrd import read_nrrd
 
-        return [read_nrrd(path, metadata=file_metadata(path), progress=progress,
-                          cancel=cancel)]
+        return [read_nrrd(path, metadata=file_metadata(path), **opts)]
     raise AllenFormatError(path, f"unsupported file type {suffix or '(none)'!r}; expected "
                                  ".mhd, .raw, .zip, .nrrd or a download folder")

@@ -1,18 +1,40 @@
-"""Streamed, size-capped decompression of grid payloads, in memory or into a cached file.
+"""Streamed, size-capped decompression of grid payloads, and the bounded decoded cache.
 
-Compressed Allen grids (gzip NRRD, deflated zip members) cannot be memory-mapped. Small ones
-are inflated in memory; large ones (25/10 µm) are inflated once, chunk by chunk, into a raw file
-under the cache folder (``<cache>/decoded/``) and memory-mapped from there, so peak memory
-stays at a few MiB whatever the grid size. Output is capped at the expected size: a payload
-that inflates beyond it (a decompression bomb or a wrong header) is rejected without being
-written out, and a short one is reported as truncated. Files are written to ``*.part`` and
-renamed only when complete, so nothing half-written is ever reused.
+Compressed Allen grids (gzip NRRD, deflated zip members, compressed MetaImage) cannot be
+memory-mapped. Small ones are inflated into one preallocated buffer; large ones (25/10 µm) are
+inflated once, chunk by chunk, into a raw file of the decoded cache (``<cache>/decoded/``) and
+memory-mapped from there, so peak memory stays at a few MiB whatever the grid size. Output is
+capped at the expected size: a payload that inflates beyond it (a decompression bomb or a wrong
+header) is rejected without being written out, and a short one is reported as truncated.
+
+The decoded cache cannot hurt the machine:
+
+- entries are keyed by the SHA-256 of the *compressed bytes* (plus type and shape), so touching
+  or copying a file reuses its entry instead of adding another copy;
+- its size is capped: ``NAPARI_ALLEN_CACHE_MAX`` (``"2GB"``, ``"500MiB"``, bytes) or by default
+  a quarter of the disk space available to it; least-recently-used entries are evicted first; a
+  grid larger than the whole cap is decoded into an anonymous temporary file (freed when closed);
+- a decode that would not fit the free disk is refused up front with a clear error;
+- every entry has a manifest record ``<key>.json`` (size, SHA-256 of the decoded bytes, source,
+  synthetic flag), written before the entry appears under its final name; an entry whose file
+  changed since it was recorded is re-hashed and dropped if it no longer matches.
+
+``napari-allen cache-info`` shows it (:func:`decoded_cache_info`), ``napari-allen cache-prune``
+trims it (:func:`prune_decoded_cache`).
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import hashlib
+import json
 import os
+import re
+import shutil
+import tempfile
+import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +42,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..config import cache_dir
 from ..errors import AllenFormatError
 from ..progress import CancelToken, ProgressCallback, check, report
-from .atomic import atomic_path
+from .atomic import atomic_path, atomic_write_text
 
 _IN_CHUNK = 1 << 20  # compressed bytes read per step
 _OUT_CHUNK = 16 << 20  # at most this many inflated bytes held at once
@@ -32,6 +53,44 @@ _OUT_CHUNK = 16 << 20  # at most this many inflated bytes held at once
 GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS
 #: Raw deflate (zip members).
 RAW_DEFLATE = -zlib.MAX_WBITS
+#: Pseudo "window bits" selecting bzip2 (NRRD ``encoding: bzip2``).
+BZIP2 = "bzip2"
+#: Largest plausible compression ratio (deflate's theoretical maximum is ~1032:1; bzip2 can go
+#: further on constant data, so readers check with this and the inflater caps the output).
+MAX_RATIO = 1100
+
+DECODED_FOLDER = "decoded"
+CACHE_MAX_ENV = "NAPARI_ALLEN_CACHE_MAX"
+#: Default cap: this fraction of the space the decoded cache may use (free + its own size).
+DEFAULT_FRACTION = 0.25
+#: Disk space always left free when decoding.
+DISK_MARGIN = 64 << 20
+
+
+class _Bz2:
+    """bz2 decompressor with an ``eof`` and bounded ``decompress(data, max_length)``; it keeps
+    unconsumed input itself (``more`` drains it)."""
+
+    def __init__(self) -> None:
+        self._d = bz2.BZ2Decompressor()
+
+    @property
+    def eof(self) -> bool:
+        return self._d.eof
+
+    @property
+    def needs_input(self) -> bool:
+        return self._d.needs_input
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        return self._d.decompress(data, max_length)
+
+    def more(self, max_length: int) -> bytes:
+        return self._d.decompress(b"", max_length)
+
+
+def _decompressor(wbits):
+    return _Bz2() if wbits == BZIP2 else zlib.decompressobj(wbits)
 
 
 def inflate(
@@ -40,38 +99,49 @@ def inflate(
     write: Callable[[bytes], object],
     source,
     *,
-    wbits: int = GZIP_OR_ZLIB,
+    wbits=GZIP_OR_ZLIB,
     what: str = "compressed data",
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> None:
     """Inflate ``fh`` into ``write`` chunk by chunk; exactly ``n_bytes`` must come out."""
-    decomp = zlib.decompressobj(wbits)
+    decomp = _decompressor(wbits)
     total = 0
+
+    def emit(out: bytes) -> None:
+        nonlocal total
+        total += len(out)
+        if total > n_bytes:
+            raise AllenFormatError(
+                source, f"{what} inflates beyond the {n_bytes:,} bytes its header "
+                        "declares (corrupt header or decompression bomb)")
+        write(out)
+
     try:
         while not decomp.eof:
             check(cancel)
             data = fh.read(_IN_CHUNK)
             if not data:
                 break
-            while data and not decomp.eof:
+            if isinstance(decomp, _Bz2):
                 out = decomp.decompress(data, _OUT_CHUNK)
-                data = decomp.unconsumed_tail
-                total += len(out)
-                if total > n_bytes:
-                    raise AllenFormatError(
-                        source, f"{what} inflates beyond the {n_bytes:,} bytes its header "
-                                "declares (corrupt header or decompression bomb)")
-                write(out)
+                emit(out)
+                while not decomp.eof and not decomp.needs_input:
+                    out = decomp.more(_OUT_CHUNK)
+                    if not out:
+                        break
+                    emit(out)
+            else:
+                while data and not decomp.eof:
+                    emit(decomp.decompress(data, _OUT_CHUNK))
+                    data = decomp.unconsumed_tail
             report(progress, done=total, total=n_bytes, bytes_done=total,
                    bytes_total=n_bytes, message=f"decoding {Path(str(source)).name}")
-        if not decomp.eof:
-            out = decomp.flush()
-            total += len(out)
-            if total > n_bytes:
-                raise AllenFormatError(source, f"{what} inflates beyond {n_bytes:,} bytes")
-            write(out)
-    except zlib.error as exc:
+        if not decomp.eof and not isinstance(decomp, _Bz2):
+            emit(decomp.flush())
+    except (zlib.error, OSError, ValueError) as exc:
+        if isinstance(exc, AllenFormatError):
+            raise
         raise AllenFormatError(source, f"corrupt {what}: {exc}") from exc
     except EOFError as exc:
         raise AllenFormatError(source, f"truncated {what}: {exc}") from exc
@@ -82,42 +152,22 @@ def inflate(
 
 def inflate_to_array(fh: BinaryIO, n_bytes: int, dtype: np.dtype, shape, source,
                      **kwargs) -> np.ndarray:
-    """Inflate into memory and return a native-endian Fortran-ordered array of ``shape``."""
-    buf = bytearray()
-    inflate(fh, n_bytes, buf.extend, source, **kwargs)
-    flat = np.frombuffer(bytes(buf), dtype=dtype)
-    return flat.astype(np.dtype(dtype).newbyteorder("="), copy=True).reshape(shape, order="F")
+    """Inflate into one preallocated buffer (peak memory ``n_bytes`` + one chunk) and return a
+    native-endian Fortran-ordered array of ``shape``."""
+    buf = np.empty(n_bytes, dtype=np.uint8)
+    pos = 0
 
+    def write(chunk: bytes) -> None:
+        nonlocal pos
+        buf[pos:pos + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+        pos += len(chunk)
 
-def cache_key(path: str | os.PathLike, *extra: object) -> str:
-    """A key that changes when the file changes (absolute path, size, mtime) plus extras."""
-    st = Path(path).stat()
-    text = "|".join([str(Path(path).resolve()), str(st.st_size), str(st.st_mtime_ns),
-                     *map(str, extra)])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def decoded_memmap(
-    key: str,
-    fill: Callable[[Callable[[bytes], object]], None],
-    n_bytes: int,
-    dtype: np.dtype,
-    shape,
-) -> np.memmap:
-    """Memory-map the decoded payload cached under ``key``; if absent, ``fill(write)`` writes
-    exactly ``n_bytes`` of it first (``fill`` raises on bad data; nothing partial is kept)."""
-    folder = cache_dir() / "decoded"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{key}.raw"
-    if not (target.exists() and target.stat().st_size == n_bytes):
-        # atomic_path: a unique temporary name (two threads may decode the same grid at
-        # once), removed on errors or cancel, renamed only when complete.
-        with atomic_path(target) as part:
-            with open(part, "wb") as out:
-                fill(out.write)
-            if part.stat().st_size != n_bytes:
-                raise RuntimeError(f"decoded {part.stat().st_size} bytes, expected {n_bytes}")
-    return np.memmap(target, dtype=dtype, mode="r", shape=tuple(shape), order="F")
+    inflate(fh, n_bytes, write, source, **kwargs)
+    dtype = np.dtype(dtype)
+    arr = buf.view(dtype)
+    if not dtype.isnative:
+        arr = arr.byteswap().view(dtype.newbyteorder("="))
+    return arr.reshape(tuple(shape), order="F")
 
 
 def copy_capped(
@@ -146,3 +196,248 @@ def copy_capped(
                message=f"decoding {Path(str(source)).name}")
     if total != n_bytes:
         raise AllenFormatError(source, f"truncated {what}: {total:,} of {n_bytes:,} bytes")
+
+
+# --- content keys ------------------------------------------------------------------------
+_key_memo: dict[tuple, str] = {}
+_key_memo_lock = threading.Lock()
+
+
+def content_key(path: str | os.PathLike, offset: int, length: int, *extra: object) -> str:
+    """A cache key from the SHA-256 of ``length`` bytes of ``path`` at ``offset`` plus
+    ``extra`` (type, shape...). The same bytes give the same key wherever the file lives and
+    whatever its mtime; hashes are remembered per (file identity, mtime) in this process."""
+    st = os.stat(path)
+    ident = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+             int(offset), int(length))
+    with _key_memo_lock:
+        digest = _key_memo.get(ident)
+    if digest is None:
+        sha = hashlib.sha256()
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            left = length
+            while left > 0:
+                block = fh.read(min(_IN_CHUNK * 4, left))
+                if not block:
+                    break
+                sha.update(block)
+                left -= len(block)
+        digest = sha.hexdigest()
+        with _key_memo_lock:
+            if len(_key_memo) > 1024:
+                _key_memo.clear()
+            _key_memo[ident] = digest
+    text = "|".join([digest, *map(str, extra)])
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+# --- the bounded decoded cache -----------------------------------------------------------
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
+          "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``"2GB"`` -> 2e9 bytes, ``"500MiB"``, ``"1.5G"``, ``"123456"``; ValueError otherwise."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    if not match or match[2].lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (use e.g. 2GB, 500MB, 1GiB or bytes)")
+    return int(float(match[1]) * _UNITS[match[2].lower()])
+
+
+def decoded_folder(cache_root: str | os.PathLike | None = None) -> Path:
+    """``<cache root>/decoded`` (the configured cache folder when ``cache_root`` is None)."""
+    if cache_root is None:
+        from ..config import cache_dir  # the one fallback; callers should pass the folder
+
+        cache_root = cache_dir()
+    return Path(cache_root) / DECODED_FOLDER
+
+
+def _entries(folder: Path) -> list[tuple[float, int, Path]]:
+    """``(last use, bytes, raw path)`` of every complete entry, least recently used first."""
+    out = []
+    if not folder.is_dir():
+        return out
+    for raw in folder.glob("*.raw"):
+        try:
+            size = raw.stat().st_size
+            meta = raw.with_suffix(".json")
+            used = meta.stat().st_mtime if meta.exists() else raw.stat().st_mtime
+        except OSError:
+            continue
+        out.append((used, size, raw))
+    out.sort()
+    return out
+
+
+def cache_max_bytes(folder: Path) -> int:
+    """The cap: ``$NAPARI_ALLEN_CACHE_MAX`` or a quarter of (free disk + current entries)."""
+    env = os.environ.get(CACHE_MAX_ENV, "").strip()
+    if env:
+        try:
+            return parse_size(env)
+        except ValueError as exc:
+            raise AllenFormatError(f"${CACHE_MAX_ENV}", str(exc)) from None
+    folder.mkdir(parents=True, exist_ok=True)
+    used = sum(size for _, size, _ in _entries(folder))
+    return int((shutil.disk_usage(folder).free + used) * DEFAULT_FRACTION)
+
+
+def _remove_entry(raw: Path) -> None:
+    for path in (raw, raw.with_suffix(".json")):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _evict(folder: Path, need: int, cap: int, keep: set[Path] = frozenset()) -> None:
+    """Remove least-recently-used entries until ``need`` more bytes fit under ``cap``."""
+    entries = _entries(folder)
+    total = sum(size for _, size, _ in entries)
+    for _, size, raw in entries:
+        if total + need <= cap:
+            break
+        if raw in keep:
+            continue
+        _remove_entry(raw)
+        total -= size
+
+
+def _check_disk(folder: Path, need: int, source) -> None:
+    free = shutil.disk_usage(folder).free
+    if need + DISK_MARGIN > free:
+        raise AllenFormatError(source, f"decoding needs {need / 1e9:.2f} GB of disk in "
+                                       f"{folder}, only {free / 1e9:.2f} GB free; free some "
+                                       "space or point NAPARI_ALLEN_CACHE at a larger disk")
+
+
+def _manifest_ok(raw: Path, n_bytes: int) -> bool:
+    """Is the entry complete and unchanged since its manifest record (re-hash if touched)?"""
+    try:
+        st = raw.stat()
+        record = json.loads(raw.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or st.st_size != n_bytes or record.get("size") != n_bytes:
+        return False
+    if record.get("mtime_ns") == st.st_mtime_ns and record.get("inode") == st.st_ino:
+        return True
+    sha = hashlib.sha256()
+    with open(raw, "rb") as fh:
+        for block in iter(lambda: fh.read(_OUT_CHUNK), b""):
+            sha.update(block)
+    return sha.hexdigest() == record.get("sha256")
+
+
+_key_locks: dict[str, threading.Lock] = {}
+_key_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _key_lock(key: str):
+    with _key_locks_guard:
+        lock = _key_locks.setdefault(key, threading.Lock())
+    with lock:
+        yield
+    with _key_locks_guard:
+        if not lock.locked():
+            _key_locks.pop(key, None)
+
+
+def decoded_memmap(
+    key: str,
+    fill: Callable[[Callable[[bytes], object]], None],
+    n_bytes: int,
+    dtype: np.dtype,
+    shape,
+    *,
+    folder: str | os.PathLike | None = None,
+    source: object = "",
+    synthetic: bool = False,
+) -> np.memmap:
+    """Memory-map the decoded payload cached under ``key`` in ``<folder>/decoded``; if absent,
+    ``fill(write)`` writes exactly ``n_bytes`` of it first (``fill`` raises on bad data; nothing
+    partial is kept). ``folder`` is the cache root (default: the configured one)."""
+    target_folder = decoded_folder(folder)
+    target_folder.mkdir(parents=True, exist_ok=True)
+    target = target_folder / f"{key}.raw"
+    with _key_lock(key):
+        if _manifest_ok(target, n_bytes):
+            os.utime(target.with_suffix(".json"))  # the LRU stamp
+            return np.memmap(target, dtype=dtype, mode="r", shape=tuple(shape), order="F")
+        _remove_entry(target)
+        cap = cache_max_bytes(target_folder)
+        if n_bytes > cap:
+            return _anonymous_memmap(target_folder, fill, n_bytes, dtype, shape, source)
+        _evict(target_folder, n_bytes, cap)
+        _check_disk(target_folder, n_bytes, source)
+        sha = hashlib.sha256()
+        # atomic_path: a unique temporary name (two processes may decode the same grid at
+        # once), removed on errors or cancel, renamed only when complete.
+        with atomic_path(target) as part:
+            with open(part, "wb") as out:
+                def write(chunk: bytes) -> None:
+                    sha.update(chunk)
+                    out.write(chunk)
+
+                fill(write)
+            st = part.stat()
+            if st.st_size != n_bytes:
+                raise AllenFormatError(source, f"decoded {st.st_size:,} bytes, expected "
+                                               f"{n_bytes:,}")
+            # The record first: an entry under its final name always has one. os.replace keeps
+            # the inode and mtime recorded here.
+            record = {"size": n_bytes, "sha256": sha.hexdigest(), "source": str(source),
+                      "synthetic": bool(synthetic), "created": time.time(),
+                      "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
+                      "dtype": np.dtype(dtype).str, "shape": [int(s) for s in shape]}
+            atomic_write_text(target.with_suffix(".json"), json.dumps(record, sort_keys=True))
+    return np.memmap(target, dtype=dtype, mode="r", shape=tuple(shape), order="F")
+
+
+def _anonymous_memmap(folder: Path, fill, n_bytes: int, dtype, shape, source) -> np.memmap:
+    """Decode into an unlinked temporary file (a grid larger than the whole cache cap): the
+    disk space is returned when the array is released."""
+    _check_disk(folder, n_bytes, source)
+    with tempfile.TemporaryFile(dir=folder, prefix=".uncached-") as fh:
+        fill(fh.write)
+        fh.flush()
+        if fh.tell() != n_bytes:
+            raise AllenFormatError(source, f"decoded {fh.tell():,} bytes, expected {n_bytes:,}")
+        # The map holds its own reference to the file; closing ours leaves the data reachable.
+        return np.memmap(fh, dtype=dtype, mode="r", shape=tuple(shape), order="F")
+
+
+def decoded_cache_info(cache_root: str | os.PathLike | None = None) -> dict:
+    """``{folder, entries, bytes, max_bytes}`` of the decoded cache."""
+    folder = decoded_folder(cache_root)
+    entries = _entries(folder)
+    try:
+        cap = cache_max_bytes(folder)
+    except AllenFormatError:
+        cap = None
+    return {"folder": str(folder), "entries": len(entries),
+            "bytes": sum(size for _, size, _ in entries), "max_bytes": cap}
+
+
+def prune_decoded_cache(cache_root: str | os.PathLike | None = None,
+                        max_bytes: int | None = None) -> tuple[int, int]:
+    """Trim the decoded cache to ``max_bytes`` (default: its cap), least recently used first;
+    also removes leftovers (``.part``, records without data). Returns ``(entries removed,
+    bytes freed)``."""
+    folder = decoded_folder(cache_root)
+    if not folder.is_dir():
+        return 0, 0
+    before = _entries(folder)
+    cap = cache_max_bytes(folder) if max_bytes is None else int(max_bytes)
+    _evict(folder, 0, cap)
+    for path in folder.iterdir():
+        stale = path.name.endswith(".part") or (
+            path.suffix == ".json" and not path.with_suffix(".raw").exists())
+        if stale:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    after = {raw for _, _, raw in _entries(folder)}
+    gone = [(size, raw) for _, size, raw in before if raw not in after]
+    return len(gone), sum(size for size, _ in gone)

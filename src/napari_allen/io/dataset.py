@@ -16,6 +16,7 @@ from functools import cache
 from importlib import resources
 
 from ..errors import AllenFormatError
+from .provenance import xml_is_synthetic
 
 _PLANES = {"1": "coronal", "2": "sagittal"}
 
@@ -35,8 +36,9 @@ def parse_data_set_xml(content: bytes | str, source) -> dict:
     section_thickness (µm), age, strain, sex, products. AllenFormatError if not XML."""
     try:
         root = ET.fromstring(content)
-    except ET.ParseError as exc:
+    except (ET.ParseError, ValueError, RecursionError) as exc:
         raise AllenFormatError(source, f"data_set.xml is not valid XML: {exc}") from exc
+    synthetic = xml_is_synthetic(root)
     if root.tag.replace("_", "-") not in ("section-data-set", "data-set"):
         # Some responses wrap the record: <Response><section-data-sets><section-data-set>.
         inner = root.find(".//section-data-set")
@@ -44,8 +46,10 @@ def parse_data_set_xml(content: bytes | str, source) -> dict:
             raise AllenFormatError(source, f"data_set.xml root <{root.tag}> is not a data set")
         root = inner
     meta: dict = {}
+    if synthetic:
+        meta["synthetic"] = True
     exp = _text(root, "id")
-    if exp and exp.isdigit():
+    if exp and exp.isascii() and exp.isdigit():
         meta["experiment_id"] = int(exp)
     plane = (_text(root, "plane-of-section/name") or _text(root, "plane_of_section/name")
              or _PLANES.get(_text(root, "plane-of-section-id") or ""))
@@ -64,12 +68,12 @@ def parse_data_set_xml(content: bytes | str, source) -> dict:
         if value is not None:
             meta[key] = value
     for key in ("reference_space_id", "specimen_id"):
-        if key in meta and str(meta[key]).isdigit():
+        if key in meta and str(meta[key]).isascii() and str(meta[key]).isdigit():
             meta[key] = int(meta[key])
     if "section_thickness" in meta:
         try:
             meta["section_thickness"] = float(meta["section_thickness"])
-        except ValueError:
+        except (ValueError, OverflowError):
             del meta["section_thickness"]
     products = [p.text.strip() for p in root.findall("products/product/abbreviation")
                 if p.text]

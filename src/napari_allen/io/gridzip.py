@@ -18,34 +18,43 @@ names and metadata (see :mod:`napari_allen.io.dataset`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from ..errors import AllenFormatError
 from ..progress import CancelToken, ProgressCallback, check, report
-from ._decode import cache_key, copy_capped, decoded_memmap
+from ._decode import MAX_RATIO, content_key, copy_capped, decoded_memmap
 from .dataset import merge_metadata, parse_data_set_xml
+from .elements import array_from_bytes
 from .metaimage import (
     MAX_HEADER_BYTES,
     MEMMAP_THRESHOLD,
     MetaImageHeader,
+    check_compressed_size,
+    decode_stream,
+    open_regular,
     parse_header,
     read_metaimage,
     size_problem,
 )
-from .provenance import read_provenance
+from .provenance import read_provenance, warn_if_synthetic, zip_comment_is_synthetic
 from .volume import GridVolume, kind_from_name
 
-#: Largest plausible deflate ratio (zlib's theoretical maximum is ~1032:1).
-MAX_RATIO = 1100
 #: Largest non-grid member (data_set.xml is ~100 kB) we agree to inflate.
 MAX_XML_BYTES = 64 * 1024 * 1024
+#: A grid download holds a handful of members; more than this is not one.
+MAX_MEMBERS = 10_000
+#: What reading a damaged or unusual zip can raise (zipfile is not consistent about it).
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+              RuntimeError, ValueError, struct.error, OverflowError)
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -53,23 +62,33 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 def check_member_name(name: str, source) -> PurePosixPath:
     """The member's safe relative path; AllenFormatError for absolute or ``..`` paths."""
     if name.startswith(("/", "\\")) or _DRIVE.match(name):
-        raise AllenFormatError(source, f"unsafe zip member path {name!r} (absolute)")
+        raise AllenFormatError(source, f"unsafe zip member path {name[:80]!r} (absolute: points "
+                                       "outside the archive folder)")
     parts = re.split(r"[\\/]+", name)
     if any(part == ".." for part in parts):
-        raise AllenFormatError(source, f"unsafe zip member path {name!r} (contains '..')")
+        raise AllenFormatError(source, f"unsafe zip member path {name[:80]!r} (contains '..': "
+                                       "points outside the archive folder)")
     return PurePosixPath(*[p for p in parts if p not in ("", ".")])
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise AllenFormatError(path, f"not a valid zip (truncated or corrupt): {exc}") from exc
-    except OSError as exc:
-        raise AllenFormatError(path, f"cannot read: {exc.strerror or exc}") from exc
+@contextlib.contextmanager
+def _open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
+    """The zip at ``path`` (a regular file, never a FIFO or device); AllenFormatError if it is
+    not a readable zip or holds implausibly many members."""
+    with open_regular(path) as fh:
+        try:
+            zf = zipfile.ZipFile(fh)
+        except ZIP_ERRORS as exc:
+            raise AllenFormatError(path, f"not a valid zip (truncated or corrupt): {exc}") \
+                from exc
+        with zf:
+            if len(zf.infolist()) > MAX_MEMBERS:
+                raise AllenFormatError(path, f"zip holds {len(zf.infolist()):,} members; a "
+                                             "grid download holds a few")
+            yield zf
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, source) -> bytes:
+def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, source) -> bytes:
     """Inflate one member, at most ``limit`` bytes; errors name the zip and the member."""
     if info.file_size > limit:
         raise AllenFormatError(source, f"zip member {info.filename!r} expands to "
@@ -77,7 +96,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, source)
     try:
         with zf.open(info) as fh:
             data = fh.read(limit + 1)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+    except ZIP_ERRORS as exc:
         raise AllenFormatError(source, f"truncated or corrupt zip member {info.filename!r}: "
                                        f"{exc}") from exc
     if len(data) > limit:
@@ -127,6 +146,7 @@ def looks_like_grid_zip(path: str | os.PathLike) -> bool:
 def read_grid_zip(
     path: str | os.PathLike,
     *,
+    cache_dir: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> list[GridVolume]:
@@ -134,10 +154,11 @@ def read_grid_zip(
 
     Raises AllenFormatError naming the zip for unsafe names, bombs, truncated or corrupt
     members, headers that disagree with their data, or a zip without any ``.mhd`` grid.
+    ``cache_dir``: the cache folder for large deflated members (default: configured).
     """
     path = Path(path)
-    zip_size = path.stat().st_size if path.exists() else 0
     with _open_zip(path) as zf:
+        zip_size = path.stat().st_size
         mhds, infos = _grid_members(zf, path)
         declared = sum(i.file_size for i in infos.values())
         if declared > max(zip_size, 1) * MAX_RATIO:
@@ -148,21 +169,25 @@ def read_grid_zip(
         xml_meta: dict = {}
         xml_info = next((i for r, i in infos.items() if r.name == "data_set.xml"), None)
         if xml_info is not None:
-            xml_meta = parse_data_set_xml(_read_member(zf, xml_info, MAX_XML_BYTES, path),
+            xml_meta = parse_data_set_xml(read_member(zf, xml_info, MAX_XML_BYTES, path),
                                           f"{path}!data_set.xml")
         meta = merge_metadata(xml_meta, path.name)
+        if zip_comment_is_synthetic(zf.comment):
+            meta["synthetic"] = True
         # Headers first: the raw sizes they imply cap the whole expansion before inflating.
         plans: list[tuple[PurePosixPath, MetaImageHeader, zipfile.ZipInfo]] = []
         for info, rel in mhds:
             source = f"{path}!{rel}"
-            header = parse_header(_read_member(zf, info, MAX_HEADER_BYTES, path), source)
+            header = parse_header(read_member(zf, info, MAX_HEADER_BYTES, path), source)
             if header.data_file.upper() == "LOCAL":
                 raise AllenFormatError(source, "ElementDataFile LOCAL is not supported in zips")
             raw_rel = check_member_name(str(rel.parent / header.data_file), path)
             raw_info = infos.get(raw_rel)
             if raw_info is None:
                 raise AllenFormatError(source, f"data member {str(raw_rel)!r} missing from zip")
-            if not header.compressed and raw_info.file_size != header.n_bytes:
+            if header.compressed:
+                check_compressed_size(header, raw_info.file_size, source)
+            elif raw_info.file_size != header.n_bytes:
                 raise AllenFormatError(source, size_problem(header, raw_info.file_size))
             plans.append((rel, header, raw_info))
         provenance = read_provenance(path)
@@ -171,9 +196,13 @@ def read_grid_zip(
             check(cancel)
             report(progress, done=done, total=len(plans), message=f"reading {rel.name}")
             source = f"{path}!{rel}"
-            data = _member_array(path, zf, raw_info, header, source, progress, cancel)
+            data = _member_array(path, zf, raw_info, header, source, cache_dir, progress,
+                                 cancel)
             vmeta = dict(meta, element_type=header.element_type, format="grid_zip",
                          member=str(rel), **provenance)
+            if header.synthetic:
+                vmeta["synthetic"] = True
+            warn_if_synthetic(vmeta, source)
             volumes.append(GridVolume(data=data, resolution=header.resolution,
                                       kind=kind_from_name(rel.name), metadata=vmeta,
                                       source=str(path)))
@@ -182,21 +211,27 @@ def read_grid_zip(
 
 
 def _member_array(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
-                  header: MetaImageHeader, source: str, progress, cancel) -> np.ndarray:
+                  header: MetaImageHeader, source: str, cache_dir, progress,
+                  cancel) -> np.ndarray:
     n_bytes = header.n_bytes
     if header.compressed:
-        # zlib-compressed MetaImage payload inside the zip: small by construction.
-        from .metaimage import array_from_bytes
-
-        payload = _read_member(zf, info, max(n_bytes, 1) * 2 + 1024, path)
-        return array_from_bytes(payload, header, source)
+        # A zlib-compressed MetaImage payload inside the zip: streamed like any other.
+        try:
+            with zf.open(info) as fh:
+                return decode_stream(
+                    fh, header, source, key_parts=("zip", info.CRC),
+                    key_source=(path, _member_data_offset(path, info), info.compress_size),
+                    cache_dir=cache_dir, progress=progress, cancel=cancel)
+        except AllenFormatError:
+            raise
+        except ZIP_ERRORS as exc:
+            raise AllenFormatError(source, f"truncated or corrupt zip member "
+                                           f"{info.filename!r}: {exc}") from exc
     if n_bytes <= MEMMAP_THRESHOLD:
-        payload = _read_member(zf, info, n_bytes, path)
+        payload = read_member(zf, info, n_bytes, path)
         if len(payload) != n_bytes:
             raise AllenFormatError(source, size_problem(header, len(payload)))
-        flat = np.frombuffer(payload, dtype=header.dtype)
-        return flat.astype(header.dtype.newbyteorder("="), copy=True).reshape(
-            header.dim_size, order="F")
+        return array_from_bytes(payload, header.dtype, header.dim_size)
     if info.compress_type == zipfile.ZIP_STORED:
         offset = _member_data_offset(path, info)
         if offset + n_bytes > path.stat().st_size:
@@ -209,12 +244,16 @@ def _member_array(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
             with zf.open(info) as fh:
                 copy_capped(fh, n_bytes, write, source, what=f"zip member {info.filename!r}",
                             progress=progress, cancel=cancel)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        except AllenFormatError:
+            raise
+        except ZIP_ERRORS as exc:
             raise AllenFormatError(source, f"truncated or corrupt zip member "
                                            f"{info.filename!r}: {exc}") from exc
 
-    key = cache_key(path, "zip", info.filename, info.CRC)
-    return decoded_memmap(key, fill, n_bytes, header.dtype, header.dim_size)
+    key = content_key(path, _member_data_offset(path, info), info.compress_size, "zip",
+                      info.CRC, header.dtype.str, header.dim_size)
+    return decoded_memmap(key, fill, n_bytes, header.dtype, header.dim_size, folder=cache_dir,
+                          source=source, synthetic=bool(header.synthetic))
 
 
 def is_grid_folder(path: str | os.PathLike) -> bool:
@@ -228,25 +267,29 @@ def is_grid_folder(path: str | os.PathLike) -> bool:
 def read_grid_folder(
     path: str | os.PathLike,
     *,
+    cache_dir: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> list[GridVolume]:
     """Every ``.mhd`` grid in a folder (an unzipped download), with data_set.xml metadata."""
     path = Path(path)
-    mhds = sorted(path.glob("*.mhd"))
+    mhds = sorted(p for p in path.glob("*.mhd") if not p.is_dir())
     if not mhds:
         raise AllenFormatError(path, "folder holds no .mhd grid")
     xml_meta: dict = {}
     xml_path = path / "data_set.xml"
-    if xml_path.is_file():
-        if xml_path.stat().st_size > MAX_XML_BYTES:
+    if xml_path.exists() or xml_path.is_symlink():
+        with open_regular(xml_path) as fh:
+            content = fh.read(MAX_XML_BYTES + 1)
+        if len(content) > MAX_XML_BYTES:
             raise AllenFormatError(xml_path, "data_set.xml is implausibly large")
-        xml_meta = parse_data_set_xml(xml_path.read_bytes(), xml_path)
+        xml_meta = parse_data_set_xml(content, xml_path)
     meta = merge_metadata(xml_meta, path.name)
     volumes = []
     for done, mhd in enumerate(mhds):
         check(cancel)
         report(progress, done=done, total=len(mhds), message=f"reading {mhd.name}")
-        vol = read_metaimage(mhd, metadata=dict(meta, format="grid_folder"))
+        vol = read_metaimage(mhd, metadata=dict(meta, format="grid_folder"),
+                             cache_dir=cache_dir, progress=progress, cancel=cancel)
         volumes.append(vol)
     return volumes

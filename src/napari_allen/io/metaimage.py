@@ -1,13 +1,21 @@
-"""Allen MetaImage grids: the ``.mhd`` text header and its ``.raw`` payload.
+"""Allen MetaImage grids: the ``.mhd`` text header and its ``.raw`` payload (the one MetaImage
+parser of the project: readers, grid zips and the download verifier use it).
 
 The header drives everything (``DimSize``, ``ElementSpacing``, ``ElementType``,
 ``BinaryDataByteOrderMSB``, ``ElementDataFile``, ``HeaderSize``, ``CompressedData``); sizes are
-never hard-coded. The payload is x-fastest (AP fastest), so it is reshaped to ``DimSize`` in
-Fortran order, giving ``[AP, DV, ML]`` without a transpose. ``AnatomicalOrientation = RAI``
-in Allen headers contradicts the real PIR layout and is ignored (allen-api.md §6.4).
+never hard-coded, and every field is validated (types, ranges, counts). The payload is x-fastest
+(AP fastest), so it is reshaped to ``DimSize`` in Fortran order, giving ``[AP, DV, ML]`` without
+a transpose. ``AnatomicalOrientation = RAI`` in Allen headers contradicts the real PIR layout
+and is ignored (allen-api.md §6.4).
+
+``ElementDataFile`` must resolve inside the header's folder: absolute paths, ``..`` and symlinks
+leading out of it are refused (a header must not be able to read ``/etc/passwd``).
 
 Payloads larger than :data:`MEMMAP_THRESHOLD` are memory-mapped (a 10 µm grid is 4.8 GB) so
 opening costs no reading; smaller ones are read into memory so no file handle stays open.
+Compressed payloads (``CompressedData = True``) are inflated as a stream: into memory when
+small, into the decoded cache (:mod:`napari_allen.io._decode`) when large; never a whole-file
+read, and a header claiming more than the compressed bytes can hold is refused up front.
 
 Reader collision: napari's builtins (and other plugins) also claim ``*.mhd``/``*.raw``; open
 with ``viewer.open(path, plugin="napari-allen")`` to choose this reader.
@@ -17,35 +25,36 @@ from __future__ import annotations
 
 import math
 import os
-import zlib
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import AllenFormatError
 from ..space import describe_size_match, resolution_for_shape
+from ._decode import (
+    GZIP_OR_ZLIB,
+    MAX_RATIO,
+    content_key,
+    decoded_memmap,
+    inflate,
+    inflate_to_array,
+)
+from .elements import MET_TYPES, array_from_bytes, met_dtype, met_name
+from .provenance import mhd_fields_are_synthetic, read_provenance, warn_if_synthetic
 from .volume import GridVolume, kind_from_name
 
 #: Payloads above this many bytes are memory-mapped instead of read.
 MEMMAP_THRESHOLD = 32 * 1024 * 1024
 #: A real ``.mhd`` header is ~300 B; anything this large is not a detached header.
 MAX_HEADER_BYTES = 64 * 1024
+#: Largest size along one axis (a 10 µm grid is 1320 voxels; keep generous headroom).
+MAX_AXIS = 1 << 20
 
-ELEMENT_TYPES: dict[str, str] = {
-    "MET_CHAR": "i1", "MET_UCHAR": "u1",
-    "MET_SHORT": "i2", "MET_USHORT": "u2",
-    "MET_INT": "i4", "MET_UINT": "u4",
-    # MetaIO's MET_LONG/MET_ULONG are 32-bit in ITK-written files; LONG_LONG are 64-bit.
-    "MET_LONG": "i4", "MET_ULONG": "u4",
-    "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8",
-    "MET_FLOAT": "f4", "MET_DOUBLE": "f8",
-}
-_DTYPE_TO_MET: dict[str, str] = {
-    "i1": "MET_CHAR", "u1": "MET_UCHAR", "i2": "MET_SHORT", "u2": "MET_USHORT",
-    "i4": "MET_INT", "u4": "MET_UINT", "i8": "MET_LONG_LONG", "u8": "MET_ULONG_LONG",
-    "f4": "MET_FLOAT", "f8": "MET_DOUBLE",
-}
+#: Kept for callers of the old name; the table lives in :mod:`.elements`.
+ELEMENT_TYPES = MET_TYPES
 
 
 @dataclass
@@ -66,7 +75,7 @@ class MetaImageHeader:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(ELEMENT_TYPES[self.element_type]).newbyteorder(">" if self.msb else "<")
+        return met_dtype(self.element_type, self.msb)
 
     @property
     def n_voxels(self) -> int:
@@ -81,12 +90,37 @@ class MetaImageHeader:
     def resolution(self) -> float:
         return float(self.spacing[0])
 
+    @property
+    def synthetic(self) -> bool:
+        """Does the header carry the local server's synthetic mark (see io.provenance)?"""
+        return mhd_fields_are_synthetic(self.fields)
+
     def describe(self) -> str:
         return f"DimSize {' '.join(map(str, self.dim_size))} {self.element_type}"
 
 
-def _as_bool(value: str) -> bool:
-    return value.strip().lower() in ("true", "1", "yes")
+def _as_bool(value: str, key: str, source) -> bool:
+    text = value.strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise AllenFormatError(source, f"{key} = {value[:40]!r} is not True or False")
+
+
+def _int(fields: dict, key: str, source, default: int | None = None, low: int = 0) -> int:
+    text = fields.get(key)
+    if text is None:
+        if default is None:
+            raise AllenFormatError(source, f"MetaImage header lacks {key}")
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise AllenFormatError(source, f"{key} = {text[:40]!r} is not an integer") from None
+    if value < low:
+        raise AllenFormatError(source, f"{key} = {value} must be >= {low}")
+    return value
 
 
 def parse_header(text: str | bytes, source: str | os.PathLike) -> MetaImageHeader:
@@ -102,9 +136,11 @@ def parse_header(text: str | bytes, source: str | os.PathLike) -> MetaImageHeade
         if len(text) > MAX_HEADER_BYTES:
             raise AllenFormatError(source, "not a MetaImage header (file too large)")
         try:
-            text = text.decode("ascii")
+            text = text.decode("utf-8")
         except UnicodeDecodeError:
             raise AllenFormatError(source, "not a MetaImage header (binary content)") from None
+        if "\x00" in text:
+            raise AllenFormatError(source, "not a MetaImage header (binary content)")
     fields: dict[str, str] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -122,32 +158,36 @@ def parse_header(text: str | bytes, source: str | os.PathLike) -> MetaImageHeade
         return fields[key]
 
     if fields.get("ObjectType", "Image") != "Image":
-        raise AllenFormatError(source, f"ObjectType {fields['ObjectType']!r} is not Image")
+        raise AllenFormatError(source, f"ObjectType {fields['ObjectType'][:40]!r} is not Image")
     try:
         dims = tuple(int(v) for v in need("DimSize").split())
     except ValueError:
-        raise AllenFormatError(source, f"DimSize {fields['DimSize']!r} is not integers") from None
-    ndims = int(fields.get("NDims", len(dims)))
+        raise AllenFormatError(source, f"DimSize {fields['DimSize'][:60]!r} is not integers") \
+            from None
+    ndims = _int(fields, "NDims", source, default=len(dims))
     if ndims != 3 or len(dims) != 3:
         raise AllenFormatError(source, f"expected a 3-D grid, got NDims {ndims} DimSize {dims}")
     if min(dims) <= 0:
         raise AllenFormatError(source, f"DimSize {dims} has a non-positive size")
-    if int(fields.get("ElementNumberOfChannels", "1")) != 1:
+    if max(dims) > MAX_AXIS:
+        raise AllenFormatError(source, f"DimSize {dims} exceeds {MAX_AXIS:,} voxels per axis")
+    if _int(fields, "ElementNumberOfChannels", source, default=1) != 1:
         raise AllenFormatError(source, "multi-channel MetaImage is not an Allen grid")
     etype = need("ElementType")
-    if etype not in ELEMENT_TYPES:
+    if etype not in MET_TYPES:
         raise AllenFormatError(
-            source, f"unknown ElementType {etype!r} (known: {', '.join(ELEMENT_TYPES)})"
+            source, f"unknown ElementType {etype[:40]!r} (known: {', '.join(MET_TYPES)})"
         )
     spacing_text = fields.get("ElementSpacing") or fields.get("ElementSize")
     if spacing_text:
         try:
             spacing = tuple(float(v) for v in spacing_text.split())
         except ValueError:
-            raise AllenFormatError(source, f"ElementSpacing {spacing_text!r} is not numbers") \
-                from None
-        if len(spacing) != 3 or min(spacing) <= 0:
-            raise AllenFormatError(source, f"ElementSpacing {spacing_text!r} is not 3 positive")
+            raise AllenFormatError(source, f"ElementSpacing {spacing_text[:60]!r} is not "
+                                           "numbers") from None
+        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise AllenFormatError(source, f"ElementSpacing {spacing_text[:60]!r} is not 3 "
+                                           "positive numbers")
     else:
         # No spacing: only acceptable when the shape is one of Allen's grids.
         res = resolution_for_shape(dims)
@@ -156,35 +196,79 @@ def parse_header(text: str | bytes, source: str | os.PathLike) -> MetaImageHeade
         spacing = (float(res),) * 3
     if not np.allclose(spacing, spacing[0]):
         raise AllenFormatError(source, f"anisotropic ElementSpacing {spacing} is not supported")
-    msb_text = fields.get("BinaryDataByteOrderMSB", fields.get("ElementByteOrderMSB", "False"))
+    msb_key = "BinaryDataByteOrderMSB" if "BinaryDataByteOrderMSB" in fields \
+        else "ElementByteOrderMSB"
+    msb = _as_bool(fields.get(msb_key, "False"), msb_key, source)
+    if not _as_bool(fields.get("BinaryData", "True"), "BinaryData", source):
+        raise AllenFormatError(source, "BinaryData = False (text payloads) is not supported")
     data_file = need("ElementDataFile")
+    if not data_file:
+        raise AllenFormatError(source, "ElementDataFile is empty")
     if data_file.upper().startswith("LIST") or "%" in data_file:
-        raise AllenFormatError(source, f"ElementDataFile {data_file!r} (file lists) unsupported")
-    compressed = _as_bool(fields.get("CompressedData", "False"))
+        raise AllenFormatError(source, f"ElementDataFile {data_file[:60]!r} (file lists) "
+                                       "unsupported")
+    compressed = _as_bool(fields.get("CompressedData", "False"), "CompressedData", source)
     csize = fields.get("CompressedDataSize")
     return MetaImageHeader(
         dim_size=dims,  # type: ignore[arg-type]
         spacing=spacing,  # type: ignore[arg-type]
         element_type=etype,
-        msb=_as_bool(msb_text),
+        msb=msb,
         data_file=data_file,
-        header_size=int(fields.get("HeaderSize", "0")),
+        header_size=_int(fields, "HeaderSize", source, default=0, low=-1),
         compressed=compressed,
-        compressed_size=int(csize) if csize else None,
+        compressed_size=_int(fields, "CompressedDataSize", source, low=0) if csize else None,
         fields=fields,
         header_length=header_length,
     )
 
 
-def read_header(path: str | os.PathLike) -> MetaImageHeader:
-    """Read and parse ``path`` (a ``.mhd``). Reads at most :data:`MAX_HEADER_BYTES`."""
+def open_regular(path: str | os.PathLike, what: str = "") -> BinaryIO:
+    """``open(path, 'rb')`` for a regular file; AllenFormatError naming ``path`` for a missing
+    file, a folder, a FIFO/device (reading would block or never end), a symlink loop or a
+    permission problem."""
     path = Path(path)
+    label = f"{what} " if what else ""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(MAX_HEADER_BYTES + 1)
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AllenFormatError(path, f"{label}file not found") from None
     except OSError as exc:
-        raise AllenFormatError(path, f"cannot read: {exc.strerror or exc}") from exc
-    return parse_header(head, path)
+        raise AllenFormatError(path, f"cannot read {label}file: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AllenFormatError(path, f"{label}is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise AllenFormatError(path, f"{label}is not a regular file (FIFO, socket or device)")
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise AllenFormatError(path, f"cannot read {label}file: {exc.strerror or exc}") from None
+
+
+def contained_data_file(header_path: str | os.PathLike, name: str, what: str) -> Path:
+    """The data file ``name`` of the header at ``header_path``, which must resolve inside the
+    header's folder: no absolute path, no ``..``, no symlink leading out of the folder."""
+    header_path = Path(header_path)
+    unified = name.replace("\\", "/")
+    pure = PurePosixPath(unified)
+    if pure.is_absolute() or (len(unified) > 1 and unified[1] == ":"):
+        raise AllenFormatError(header_path, f"{what} {name[:80]!r} is an absolute path; it must "
+                                            "name a file next to the header")
+    if ".." in pure.parts:
+        raise AllenFormatError(header_path, f"{what} {name[:80]!r} leaves the header's folder "
+                                            "('..')")
+    folder = header_path.parent
+    candidate = folder.joinpath(*pure.parts)
+    try:
+        real_folder = folder.resolve(strict=True)
+        real = candidate.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop (Python < 3.13)
+        raise AllenFormatError(header_path, f"{what} {name[:80]!r} cannot be resolved: "
+                                            f"{exc}") from None
+    if not real.is_relative_to(real_folder):
+        raise AllenFormatError(header_path, f"{what} {name[:80]!r} is a symlink leading out of "
+                                            "the header's folder")
+    return candidate
 
 
 def size_problem(header: MetaImageHeader, found: int) -> str:
@@ -197,64 +281,90 @@ def size_problem(header: MetaImageHeader, found: int) -> str:
     return f"{text}; {hint}" if hint else text
 
 
-def array_from_bytes(payload: bytes, header: MetaImageHeader, source) -> np.ndarray:
-    """Decode an in-memory payload (possibly zlib-compressed) into an ``[AP, DV, ML]`` array."""
-    if header.compressed:
-        try:
-            decomp = zlib.decompressobj()
-            # Cap the output so a compressed bomb cannot exhaust memory.
-            payload = decomp.decompress(payload, header.n_bytes + 1)
-        except zlib.error as exc:
-            raise AllenFormatError(source, f"corrupt compressed data: {exc}") from exc
-    elif header.header_size > 0:
-        payload = payload[header.header_size:]
-    elif header.header_size == -1:
-        payload = payload[len(payload) - header.n_bytes:] if len(payload) >= header.n_bytes \
-            else payload
-    if len(payload) != header.n_bytes:
-        raise AllenFormatError(source, size_problem(header, len(payload)))
-    flat = np.frombuffer(payload, dtype=header.dtype)
-    # Native byte order in memory: vispy and numba-free napari code expect it.
-    arr = flat.astype(header.dtype.newbyteorder("="), copy=True)
-    return arr.reshape(header.dim_size, order="F")
+def check_compressed_size(header: MetaImageHeader, compressed: int, source) -> None:
+    """Refuse up front a compressed payload that cannot hold what the header declares."""
+    if compressed <= 0:
+        raise AllenFormatError(source, "compressed data is empty")
+    if header.n_bytes > compressed * MAX_RATIO + 1024:
+        raise AllenFormatError(source, f"{compressed:,} bytes of compressed data cannot inflate "
+                                       f"to the {header.n_bytes:,} bytes {header.describe()} "
+                                       "declares (corrupt header or decompression bomb)")
 
 
-def read_payload(raw_path: Path, header: MetaImageHeader, source) -> np.ndarray:
+def decode_stream(fh: BinaryIO, header: MetaImageHeader, source, *, key_parts: tuple,
+                  key_source: tuple | None = None, cache_dir=None, progress=None,
+                  cancel=None):
+    """Inflate a compressed MetaImage payload read from ``fh`` (positioned at its start):
+    into memory when small, into the decoded cache when large (``key_source`` =
+    ``(path, offset, length)`` of the compressed bytes, hashed for the cache key)."""
+    what = "compressed MetaImage data"
+    if header.n_bytes <= MEMMAP_THRESHOLD or key_source is None:
+        if header.n_bytes > MEMMAP_THRESHOLD:
+            raise AllenFormatError(source, "compressed payload too large to inflate in memory")
+        return inflate_to_array(fh, header.n_bytes, header.dtype, header.dim_size, source,
+                                wbits=GZIP_OR_ZLIB, what=what, progress=progress,
+                                cancel=cancel)
+    start = fh.tell()
+
+    def fill(write) -> None:
+        fh.seek(start)
+        inflate(fh, header.n_bytes, write, source, what=what, progress=progress, cancel=cancel)
+
+    key = content_key(*key_source, "mhd", header.dtype.str, header.dim_size, *key_parts)
+    return decoded_memmap(key, fill, header.n_bytes, header.dtype, header.dim_size,
+                          folder=cache_dir, source=source, synthetic=header.synthetic)
+
+
+def read_payload(raw_path: Path, header: MetaImageHeader, source, *, cache_dir=None,
+                 progress=None, cancel=None):
     """Read or memory-map ``raw_path`` as described by ``header`` (size checked first)."""
-    try:
-        size = raw_path.stat().st_size
-    except OSError:
-        raise AllenFormatError(source, f"data file {raw_path.name!r} not found next to "
-                                       "the header") from None
-    if header.compressed:
-        if size > max(header.n_bytes, 1) * 2 + 1024:
-            raise AllenFormatError(source, "compressed data larger than its uncompressed size")
-        return array_from_bytes(raw_path.read_bytes(), header, source)
-    if header.header_size == -1:
-        offset = size - header.n_bytes
-        if offset < 0:
-            raise AllenFormatError(source, size_problem(header, size))
-    else:
-        offset = header.header_size
-        if size != offset + header.n_bytes:
-            raise AllenFormatError(source, size_problem(header, size))
-    if header.n_bytes > MEMMAP_THRESHOLD:
-        # Lazy: pages are read only when napari slices them.
-        return np.memmap(raw_path, dtype=header.dtype, mode="r", offset=offset,
-                         shape=header.dim_size, order="F")
-    with open(raw_path, "rb") as fh:
+    with open_regular(raw_path, "data") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if header.compressed:
+            offset = max(header.header_size, 0)
+            compressed = size - offset
+            if header.compressed_size is not None and header.compressed_size != compressed:
+                raise AllenFormatError(source, f"CompressedDataSize {header.compressed_size:,}"
+                                               f" but the data file holds {compressed:,} bytes")
+            check_compressed_size(header, compressed, source)
+            fh.seek(offset)
+            return decode_stream(fh, header, source, key_parts=(),
+                                 key_source=(raw_path, offset, compressed),
+                                 cache_dir=cache_dir, progress=progress, cancel=cancel)
+        if header.header_size == -1:
+            offset = size - header.n_bytes
+            if offset < 0:
+                raise AllenFormatError(source, size_problem(header, size))
+        else:
+            offset = header.header_size
+            if size != offset + header.n_bytes:
+                raise AllenFormatError(source, size_problem(header, size))
+        if header.n_bytes > MEMMAP_THRESHOLD:
+            # Lazy: pages are read only when napari slices them.
+            return np.memmap(raw_path, dtype=header.dtype, mode="r", offset=offset,
+                             shape=header.dim_size, order="F")
         fh.seek(offset)
         payload = fh.read(header.n_bytes)
-    flat = np.frombuffer(payload, dtype=header.dtype)
-    return flat.astype(header.dtype.newbyteorder("="), copy=True).reshape(
-        header.dim_size, order="F")
+    if len(payload) != header.n_bytes:  # the file shrank under us
+        raise AllenFormatError(source, size_problem(header, len(payload) + offset))
+    return array_from_bytes(payload, header.dtype, header.dim_size)
+
+
+def read_header(path: str | os.PathLike) -> MetaImageHeader:
+    """Read and parse ``path`` (a ``.mhd``). Reads at most :data:`MAX_HEADER_BYTES`."""
+    path = Path(path)
+    with open_regular(path) as fh:
+        head = fh.read(MAX_HEADER_BYTES + 1)
+    return parse_header(head, path)
 
 
 def read_metaimage(path: str | os.PathLike, kind: str | None = None,
-                   metadata: dict | None = None) -> GridVolume:
+                   metadata: dict | None = None, *, cache_dir=None, progress=None,
+                   cancel=None) -> GridVolume:
     """Read an Allen ``.mhd`` (+ its ``ElementDataFile``) into a :class:`GridVolume`.
 
     ``kind`` defaults to the one implied by the file name (``energy.mhd`` -> ``energy``).
+    ``cache_dir``: the cache folder for large compressed payloads (default: configured).
     Raises :class:`AllenFormatError` naming the file for any header/payload problem.
     """
     path = Path(path)
@@ -262,12 +372,20 @@ def read_metaimage(path: str | os.PathLike, kind: str | None = None,
     if header.data_file.upper() == "LOCAL":
         raw_path = path
         # Data follow the header in the same file (.mha), right after ElementDataFile.
-        header.header_size += header.header_length
+        header.header_size = max(header.header_size, 0) + header.header_length
     else:
-        raw_path = path.parent / header.data_file
-    data = read_payload(raw_path, header, path)
-    meta = {"element_type": header.element_type, "format": "metaimage"}
+        raw_path = contained_data_file(path, header.data_file, "ElementDataFile")
+        if not raw_path.exists() and not raw_path.is_symlink():
+            raise AllenFormatError(path, f"data file {header.data_file[:80]!r} not found next "
+                                         "to the header")
+    data = read_payload(raw_path, header, path, cache_dir=cache_dir, progress=progress,
+                        cancel=cancel)
+    meta = {"element_type": header.element_type, "format": "metaimage",
+            **read_provenance(path)}
+    if header.synthetic:
+        meta["synthetic"] = True
     meta.update(metadata or {})
+    warn_if_synthetic(meta, path)
     return GridVolume(
         data=data,
         resolution=header.resolution,
@@ -280,10 +398,7 @@ def read_metaimage(path: str | os.PathLike, kind: str | None = None,
 def format_header(shape: tuple[int, int, int], resolution: float, dtype: np.dtype,
                   data_file: str) -> str:
     """An Allen-style ``.mhd`` header for an ``[AP, DV, ML]`` array (little-endian payload)."""
-    dtype = np.dtype(dtype)
-    key = dtype.kind + str(dtype.itemsize)
-    if key not in _DTYPE_TO_MET:
-        raise ValueError(f"cannot write element type {dtype} as MetaImage")
+    element_type = met_name(dtype)
     spacing = f"{resolution:g}"
     lines = [
         "ObjectType = Image",
@@ -299,7 +414,7 @@ def format_header(shape: tuple[int, int, int], resolution: float, dtype: np.dtyp
         "AnatomicalOrientation = RAI",
         f"ElementSpacing = {spacing} {spacing} {spacing}",
         f"DimSize = {shape[0]} {shape[1]} {shape[2]}",
-        f"ElementType = {_DTYPE_TO_MET[key]}",
+        f"ElementType = {element_type}",
         f"ElementDataFile = {data_file}",
     ]
     return "\n".join(lines) + "\n"
