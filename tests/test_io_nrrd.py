@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 from importlib import resources
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 from napari_allen.errors import AllenFormatError
 from napari_allen.io import read_volumes
+from napari_allen.io.manifest import MANIFEST_NAME, Manifest
 from napari_allen.io.nrrd import read_nrrd
 
 CONN = resources.files("napari_allen") / "data" / "connectivity" / "158375425"
@@ -83,16 +83,17 @@ def test_large_gzip_decodes_once_to_cache(tmp_path, monkeypatch):
     vol = read_nrrd(path)
     assert isinstance(vol.data, np.memmap)
     assert vol.data[3, 4, 5] == 0.25
-    decoded = sorted((tmp_path / "cache" / "decoded").iterdir())
-    # One decoded payload plus its manifest record (size + SHA-256 + source).
-    assert [p.suffix for p in decoded] == [".json", ".raw"]
-    record = json.loads(decoded[0].read_text())
-    assert record["size"] == grid.nbytes and record["source"] == str(path)
-    assert record["sha256"] == hashlib.sha256(grid.tobytes(order="F")).hexdigest()
+    folder = tmp_path / "cache" / "decoded"
+    decoded = sorted(p.name for p in folder.iterdir())
+    # One decoded payload plus the folder's manifest (size + SHA-256 + source).
+    assert len(decoded) == 2 and decoded[0] == MANIFEST_NAME and decoded[1].endswith(".raw")
+    entry = Manifest(folder).get(decoded[1])
+    assert entry.size == grid.nbytes and entry.url == str(path)
+    assert entry.sha256 == hashlib.sha256(grid.tobytes(order="F")).hexdigest()
     # A second open reuses the decoded file (same path, no new file, no .part left).
     again = read_nrrd(path)
     assert again.data.filename == vol.data.filename
-    assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 2
+    assert sorted(p.name for p in folder.iterdir()) == decoded
 
 
 def test_bundled_annotation_25_is_lazy():
@@ -166,7 +167,7 @@ def test_no_partial_cache_after_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(tmp_path / "cache"))
     with pytest.raises(AllenFormatError, match="truncated"):
         read_nrrd(path)
-    assert list((tmp_path / "cache" / "decoded").iterdir()) == []
+    assert list((tmp_path / "cache" / "decoded").glob("*raw*")) == []
 
 
 def test_concurrent_first_opens_share_one_decode(tmp_path, monkeypatch):
@@ -183,4 +184,4 @@ def test_concurrent_first_opens_share_one_decode(tmp_path, monkeypatch):
         vols = list(pool.map(lambda _: read_nrrd(path), range(2)))
     assert all(v.data[7, 8, 9] == 0.5 for v in vols)
     leftovers = sorted(p.suffix for p in (tmp_path / "cache" / "decoded").iterdir())
-    assert leftovers == [".json", ".raw"]
+    assert leftovers == [".jsonl", ".raw"]

@@ -60,6 +60,16 @@ def register(subparsers) -> None:
     add_client_options(c)
     c.set_defaults(func=cache_info_command)
 
+    p = subparsers.add_parser(
+        "cache-prune", help="trim the decoded-grid cache (least recently used first)",
+        description="Remove decoded grids (inflated 25/10 µm payloads) from the cache, least "
+                    "recently used first, until it holds at most --max (default: its cap, "
+                    "NAPARI_ALLEN_CACHE_MAX or a quarter of the free disk). Downloads and "
+                    "metadata are kept. --max 0 empties it.")
+    p.add_argument("--max", dest="max_size", metavar="SIZE",
+                   help="target size, e.g. 2GB, 500MB or 0 (default: the cap)")
+    p.set_defaults(func=cache_prune_command)
+
 
 def search_ish_command(args) -> int:
     client = client_from_args(args)
@@ -70,11 +80,33 @@ def search_ish_command(args) -> int:
 
 
 def cache_info_command(args) -> int:
+    from ..io._decode import decoded_cache_info
+
     info = client_from_args(args).cache_info()
     print(f"cache folder: {info['folder']}")
     print(f"metadata:     {format_size(info['metadata_bytes'])}")
     print(f"files:        {info['files']} ({format_size(info['file_bytes'])})")
     print(f"total:        {format_size(info['total_bytes'])}")
+    decoded = decoded_cache_info(info["folder"])
+    cap = "unknown" if decoded["max_bytes"] is None else format_size(decoded["max_bytes"])
+    print(f"decoded:      {decoded['entries']} grids ({format_size(decoded['bytes'])}, "
+          f"cap {cap}; napari-allen cache-prune trims it)")
+    return 0
+
+
+def cache_prune_command(args) -> int:
+    from ..config import cache_dir
+    from ..io._decode import decoded_cache_info, parse_size, prune_decoded_cache
+
+    try:
+        target = None if args.max_size is None else parse_size(args.max_size)
+    except ValueError as exc:
+        print(f"cache-prune: --max: {exc}", file=sys.stderr)
+        return 2
+    removed, freed = prune_decoded_cache(cache_dir(), target)
+    info = decoded_cache_info(cache_dir())
+    print(f"removed {removed} decoded grids ({format_size(freed)}); "
+          f"{info['entries']} left ({format_size(info['bytes'])})")
     return 0
 
 

@@ -15,9 +15,11 @@ The decoded cache cannot hurt the machine:
   a quarter of the disk space available to it; least-recently-used entries are evicted first; a
   grid larger than the whole cap is decoded into an anonymous temporary file (freed when closed);
 - a decode that would not fit the free disk is refused up front with a clear error;
-- every entry has a manifest record ``<key>.json`` (size, SHA-256 of the decoded bytes, source,
-  synthetic flag), written before the entry appears under its final name; an entry whose file
-  changed since it was recorded is re-hashed and dropped if it no longer matches.
+- every entry has a record in the folder's manifest (:mod:`napari_allen.io.manifest`: size,
+  SHA-256 of the decoded bytes, source, synthetic flag), written before the entry appears
+  under its final name; an entry whose file changed since it was recorded is re-hashed and
+  decoded again if it no longer matches. The last use (for eviction) is the file's atime,
+  set explicitly on each use.
 
 ``napari-allen cache-info`` shows it (:func:`decoded_cache_info`), ``napari-allen cache-prune``
 trims it (:func:`prune_decoded_cache`).
@@ -28,7 +30,6 @@ from __future__ import annotations
 import bz2
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -44,7 +45,8 @@ import numpy as np
 
 from ..errors import AllenFormatError
 from ..progress import CancelToken, ProgressCallback, check, report
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_path
+from .manifest import Manifest
 
 _IN_CHUNK = 1 << 20  # compressed bytes read per step
 _OUT_CHUNK = 16 << 20  # at most this many inflated bytes held at once
@@ -256,20 +258,27 @@ def decoded_folder(cache_root: str | os.PathLike | None = None) -> Path:
 
 
 def _entries(folder: Path) -> list[tuple[float, int, Path]]:
-    """``(last use, bytes, raw path)`` of every complete entry, least recently used first."""
+    """``(last use, bytes, raw path)`` of every entry, least recently used first. The last use
+    is the file's access time, which :func:`_touch` sets explicitly (whatever the mount's
+    atime policy) while keeping the mtime the manifest recorded."""
     out = []
     if not folder.is_dir():
         return out
     for raw in folder.glob("*.raw"):
         try:
-            size = raw.stat().st_size
-            meta = raw.with_suffix(".json")
-            used = meta.stat().st_mtime if meta.exists() else raw.stat().st_mtime
+            st = raw.stat()
         except OSError:
             continue
-        out.append((used, size, raw))
+        out.append((st.st_atime, st.st_size, raw))
     out.sort()
     return out
+
+
+def _touch(raw: Path) -> None:
+    """Mark ``raw`` as just used (atime = now, mtime unchanged so the manifest still matches)."""
+    with contextlib.suppress(OSError):
+        st = raw.stat()
+        os.utime(raw, ns=(time.time_ns(), st.st_mtime_ns))
 
 
 def cache_max_bytes(folder: Path) -> int:
@@ -286,9 +295,10 @@ def cache_max_bytes(folder: Path) -> int:
 
 
 def _remove_entry(raw: Path) -> None:
-    for path in (raw, raw.with_suffix(".json")):
-        with contextlib.suppress(OSError):
-            path.unlink()
+    with contextlib.suppress(OSError):
+        raw.unlink()
+    with contextlib.suppress(OSError, ValueError):
+        Manifest(raw.parent).forget(raw.name)
 
 
 def _evict(folder: Path, need: int, cap: int, keep: set[Path] = frozenset()) -> None:
@@ -310,24 +320,6 @@ def _check_disk(folder: Path, need: int, source) -> None:
         raise AllenFormatError(source, f"decoding needs {need / 1e9:.2f} GB of disk in "
                                        f"{folder}, only {free / 1e9:.2f} GB free; free some "
                                        "space or point NAPARI_ALLEN_CACHE at a larger disk")
-
-
-def _manifest_ok(raw: Path, n_bytes: int) -> bool:
-    """Is the entry complete and unchanged since its manifest record (re-hash if touched)?"""
-    try:
-        st = raw.stat()
-        record = json.loads(raw.with_suffix(".json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if not isinstance(record, dict) or st.st_size != n_bytes or record.get("size") != n_bytes:
-        return False
-    if record.get("mtime_ns") == st.st_mtime_ns and record.get("inode") == st.st_ino:
-        return True
-    sha = hashlib.sha256()
-    with open(raw, "rb") as fh:
-        for block in iter(lambda: fh.read(_OUT_CHUNK), b""):
-            sha.update(block)
-    return sha.hexdigest() == record.get("sha256")
 
 
 _key_locks: dict[str, threading.Lock] = {}
@@ -363,10 +355,13 @@ def decoded_memmap(
     target_folder.mkdir(parents=True, exist_ok=True)
     target = target_folder / f"{key}.raw"
     with _key_lock(key):
-        if _manifest_ok(target, n_bytes):
-            os.utime(target.with_suffix(".json"))  # the LRU stamp
-            return np.memmap(target, dtype=dtype, mode="r", shape=tuple(shape), order="F")
-        _remove_entry(target)
+        manifest = Manifest(target_folder)
+        if target.exists():
+            # The manifest's reuse test: size always, SHA-256 when the file changed.
+            if manifest.check(target.name).ok and target.stat().st_size == n_bytes:
+                _touch(target)  # the LRU stamp
+                return np.memmap(target, dtype=dtype, mode="r", shape=tuple(shape), order="F")
+            _remove_entry(target)
         cap = cache_max_bytes(target_folder)
         if n_bytes > cap:
             return _anonymous_memmap(target_folder, fill, n_bytes, dtype, shape, source)
@@ -386,13 +381,10 @@ def decoded_memmap(
             if st.st_size != n_bytes:
                 raise AllenFormatError(source, f"decoded {st.st_size:,} bytes, expected "
                                                f"{n_bytes:,}")
-            # The record first: an entry under its final name always has one. os.replace keeps
-            # the inode and mtime recorded here.
-            record = {"size": n_bytes, "sha256": sha.hexdigest(), "source": str(source),
-                      "synthetic": bool(synthetic), "created": time.time(),
-                      "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
-                      "dtype": np.dtype(dtype).str, "shape": [int(s) for s in shape]}
-            atomic_write_text(target.with_suffix(".json"), json.dumps(record, sort_keys=True))
+            # The record first: an entry under its final name always has one (os.replace keeps
+            # the inode and mtime recorded here).
+            manifest.record(target.name, part, url=str(source), synthetic=bool(synthetic),
+                            sha256=sha.hexdigest())
     return np.memmap(target, dtype=dtype, mode="r", shape=tuple(shape), order="F")
 
 
@@ -433,9 +425,7 @@ def prune_decoded_cache(cache_root: str | os.PathLike | None = None,
     cap = cache_max_bytes(folder) if max_bytes is None else int(max_bytes)
     _evict(folder, 0, cap)
     for path in folder.iterdir():
-        stale = path.name.endswith(".part") or (
-            path.suffix == ".json" and not path.with_suffix(".raw").exists())
-        if stale:
+        if path.name.endswith(".part"):
             with contextlib.suppress(OSError):
                 path.unlink()
     after = {raw for _, _, raw in _entries(folder)}
