@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from napari_allen.cli import build_parser
-from napari_allen.commands._common import ProgressPrinter, format_size
+from napari_allen.commands._common import ProgressPrinter, client_from_args, format_size
 from napari_allen.parsing import split_list
 from napari_allen.progress import Progress
 
@@ -44,3 +44,34 @@ def test_every_command_module_registers():
                  "gene-correlation", "expression-table", "search-connectivity",
                  "average-projections", "spatial-search"):
         assert name in commands
+
+
+CLIENT_COMMANDS = ("search-ish", "download", "cache-info", "plane-store", "correlate",
+                   "gene-correlation", "expression-table", "search-connectivity",
+                   "average-projections", "spatial-search")
+
+
+def test_every_api_command_shares_the_client_options(tmp_path, monkeypatch):
+    """--api-url, --cache-dir, --offline, --retries on every command that talks to the API;
+    the client is built from them (command-line options win over the environment)."""
+    monkeypatch.setenv("NAPARI_ALLEN_API_URL", "http://env.invalid")
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no API
+    for name in CLIENT_COMMANDS:
+        options = {o for a in commands[name]._actions for o in a.option_strings}
+        assert {"--api-url", "--cache-dir", "--offline", "--retries"} <= options, name
+    args = parser.parse_args(["cache-info", "--api-url", "http://127.0.0.1:9/", "--cache-dir",
+                              str(tmp_path / "c"), "--offline", "--retries", "2"])
+    with client_from_args(args) as client:
+        assert client.base_url == "http://127.0.0.1:9"
+        assert client.cache_dir == tmp_path / "c" and client.offline
+        assert client.http.retries == 2
+    with client_from_args(parser.parse_args(["cache-info"])) as client:
+        assert client.base_url == "http://env.invalid" and client.http.retries == 5
+
+
+def test_cache_info_reports_the_given_cache_folder(tmp_path, capsys):
+    from napari_allen.cli import main
+
+    assert main(["cache-info", "--cache-dir", str(tmp_path / "mine")]) == 0
+    assert f"cache folder: {tmp_path / 'mine'}" in capsys.readouterr().out

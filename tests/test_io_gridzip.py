@@ -52,7 +52,7 @@ def test_real_grid_annotation_zip():
     (vol,) = read_grid_zip(GRID_ZIP)
     assert vol.kind == "annotation" and vol.dtype == np.uint32
     ids = np.unique(vol.data)
-    assert len(ids) == 650 and ids[0] == 0  # allen-api.md §8
+    assert len(ids) == 650 and ids[0] == 0  # docs/allen-api-notes.md §8
     assert ids.max() == 182_305_713
 
 

@@ -61,7 +61,7 @@ def test_read_real_energy_pair(nrp1_folder):
     assert vol.shape == (67, 41, 58)
     assert vol.resolution == 200.0
     data = np.asarray(vol.data)
-    # Published facts about this grid (allen-api.md §6.4).
+    # Published facts about this grid (docs/allen-api-notes.md §6.4).
     assert int((data == -1).sum()) == 54_982
     assert data.max() == pytest.approx(25.9, abs=0.01)
     assert data[data != -1].min() >= 0

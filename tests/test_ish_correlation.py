@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -12,11 +13,29 @@ from napari_allen.analysis.correlation import (
     correlation_matrix,
     dask_gene_correlation,
     output_paths,
-    reference_pairwise_correlation,
     top_pairs,
     write_outputs,
 )
 from napari_allen.atlas.ontology import Ontology
+
+
+def reference_pairwise_correlation(matrix: np.ndarray, min_periods: int = 2) -> np.ndarray:
+    """The straightforward pairwise-complete Pearson, one pair at a time (slow; for checks)."""
+    x = np.asarray(matrix, dtype=np.float64)
+    n = x.shape[0]
+    out = np.full((n, n), np.nan)
+    valid = ~np.isnan(x)
+    for i in range(n):
+        for j in range(i, n):
+            both = valid[i] & valid[j]
+            if both.sum() < max(min_periods, 2):
+                continue
+            a = x[i, both] - x[i, both].mean()
+            b = x[j, both] - x[j, both].mean()
+            denom = math.sqrt(float(a @ a) * float(b @ b))
+            if denom > 0:
+                out[i, j] = out[j, i] = float(a @ b) / denom
+    return out
 
 
 def unionize_like(n_structures: int, n_experiments: int, seed: int = 0) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Routing: one request target -> one fault-free :class:`Response` (no sockets here).
 
-URL forms (allen-api.md §12): ``/api/v2/data/query.<fmt>?q=|criteria=``,
+URL forms (docs/allen-api-notes.md §12): ``/api/v2/data/query.<fmt>?q=|criteria=``,
 ``/api/v2/data/<Model>/query.<fmt>?criteria=...``, ``/api/v2/data/<Model>/<id>.<fmt>``,
 ``/api/v2/structure_graph_download/1.json``, ``/api/v2/tree_search/Structure/<id>.json``,
 ``/api/v2/well_known_file_download/<id>``, ``/grid_data/download/<id>[?include=]``,

@@ -1,4 +1,4 @@
-"""The fault plan: which requests fail, and how (allen-api.md §3.4, §4, §11, §12).
+"""The fault plan: which requests fail, and how (docs/allen-api-notes.md §3.4, §4, §11, §12).
 
 Rules match a substring of the request's path-and-query (as sent, or percent-decoded) and fire
 ``times`` times (None = every time) or with a probability. A global ``fault_rate`` adds random

@@ -1,4 +1,4 @@
-"""Byte-exact output formats of the Allen API (allen-api.md §3 and §8).
+"""Byte-exact output formats of the Allen API (docs/allen-api-notes.md §3 and §8).
 
 - JSON envelope ``{"success", "id", "start_row", "num_rows", "total_rows", "msg"}``;
 - XML ``<Response ...>`` with hyphenated element names, ``nil="true"`` nulls and ``type=`` on
@@ -166,7 +166,8 @@ def csv_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> b
 # ------------------------------------------------------------------ volumes
 
 def mhd_header(name: str, shape: tuple[int, int, int], spacing: float, dtype: np.dtype) -> bytes:
-    """The ``.mhd`` text of allen-api.md §8. ``shape`` is ``(AP, DV, ML)`` = DimSize order.
+    """The ``.mhd`` text of docs/allen-api-notes.md §8. ``shape`` is ``(AP, DV, ML)`` = DimSize
+    order.
 
     gridAnnotation's header (uint32) carries ``CompressedData = False``; energy's does not.
     """
@@ -191,7 +192,7 @@ def raw_bytes(volume: np.ndarray) -> bytes:
 
 
 def nrrd_header(shape: tuple[int, int, int], resolution: float, dtype: np.dtype) -> bytes:
-    """The gzip NRRD header of allen-api.md §8 (ends with the blank line)."""
+    """The gzip NRRD header of docs/allen-api-notes.md §8 (ends with the blank line)."""
     kind = nrrd_name(dtype)
     r = f"{resolution:g}"
     lines = [

@@ -1,6 +1,6 @@
 """Parse RMA query strings (``q=`` / ``criteria=`` stages, model-shortcut parameters).
 
-The grammar follows allen-api.md §2: stages are comma-joined (``model::X``,
+The grammar follows docs/allen-api-notes.md §2: stages are comma-joined (``model::X``,
 ``service::Y``, ``rma::criteria``, ``rma::include``, ``rma::options``); commas inside
 ``[...]``/``(...)`` do not split; filters are ``[attr$op value]`` with ``$eq $ne $gt $lt
 $ge $le $in $li $il`` (``*`` wildcards for ``$li``/``$il``), ``[attr]`` alone means "not

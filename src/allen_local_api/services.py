@@ -1,4 +1,5 @@
-"""Connected services of the connectivity atlas (allen-api.md §7.2-7.3), hyphenated keys.
+"""Connected services of the connectivity atlas (docs/allen-api-notes.md §7.2-7.3), hyphenated
+keys.
 
 - ``mouse_connectivity_injection_structure``: experiments injected in the given structures
   (descendants included; ``primary_structure_only`` matches the primary structure only), ranked by

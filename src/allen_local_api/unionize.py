@@ -29,7 +29,6 @@ from .rma import Query
 
 PIXELS_PER_VOXEL_100 = 1000  # (100 µm / 10 µm)^3
 PIXEL_MM3 = 1e-6  # one 10 µm pixel
-VOXEL_MM3_100 = 1e-3
 MIDLINE_INDEX_100 = 57  # ML voxel 57 is at 5,700 µm (right from there)
 
 _CACHE: OrderedDict[tuple, list[dict[str, Any]]] = OrderedDict()

@@ -21,7 +21,6 @@ The top-pair selection and the JSON outputs reproduce the script (see :func:`top
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -148,25 +147,6 @@ def correlation_matrix(
     r = _pairwise_symmetric(x0, xm, min_periods)
     # Symmetrise exactly: the two triangles differ only by rounding of sx vs sy.
     return (r + r.T) / 2.0
-
-
-def reference_pairwise_correlation(matrix: np.ndarray, min_periods: int = 2) -> np.ndarray:
-    """The straightforward pairwise-complete Pearson, one pair at a time (slow; for checks)."""
-    x = np.asarray(matrix, dtype=np.float64)
-    n = x.shape[0]
-    out = np.full((n, n), np.nan)
-    valid = ~np.isnan(x)
-    for i in range(n):
-        for j in range(i, n):
-            both = valid[i] & valid[j]
-            if both.sum() < max(min_periods, 2):
-                continue
-            a = x[i, both] - x[i, both].mean()
-            b = x[j, both] - x[j, both].mean()
-            denom = math.sqrt(float(a @ a) * float(b @ b))
-            if denom > 0:
-                out[i, j] = out[j, i] = float(a @ b) / denom
-    return out
 
 
 # --------------------------------------------------------------------------------------------

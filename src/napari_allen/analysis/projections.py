@@ -33,7 +33,6 @@ SIDES: tuple[str, ...] = ("left", "right")
 
 #: Injection coordinate column (µm) per grouping axis, in the API's PIR naming.
 _AXIS_COLUMN = {"ap": "injection_x", "dv": "injection_y", "ml": "injection_z"}
-_AXIS_INDEX = {"ap": 0, "dv": 1, "ml": 2}
 
 
 # --- volumes -----------------------------------------------------------------------------

@@ -102,7 +102,8 @@ class ApiBase:
         return f"{self.base_url}/api/v2/data/query.{fmt}?" + rma.encode_query({"q": q})
 
     def service_url(self, stage: str) -> str:
-        """``<base>/api/v2/data/query.json?criteria=service::...`` (allen-api.md §7.2)."""
+        """``<base>/api/v2/data/query.json?criteria=service::...``
+        (docs/allen-api-notes.md §7.2)."""
         return f"{self.base_url}/api/v2/data/query.json?" + rma.encode_query({"criteria": stage})
 
     def query_rows(self, query: rma.RmaQuery, *, page_size: int | None = None,
@@ -135,8 +136,8 @@ class ApiBase:
                      cancel: CancelToken | None = None) -> list[dict]:
         """All records of a connected service; paging goes inside the service brackets.
 
-        Some services ignore paging (allen-api.md §4): a page that brings no new ids ends the
-        loop, so a server repeating its first page cannot loop us forever.
+        Some services ignore paging (docs/allen-api-notes.md §4): a page that brings no new ids
+        ends the loop, so a server repeating its first page cannot loop us forever.
         """
         size = int(page_size or 2000)
         rows: list[dict] = []

@@ -35,7 +35,7 @@ class ConnectivityApi(ApiBase):
         structure_abbrev, structure_name, transgenic_line (str, '' = wild type),
         injection_volume (mm³), injection_x/y/z (µm, = AP/DV/ML), injection_structures
         (list[int]), gender, strain, product_id, plus what the server adds."""
-        # ApiConnectivity records carry data_set_id, not id (allen-api.md §7.1).
+        # ApiConnectivity records carry data_set_id, not id (docs/allen-api-notes.md §7.1).
         query = rma.RmaQuery("ApiConnectivity", order="data_set_id")
         records = self.query_rows(query, cancel=cancel)
         return connectivity_frame(records)

@@ -14,7 +14,7 @@ from .frames import UNIONIZE_COLUMNS, flat_frame, ish_frame, plane_listing_frame
 
 ISH_PRODUCT_ID = 1
 PLANES = {"coronal": 1, "sagittal": 2}
-# The tabular listing of seed 001 / allen-api.md §5 (spaces become %20; the API reads them as
+# The tabular listing of docs/allen-api-notes.md §5 (spaces become %20; the API reads them as
 # the "+" of the documented form).
 _PLANE_TABULAR = (
     "data_sets.id as experiment_id,data_sets.section_thickness,data_sets.specimen_id,"
@@ -74,7 +74,7 @@ class IshApi(ApiBase):
 
     def ish_plane_listing(self, plane: str, *, cancel: CancelToken | None = None
                           ) -> pd.DataFrame:
-        """The tabular CSV listing of every ISH experiment of a plane (allen-api.md §5):
+        """The tabular CSV listing of every ISH experiment of a plane (docs/allen-api-notes.md §5):
         columns experiment_id, section_thickness, specimen_id, plane, gene, gene_name,
         chromosome_id, entrez_id, genomic_reference_update_id, homologene_id, organism_id."""
         plane = _check_plane(plane)

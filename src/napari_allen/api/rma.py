@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -134,11 +134,6 @@ class Filter:
         else:
             text = literal(self.value)
         return f"[{self.attr}${self.op}{text}]"
-
-
-def not_null(attr: str) -> str:
-    """``[attr]``: the attribute is not null."""
-    return f"[{identifier(attr)}]"
 
 
 @dataclass
@@ -264,6 +259,3 @@ def encode_query(params: Sequence[tuple[str, str]] | dict[str, str]) -> str:
     return "&".join(f"{quote(k, safe='_')}={quote(str(v), safe=_SAFE)}" for k, v in items)
 
 
-def id_list(values: Iterable) -> list[str]:
-    """Integer ids as text (for ``$in`` lists); raises on anything non-integer."""
-    return [integer(v) for v in values]

@@ -1,5 +1,6 @@
-"""Helpers shared by the sub-command modules: the API client from options, progress on
-stderr and Ctrl-C as a clean cancel (list arguments: :mod:`napari_allen.parsing`)."""
+"""Helpers shared by the sub-command modules: the API client options (one parent parser) and
+the client built from them, progress on stderr and Ctrl-C as a clean cancel (list arguments:
+:mod:`napari_allen.parsing`)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,41 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+from napari_allen import config
 from napari_allen.progress import CancelToken, Progress
 
 
-def add_client_options(parser: argparse.ArgumentParser) -> None:
-    """``--offline`` and ``--retries`` for commands that talk to the API."""
-    parser.add_argument("--offline", action="store_true",
-                        help="answer from the cache only (no network)")
-    parser.add_argument("--retries", type=int, default=5, metavar="N",
-                        help="retries per request on transient errors (default 5)")
+def _client_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("Allen API and cache")
+    group.add_argument("--api-url", metavar="URL", default=None,
+                       help=f"base URL of the Allen API (default ${config.API_URL_ENV}, else "
+                            f"{config.DEFAULT_API_URL})")
+    group.add_argument("--cache-dir", metavar="DIR", type=Path, default=None,
+                       help=f"cache folder (default ${config.CACHE_ENV}, else the user cache "
+                            "folder)")
+    group.add_argument("--offline", action="store_true",
+                       help="answer from the cache only (no network)")
+    group.add_argument("--retries", type=int, default=5, metavar="N",
+                       help="retries per request on transient errors (default 5)")
+    return parent
+
+
+#: The parent parser of every sub-command that talks to the API or its cache:
+#: ``subparsers.add_parser(name, parents=[CLIENT_OPTIONS], ...)``.
+CLIENT_OPTIONS = _client_options()
 
 
 def client_from_args(args: argparse.Namespace):
-    """An :class:`~napari_allen.api.client.AllenClient` honouring the client options (if the
-    command has them), ``NAPARI_ALLEN_API_URL`` and ``NAPARI_ALLEN_CACHE``."""
+    """The :class:`~napari_allen.api.client.AllenClient` of the :data:`CLIENT_OPTIONS`
+    (``--api-url``, ``--cache-dir``, ``--offline``, ``--retries``); unset ones fall back to
+    ``NAPARI_ALLEN_API_URL``, ``NAPARI_ALLEN_CACHE`` and the defaults."""
     from napari_allen.api.client import AllenClient
 
-    client = AllenClient(offline=getattr(args, "offline", False),
-                         retries=max(0, getattr(args, "retries", 5)))
+    client = AllenClient(args.api_url, args.cache_dir, offline=args.offline,
+                         retries=max(0, args.retries))
     _clients.append(client)
     return client
 

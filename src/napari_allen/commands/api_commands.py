@@ -14,8 +14,8 @@ import pandas as pd
 from ..io.atomic import atomic_write_text
 from ..progress import CancelToken
 from ._common import (
+    CLIENT_OPTIONS,
     ProgressPrinter,
-    add_client_options,
     cancel_on_sigint,
     client_from_args,
     format_size,
@@ -29,16 +29,17 @@ METADATA_CSV = "metadata.csv"
 def register(subparsers) -> None:
     """Add the API sub-commands to the ``napari-allen`` parser."""
     p = subparsers.add_parser(
-        "search-ish", help="list adult mouse ISH experiments of genes (CSV on stdout)",
+        "search-ish", parents=[CLIENT_OPTIONS],
+        help="list adult mouse ISH experiments of genes (CSV on stdout)",
         description="Adult mouse ISH experiments (SectionDataSets) of the genes; acronyms are "
                     "case-insensitive and accept * wildcards.")
     p.add_argument("genes", nargs="+", metavar="GENE", type=gene_pattern)
     p.add_argument("--plane", choices=("coronal", "sagittal"))
-    add_client_options(p)
     p.set_defaults(func=search_ish_command)
 
     d = subparsers.add_parser(
-        "download", help="download 200 µm ISH grids into a folder (resumable)",
+        "download", parents=[CLIENT_OPTIONS],
+        help="download 200 µm ISH grids into a folder (resumable)",
         description="Download ISH grid zips (<id>_<volume>_200um.zip) into OUT with "
                     f"{METADATA_CSV} recording success per experiment. Re-running skips "
                     "complete files, so an interrupted job resumes.")
@@ -53,11 +54,10 @@ def register(subparsers) -> None:
     d.add_argument("--volume", choices=VOLUME_CHOICES, default="energy")
     d.add_argument("--jobs", type=int, default=8, metavar="N",
                    help="concurrent downloads (default 8)")
-    add_client_options(d)
     d.set_defaults(func=download_command)
 
-    c = subparsers.add_parser("cache-info", help="show the cache folder and its size")
-    add_client_options(c)
+    c = subparsers.add_parser("cache-info", parents=[CLIENT_OPTIONS],
+                              help="show the cache folder and its size")
     c.set_defaults(func=cache_info_command)
 
     p = subparsers.add_parser(

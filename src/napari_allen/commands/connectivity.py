@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_allen.commands._common import ProgressPrinter, client_from_args
+from napari_allen.commands._common import CLIENT_OPTIONS, ProgressPrinter, client_from_args
 from napari_allen.parsing import split_list
 from napari_allen.space import NRRD_RESOLUTIONS
 
@@ -170,7 +170,8 @@ def _user_errors(handler):
 def register(subparsers) -> None:
     """Add ``search-connectivity`` and ``average-projections`` to the CLI."""
     search = subparsers.add_parser(
-        "search-connectivity", help="find connectivity experiments (CSV to stdout)",
+        "search-connectivity", parents=[CLIENT_OPTIONS],
+        help="find connectivity experiments (CSV to stdout)",
         description="Search Allen connectivity experiments by injection structure, line and "
                     "target; prints a CSV table.")
     _add_search_arguments(search)
@@ -178,7 +179,8 @@ def register(subparsers) -> None:
     search.set_defaults(func=_user_errors(_search_command))
 
     avg = subparsers.add_parser(
-        "average-projections", help="average projection density over found experiments",
+        "average-projections", parents=[CLIENT_OPTIONS],
+        help="average projection density over found experiments",
         description="Search experiments, download their projection density (cached) and "
                     "average it per group in constant memory; writes one volume per group "
                     "plus <prefix>_metadata.csv and <prefix>_groups.csv.")

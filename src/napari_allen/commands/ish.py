@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from napari_allen.commands._common import (
+    CLIENT_OPTIONS,
     ProgressPrinter,
     cancel_on_sigint,
     client_from_args,
@@ -33,7 +34,8 @@ from napari_allen.progress import CancelToken
 def register(subparsers) -> None:
     """Add ``plane-store``, ``correlate``, ``gene-correlation`` and ``expression-table``."""
     p = subparsers.add_parser(
-        "plane-store", help="download every ISH experiment of a plane into a Zarr store",
+        "plane-store", parents=[CLIENT_OPTIONS],
+        help="download every ISH experiment of a plane into a Zarr store",
         description="Download the 200 µm grids of every ISH experiment of a plane (or of a "
                     "gene list) into STORE.zarr (experiment x AP x DV x ML). Re-running the "
                     "same command resumes an interrupted or partly failed download.")
@@ -52,7 +54,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=_plane_store)
 
     c = subparsers.add_parser(
-        "correlate", help="structure-structure expression correlation (Allen's script)",
+        "correlate", parents=[CLIENT_OPTIONS],
+        help="structure-structure expression correlation (Allen's script)",
         description="Build the structures x experiments expression matrix, correlate "
                     "structures ignoring missing values and keep the TOP_N most correlated "
                     "pairs; writes PREFIX.{structures,connections,correlations}.json and CSV.")
@@ -78,7 +81,8 @@ def register(subparsers) -> None:
     c.set_defaults(func=_correlate)
 
     g = subparsers.add_parser(
-        "gene-correlation", help="voxel-level gene x gene correlation over a plane store",
+        "gene-correlation", parents=[CLIENT_OPTIONS],
+        help="voxel-level gene x gene correlation over a plane store",
         description="Pairwise-complete Pearson correlation between the experiments of a plane "
                     "store over the annotated brain voxels, with dask. CSV on stdout: one row "
                     "per (seed, experiment) pair, strongest first.")
@@ -90,7 +94,8 @@ def register(subparsers) -> None:
     g.set_defaults(func=_gene_correlation)
 
     e = subparsers.add_parser(
-        "expression-table", help="per-structure expression of one experiment or grid file",
+        "expression-table", parents=[CLIENT_OPTIONS],
+        help="per-structure expression of one experiment or grid file",
         description="Mean/std/max expression per structure (hierarchy rolled up) as CSV.")
     e.add_argument("source", help="a SectionDataSet id or a grid file/zip/folder")
     e.add_argument("--volume", choices=("energy", "density", "intensity"), default="energy")

@@ -16,7 +16,7 @@ from napari_allen.analysis.seeds import (
     DEFAULT_INJECTION_THRESHOLD,
     SAMPLE_MODES,
 )
-from napari_allen.commands._common import ProgressPrinter
+from napari_allen.commands._common import CLIENT_OPTIONS, ProgressPrinter, client_from_args
 from napari_allen.workflows.seed_search import DEFAULT_JOBS
 from napari_allen.workflows.spatial_search import (
     DEFAULT_EXPERIMENT,
@@ -36,7 +36,7 @@ def _positive_int(text: str) -> int:
 def register(subparsers: Any) -> None:
     """Add ``spatial-search`` to the ``napari-allen`` command line."""
     parser = subparsers.add_parser(
-        "spatial-search",
+        "spatial-search", parents=[CLIENT_OPTIONS],
         help="spatial-search lines of a connectivity experiment (Allen's lines script)",
         description="Seeds = 100 µm projection-density voxels within [--min, --max] outside "
                     "fibre tracts; one mouse_connectivity_target_spatial query per seed, "
@@ -73,8 +73,6 @@ def register(subparsers: Any) -> None:
 
 
 def _spatial_search_command(args: argparse.Namespace) -> int:
-    from napari_allen.api.client import AllenClient
-
     if args.density_min > args.density_max:
         print("napari-allen: error: --min must not exceed --max", file=sys.stderr)
         return 2
@@ -87,7 +85,7 @@ def _spatial_search_command(args: argparse.Namespace) -> int:
         from napari_allen.atlas.fiber_tracts import FiberTracts
 
         fiber_tracts = FiberTracts.from_path(args.fiber_annotation)
-    with AllenClient() as client:
+    with client_from_args(args) as client:
         search = run_experiment_search(
             client, args.experiment, density_range=(args.density_min, args.density_max),
             max_seeds=args.max_seeds, sample=args.sample, jobs=args.jobs,

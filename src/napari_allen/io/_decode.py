@@ -53,8 +53,6 @@ _OUT_CHUNK = 16 << 20  # at most this many inflated bytes held at once
 
 #: zlib window bits accepting both gzip and zlib headers.
 GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS
-#: Raw deflate (zip members).
-RAW_DEFLATE = -zlib.MAX_WBITS
 #: Pseudo "window bits" selecting bzip2 (NRRD ``encoding: bzip2``).
 BZIP2 = "bzip2"
 #: Largest plausible compression ratio (deflate's theoretical maximum is ~1032:1; bzip2 can go

@@ -2,9 +2,9 @@
 
 Real ``data_set.xml`` files (served with ``grid_data/download`` zips) carry the experiment id,
 reference space, section thickness, products, specimen/donor, age, but often no ``<genes>`` and
-an empty ``<plane_of_section/>`` (allen-api.md §8). Missing gene/plane are then looked up by
-experiment id in the bundled ``ABI_genes.csv.gz`` (26,061 ISH experiments), and last taken from
-the file name (``Nrp1_P56_coronal_74272479_200um.zip``).
+an empty ``<plane_of_section/>`` (docs/allen-api-notes.md §8). Missing gene/plane are then
+looked up by experiment id in the bundled ``ABI_genes.csv.gz`` (26,061 ISH experiments), and last
+taken from the file name (``Nrp1_P56_coronal_74272479_200um.zip``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ to RAS millimetres. CCFv3 is PIR (+x posterior, +y inferior, +z right), so
 
 - ``space="ccf"``: R = +ML, A = -AP, S = -DV, in mm with the CCF origin (corner voxel 0,0,0):
   ``[[0, 0, r, 0], [-r, 0, 0, 0], [0, -r, 0, 0], [0, 0, 0, 1]]`` with ``r = resolution/1000``;
-- ``space="mice"``: the MICe-centred world space of the MINC pipeline (seed 001):
+- ``space="mice"``: the MICe-centred world space of the MINC pipeline
+  (docs/allen-api-notes.md §13):
   the same axes, shifted so that CCF (AP, DV, ML) = (5.3, 5.3, 5.7) mm is the origin:
   R = ML - 5.7, A = 5.3 - AP, S = 5.3 - DV (mm).
 
@@ -36,7 +37,8 @@ from .atomic import atomic_open, atomic_path, atomic_write_text
 from .metaimage import format_header
 from .volume import GridVolume
 
-#: MICe world origin in CCF mm (AP, DV, ML), from the MINC conversion notebook (seed 001).
+#: MICe world origin in CCF mm (AP, DV, ML), from the MINC conversion notebook
+#: (docs/allen-api-notes.md §13).
 MICE_ORIGIN_MM: tuple[float, float, float] = (5.3, 5.3, 5.7)
 NO_DATA = -1
 

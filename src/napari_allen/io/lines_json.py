@@ -50,10 +50,6 @@ class LinesDocument:
     metadata: dict = field(default_factory=dict)
     source: str = ""
 
-    def paths_um(self) -> list[np.ndarray]:
-        """Each line's path as ``(N, 3)`` µm ``[AP, DV, ML]``, seed end first."""
-        return [np.array([p["coord"] for p in rec["path"]], dtype=float) for rec in self.lines]
-
 
 def _get(record: Mapping, key: str, default: Any = None) -> Any:
     """A service field by its served (hyphenated) name, tolerating underscores."""

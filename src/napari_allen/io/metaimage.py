@@ -6,7 +6,7 @@ The header drives everything (``DimSize``, ``ElementSpacing``, ``ElementType``,
 never hard-coded, and every field is validated (types, ranges, counts). The payload is x-fastest
 (AP fastest), so it is reshaped to ``DimSize`` in Fortran order, giving ``[AP, DV, ML]`` without
 a transpose. ``AnatomicalOrientation = RAI`` in Allen headers contradicts the real PIR layout
-and is ignored (allen-api.md §6.4).
+and is ignored (docs/allen-api-notes.md §6.4).
 
 ``ElementDataFile`` must resolve inside the header's folder: absolute paths, ``..`` and symlinks
 leading out of it are refused (a header must not be able to read ``/etc/passwd``).

@@ -105,11 +105,6 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
-def write_provenance(path: str | os.PathLike, info: dict) -> Path:
-    """Write ``info`` (JSON-serialisable) as the sidecar of ``path`` (atomically)."""
-    return atomic_write_text(sidecar_path(path), json.dumps(info, sort_keys=True))
-
-
 def read_provenance(path: str | os.PathLike) -> dict:
     """Where ``path`` came from (``source_url``, ``synthetic``) from its manifest entry
     (:mod:`.manifest`) or, for files of older versions, its sidecar; ``{}`` if unknown.

@@ -193,18 +193,19 @@ def read_downloaded(path: Path, experiment_id: int, image: str, source: str) -> 
                                  f"(found {[v.kind for v in vols]})")
 
 
-def _decoded_path(path: Path, image: str) -> Path:
-    """Where the decoded array of a downloaded file is kept: keyed by the file's path, size
-    and mtime, so a re-downloaded file never reuses a stale decoding."""
-    from napari_allen.config import cache_dir
-
+def _decoded_path(path: Path, image: str, cache_dir: Path) -> Path:
+    """Where the decoded array of a downloaded file is kept (under the client's
+    ``cache_dir``): keyed by the file's path, size and mtime, so a re-downloaded file never
+    reuses a stale decoding."""
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{image}".encode())
-    return cache_dir() / "connectivity-decoded" / f"{key.hexdigest()[:32]}.npy"
+    return Path(cache_dir) / "connectivity-decoded" / f"{key.hexdigest()[:32]}.npy"
 
 
-def read_cached(path: Path, experiment_id: int, image: str, source: str) -> GridVolume:
-    """:func:`read_downloaded`, keeping the decoded array as ``.npy`` in the cache.
+def read_cached(path: Path, experiment_id: int, image: str, source: str,
+                cache_dir: Path) -> GridVolume:
+    """:func:`read_downloaded`, keeping the decoded array as ``.npy`` in ``cache_dir`` (the
+    client's cache folder).
 
     Allen's 100 µm NRRDs and zips are compressed: inflating one takes ~30 ms, reading the
     decoded copy a few ms (memory-mapped). Averaging hundreds of cached experiments is then
@@ -213,7 +214,7 @@ def read_cached(path: Path, experiment_id: int, image: str, source: str) -> Grid
     """
     from napari_allen.io.volume import GridVolume
 
-    target = _decoded_path(path, image)
+    target = _decoded_path(path, image, cache_dir)
     meta = {"experiment_id": int(experiment_id), "image": image, "source_kind": source}
     if target.exists():
         try:
@@ -259,7 +260,7 @@ def load_volume(
     path = download_volume(client, experiment_id, image, resolution, source=source,
                            progress=progress, cancel=cancel)
     check(cancel)
-    return read_cached(path, experiment_id, image, source)
+    return read_cached(path, experiment_id, image, source, client.cache_dir)
 
 
 def iter_volumes(
@@ -308,7 +309,7 @@ def iter_volumes(
             try:
                 path = future.result()
                 check(cancel)
-                volume = read_cached(path, exp_id, image, source)
+                volume = read_cached(path, exp_id, image, source, client.cache_dir)
             except Exception as exc:  # noqa: BLE001 - reported per experiment below
                 from napari_allen.progress import Cancelled
 

@@ -1,11 +1,12 @@
 """Download every ISH experiment of a plane (or of a gene list) into a whole-plane store.
 
-What forum users ask for (seed 003) and what seed 001's notebook tried with a multiprocessing
-pool that crashed: thousands of ``grid_data/download`` zips, fetched concurrently through one
-thread-safe :class:`~napari_allen.api.client.AllenClient` (retries, timeouts, verified
-downloads), each volume written into :class:`~napari_allen.io.plane_store.PlaneStore` as soon as
-it arrives. The store records finished experiments, so an interrupted or partly failed run is
-completed by running it again; failures are reported per experiment, never abort the batch.
+What forum users ask for and what the whole-plane notebook tried with a multiprocessing pool that
+crashed (docs/allen-api-notes.md §13): thousands of ``grid_data/download`` zips, fetched
+concurrently through one thread-safe :class:`~napari_allen.api.client.AllenClient` (retries,
+timeouts, verified downloads), each volume written into
+:class:`~napari_allen.io.plane_store.PlaneStore` as soon as it arrives. The store records finished
+experiments, so an interrupted or partly failed run is completed by running it again; failures
+are reported per experiment, never abort the batch.
 """
 
 from __future__ import annotations
