@@ -38,6 +38,8 @@ CCFV2_100_SHAPE: tuple[int, int, int] = (133, 81, 115)
 #: (``/grid_data/download_file``) and the CCF annotation.
 NRRD_RESOLUTIONS: tuple[int, ...] = (10, 25, 50, 100)
 
+#: Planes of section of the ISH atlas (sagittal sets cover one hemisphere).
+SECTION_PLANES: tuple[str, ...] = ("coronal", "sagittal")
 #: Volumes of an ISH grid zip (``include=energy,density,intensity``).
 ISH_VOLUMES: tuple[str, ...] = ("energy", "density", "intensity")
 #: Volumes of any grid zip (connectivity zips add ``injection``).

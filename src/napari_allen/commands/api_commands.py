@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..io.atomic import atomic_write_text
 from ..progress import CancelToken
+from ..space import ISH_VOLUMES, SECTION_PLANES
 from ._common import (
     CLIENT_OPTIONS,
     ProgressPrinter,
@@ -22,7 +23,6 @@ from ._common import (
     gene_pattern,
 )
 
-VOLUME_CHOICES = ("energy", "density", "intensity")
 METADATA_CSV = "metadata.csv"
 
 
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
         description="Adult mouse ISH experiments (SectionDataSets) of the genes; acronyms are "
                     "case-insensitive and accept * wildcards.")
     p.add_argument("genes", nargs="+", metavar="GENE", type=gene_pattern)
-    p.add_argument("--plane", choices=("coronal", "sagittal"))
+    p.add_argument("--plane", choices=SECTION_PLANES)
     p.set_defaults(func=search_ish_command)
 
     d = subparsers.add_parser(
@@ -48,10 +48,10 @@ def register(subparsers) -> None:
     which = d.add_mutually_exclusive_group()
     which.add_argument("--experiments", nargs="+", type=int, metavar="ID")
     which.add_argument("--genes", nargs="+", metavar="GENE", type=gene_pattern)
-    d.add_argument("--plane", choices=("coronal", "sagittal"),
+    d.add_argument("--plane", choices=SECTION_PLANES,
                    help="alone: every ISH experiment of the plane; with --genes: a filter")
     d.add_argument("--out", required=True, type=Path, metavar="DIR")
-    d.add_argument("--volume", choices=VOLUME_CHOICES, default="energy")
+    d.add_argument("--volume", choices=ISH_VOLUMES, default="energy")
     d.add_argument("--jobs", type=int, default=8, metavar="N",
                    help="concurrent downloads (default 8)")
     d.set_defaults(func=download_command)

@@ -29,6 +29,7 @@ from napari_allen.commands._common import (
 )
 from napari_allen.parsing import split_list
 from napari_allen.progress import CancelToken
+from napari_allen.space import ISH_VOLUMES, SECTION_PLANES
 
 
 def register(subparsers) -> None:
@@ -40,15 +41,15 @@ def register(subparsers) -> None:
                     "gene list) into STORE.zarr (experiment x AP x DV x ML). Re-running the "
                     "same command resumes an interrupted or partly failed download.")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--plane", choices=("coronal", "sagittal"))
+    which.add_argument("--plane", choices=SECTION_PLANES)
     which.add_argument("--genes", nargs="+", type=gene_pattern,
                        help="gene acronyms (wildcards *), any plane "
                        "unless --only-plane is given")
-    p.add_argument("--only-plane", choices=("coronal", "sagittal"), default=None,
+    p.add_argument("--only-plane", choices=SECTION_PLANES, default=None,
                    help="with --genes: restrict to one plane")
     p.add_argument("--out", required=True, type=Path, help="the store folder (STORE.zarr)")
     p.add_argument("--jobs", type=int, default=8, help="concurrent downloads (default 8)")
-    p.add_argument("--volume", choices=("energy", "density", "intensity"), default="energy")
+    p.add_argument("--volume", choices=ISH_VOLUMES, default="energy")
     p.add_argument("--keep-zips", action="store_true",
                    help="keep the downloaded zips in the cache too")
     p.set_defaults(func=_plane_store)
@@ -60,11 +61,11 @@ def register(subparsers) -> None:
                     "structures ignoring missing values and keep the TOP_N most correlated "
                     "pairs; writes PREFIX.{structures,connections,correlations}.json and CSV.")
     chosen = c.add_mutually_exclusive_group()
-    chosen.add_argument("--plane", choices=("coronal", "sagittal"))
+    chosen.add_argument("--plane", choices=SECTION_PLANES)
     chosen.add_argument("--genes", nargs="+", type=gene_pattern,
                         help="gene acronyms (wildcards *)")
     chosen.add_argument("--experiments", nargs="+", help="SectionDataSet ids")
-    c.add_argument("--only-plane", choices=("coronal", "sagittal"), default=None,
+    c.add_argument("--only-plane", choices=SECTION_PLANES, default=None,
                    help="with --genes: restrict to one plane")
     c.add_argument("--top-n", type=int, default=2000, help="pairs to keep, approx. (2000)")
     c.add_argument("--out", required=True, help="output prefix (e.g. out or out.json)")
@@ -98,7 +99,7 @@ def register(subparsers) -> None:
         help="per-structure expression of one experiment or grid file",
         description="Mean/std/max expression per structure (hierarchy rolled up) as CSV.")
     e.add_argument("source", help="a SectionDataSet id or a grid file/zip/folder")
-    e.add_argument("--volume", choices=("energy", "density", "intensity"), default="energy")
+    e.add_argument("--volume", choices=ISH_VOLUMES, default="energy")
     e.add_argument("--no-rollup", action="store_true",
                    help="each structure's own voxels only (no descendants)")
     e.set_defaults(func=_expression_table)

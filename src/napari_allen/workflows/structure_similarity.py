@@ -16,10 +16,10 @@ from pathlib import Path
 
 from napari_allen.analysis.correlation import DEFAULT_TOP_N, METHODS, Similarity
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
+from napari_allen.space import SECTION_PLANES
 from napari_allen.workflows.plane_download import SOURCES
 
 #: Plane choices of the experiment selection (None = any plane).
-PLANES = ("coronal", "sagittal")
 
 
 @dataclass
@@ -58,8 +58,8 @@ def select_experiments(
     experiment of ``plane``; every finished experiment of the plane ``store``."""
     from napari_allen.workflows.plane_download import experiment_table
 
-    if plane is not None and plane not in PLANES:
-        raise ValueError(f"plane must be one of {PLANES} or None, got {plane!r}")
+    if plane is not None and plane not in SECTION_PLANES:
+        raise ValueError(f"plane must be one of {SECTION_PLANES} or None, got {plane!r}")
     if experiments:
         try:
             return [int(e) for e in experiments]
