@@ -113,3 +113,34 @@ def test_linked_token_follows_its_parent():
     orphan.cancel()
     assert orphan.cancelled
     assert not LinkedToken(CancelToken()).cancelled
+
+
+def test_ordered_hands_back_in_input_order_within_the_window():
+    delays = [0.03 if i % 3 == 0 else 0.001 for i in range(30)]  # some finish out of order
+    running = {"n": 0, "max": 0}
+    lock = threading.Lock()
+
+    def slow_first(item: int, token: CancelToken) -> int:
+        with lock:
+            running["n"] += 1
+            running["max"] = max(running["max"], running["n"])
+        time.sleep(delays[item])
+        with lock:
+            running["n"] -= 1
+        return -item
+
+    taken = []
+
+    def source():
+        for i in range(30):
+            taken.append(i)
+            yield i
+
+    seen = []
+    for outcome in bounded_map(slow_first, source(), jobs=3, window=4, ordered=True):
+        seen.append(outcome.index)
+        assert outcome.value == -outcome.index
+        # Never more than the window taken beyond what was handed back.
+        assert len(taken) - len(seen) <= 4
+    assert seen == list(range(30))
+    assert running["max"] <= 3

@@ -1,14 +1,15 @@
 """One bounded, cancel-aware concurrent map for every fan-out of network work (no Qt).
 
 Batch downloads (:mod:`napari_allen.api.batch`), spatial search over many seeds
-(:mod:`napari_allen.workflows.seed_search`) and whole-plane downloads
-(:mod:`napari_allen.workflows.plane_download`) all run one function over many items on a few
+(:mod:`napari_allen.workflows.seed_search`), whole-plane downloads
+(:mod:`napari_allen.workflows.plane_download`) and the connectivity prefetch
+(:mod:`napari_allen.workflows.connectivity`) all run one function over many items on a few
 threads. :func:`bounded_map` is that loop, written once:
 
 - at most ``window`` items are submitted and not yet handed back, so memory stays flat for
   26,000 items and a cancel never waits for a long queue;
-- results come back as :class:`Outcome` in completion order, each with its item's index, so a
-  caller can keep input order; an exception raised by the function is handed back in
+- results come back as :class:`Outcome` in completion order (or, with ``ordered=True``, in input
+  order), each with its item's index; an exception raised by the function is handed back in
   :attr:`Outcome.error`, never lost and never ending the other items;
 - ``fn(item, token)`` receives a :class:`~napari_allen.progress.CancelToken` that fires when the
   caller's ``cancel`` does, or when the caller leaves the loop early (an exception, ``break``),
@@ -84,6 +85,7 @@ def bounded_map(
     *,
     jobs: int,
     window: int | None = None,
+    ordered: bool = False,
     cancel: CancelToken | None = None,
     progress: ProgressCallback | None = None,
     total: int | None = None,
@@ -92,10 +94,12 @@ def bounded_map(
 ) -> Iterator[Outcome[T, R]]:
     """Run ``fn(item, token)`` on ``jobs`` threads; yield one :class:`Outcome` per started item.
 
-    ``window`` (default ``2 * jobs``, at least ``jobs``) bounds the items in flight. ``items``
-    is consumed lazily. Items never started because of a cancel yield nothing: compare the
-    indices seen with the input to find them. ``total`` (default ``len(items)`` when it has
-    one) is the progress total.
+    ``window`` (default ``2 * jobs``, at least ``jobs``) bounds the items in flight: running,
+    queued, or finished but not yet handed back. ``ordered=True`` hands outcomes back in input
+    order (a finished item waits, inside the window, for the ones before it), else in completion
+    order. ``items`` is consumed lazily. Items never started because of a cancel yield nothing:
+    compare the indices seen with the input to find them. ``total`` (default ``len(items)`` when
+    it has one) is the progress total.
     """
     jobs = max(1, int(jobs))
     window = max(jobs, int(window) if window is not None else 2 * jobs)
@@ -107,15 +111,21 @@ def bounded_map(
     done = failed = 0
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=thread_name)
     pending: dict[Future, tuple[int, T]] = {}
+    held: dict[int, Outcome[T, R]] = {}  # ordered: finished, waiting for earlier items
+    next_index = 0  # ordered: the index to hand back next
     try:
         while True:
-            while not exhausted and len(pending) < window and not token.cancelled:
+            while (not exhausted and len(pending) + len(held) < window
+                   and not token.cancelled):
                 nxt = next(source, None)
                 if nxt is None:
                     exhausted = True
                     break
                 pending[pool.submit(fn, nxt[1], token)] = nxt
             if not pending:
+                # Cancelled with gaps before them: what finished is still handed back, in order.
+                for index in sorted(held):
+                    yield held.pop(index)
                 return
             finished, _ = wait(list(pending), timeout=_POLL_S, return_when=FIRST_COMPLETED)
             if token.cancelled:
@@ -128,7 +138,15 @@ def bounded_map(
                 done += 1
                 failed += error is not None
                 report(progress, done=done, total=total, failed=failed, message=message)
-                yield Outcome(index, item, None if error is not None else future.result(), error)
+                outcome = Outcome(index, item, None if error is not None else future.result(),
+                                  error)
+                if not ordered:
+                    yield outcome
+                    continue
+                held[index] = outcome
+                while next_index in held:
+                    yield held.pop(next_index)
+                    next_index += 1
     finally:
         token.cancel()  # early exit: running items stop at their next check
         pool.shutdown(wait=True, cancel_futures=True)

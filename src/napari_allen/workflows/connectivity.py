@@ -15,9 +15,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,8 +29,9 @@ from napari_allen.analysis.projections import (
     average_projections,
     injection_summary,
 )
+from napari_allen.concurrency import bounded_map
 from napari_allen.errors import AllenApiError
-from napari_allen.progress import CancelToken, ProgressCallback, check, report
+from napari_allen.progress import Cancelled, CancelToken, ProgressCallback, check, report
 from napari_allen.space import NRRD_IMAGES, NRRD_RESOLUTIONS
 
 if TYPE_CHECKING:
@@ -287,49 +286,37 @@ def iter_volumes(
     total = len(ids)
     failed = 0
     report(progress, done=0, total=total, message=f"loading {image}")
-    pool = ThreadPoolExecutor(max_workers=max(1, int(prefetch)),
-                              thread_name_prefix="connectivity-download")
-    pending: deque[tuple[int, Future]] = deque()
-    queue = iter(ids)
+    ahead = max(1, int(prefetch))
 
-    def submit_next() -> None:
-        for exp_id in queue:
-            pending.append((exp_id, pool.submit(download_volume, client, exp_id, image,
-                                                resolution, source=source, cancel=cancel)))
-            return
+    def fetch(exp_id: int, token: CancelToken) -> Path:
+        return download_volume(client, exp_id, image, resolution, source=source, cancel=token)
 
-    try:
-        for _ in range(max(1, int(prefetch))):
-            submit_next()
-        done = 0
-        while pending:
-            check(cancel)
-            exp_id, future = pending.popleft()
-            submit_next()
-            try:
-                path = future.result()
-                check(cancel)
-                volume = read_cached(path, exp_id, image, source, client.cache_dir)
-            except Exception as exc:  # noqa: BLE001 - reported per experiment below
-                from napari_allen.progress import Cancelled
-
-                if isinstance(exc, Cancelled) or failures is None:
-                    raise
-                failures[exp_id] = str(exc)
-                failed += 1
-                log.warning("experiment %s skipped: %s", exp_id, exc)
-                done += 1
-                report(progress, done=done, total=total, failed=failed,
-                       message=f"experiment {exp_id} failed")
-                continue
+    done = 0
+    # Downloads run ahead in input order (bounded: ``prefetch`` files); leaving the loop stops
+    # them (concurrency.bounded_map).
+    for outcome in bounded_map(fetch, ids, jobs=ahead, window=ahead, ordered=True,
+                               cancel=cancel, thread_name="connectivity-download"):
+        check(cancel)
+        exp_id = outcome.item
+        try:
+            if outcome.error is not None:
+                raise outcome.error
+            volume = read_cached(outcome.value, exp_id, image, source, client.cache_dir)
+        except Exception as exc:  # noqa: BLE001 - reported per experiment below
+            if isinstance(exc, Cancelled) or failures is None:
+                raise
+            failures[exp_id] = str(exc)
+            failed += 1
+            log.warning("experiment %s skipped: %s", exp_id, exc)
             done += 1
             report(progress, done=done, total=total, failed=failed,
-                   message=f"loaded experiment {exp_id}")
-            yield exp_id, volume
-    finally:
-        for _, future in pending:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+                   message=f"experiment {exp_id} failed")
+            continue
+        done += 1
+        report(progress, done=done, total=total, failed=failed,
+               message=f"loaded experiment {exp_id}")
+        yield exp_id, volume
+    check(cancel)
 
 
 def fetch_injection_summary(
