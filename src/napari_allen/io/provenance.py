@@ -29,8 +29,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .atomic import atomic_write_text
-
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".source.json"
