@@ -167,10 +167,13 @@ def test_write_outputs_script_files_and_csv(tmp_path):
     assert structures[0]["structure_id_path"][:2] == [997, 8]
     assert structures[0]["structure_id_path"][-1] == 385
     assert structures[0]["volume"] == 1234.0 and structures[1]["volume"] is None
+    assert structures[0]["num_children"] == 6  # VISp layers
     connections = json.loads(paths["connections"].read_text())
     assert connections == [{"source": 385, "target": 394, "corr": 0.8}]
-    matrix = json.loads(paths["correlations"].read_text())
-    assert matrix[0][2] is None and matrix[1][2] == 0.3
+    text = paths["correlations"].read_text()
+    assert text == "[[1.0, 0.8, NaN], [0.8, 1.0, 0.3], [NaN, 0.3, 1.0]]"  # json.dumps's NaN
+    matrix = json.loads(text)
+    assert np.isnan(matrix[0][2]) and matrix[1][2] == 0.3
     table = pd.read_csv(paths["connections_csv"])
     assert list(table.columns) == ["source", "target", "source_acronym", "target_acronym", "corr"]
     assert table.iloc[0]["target_acronym"] == "VISam"

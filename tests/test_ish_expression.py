@@ -6,15 +6,12 @@ import zipfile
 from importlib import resources
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from napari_allen.analysis.expression import (
     StructureMembership,
     grid_matrix,
     structure_expression,
-    unionize_matrix,
-    unionize_volumes,
 )
 from napari_allen.atlas.ontology import Ontology
 
@@ -114,19 +111,17 @@ def test_membership_is_reusable_across_grids(nrp1, annotation):
     assert means.shape == (2, 2) and np.allclose(means[0], means[1])
 
 
-def test_unionize_matrix_from_rows():
-    rows = pd.DataFrame({
-        "section_data_set_id": [5, 5, 6, 6, 6],
-        "structure_id": [10, 20, 10, 30, 30],
-        "expression_energy": [1.0, 2.0, 3.0, 4.0, 6.0],
-        "sum_pixels": [100, 200, 100, 300, 300],
-    })
-    m = unionize_matrix(rows)
-    assert list(m.index) == [10, 20, 30] and list(m.columns) == [5, 6]
-    assert m.loc[30, 6] == 5.0  # duplicates averaged
-    assert np.isnan(m.loc[20, 6]) and np.isnan(m.loc[30, 5])
-    m2 = unionize_matrix(rows, structure_ids=[30, 99], experiment_ids=[6, 7])
-    assert m2.shape == (2, 2) and np.isnan(m2.loc[99, 7])
-    assert unionize_volumes(rows) == {10: 100.0, 20: 200.0, 30: 300.0}
-    with pytest.raises(ValueError, match="lacks columns"):
-        unionize_matrix(rows.drop(columns="expression_energy"))
+def test_script_matrix_from_records():
+    from napari_allen.analysis.correlation import script_matrix
+
+    unionizes = {
+        6: [{"section_data_set_id": 6, "structure_id": 10, "expression_energy": 3.0},
+            {"section_data_set_id": 6, "structure_id": 30, "expression_energy": None}],
+        5: [{"section_data_set_id": 5, "structure_id": 10, "expression_energy": 1.0},
+            {"section_data_set_id": 5, "structure_id": 20, "expression_energy": 2.0},
+            {"section_data_set_id": 5, "structure_id": 99, "expression_energy": 9.0}],
+    }
+    m = script_matrix(unionizes, [10, 20, 30])
+    assert list(m.index) == [10, 20, 30] and list(m.columns) == [6, 5]  # data-set order kept
+    assert m.loc[10, 6] == 3.0 and m.loc[20, 5] == 2.0
+    assert np.isnan(m.loc[30, 6]) and np.isnan(m.loc[20, 6])  # null and missing -> NaN

@@ -79,10 +79,12 @@ def test_structure_similarity_pipeline():
     rng = np.random.default_rng(0)
     matrix = pd.DataFrame(rng.normal(size=(30, 12)), index=range(100, 130))
     matrix.iloc[0, :10] = np.nan  # only 2 experiments: below min_periods=3
-    result = structure_similarity(matrix, top_n=20)
+    result = structure_similarity(matrix, top_n=20, method="pairwise")
     assert result.corr.shape == (30, 30) and result.structure_ids[0] == 100
     assert np.isnan(result.corr[0, 1]) and len(result.connections) == 19
     assert result.n_experiments == 12 and result.method == "pairwise"
+    script = structure_similarity(matrix, top_n=20)  # default: the script's numpy.ma
+    assert script.method == "numpy_ma_legacy" and np.isfinite(script.corr[0, 1])
 
 
 def test_expression_table_for_layer_data(annotation):

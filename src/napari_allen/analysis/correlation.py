@@ -1,21 +1,32 @@
 """Structure-structure (and gene-gene) Pearson correlation with missing values.
 
-Two definitions are offered, because "correlation ignoring missing values" is ambiguous:
+"Correlation ignoring missing values" is ambiguous; three definitions are offered, by name:
 
-- ``"pairwise"`` (default): the pairwise-complete Pearson correlation. For rows ``i`` and ``j``
-  only the observations valid in *both* rows are used, and means and variances are taken over
-  that common subset (``pandas.DataFrame.corr`` semantics).
-- ``"numpy_ma"``: what Allen's structure-correlation script computes with
-  ``numpy.ma.corrcoef(masked_array(x, isnan(x)))``. numpy centres each row by the mean of *all*
-  its own valid values, sums the products over the common observations divided by
-  ``n_common - 1``, then divides by ``sqrt(diag)``, i.e. by each row's *whole-row* variance.
-  That is not a Pearson coefficient of the common subset (it can exceed 1 in magnitude).
+- ``"numpy_ma_legacy"`` (default for the structure-similarity job): what Allen's
+  structure-correlation script computed when it was published, ``numpy.ma.corrcoef`` as numpy
+  computed it until numpy 2.1 (numpy PR #26285, 2024, changed it). Each row is centred on the
+  mean of *all* its own valid values; the products are summed over the pair's common
+  observations; the result is divided by the pairwise-complete standard deviations (each row's
+  spread around its mean over the *common* observations). Rows without missing values give
+  the ordinary Pearson r.
+- ``"numpy_ma"``: ``numpy.ma.corrcoef`` since numpy 2.1: the same centring and sum of products,
+  divided by ``n_common - 1``, then by the *whole-row* standard deviations ``sqrt(diag)``. It
+  can leave [-1, 1] when rows have missing values.
+- ``"pairwise"``: the pairwise-complete Pearson correlation: means, variances and covariance
+  all over the pair's common observations (``pandas.DataFrame.corr``, R's
+  ``use="pairwise.complete.obs"``); always in [-1, 1].
 
-Both are computed with masked matrix products (no Python loops over pairs), and the same code
-runs lazily on dask arrays (:func:`dask_gene_correlation`), so a distributed cluster can do the
+For the two ``numpy_ma*`` definitions :func:`masked_correlation` also returns numpy's mask and
+the values numpy leaves *under* it (the script writes ``corr.data``, so these reach its output:
+``-0.0`` or ``0.0`` for pairs without a common experiment, the raw covariance where a standard
+deviation is zero). :func:`correlation_matrix` turns masked entries into NaN.
+
+All are computed with matrix products (no Python loops over pairs), and the pairwise code runs
+lazily on dask arrays (:func:`dask_gene_correlation`), so a distributed cluster can do the
 voxel-level gene x gene correlation of a whole-plane store.
 
-The top-pair selection and the JSON outputs reproduce the script (see :func:`top_pairs`).
+The top-pair selection and the JSON outputs reproduce the script (see :func:`top_pairs`,
+:func:`write_outputs`).
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +43,11 @@ import pandas as pd
 
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
 
-METHODS = ("pairwise", "numpy_ma")
+METHODS = ("numpy_ma_legacy", "numpy_ma", "pairwise")
+DEFAULT_METHOD = "numpy_ma_legacy"
 DEFAULT_TOP_N = 2000
+#: numpy's ``_DomainSafeDivide`` masks ``a / b`` where ``|a| * tiny >= |b|``.
+_TINY = np.finfo(np.float64).tiny
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,15 +126,106 @@ def _pairwise_finish(n, sx, sy, sxx, syy, sxy, min_periods: int):
     return np.clip(r, -1.0, 1.0)
 
 
-def _numpy_ma_from(x0, xm):
-    """``numpy.ma.corrcoef`` of a NaN-masked matrix, from its centred/zero-filled form."""
-    fact = xm @ xm.T - 1.0
+def _centred_like_numpy_ma(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy.ma's ``_covhelper``: (rows centred on their valid mean with missing -> 0, 0/1 mask).
+
+    Same operations in the same order as numpy (row sum of the zero-filled data, divided by the
+    count), so the products below see the same numbers numpy does.
+    """
+    x = np.ascontiguousarray(x)  # the script's array is C-ordered: same summation order
+    missing = np.isnan(x)
+    filled = np.where(missing, 0.0, x)
+    count = (~missing).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cov = (x0 @ x0.T) / fact
-        std = np.sqrt(np.diagonal(cov))
-        r = cov / (std[:, None] * std[None, :])
-    # numpy masks entries whose divisor n-1 <= 0; masked -> NaN here.
-    return np.where(fact <= 0, np.nan, r)
+        mean = filled.sum(axis=1) * 1.0 / count
+    centred = np.where(missing, 0.0, filled - mean[:, None])
+    return centred, (~missing).astype(np.float32)
+
+
+def _products(x0: np.ndarray, notmask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of products over common observations, number of common observations), as numpy.ma
+    computes them (``dot(filled(x), filled(x.T))``, float32 counts for fewer than 2**24)."""
+    if max(notmask.shape) > 2**24:
+        notmask = notmask.astype(np.float64)
+    n = np.dot(notmask, notmask.T.copy(order="K")).astype(np.float64)
+    d = np.dot(x0, x0.T.copy(order="K"))
+    return d, n
+
+
+def _numpy_ma_modern(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(data, mask) of ``numpy.ma.corrcoef`` (numpy >= 2.1) of the NaN-masked rows of ``x``."""
+    x0, notmask = _centred_like_numpy_ma(x)
+    d, n = _products(x0, notmask)
+    fact = n - 1.0
+    mask = fact <= 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = d / fact
+        diag = np.diagonal(cov)
+        std_masked = np.diagonal(mask) | ~np.isfinite(np.sqrt(diag)) | (diag < 0)
+        std = np.sqrt(diag)
+        denom = np.multiply.outer(std, std)
+        mask = mask | std_masked[:, None] | std_masked[None, :]
+        mask |= np.abs(cov) * _TINY >= np.abs(denom)
+        data = np.where(mask, cov, cov / np.where(mask, 1.0, denom))
+    return data, mask
+
+
+def _numpy_ma_legacy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(data, mask) of ``numpy.ma.corrcoef`` as numpy 1.10-2.0 computed it (the script's).
+
+    numerator ``c = D / n`` (``D`` = sum over common observations of the products of the rows
+    centred on their whole-row means); denominator ``sqrt(var_i * var_j)`` with both variances
+    taken over the common observations around the common-observation means (ddof 0; numpy
+    looped over pairs, here matrix products); diagonal ``c_ii / c_ii``. Where numpy masks,
+    the data keep ``c``.
+    """
+    x0, notmask = _centred_like_numpy_ma(x)
+    d, n = _products(x0, notmask)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = d / n
+        c_masked = (n == 0) | ~np.isfinite(c)
+        # numpy keeps the numerator under its mask, as 0 + value (so -0.0 becomes 0.0)
+        c = np.where(c_masked, d + 0.0, c)
+        if not (notmask == 0).any():
+            # No missing value: numpy took sqrt(outer(diag, diag)) of the covariance.
+            diag = np.diagonal(c)
+            denom = np.sqrt(np.multiply.outer(diag, diag))
+            denom_masked = ~np.isfinite(denom)
+        else:
+            m = notmask.astype(np.float64)
+            s1 = np.dot(x0, m.T)            # sum of row i over the pair's common observations
+            s2 = np.dot(x0 * x0, m.T)       # sum of squares of row i over them
+            n_safe = np.maximum(n, 1.0)
+            q = s2 - s1 * s1 / n_safe       # sum of squared deviations from the common mean
+            # A spread that is zero up to rounding (constant over the common observations,
+            # or a single one) is zero for numpy's two-pass variance too.
+            q = np.where(q <= 1e-13 * np.maximum(s2, 1e-300), 0.0, q)
+            var = q / n_safe
+            denom = np.sqrt(var * var.T)
+            denom_masked = n == 0
+            np.fill_diagonal(denom, np.diagonal(c))
+            np.fill_diagonal(denom_masked, np.diagonal(c_masked))
+        mask = c_masked | denom_masked | (np.abs(c) * _TINY >= np.abs(denom))
+        r = c / np.where(mask, 1.0, denom)
+        mask |= ~np.isfinite(r)
+        data = np.where(mask, c + 0.0, r)
+    return data, mask
+
+
+def masked_correlation(matrix: np.ndarray | pd.DataFrame,
+                       method: str = DEFAULT_METHOD) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, mask)`` of ``numpy.ma.corrcoef(masked_array(x, isnan(x)))`` for ``method``
+    ``"numpy_ma_legacy"`` or ``"numpy_ma"``: rows of ``matrix`` are variables (structures),
+    columns observations (experiments). ``data`` holds numpy's values, including those under
+    the mask (the script writes ``corr.data``); ``mask`` is numpy's mask."""
+    x = np.asarray(matrix, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"correlation needs a 2-D variables x observations matrix, got {x.shape}")
+    if method == "numpy_ma_legacy":
+        return _numpy_ma_legacy(x)
+    if method == "numpy_ma":
+        return _numpy_ma_modern(x)
+    raise ValueError(f"masked_correlation is for the numpy.ma definitions, not {method!r}")
 
 
 def correlation_matrix(
@@ -132,18 +237,19 @@ def correlation_matrix(
     """Row-by-row correlation of ``matrix`` (variables x observations, NaN = missing).
 
     For the structure-similarity workflow, rows are structures and columns experiments.
-    ``method`` is ``"pairwise"`` (pairwise-complete Pearson) or ``"numpy_ma"`` (the script's
-    ``numpy.ma.corrcoef``; see the module docstring). Pairs with fewer than ``min_periods``
-    common observations, or a constant row over them, are NaN. Returns float64 (n x n).
+    ``method`` is one of :data:`METHODS` (see the module docstring). For ``"pairwise"``, pairs
+    with fewer than ``min_periods`` common observations, or a constant row over them, are NaN;
+    for the ``numpy_ma*`` definitions, whatever numpy masks is NaN. Returns float64 (n x n).
     """
     if method not in METHODS:
         raise ValueError(f"unknown correlation method {method!r}; use one of {METHODS}")
     x = np.asarray(matrix, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"correlation needs a 2-D variables x observations matrix, got {x.shape}")
+    if method != "pairwise":
+        data, mask = masked_correlation(x, method)
+        return np.where(mask, np.nan, data)
     x0, xm = _prepare_numpy(x)
-    if method == "numpy_ma":
-        return _numpy_ma_from(x0, xm)
     r = _pairwise_symmetric(x0, xm, min_periods)
     # Symmetrise exactly: the two triangles differ only by rounding of sx vs sy.
     return (r + r.T) / 2.0
@@ -213,8 +319,69 @@ def output_paths(prefix: str | os.PathLike) -> dict[str, Path]:
 
 
 def _json_number(value: float) -> float | None:
-    # json.dumps would write NaN, which is not JSON; null is what readers understand.
+    # For the ontology-based records only: NaN is not JSON; null is what readers understand.
     return None if value is None or not np.isfinite(value) else float(value)
+
+
+def script_structures(
+    structure_rows: Sequence[dict[str, Any]],
+    unionizes: Iterable[Sequence[dict[str, Any]]] = (),
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """The script's structure table: ``(sorted leaf ids, records)``.
+
+    ``structure_rows`` are the API's Structure records of graph 1 in the API's order;
+    ``unionizes`` the StructureUnionize records per data set, data sets in the script's order.
+    As the script does: ``structure_id_path`` becomes a list of ints; ``num_children`` counts
+    each structure's direct children; ``volume`` is the ``sum_pixels`` of the structure's row
+    in the *last* data set that has one (each data set overwrites it; structures without any
+    row get no ``volume`` key); values are kept exactly as the API sent them. Leaves are the
+    structures without children, sorted by id (the script's row order).
+    """
+    by_id: dict[Any, dict[str, Any]] = {}
+    for row in structure_rows:
+        record = dict(row)
+        record["num_children"] = 0
+        path = record.get("structure_id_path")
+        if isinstance(path, str):
+            record["structure_id_path"] = [int(p) for p in path.split("/") if p != ""]
+        by_id[record["id"]] = record
+    for sid, record in by_id.items():
+        path = record.get("structure_id_path") or []
+        if len(path) > 1:
+            parent = by_id.get(path[-2])
+            if parent is None:
+                raise ValueError(f"structure {sid}: parent {path[-2]} of its "
+                                 "structure_id_path is not among the structures")
+            parent["num_children"] += 1
+    for rows in unionizes:
+        for u in rows:
+            record = by_id.get(u.get("structure_id"))
+            if record is not None:
+                record["volume"] = u.get("sum_pixels")
+    leaves = sorted(int(sid) for sid, r in by_id.items() if r["num_children"] == 0)
+    return leaves, list(by_id.values())
+
+
+def script_matrix(
+    unionizes: dict[int, Sequence[dict[str, Any]]],
+    structure_ids: Sequence[int],
+    value: str = "expression_energy",
+) -> pd.DataFrame:
+    """The script's structures x data sets matrix: NaN, then each record's ``value`` at
+    (its ``structure_id``, its ``section_data_set_id``) when both are rows/columns (the last
+    record wins; null -> NaN). Columns are the data sets in ``unionizes``' order."""
+    rows = {int(s): i for i, s in enumerate(structure_ids)}
+    cols = {int(e): j for j, e in enumerate(unionizes)}
+    out = np.full((len(rows), len(cols)), np.nan)
+    for records in unionizes.values():
+        for u in records:
+            i = rows.get(u.get("structure_id"))
+            j = cols.get(u.get("section_data_set_id"))
+            if i is not None and j is not None:
+                v = u.get(value)
+                out[i, j] = np.nan if v is None else v
+    return pd.DataFrame(out, index=pd.Index(list(rows), name="structure_id"),
+                        columns=pd.Index(list(cols), name="experiment_id"))
 
 
 def structure_records(
@@ -222,13 +389,10 @@ def structure_records(
     ontology,
     volumes: dict[int, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Structure records in matrix order for ``<prefix>.structures.json``.
-
-    Each holds ``index`` (row in the correlation matrix), ``id``, ``acronym``, ``name``,
-    ``color_hex_triplet``, ``structure_id_path`` (list of ints, root first, as the script
-    turns it into), ``parent_structure_id``, ``depth`` and ``volume`` (StructureUnionize
-    ``sum_pixels`` when known, else null).
-    """
+    """Records built from the bundled ontology, for a matrix without the API's Structure
+    records (e.g. grids from a plane store): ``index``, ``id``, ``acronym``, ``name``,
+    ``color_hex_triplet``, ``structure_id_path`` (ints, root first), ``parent_structure_id``,
+    ``depth``, ``num_children`` and ``volume`` (null when unknown)."""
     volumes = volumes or {}
     records = []
     for index, sid in enumerate(int(s) for s in structure_ids):
@@ -242,9 +406,15 @@ def structure_records(
             "structure_id_path": ontology.ancestors(sid, include_self=True) if known else [sid],
             "parent_structure_id": ontology.parent(sid) if known else None,
             "depth": int(ontology.table.at[sid, "depth"]) if known else None,
+            "num_children": len(ontology.children(sid)) if known else 0,
             "volume": _json_number(volumes.get(sid)) if sid in volumes else None,
         })
     return records
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def write_outputs(
@@ -252,15 +422,20 @@ def write_outputs(
     corr: np.ndarray,
     structure_ids: Sequence[int],
     connections: pd.DataFrame,
-    ontology,
+    ontology=None,
     *,
     volumes: dict[int, float] | None = None,
+    structures: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write the script's three JSON files and two CSVs; returns ``{kind: path}``.
 
-    - ``structures.json``: :func:`structure_records`;
-    - ``connections.json``: ``[{"source": id, "target": id, "corr": r}, ...]`` (script keys);
-    - ``correlations.json``: the full matrix as a list of rows (NaN -> null);
+    The JSON files are what the script's ``json.dumps`` writes, byte for byte:
+
+    - ``structures.json``: ``structures`` (the script's records, :func:`script_structures`)
+      or, without them, :func:`structure_records` from the ontology;
+    - ``connections.json``: ``[{"source": id, "target": id, "corr": r}, ...]``;
+    - ``correlations.json``: the full matrix as a list of rows, as the script writes it
+      (``NaN``/``Infinity`` tokens where numpy left them, as Python's json writes them);
     - ``connections.csv``: source, target, their acronyms, corr;
     - ``correlations.csv``: the matrix with structure acronyms as row/column labels.
     """
@@ -268,19 +443,27 @@ def write_outputs(
     paths["structures"].parent.mkdir(parents=True, exist_ok=True)
     corr = np.asarray(corr, dtype=np.float64)
     ids = [int(s) for s in structure_ids]
-    with open(paths["structures"], "w", encoding="utf-8") as fh:
-        json.dump(structure_records(ids, ontology, volumes), fh)
+    if structures is None:
+        if ontology is None:
+            from napari_allen.atlas.ontology import Ontology
+
+            ontology = Ontology.default()
+        structures = structure_records(ids, ontology, volumes)
     conn_records = [
         {"source": int(s), "target": int(t), "corr": float(c)}
         for s, t, c in connections[["source", "target", "corr"]].itertuples(index=False)
     ]
-    with open(paths["connections"], "w", encoding="utf-8") as fh:
-        json.dump(conn_records, fh)
-    with open(paths["correlations"], "w", encoding="utf-8") as fh:
-        json.dump([[_json_number(v) for v in row] for row in corr], fh)
+    _write_text(paths["connections"], json.dumps(conn_records))
+    _write_text(paths["structures"], json.dumps(list(structures)))
+    _write_text(paths["correlations"], json.dumps(corr.tolist()))
+
+    acronyms = {int(r["id"]): str(r.get("acronym", r["id"])) for r in structures
+                if isinstance(r, dict) and "id" in r}
 
     def acr(sid: int) -> str:
-        return ontology.acronym(sid) if sid in ontology else str(sid)
+        if sid in acronyms:
+            return acronyms[sid]
+        return ontology.acronym(sid) if ontology is not None and sid in ontology else str(sid)
 
     table = connections[["source", "target", "corr"]].copy()
     table.insert(2, "source_acronym", [acr(int(s)) for s in table["source"]])
@@ -378,39 +561,62 @@ def _compute(array, *, scheduler: str | None, progress, cancel) -> np.ndarray:
 # the whole structure-similarity computation on a matrix
 # --------------------------------------------------------------------------------------------
 class Similarity:
-    """Result of :func:`structure_similarity`: ``corr`` (n x n, matrix row order),
-    ``structure_ids``, ``connections`` (:func:`top_pairs`), ``n_experiments``, ``method``."""
+    """Result of :func:`structure_similarity`: ``corr`` (n x n, matrix row order; for the
+    ``numpy_ma*`` methods numpy's data, values under its mask included, as the script writes
+    them), ``masked`` (numpy's mask, or the NaNs of ``pairwise``), ``structure_ids``,
+    ``connections`` (:func:`top_pairs`), ``n_experiments``, ``method`` and ``structures``
+    (the script's structure records when the matrix came from the API, else None)."""
 
     def __init__(self, corr: np.ndarray, structure_ids: Sequence[int],
-                 connections: pd.DataFrame, n_experiments: int, method: str) -> None:
+                 connections: pd.DataFrame, n_experiments: int, method: str,
+                 masked: np.ndarray | None = None,
+                 structures: list[dict[str, Any]] | None = None) -> None:
         self.corr = corr
         self.structure_ids = [int(s) for s in structure_ids]
         self.connections = connections
         self.n_experiments = int(n_experiments)
         self.method = method
+        self.masked = np.isnan(corr) if masked is None else masked
+        self.structures = structures
 
-    def write(self, prefix: str | os.PathLike, ontology, volumes=None) -> dict[str, Path]:
+    @property
+    def values(self) -> np.ndarray:
+        """The correlation with numpy's masked entries as NaN (for display and analysis)."""
+        return np.where(self.masked, np.nan, self.corr)
+
+    def write(self, prefix: str | os.PathLike, ontology=None, volumes=None) -> dict[str, Path]:
         """The script's three JSON files plus CSVs (:func:`write_outputs`)."""
         return write_outputs(prefix, self.corr, self.structure_ids, self.connections, ontology,
-                             volumes=volumes)
+                             volumes=volumes, structures=self.structures)
 
 
 def structure_similarity(
     matrix: pd.DataFrame,
     *,
     top_n: int = DEFAULT_TOP_N,
-    method: str = "pairwise",
+    method: str = DEFAULT_METHOD,
     min_periods: int = 3,
+    structures: list[dict[str, Any]] | None = None,
 ) -> Similarity:
     """Correlate the rows (structures) of a structures x experiments matrix and keep the top
-    pairs (the script's TOP_N semantics). Rows keep their order, all-NaN rows included (their
-    correlations are NaN, as in the script's output).
+    pairs (the script's TOP_N semantics). Rows keep their order, all-NaN rows included.
 
-    ``min_periods`` defaults to 3 common experiments: with 2, every such pair has r = ±1
-    exactly, and a pile of ties at 1.0 would push the script's strict ``> threshold`` rule to
-    drop all the best pairs.
+    With a ``numpy_ma*`` method the matrix and pairs are the script's: numpy's data,
+    including what it leaves under its mask, which the script's NaN test lets into the
+    candidates. ``min_periods`` applies to ``pairwise`` only and defaults to 3 common
+    experiments: with 2, every such pair has r = ±1 exactly, and a pile of ties at 1.0 would
+    push the script's strict ``> threshold`` rule to drop all the best pairs.
     """
-    corr = correlation_matrix(matrix.to_numpy(dtype=np.float64), method=method,
-                              min_periods=min_periods)
+    if method not in METHODS:
+        raise ValueError(f"unknown correlation method {method!r}; use one of {METHODS}")
+    if structures is None:
+        structures = matrix.attrs.get("structures")
+    x = matrix.to_numpy(dtype=np.float64)
+    if method == "pairwise":
+        corr = correlation_matrix(x, method=method, min_periods=min_periods)
+        masked = np.isnan(corr)
+    else:
+        corr, masked = masked_correlation(x, method)
     ids = [int(s) for s in matrix.index]
-    return Similarity(corr, ids, top_pairs(corr, ids, top_n), matrix.shape[1], method)
+    return Similarity(corr, ids, top_pairs(corr, ids, top_n), matrix.shape[1], method,
+                      masked=masked, structures=structures)

@@ -174,48 +174,6 @@ def _describe(structure_ids: Iterable[int], ontology: Ontology) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # structures x experiments matrices
 # --------------------------------------------------------------------------------------------
-def unionize_matrix(
-    unionizes: pd.DataFrame,
-    *,
-    structure_ids: Sequence[int] | None = None,
-    experiment_ids: Sequence[int] | None = None,
-    value: str = "expression_energy",
-) -> pd.DataFrame:
-    """Structures x experiments matrix from StructureUnionize rows (NaN = no row).
-
-    ``unionizes`` has ``section_data_set_id, structure_id`` and the ``value`` column (as
-    ``AllenClient.structure_unionize`` returns). Rows are ``structure_ids`` (default: those
-    present, sorted), columns ``experiment_ids`` (default: those present, in first-seen order).
-    Duplicate (structure, experiment) rows are averaged.
-    """
-    missing = {"section_data_set_id", "structure_id", value} - set(unionizes.columns)
-    if missing:
-        raise ValueError(f"StructureUnionize table lacks columns {sorted(missing)}")
-    table = unionizes[["structure_id", "section_data_set_id", value]].copy()
-    table[value] = pd.to_numeric(table[value], errors="coerce")
-    table["structure_id"] = table["structure_id"].astype(np.int64)
-    table["section_data_set_id"] = table["section_data_set_id"].astype(np.int64)
-    wide = table.groupby(["structure_id", "section_data_set_id"], sort=False)[value].mean()
-    wide = wide.unstack("section_data_set_id")
-    rows = sorted(wide.index) if structure_ids is None else [int(s) for s in structure_ids]
-    if experiment_ids is None:
-        cols = list(pd.unique(table["section_data_set_id"]))
-    else:
-        cols = [int(e) for e in experiment_ids]
-    matrix = wide.reindex(index=rows, columns=cols).astype(np.float64)
-    matrix.index.name = "structure_id"
-    matrix.columns.name = "experiment_id"
-    return matrix
-
-
-def unionize_volumes(unionizes: pd.DataFrame) -> dict[int, float]:
-    """``{structure_id: sum_pixels}`` (the script stores it as each structure's ``volume``)."""
-    if "sum_pixels" not in unionizes.columns:
-        return {}
-    last = unionizes.dropna(subset=["sum_pixels"]).groupby("structure_id")["sum_pixels"].last()
-    return {int(k): float(v) for k, v in last.items()}
-
-
 def grid_matrix(
     volumes: Mapping[int, np.ndarray] | Iterable[tuple[int, np.ndarray]],
     annotation: np.ndarray,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..atlas.ontology import Ontology
 from ..errors import AllenApiError
 from ..progress import CancelToken
+from . import rma
 from .base import ApiBase, checked_ids, records_of
 
 
@@ -38,3 +39,9 @@ class OntologyApi(ApiBase):
         if not roots:
             raise AllenApiError(url, "structure graph response holds no structures")
         return Ontology.from_graph_response(roots)
+
+    def structure_records(self, *, cancel: CancelToken | None = None) -> list[dict]:
+        """All Structure records of structure graph 1 as the API sends them, in its order
+        (``/api/v2/data/Structure`` with ``[graph_id$eq1]``: what Allen's correlation script
+        reads; every model attribute, ``structure_id_path`` as text)."""
+        return self.query_rows(rma.RmaQuery("Structure").where(None, graph_id=1), cancel=cancel)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from napari_allen.analysis.correlation import DEFAULT_METHOD, METHODS
 from napari_allen.commands._common import (
     CLIENT_OPTIONS,
     ProgressPrinter,
@@ -71,14 +72,22 @@ def register(subparsers) -> None:
     c.add_argument("--out", required=True, help="output prefix (e.g. out or out.json)")
     c.add_argument("--source", choices=("unionize", "grids"), default="unionize",
                    help="StructureUnionize expression_energy (default) or 200 µm grids")
-    c.add_argument("--method", choices=("pairwise", "numpy_ma"), default="pairwise",
-                   help="pairwise-complete Pearson (default) or the script's numpy.ma")
+    c.add_argument("--first", type=int, default=None, metavar="N",
+                   help="with --plane: only the first N data sets of the listing, as the "
+                        "script's <nprobes> argument")
+    c.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="numpy_ma_legacy (default): numpy.ma.corrcoef as numpy computed it "
+                        "until 2.1, what Allen's script computed when published (whole-row "
+                        "means, pairwise-complete standard deviations); numpy_ma: "
+                        "numpy.ma.corrcoef since numpy 2.1 (whole-row standard deviations, "
+                        "can leave [-1, 1]); pairwise: pairwise-complete Pearson (pandas, R)")
     c.add_argument("--store", type=Path, default=None,
                    help="read the grids from this plane store (implies --source grids; "
                         "alone: every experiment in the store)")
     c.add_argument("--scheduler", default=None,
                    help="dask distributed scheduler address for --store computations")
-    c.add_argument("--jobs", type=int, default=8, help="concurrent grid downloads")
+    c.add_argument("--jobs", type=int, default=8,
+                   help="concurrent requests (StructureUnionize queries or grid downloads)")
     c.set_defaults(func=_correlate)
 
     g = subparsers.add_parser(
@@ -144,7 +153,7 @@ def _correlate(args: argparse.Namespace) -> int:
             outcome = run_structure_similarity(
                 client_from_args(args), experiments=experiments,
                 genes=split_list(args.genes), plane=args.plane or args.only_plane,
-                source="grids" if args.store else args.source, method=args.method,
+                first=args.first, source="grids" if args.store else args.source, method=args.method,
                 top_n=args.top_n, store=args.store, scheduler=args.scheduler, jobs=args.jobs,
                 progress=ProgressPrinter(), cancel=token)
         except ValueError as exc:

@@ -295,7 +295,7 @@ class GeneExpressionWidget(QWidget):
 
     # ------------------------------------------------------------------ similarity tab
     def _build_similarity(self) -> QWidget:
-        from napari_allen.analysis.correlation import DEFAULT_TOP_N
+        from napari_allen.analysis.correlation import DEFAULT_TOP_N, METHODS
 
         page = QWidget()
         form = QFormLayout()
@@ -308,7 +308,7 @@ class GeneExpressionWidget(QWidget):
         self.sim_source = QComboBox()
         self.sim_source.addItems(["unionize", "grids"])
         self.sim_method = QComboBox()
-        self.sim_method.addItems(["pairwise", "numpy_ma"])
+        self.sim_method.addItems(list(METHODS))  # the first is the default
         self.top_n = QSpinBox()
         self.top_n.setRange(1, 10_000_000)
         self.top_n.setValue(DEFAULT_TOP_N)
@@ -396,7 +396,7 @@ class GeneExpressionWidget(QWidget):
     def _show_similarity(self, payload) -> None:
         outcome, acronyms, layer_tuple = payload
         self.similarity = outcome
-        self.heatmap.set_matrix(outcome.similarity.corr, acronyms)
+        self.heatmap.set_matrix(outcome.similarity.values, acronyms)
         self.add_annotation()
         self._add_tuple(layer_tuple)
         self.sim_status.setText(outcome.summary())

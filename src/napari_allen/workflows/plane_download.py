@@ -230,18 +230,17 @@ def structure_matrix(
 ) -> tuple[pd.DataFrame, dict[int, float]]:
     """The structures x experiments expression matrix and each structure's volume.
 
-    ``source='unionize'``: StructureUnionize ``expression_energy`` (the script's data; volume =
-    ``sum_pixels``). ``source='grids'``: mean energy per structure from the 200 µm grids and
+    ``source='unionize'``: StructureUnionize ``expression_energy`` fetched and arranged as
+    Allen's correlation script does (:func:`script_unionize_matrix`): rows the leaves of the
+    API's structure graph sorted by id (unless ``structure_ids``), columns the experiments in
+    the given order, volume = the last experiment's ``sum_pixels``; the script's structure
+    records ride along in ``matrix.attrs["structures"]`` for its ``structures.json``.
+    ``source='grids'``: mean energy per structure from the 200 µm grids and
     the bundled gridAnnotation, rolled up (volume = voxel count); grids come from the plane
     ``store`` when given (computed with dask, on the cluster at ``scheduler`` if given), else
     are downloaded. Rows are ``structure_ids`` (default: the ontology's leaves, as the script).
     """
-    from napari_allen.analysis.expression import (
-        dask_grid_matrix,
-        grid_matrix,
-        unionize_matrix,
-        unionize_volumes,
-    )
+    from napari_allen.analysis.expression import dask_grid_matrix, grid_matrix
     from napari_allen.atlas.ontology import Ontology
 
     if source not in SOURCES:
@@ -249,12 +248,11 @@ def structure_matrix(
     ids = [int(e) for e in experiment_ids]
     if not ids:
         raise ValueError("no experiments to correlate")
+    if source == "unionize":
+        return script_unionize_matrix(client, ids, structure_ids=structure_ids, jobs=jobs,
+                                      progress=progress, cancel=cancel)
     ontology = ontology or Ontology.default()
     rows = list(structure_ids) if structure_ids is not None else ontology.leaves()
-    if source == "unionize":
-        unionizes = client.structure_unionize(ids, progress=progress, cancel=cancel)
-        matrix = unionize_matrix(unionizes, structure_ids=rows, experiment_ids=ids)
-        return matrix, unionize_volumes(unionizes)
 
     from napari_allen.atlas.annotation import grid_annotation
 
@@ -276,6 +274,43 @@ def structure_matrix(
     counts = dict(zip(matrix.index, (annotation_counts(annotation, ontology, matrix.index)),
                       strict=True))
     return matrix, counts
+
+
+#: The StructureUnionize columns the correlation needs (the script's ``only=`` list).
+UNIONIZE_ONLY = ("id", "structure_id", "sum_pixels", "expression_energy", "section_data_set_id")
+
+
+def script_unionize_matrix(
+    client,
+    experiment_ids: Sequence[int],
+    *,
+    structure_ids: Sequence[int] | None = None,
+    jobs: int = 8,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> tuple[pd.DataFrame, dict[int, float]]:
+    """Allen's correlation script's inputs, fetched concurrently: the structures x experiments
+    ``expression_energy`` matrix and ``{structure_id: volume}``.
+
+    The structure graph's records (one query) give the rows (leaves sorted by id, unless
+    ``structure_ids``) and the records of ``structures.json``
+    (:func:`~napari_allen.analysis.correlation.script_structures`, kept in
+    ``matrix.attrs["structures"]``); StructureUnionize comes one experiment per query,
+    ``jobs`` at a time, with only the columns the script reads.
+    """
+    from napari_allen.analysis.correlation import script_matrix, script_structures
+
+    structure_rows = client.structure_records(cancel=cancel)
+    unionizes = client.structure_unionize_records(experiment_ids, columns=UNIONIZE_ONLY,
+                                                  jobs=jobs, progress=progress, cancel=cancel)
+    check(cancel)
+    leaves, records = script_structures(structure_rows, unionizes.values())
+    rows = leaves if structure_ids is None else [int(s) for s in structure_ids]
+    matrix = script_matrix(unionizes, rows)
+    matrix.attrs["structures"] = records
+    volumes = {int(r["id"]): float(r["volume"]) for r in records
+               if r.get("volume") is not None}
+    return matrix, volumes
 
 
 def annotation_counts(annotation: np.ndarray, ontology, structure_ids) -> list[float]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_allen.analysis.correlation import DEFAULT_TOP_N, METHODS, Similarity
+from napari_allen.analysis.correlation import DEFAULT_METHOD, DEFAULT_TOP_N, METHODS, Similarity
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
 from napari_allen.space import SECTION_PLANES
 from napari_allen.workflows.plane_download import SOURCES
@@ -51,11 +51,13 @@ def select_experiments(
     genes: Sequence[str] | None = None,
     plane: str | None = None,
     store: str | os.PathLike | None = None,
+    first: int | None = None,
     cancel: CancelToken | None = None,
 ) -> list[int]:
     """The experiment ids to correlate, in this order of precedence: ``experiments`` as given;
-    the ISH experiments of ``genes`` (wildcards ``*``, optionally one ``plane``); every ISH
-    experiment of ``plane``; every finished experiment of the plane ``store``."""
+    the ISH experiments of ``genes`` (wildcards ``*``, optionally one ``plane``); the data sets
+    of ``plane`` that Allen's correlation script lists (expression true, not failed, API order;
+    the ``first`` N of them when given); every finished experiment of the plane ``store``."""
     from napari_allen.workflows.plane_download import experiment_table
 
     if plane is not None and plane not in SECTION_PLANES:
@@ -66,6 +68,12 @@ def select_experiments(
         except (TypeError, ValueError):
             raise ValueError(f"experiment ids must be integers, got {list(experiments)}") \
                 from None
+    if plane and not genes:
+        # Allen's script's data sets: adult mouse ISH in the plane, expression true, not
+        # failed, in the API's order; ``first`` = the script's <nprobes> argument.
+        records = client.ish_data_set_records(plane, cancel=cancel)
+        ids = [int(r["id"]) for r in records]
+        return ids[:first] if first and first > 0 else ids
     if genes or plane:
         table = experiment_table(client, plane=plane, genes=list(genes) if genes else None,
                                  cancel=cancel)
@@ -90,7 +98,8 @@ def run_structure_similarity(
     genes: Sequence[str] | None = None,
     plane: str | None = None,
     source: str = "unionize",
-    method: str = "pairwise",
+    method: str = DEFAULT_METHOD,
+    first: int | None = None,
     top_n: int = DEFAULT_TOP_N,
     store: str | os.PathLike | None = None,
     scheduler: str | None = None,
@@ -124,7 +133,7 @@ def run_structure_similarity(
         raise ValueError(f"top_n must be >= 1, got {top_n}")
     report(progress, message="choosing experiments")
     ids = select_experiments(client, experiments=experiments, genes=genes, plane=plane,
-                             store=store, cancel=cancel)
+                             store=store, first=first, cancel=cancel)
     if not ids:
         raise ValueError("no experiments to correlate")
     ontology = ontology or Ontology.default()
