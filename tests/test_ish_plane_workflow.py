@@ -137,7 +137,8 @@ def test_cli_plane_store_correlate_and_expression_table(allen_api, tmp_path, cap
 
     prefix = tmp_path / "out.json"
     assert _run(["correlate", "--genes", "Nrp1", "Pdyn", "Prox1", "--top-n", "50",
-                 "--out", str(prefix), "--source", "grids", "--store", str(store)]) == 0
+                 "--out", str(prefix), "--source", "grids", "--store", str(store),
+                 "--csv"]) == 0
     structures = json.loads((tmp_path / "out.structures.json").read_text())
     connections = json.loads((tmp_path / "out.connections.json").read_text())
     matrix = json.loads((tmp_path / "out.correlations.json").read_text())

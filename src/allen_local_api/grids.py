@@ -33,7 +33,9 @@ ISH_SHAPE = (67, 41, 58)
 ISH_RESOLUTION = 200
 ISH_VOLUMES = ("energy", "density", "intensity")
 #: grid_data/download include names of connectivity sets -> download_file image names.
-CONNECTIVITY_ZIP_VOLUMES = {"density": "projection_density", "injection": "injection_density",
+#: ``injection`` = injection_fraction: an inference (docs/allen-api-notes.md, "What the grid
+#: zip's injection.raw holds", §14), shared with the client's GRID_ZIP_MEMBERS.
+CONNECTIVITY_ZIP_VOLUMES = {"density": "projection_density", "injection": "injection_fraction",
                             "energy": "projection_energy", "intensity": "projection_intensity"}
 CONNECTIVITY_RESOLUTIONS = (50, 100)
 CCF_SHAPES = {25: (528, 320, 456), 50: (264, 160, 228), 100: (132, 80, 114)}

@@ -8,7 +8,10 @@ association joins, ``order``, paging, ``only``/``except``, ``include`` and ``tab
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +20,10 @@ from .rma import Association, Filter, Query, RmaSyntaxError, split_top
 
 DEFAULT_ROWS = 50
 MAX_ROWS = 25_000
+#: Selections kept by :meth:`Engine.select` (model + criteria -> matching records).
+SELECTION_CACHE = 64
+#: Association filters whose per-target results :meth:`Engine.select` remembers.
+ASSOC_MEMO = 256
 
 Record = dict[str, Any]
 
@@ -50,6 +57,15 @@ def public(record: Record) -> Record:
 
 def _coerce(sample: Any, text: str) -> Any:
     """Convert filter text to the type of the record's value."""
+    kind = bool if isinstance(sample, bool) else int if isinstance(sample, int) else \
+        float if isinstance(sample, float) else str
+    return _coerce_to(kind, text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _coerce_to(kind: type, text: str) -> Any:
+    """:func:`_coerce` for one value type (cached: a filter is compared with every record)."""
+    sample = kind()
     if isinstance(sample, bool):
         low = text.strip().lower()
         if low in ("true", "t", "1"):
@@ -120,6 +136,9 @@ class Engine:
 
     def __init__(self, models: dict[str, Model]) -> None:
         self.models = models
+        self._selections: OrderedDict[tuple, list[Record]] = OrderedDict()
+        self._selection_lock = threading.Lock()
+        self._assoc_memo: dict[str, dict[Any, bool]] = {}
 
     def model(self, name: str | None) -> Model:
         if name not in self.models:
@@ -134,15 +153,25 @@ class Engine:
             raise QueryError(f"{model.name} has no association {name!r}")
         return spec
 
-    def _assoc_matches(self, model: Model, record: Record, assoc: Association) -> bool:
+    def _assoc_matches(self, model: Model, record: Record, assoc: Association,
+                       memo: dict[Any, bool] | None = None) -> bool:
         spec = self._assoc(model, assoc.name)
         targets = spec.getter(record)
         sub = self.models.get(spec.model or "")
         for target in targets:
-            if all(matches(target, f, sub or model) for f in assoc.filters) and all(
-                sub is not None and self._assoc_matches(sub, target, child)
-                for child in assoc.children
-            ):
+            # Association targets are catalog records: one (model, id) has one content, so
+            # each target is tested once per association filter (many data sets share a
+            # product; every unionize row of every experiment names one of 1,327 structures).
+            key = (spec.model, target.get("id")) if memo is not None and "id" in target else None
+            hit = memo.get(key) if key is not None else None
+            if hit is None:
+                hit = all(matches(target, f, sub or model) for f in assoc.filters) and all(
+                    sub is not None and self._assoc_matches(sub, target, child)
+                    for child in assoc.children
+                )
+                if key is not None:
+                    memo[key] = hit
+            if hit:
                 return True
         return False
 
@@ -159,8 +188,26 @@ class Engine:
         raise QueryError(f"{model.name}: unknown table {table!r} in filter {flt.attr!r}")
 
     def select(self, query: Query) -> tuple[Model, list[Record]]:
-        """All records matching the criteria (before paging)."""
+        """All records matching the criteria (before paging).
+
+        The selection of the last queries is kept (a small LRU keyed by model and criteria),
+        so the pages of one query, and the same query again, do not filter everything again.
+        """
         model = self.model(query.model)
+        key = (model.name, repr(query.filters), repr(query.associations))
+        with self._selection_lock:
+            cached = self._selections.get(key)
+            if cached is not None:
+                self._selections.move_to_end(key)
+                return model, cached
+        rows = self._select(model, query)
+        with self._selection_lock:
+            self._selections[key] = rows
+            while len(self._selections) > SELECTION_CACHE:
+                self._selections.popitem(last=False)
+        return model, rows
+
+    def _select(self, model: Model, query: Query) -> list[Record]:
         rows = model.records(query)
         plain: list[Filter] = []
         assocs = list(query.associations)
@@ -174,8 +221,12 @@ class Engine:
             rows = [r for r in rows if all(matches(r, f, model) for f in plain)]
         for assoc in assocs:
             self._assoc(model, assoc.name)  # unknown association -> error even if no rows
-            rows = [r for r in rows if self._assoc_matches(model, r, assoc)]
-        return model, rows
+            with self._selection_lock:
+                if len(self._assoc_memo) > ASSOC_MEMO:
+                    self._assoc_memo.clear()
+                memo = self._assoc_memo.setdefault(repr(assoc), {})
+            rows = [r for r in rows if self._assoc_matches(model, r, assoc, memo)]
+        return rows
 
     # -- ordering and paging ----------------------------------------------------------
     def order(self, model: Model, rows: list[Record], order: str) -> list[Record]:
@@ -279,15 +330,27 @@ def tabular_rows(engine: Engine, model: Model, rows: Iterable[Record], spec: str
     return out
 
 
-def shape_record(engine: Engine, model: Model, record: Record, includes: list[Association],
-                 only: list[str] | None, excpt: list[str] | None) -> Record:
-    """Public attributes (alphabetical), ``only``/``except`` applied, includes appended."""
-    def keep(key: str, table: str) -> bool:
+@functools.lru_cache(maxsize=1024)
+def _kept_keys(table: str, keys: tuple[str, ...], only: tuple[str, ...] | None,
+               excpt: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The public keys of a record with these ``keys``, alphabetical, ``only``/``except``
+    applied (computed once per key set, not per record)."""
+    def keep(key: str) -> bool:
+        if key.startswith("_"):
+            return False
         if only and not any(o in (key, f"{table}.{key}") for o in only):
             return False
         return not (excpt and any(e in (key, f"{table}.{key}") for e in excpt))
 
-    out = {k: v for k, v in sorted(public(record).items()) if keep(k, model.table)}
+    return tuple(k for k in sorted(keys) if keep(k))
+
+
+def shape_record(engine: Engine, model: Model, record: Record, includes: list[Association],
+                 only: list[str] | None, excpt: list[str] | None) -> Record:
+    """Public attributes (alphabetical), ``only``/``except`` applied, includes appended."""
+    kept = _kept_keys(model.table, tuple(record), tuple(only) if only else None,
+                      tuple(excpt) if excpt else None)
+    out = {k: record[k] for k in kept}
     for inc in includes:
         spec = engine._assoc(model, inc.name)
         sub = engine.models.get(spec.model or "")

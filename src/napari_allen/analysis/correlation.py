@@ -412,6 +412,31 @@ def structure_records(
     return records
 
 
+def json_matrix(matrix: np.ndarray) -> str:
+    """``json.dumps(matrix.tolist())``, byte for byte, several times faster.
+
+    Formatting floats dominates; a correlation matrix is symmetric and repeats values (NaN,
+    ±0.0), so each distinct bit pattern is formatted once (``float.__repr__``, and ``NaN`` /
+    ``Infinity`` / ``-Infinity`` as :mod:`json` writes them) and the rows are joined.
+    """
+    values = np.ascontiguousarray(matrix, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"expected a 2-D matrix, got shape {values.shape}")
+    inverse, bits = pd.factorize(values.ravel().view(np.int64))  # hashing, no sort
+
+    def text(v: float) -> str:
+        if v != v:
+            return "NaN"
+        if v in (math.inf, -math.inf):
+            return "Infinity" if v > 0 else "-Infinity"
+        return float.__repr__(v)
+
+    cells = np.array([text(v) for v in np.asarray(bits).view(np.float64).tolist()],
+                     dtype=object)
+    rows = cells[inverse.reshape(values.shape)].tolist()
+    return "[" + ", ".join("[" + ", ".join(row) + "]" for row in rows) + "]"
+
+
 def _write_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -426,8 +451,9 @@ def write_outputs(
     *,
     volumes: dict[int, float] | None = None,
     structures: Sequence[dict[str, Any]] | None = None,
+    csv: bool = True,
 ) -> dict[str, Path]:
-    """Write the script's three JSON files and two CSVs; returns ``{kind: path}``.
+    """Write the script's three JSON files and (``csv``) two CSVs; returns ``{kind: path}``.
 
     The JSON files are what the script's ``json.dumps`` writes, byte for byte:
 
@@ -455,7 +481,9 @@ def write_outputs(
     ]
     _write_text(paths["connections"], json.dumps(conn_records))
     _write_text(paths["structures"], json.dumps(list(structures)))
-    _write_text(paths["correlations"], json.dumps(corr.tolist()))
+    _write_text(paths["correlations"], json_matrix(corr))
+    if not csv:
+        return {k: v for k, v in paths.items() if not k.endswith("_csv")}
 
     acronyms = {int(r["id"]): str(r.get("acronym", r["id"])) for r in structures
                 if isinstance(r, dict) and "id" in r}
@@ -584,10 +612,11 @@ class Similarity:
         """The correlation with numpy's masked entries as NaN (for display and analysis)."""
         return np.where(self.masked, np.nan, self.corr)
 
-    def write(self, prefix: str | os.PathLike, ontology=None, volumes=None) -> dict[str, Path]:
-        """The script's three JSON files plus CSVs (:func:`write_outputs`)."""
+    def write(self, prefix: str | os.PathLike, ontology=None, volumes=None, *,
+              csv: bool = True) -> dict[str, Path]:
+        """The script's three JSON files plus (``csv``) CSVs (:func:`write_outputs`)."""
         return write_outputs(prefix, self.corr, self.structure_ids, self.connections, ontology,
-                             volumes=volumes, structures=self.structures)
+                             volumes=volumes, structures=self.structures, csv=csv)
 
 
 def structure_similarity(

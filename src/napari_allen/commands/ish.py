@@ -72,6 +72,9 @@ def register(subparsers) -> None:
     c.add_argument("--out", required=True, help="output prefix (e.g. out or out.json)")
     c.add_argument("--source", choices=("unionize", "grids"), default="unionize",
                    help="StructureUnionize expression_energy (default) or 200 µm grids")
+    c.add_argument("--csv", action="store_true",
+                   help="also write PREFIX.connections.csv and PREFIX.correlations.csv "
+                        "(acronym-labelled; the JSON files are the script's)")
     c.add_argument("--first", type=int, default=None, metavar="N",
                    help="with --plane: only the first N data sets of the listing, as the "
                         "script's <nprobes> argument")
@@ -153,13 +156,14 @@ def _correlate(args: argparse.Namespace) -> int:
             outcome = run_structure_similarity(
                 client_from_args(args), experiments=experiments,
                 genes=split_list(args.genes), plane=args.plane or args.only_plane,
-                first=args.first, source="grids" if args.store else args.source, method=args.method,
+                first=args.first, source="grids" if args.store else args.source,
+                method=args.method,
                 top_n=args.top_n, store=args.store, scheduler=args.scheduler, jobs=args.jobs,
                 progress=ProgressPrinter(), cancel=token)
         except ValueError as exc:
             print(f"napari-allen correlate: error: {exc}", file=sys.stderr)
             return 2
-    paths = outcome.write(args.out)
+    paths = outcome.write(args.out, csv=args.csv)
     print(outcome.summary(), file=sys.stderr)
     for path in paths.values():
         print(path, file=sys.stderr)

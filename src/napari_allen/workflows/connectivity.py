@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Image -> member of the 100 µm grid zip (``/grid_data/download?include=``).
+#: Image -> member of the 100 µm grid zip (``/grid_data/download?include=``). The zip's
+#: ``injection`` is read as injection_fraction: an inference from Allen's lines script, which
+#: thresholds it at 0.5 as an "injection mask" (docs/allen-api-notes.md §14).
 GRID_ZIP_MEMBERS: dict[str, str] = {
     "projection_density": "density",
     "projection_energy": "energy",

@@ -276,8 +276,8 @@ def structure_matrix(
     return matrix, counts
 
 
-#: The StructureUnionize columns the correlation needs (the script's ``only=`` list).
-UNIONIZE_ONLY = ("id", "structure_id", "sum_pixels", "expression_energy", "section_data_set_id")
+#: The StructureUnionize columns the correlation reads (the script asks for these and `id`).
+UNIONIZE_ONLY = ("structure_id", "sum_pixels", "expression_energy", "section_data_set_id")
 
 
 def script_unionize_matrix(

@@ -32,11 +32,15 @@ class SimilarityOutcome:
     experiment_ids: list[int]
     source: str
 
-    def write(self, prefix: str | os.PathLike, ontology=None) -> dict[str, Path]:
-        """``PREFIX.structures/.connections/.correlations.json`` and the CSVs."""
-        from napari_allen.atlas.ontology import Ontology
+    def write(self, prefix: str | os.PathLike, ontology=None, *,
+              csv: bool = True) -> dict[str, Path]:
+        """``PREFIX.structures/.connections/.correlations.json`` (the script's files) and,
+        with ``csv``, ``PREFIX.connections.csv``/``.correlations.csv``."""
+        if ontology is None and self.similarity.structures is None:
+            from napari_allen.atlas.ontology import Ontology
 
-        return self.similarity.write(prefix, ontology or Ontology.default(), self.volumes)
+            ontology = Ontology.default()
+        return self.similarity.write(prefix, ontology, self.volumes, csv=csv)
 
     def summary(self) -> str:
         s = self.similarity
@@ -71,7 +75,7 @@ def select_experiments(
     if plane and not genes:
         # Allen's script's data sets: adult mouse ISH in the plane, expression true, not
         # failed, in the API's order; ``first`` = the script's <nprobes> argument.
-        records = client.ish_data_set_records(plane, cancel=cancel)
+        records = client.ish_data_set_records(plane, columns=["id"], cancel=cancel)
         ids = [int(r["id"]) for r in records]
         return ids[:first] if first and first > 0 else ids
     if genes or plane:
@@ -136,7 +140,8 @@ def run_structure_similarity(
                              store=store, first=first, cancel=cancel)
     if not ids:
         raise ValueError("no experiments to correlate")
-    ontology = ontology or Ontology.default()
+    if source != "unionize":  # the unionize path takes its structures from the API
+        ontology = ontology or Ontology.default()
     report(progress, message=f"{len(ids)} experiments: building the {source} matrix")
     matrix, volumes = structure_matrix(client, ids, source=source, ontology=ontology,
                                        store=store, scheduler=scheduler, jobs=jobs,
