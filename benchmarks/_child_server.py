@@ -11,7 +11,7 @@ import sys
 
 _SERVER_CHILD = r"""
 import sys
-from napari_allen.local_api.server import LocalAllenServer
+from allen_local_api.server import LocalAllenServer
 server = LocalAllenServer(host="127.0.0.1", port=0, latency_ms=float(sys.argv[1]))
 server.warm(ccf=sys.argv[2] == "ccf")  # build its tables first: no first-request cost
 server.start()

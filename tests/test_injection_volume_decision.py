@@ -9,9 +9,9 @@ import zipfile
 
 import numpy as np
 
+from allen_local_api.grids import CONNECTIVITY_ZIP_VOLUMES
 from napari_allen.analysis.seeds import injection_coordinates
 from napari_allen.io.nrrd import read_nrrd
-from napari_allen.local_api.grids import CONNECTIVITY_ZIP_VOLUMES
 from napari_allen.workflows.connectivity import GRID_ZIP_MEMBERS
 from napari_allen.workflows.spatial_search import (
     DEFAULT_INJECTION_IMAGE,
