@@ -96,17 +96,18 @@ def test_injection_summary_from_unionize(client):
 
 def test_search_expands_parents_and_filters_lines(client):
     onto = Ontology.default()
-    vis = C.search_experiments(client, ["VIS"], line="wild type")
+    vis = C.search_experiments(client, ["VIS"], line="wild type",
+                               primary_structure_only=False)
     assert len(vis) > 0
     allowed = set(onto.descendants(onto.id_of("VIS")))
     # every experiment has some injection in VIS or a descendant (VISp, VISl, ...)
     assert all(set(map(int, s)) & allowed for s in vis["injection_structures"])
     assert (vis["transgenic_line"] == "").all()
-    primary = C.search_experiments(client, ["VIS"], line="wild type",
-                                   primary_structure_only=True)
-    assert 0 < len(primary) <= len(vis)
+    primary = C.search_experiments(client, ["VIS"], line="wild type")  # the default
+    assert 0 < len(primary) < len(vis)
     assert set(primary["structure_id"].astype(int)) <= allowed
-    any_line = C.search_experiments(client, ["VIS"])
+    assert not set(vis["structure_id"].astype(int)) <= allowed  # others touch VIS only
+    any_line = C.search_experiments(client, ["VIS"], primary_structure_only=False)
     assert len(any_line) >= len(vis)
     cre = [v for v in any_line["transgenic_line"].unique() if v]
     if cre:
@@ -209,3 +210,21 @@ def test_cli_reports_bad_input(allen_api, tmp_path, capsys):
     assert _cli(["average-projections", "-s", "VPM", "--resolution", "10",
                  "--out", str(tmp_path)]) == 2
     assert "10 µm needs about" in capsys.readouterr().err
+
+
+def test_cli_search_primary_by_default_any_injection_on_request(allen_api, tmp_path):
+    """As AllenSDK's get_experiments and brain_street_view: the primary injection structure
+    by default; --any-injection also lists experiments that merely touch the structure."""
+    onto = Ontology.default()
+    allowed = set(onto.descendants(onto.id_of("VISp")))
+    primary_csv, any_csv = tmp_path / "primary.csv", tmp_path / "any.csv"
+    assert _cli(["search-connectivity", "--structures", "VISp", "--out", str(primary_csv)]) == 0
+    assert _cli(["search-connectivity", "--structures", "VISp", "--any-injection",
+                 "--out", str(any_csv)]) == 0
+    primary, anywhere = pd.read_csv(primary_csv), pd.read_csv(any_csv)
+    assert 0 < len(primary) < len(anywhere)
+    assert set(primary["structure_id"]) <= allowed
+    assert set(primary["id"]) <= set(anywhere["id"])
+    assert _cli(["search-connectivity", "--structures", "VISp", "--primary",
+                 "--out", str(tmp_path / "p2.csv")]) == 0
+    assert pd.read_csv(tmp_path / "p2.csv")["id"].tolist() == primary["id"].tolist()

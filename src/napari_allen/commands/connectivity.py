@@ -26,8 +26,14 @@ def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--line", default="any",
                         help="transgenic line filter: 'any' (default), 'wild type' or a "
                              "line name such as Syt6-Cre_KI148")
-    parser.add_argument("--primary", action="store_true",
-                        help="only experiments whose primary injection structure matches")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--primary", dest="any_injection", action="store_false",
+                       help="match the primary injection structure (default, as AllenSDK's "
+                            "get_experiments and brain_street_view)")
+    which.add_argument("--any-injection", dest="any_injection", action="store_true",
+                       help="match any injection structure of an experiment, not only its "
+                            "primary one")
+    parser.set_defaults(any_injection=False)
     parser.add_argument("--target", nargs="+", default=None,
                         help="only experiments projecting to these target structures")
 
@@ -36,7 +42,7 @@ def _search(args: argparse.Namespace, client):
     from napari_allen.workflows.connectivity import search_experiments
 
     return search_experiments(client, split_list(args.structures), line=args.line,
-                              primary_structure_only=args.primary,
+                              primary_structure_only=not args.any_injection,
                               target_domain=split_list(args.target) or None)
 
 

@@ -109,6 +109,7 @@ class ConnectivityWidget(QWidget):
         self.line_combo.addItems(LINE_CHOICES)
         form.addRow("Line", self.line_combo)
         self.primary_check = QCheckBox("primary injection structure only", box)
+        self.primary_check.setChecked(True)  # unchecked: any injection in the structures
         form.addRow("", self.primary_check)
         self.target_edit = QLineEdit(box)
         self.target_edit.setPlaceholderText("optional target domain, e.g. CP")

@@ -89,13 +89,18 @@ def search_experiments(
     structures: Sequence[int | str],
     *,
     line: str = LINE_ANY,
-    primary_structure_only: bool = False,
+    primary_structure_only: bool = True,
     target_domain: Sequence[int | str] | None = None,
     ontology: Ontology | None = None,
     expand: bool = True,
 ) -> pd.DataFrame:
     """Connectivity experiments injected in ``structures`` (and, with ``expand``, their
     descendants), optionally only those projecting to ``target_domain``.
+
+    By default an experiment matches when its *primary* injection structure is one of them
+    (``primary_structure_only=True``), as AllenSDK's ``get_experiments(injection_structure_ids=
+    ...)`` and brain_street_view select; ``primary_structure_only=False`` also keeps
+    experiments whose injection merely touches them (any of their injection structures).
 
     ``line``: ``'any'``, ``'wild type'`` or a transgenic line name (e.g. ``'Syt6-Cre_KI148'``,
     case-insensitive). The service filters too; the result is filtered again here so the
