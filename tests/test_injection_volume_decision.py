@@ -1,4 +1,4 @@
-"""The grid zip's ``injection`` is injection_fraction (an inference, docs/allen-api-notes.md):
+"""The grid zip's ``injection`` is injection_fraction (an inference, docs/allen-api-notes.md §14):
 the local server and the client agree, and the spatial search's default injection coordinates
 are the lines script's (``argwhere(injection > 0.5) * spacing`` on the zip it downloads)."""
 

@@ -32,6 +32,7 @@ The top-pair selection and the JSON outputs reproduce the script (see :func:`top
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Sequence
