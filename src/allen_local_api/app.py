@@ -31,6 +31,8 @@ from .query import (
 )
 from .rma import RmaSyntaxError, parse_shortcut, parse_stages
 
+#: ``filename=`` values the CSV download accepts (nothing that could break the header line).
+_SAFE_FILENAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 CONTENT_TYPES = {"json": "application/json; charset=utf-8",
                  "xml": "application/xml; charset=utf-8", "csv": "text/csv; charset=utf-8"}
 
@@ -196,5 +198,9 @@ class App:
             body = formats.csv_table(rows)
         headers = {}
         if fmt == "csv":
+            if filename is not None and not _SAFE_FILENAME.fullmatch(filename):
+                # CR/LF or quotes here would inject response headers: refuse, say why.
+                return _error("json", f"filename={filename[:60]!r}: use letters, digits, "
+                              "'.', '_' and '-' (at most 128)", 400)
             headers["Content-Disposition"] = f'attachment; filename="{filename or "query.csv"}"'
         return Response(200, body, CONTENT_TYPES[fmt], headers, is_query=True)

@@ -8,6 +8,12 @@ latency and fault injection, started in a background thread.
 
 Responses are computed by :class:`allen_local_api.app.App` from the shared catalog and
 grid store; this module only moves bytes (and breaks them on purpose).
+
+Hardening (it is a test double, but it listens on a port): idle connections cost no thread and
+are closed after ``idle_timeout`` seconds, at most ``max_threads`` requests run at once
+(:mod:`._serving`); a header value with CR, LF, NUL or a double quote is never sent (the
+request gets a 400 instead of an injected header); no ``Access-Control-Allow-Origin`` header,
+so web pages cannot read it; the request log keeps the last ``log_size`` requests.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import re
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import deque
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from . import faults as faults_mod
 from . import formats
+from ._serving import OneRequestHandler, PooledHTTPServer
 from .app import App, Response
 from .catalog import catalog
 from .faults import Fault, FaultPlan
@@ -46,13 +54,40 @@ def shared_app() -> App:
         return _APP
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128  # batch downloads open many connections at once
+#: Characters never allowed in a header value (response splitting, broken quoting).
+_UNSAFE_HEADER_CHARS = frozenset('\r\n\x00"')
 
 
-class _Handler(BaseHTTPRequestHandler):
+class UnsafeHeaderError(ValueError):
+    """A response header value would carry CR/LF/NUL or a quote (header injection)."""
+
+
+def check_header_value(name: str, value: str) -> str:
+    """``value`` if it is safe in a header line, else :class:`UnsafeHeaderError`. Quotes are
+    refused too: our values are either plain tokens or sit inside ``filename="..."``."""
+    if name.lower() == "content-disposition":
+        # The only legitimate quotes: exactly the pair around filename.
+        head, sep, rest = value.partition('filename="')
+        if sep and rest.endswith('"'):
+            check_header_value("filename", rest[:-1])
+            return value
+    bad = _UNSAFE_HEADER_CHARS.intersection(value)
+    if bad:
+        raise UnsafeHeaderError(f"header {name} value {value[:60]!r} contains "
+                                f"{' '.join(repr(c) for c in sorted(bad))}")
+    return value
+
+
+class RequestLog(deque):
+    """The last ``maxlen`` request entries (a deque that also slices like a list)."""
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(self)[index]
+        return super().__getitem__(index)
+
+
+class _Handler(OneRequestHandler, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so clients' connection pools work
     # Headers and body go out in separate writes; with Nagle's algorithm on, a kept-alive
     # connection waits ~40-50 ms for the delayed ACK of the first (65 ms -> 11 ms a request).
@@ -96,6 +131,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(response, fault, head)
         except (BrokenPipeError, ConnectionResetError):
             entry["status"] = entry["status"] or "disconnected"
+        except UnsafeHeaderError as exc:
+            # Nothing of the unsafe response went out (headers are checked before sending).
+            log.warning("local Allen API refused %s: %s", target, exc)
+            entry["status"] = 400
+            body = f"bad request: {exc}".encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(b"" if head else body)
         except Exception as exc:  # a server bug must not kill the connection thread silently
             log.exception("local Allen API server failed on %s", target)
             entry["status"] = 500
@@ -113,12 +158,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _headers(self, status: int, content_type: str, length: int,
                  extra: dict[str, str] | None = None) -> None:
+        extra = {k: check_header_value(k, str(v)) for k, v in (extra or {}).items()}
+        check_header_value("Content-Type", content_type)
         self._entry["status"] = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
-        self.send_header("Access-Control-Allow-Origin", "*")
-        for key, value in (extra or {}).items():
+        for key, value in extra.items():
             self.send_header(key, value)
         self.end_headers()
 
@@ -215,7 +261,9 @@ class LocalAllenServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, data_dir: str | None = None,
-                 latency_ms: float = 0, fault_rate: float = 0.0, seed: int = 0) -> None:
+                 latency_ms: float = 0, fault_rate: float = 0.0, seed: int = 0, *,
+                 idle_timeout: float = 30.0, max_threads: int = 64,
+                 log_size: int = 100_000) -> None:
         if data_dir is not None:
             raise ValueError("data_dir is not supported: the server serves the data bundled in "
                              "allen_local_api/data and napari_allen/data")
@@ -224,9 +272,11 @@ class LocalAllenServer:
         self.latency_ms = float(latency_ms)
         self._initial = (float(latency_ms), float(fault_rate))
         self.faults = FaultPlan(fault_rate, seed)
-        self.requests: list[dict[str, Any]] = []
+        self.idle_timeout = float(idle_timeout)
+        self.max_threads = int(max_threads)
+        self.requests: RequestLog = RequestLog(maxlen=int(log_size))
         self._log_lock = threading.Lock()
-        self._httpd: _HTTPServer | None = None
+        self._httpd: PooledHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.app = shared_app()
 
@@ -252,7 +302,9 @@ class LocalAllenServer:
         if self._httpd is not None:
             return self
         handler = type("Handler", (_Handler,), {"owner": self})
-        self._httpd = _HTTPServer((self.host, self.port), handler)
+        self._httpd = PooledHTTPServer((self.host, self.port), handler,
+                                       max_threads=self.max_threads,
+                                       idle_timeout=self.idle_timeout)
         self._thread = threading.Thread(target=self._httpd.serve_forever,
                                         kwargs={"poll_interval": 0.1},
                                         name=f"local-allen-api:{self._httpd.server_address[1]}",
