@@ -25,7 +25,6 @@ import re
 import socket
 import threading
 import time
-from collections import deque
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -78,13 +77,18 @@ def check_header_value(name: str, value: str) -> str:
     return value
 
 
-class RequestLog(deque):
-    """The last ``maxlen`` request entries (a deque that also slices like a list)."""
+class RequestLog(list):
+    """A list of request entries that keeps only the last ~``maxlen`` (older ones are dropped
+    in blocks of 10%, so appending stays amortised O(1); at most ``1.1 * maxlen`` are kept)."""
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return list(self)[index]
-        return super().__getitem__(index)
+    def __init__(self, maxlen: int) -> None:
+        super().__init__()
+        self.maxlen = max(1, int(maxlen))
+
+    def append(self, entry) -> None:
+        super().append(entry)
+        if len(self) > self.maxlen + self.maxlen // 10:
+            del self[: len(self) - self.maxlen]
 
 
 class _Handler(OneRequestHandler, BaseHTTPRequestHandler):
