@@ -46,19 +46,22 @@ def test_every_command_module_registers():
         assert name in commands
 
 
-CLIENT_COMMANDS = ("search-ish", "download", "cache-info", "plane-store", "correlate",
-                   "gene-correlation", "expression-table", "search-connectivity",
-                   "average-projections", "spatial-search")
+#: Commands that never talk to the API or its cache (files in, files out; the server itself).
+OFFLINE_COMMANDS = {"export", "local-api"}
 
 
 def test_every_api_command_shares_the_client_options(tmp_path, monkeypatch):
-    """--api-url, --cache-dir, --offline, --retries on every command that talks to the API;
-    the client is built from them (command-line options win over the environment)."""
+    """--api-url, --cache-dir, --offline, --retries on every command that talks to the API
+    (any new command too); the client is built from them (the command line wins over the
+    environment)."""
     monkeypatch.setenv("NAPARI_ALLEN_API_URL", "http://env.invalid")
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no API
-    for name in CLIENT_COMMANDS:
-        options = {o for a in commands[name]._actions for o in a.option_strings}
+    assert {"search-ish", "download", "correlate", "spatial-search"} <= set(commands)
+    for name, sub in commands.items():
+        if name in OFFLINE_COMMANDS:
+            continue
+        options = {o for a in sub._actions for o in a.option_strings}
         assert {"--api-url", "--cache-dir", "--offline", "--retries"} <= options, name
     args = parser.parse_args(["cache-info", "--api-url", "http://127.0.0.1:9/", "--cache-dir",
                               str(tmp_path / "c"), "--offline", "--retries", "2"])

@@ -61,7 +61,8 @@ def register(subparsers) -> None:
     c.set_defaults(func=cache_info_command)
 
     p = subparsers.add_parser(
-        "cache-prune", help="trim the decoded-grid cache (least recently used first)",
+        "cache-prune", parents=[CLIENT_OPTIONS],
+        help="trim the decoded-grid cache (least recently used first)",
         description="Remove decoded grids (inflated 25/10 µm payloads) from the cache, least "
                     "recently used first, until it holds at most --max (default: its cap, "
                     "NAPARI_ALLEN_CACHE_MAX or a quarter of the free disk). Downloads and "
@@ -103,8 +104,9 @@ def cache_prune_command(args) -> int:
     except ValueError as exc:
         print(f"cache-prune: --max: {exc}", file=sys.stderr)
         return 2
-    removed, freed = prune_decoded_cache(cache_dir(), target)
-    info = decoded_cache_info(cache_dir())
+    folder = cache_dir(args.cache_dir)  # --cache-dir, else the environment's (as the client)
+    removed, freed = prune_decoded_cache(folder, target)
+    info = decoded_cache_info(folder)
     print(f"removed {removed} decoded grids ({format_size(freed)}); "
           f"{info['entries']} left ({format_size(info['bytes'])})")
     return 0
