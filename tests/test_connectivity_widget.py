@@ -19,20 +19,22 @@ def widget(make_napari_viewer, allen_api, qtbot):
     w = ConnectivityWidget(viewer)
     qtbot.addWidget(w)
     yield w
-    w.runner.cancel()
+    for runner in w.runners:
+        runner.cancel()
     reset_shared_client()
 
 
 def _wait(qtbot, w, timeout=30000):
-    qtbot.waitUntil(lambda: not w.runner.is_running, timeout=timeout)
+    qtbot.waitUntil(lambda: not any(r.is_running for r in w.runners), timeout=timeout)
 
 
 def _search_vpm(qtbot, w):
-    w.structures_edit.setText("VPM")
-    w.line_combo.setCurrentText("wild type")
-    w.search_button.click()
+    s = w.search_panel
+    s.structures_edit.setText("VPM")
+    s.line_combo.setCurrentText("wild type")
+    s.search_button.click()
     _wait(qtbot, w)
-    frame = w.results.frame()
+    frame = s.results.frame()
     assert REAL in frame["id"].tolist()
     return frame
 
@@ -44,11 +46,11 @@ def test_search_table_and_load_selected(qtbot, widget):
                                        "injection_volume", "injection_x", "injection_y",
                                        "injection_z", "gender", "strain"]
     assert set(frame["transgenic_line"]) == {"wild type"}
-    assert w.results.isSortingEnabled()
-    w.results.select_rows([frame.index[frame["id"] == REAL][0]])
-    w.load_injection_density.setChecked(True)
-    w.load_voxels.setChecked(True)
-    w.load_button.click()
+    assert w.search_panel.results.isSortingEnabled()
+    w.search_panel.results.select_rows([frame.index[frame["id"] == REAL][0]])
+    w.load_tab.load_injection_density.setChecked(True)
+    w.load_tab.load_voxels.setChecked(True)
+    w.load_tab.load_button.click()
     _wait(qtbot, w)
     names = [layer.name for layer in w.viewer.layers]
     assert "projection density (exp 158375425, VPM)" in names
@@ -65,11 +67,12 @@ def test_search_table_and_load_selected(qtbot, widget):
 def test_average_then_threshold(qtbot, widget):
     w = widget
     frame = _search_vpm(qtbot, w)
-    w.results.select_rows(list(range(min(3, len(frame)))))
-    w.normalize_combo.setCurrentText("injection volume")
-    w.group_combo.setCurrentText("none")
-    w.individual_check.setChecked(True)
-    w.average_button.click()
+    w.search_panel.results.select_rows(list(range(min(3, len(frame)))))
+    a = w.average_tab
+    a.normalize_combo.setCurrentText("injection volume")
+    a.group_combo.setCurrentText("none")
+    a.individual_check.setChecked(True)
+    a.average_button.click()
     _wait(qtbot, w)
     avg = [layer for layer in w.viewer.layers if layer.name.startswith("mean projection")]
     assert len(avg) == 1
@@ -79,55 +82,61 @@ def test_average_then_threshold(qtbot, widget):
     np.testing.assert_allclose(np.nanmean(stack.data, axis=0), avg[0].data, rtol=1e-5,
                                atol=1e-6)
     assert avg[0].metadata["kind"] == "projection_average"
-    table = w.average_table.frame()
+    table = a.average_table.frame()
     assert len(table) == min(3, len(frame)) and table["Used"].all()
     assert {"ExperimentID", "InjectionVolume", "MouseLine", "GroupName"} <= set(table.columns)
 
-    w.refresh_layers()
-    w.threshold_layer_combo.setCurrentText(avg[0].name)
-    w.target_region_edit.setText("SSp")
-    w.method_combo.setCurrentText("percentile")
-    w.threshold_value.setValue(90)
-    w.threshold_button.click()
+    t = w.threshold_tab
+    t.threshold_layer_combo.setCurrentText(avg[0].name)
+    t.target_region_edit.setText("SSp")
+    t.method_combo.setCurrentText("percentile")
+    t.threshold_value.setValue(90)
+    t.threshold_button.click()
     _wait(qtbot, w)
-    masks = [layer for layer in w.viewer.layers if layer._type_string == "labels"]
+    masks = [layer for layer in w.viewer.layers if type(layer).__name__ == "Labels"]
     assert len(masks) == 1 and masks[0].data.sum() > 0
-    structures = w.structure_table.frame()
+    structures = t.structure_table.view_frame()
     assert "SSp" in structures["acronym"].tolist()
     assert (structures["n_significant"] > 0).all()
+    assert list(structures.columns[:2]) == ["acronym", "n_significant"]
+    assert structures["n_significant"].is_monotonic_decreasing  # most significant first
 
 
 def test_coordinate_search_from_cursor(qtbot, widget):
     w = widget
+    s = w.search_panel
     w.viewer.cursor.position = (7070.0, 4360.0, 7650.0)
-    w.cursor_button.click()
-    assert w.seed_edit.text() == "7070, 4360, 7650"
-    w.coord_button.click()
+    s.cursor_button.click()
+    assert s.seed_edit.text() == "7070, 4360, 7650"
+    s.coord_button.click()
     _wait(qtbot, w)
-    frame = w.results.frame()
-    assert len(frame) > 0 and "distance" in frame.columns
+    frame = s.results.frame()
+    assert len(frame) > 0 and frame.columns[0] == "distance"
     assert frame["distance"].is_monotonic_increasing
 
 
 def test_new_search_drops_stale_results(qtbot, widget):
     w = widget
-    w.structures_edit.setText("VIS")
-    w.search_button.click()
-    w.structures_edit.setText("VPM")
-    w.line_combo.setCurrentText("wild type")
-    w.primary_check.setChecked(True)
-    w.search_button.click()
+    s = w.search_panel
+    s.structures_edit.setText("VIS")
+    s.search_button.click()
+    s.structures_edit.setText("VPM")
+    s.line_combo.setCurrentText("wild type")
+    s.primary_check.setChecked(True)
+    s.search_button.click()
     _wait(qtbot, w)
     qtbot.wait(200)  # a late stale result would land now
-    assert set(w.results.frame()["structure_abbrev"]) == {"VPM"}
+    assert set(s.results.frame()["structure_abbrev"]) == {"VPM"}
 
 
 def test_bad_input_reports_error_without_running(qtbot, widget):
     w = widget
-    w.structures_edit.setText("")
-    w.search_button.click()
-    assert not w.runner.is_running
-    w.group_combo.setCurrentText("regions")
-    w.regions_edit.setText("broken")
+    w.search_panel.structures_edit.setText("")
+    w.search_panel.search_button.click()
+    assert not w.search_panel.runner.is_running
+    assert "injection structure" in w.search_panel.status.text()
+    a = w.average_tab
+    a.group_combo.setCurrentText("regions")
+    a.regions_edit.setText("broken")
     with pytest.raises(ValueError, match="NAME=ACR"):
-        w.averaging_options()
+        a.averaging_options()

@@ -13,16 +13,31 @@ TIMEOUT = 60_000  # ms
 
 
 @pytest.fixture
-def widget(make_napari_viewer, allen_api):
+def dock(make_napari_viewer, allen_api):
     from napari_allen.widgets.gene_expression import GeneExpressionWidget
 
     reset_shared_client()
     viewer = make_napari_viewer()
     w = GeneExpressionWidget(viewer)
     yield w
-    for runner in (w.search_runner, w.load_runner, w.sim_runner, w.plane_runner, w.rank_runner):
+    for runner in w.runners:
         runner.cancel()
     reset_shared_client()
+
+
+@pytest.fixture
+def widget(dock):
+    return dock.search_tab
+
+
+@pytest.fixture
+def sim(dock):
+    return dock.similarity_tab
+
+
+@pytest.fixture
+def plane(dock):
+    return dock.plane_tab
 
 
 def _wait(qtbot, runner):
@@ -33,10 +48,10 @@ def _search(qtbot, widget, text: str, plane: str = "both"):
     widget.gene_edit.setText(text)
     widget.plane_combo.setCurrentText(plane)
     widget.search()
-    _wait(qtbot, widget.search_runner)
+    _wait(qtbot, widget.runner)
 
 
-def test_search_load_annotation_and_structure_table(widget, qtbot, tmp_path):
+def test_search_load_annotation_and_structure_table(dock, widget, qtbot, tmp_path):
     _search(qtbot, widget, "nrp1")  # case-insensitive
     shown = widget.result_table.frame()
     assert list(shown.columns) == ["experiment_id", "gene", "gene_name", "plane",
@@ -46,7 +61,7 @@ def test_search_load_annotation_and_structure_table(widget, qtbot, tmp_path):
     widget.result_table.select_rows([row])
     widget.volume_boxes["density"].setChecked(True)
     widget.load_selected()
-    _wait(qtbot, widget.load_runner)
+    _wait(qtbot, widget.runner)
     viewer = widget.viewer
     names = [layer.name for layer in viewer.layers]
     # The real Nrp1 zip has energy only: the local server generates (and flags) the density.
@@ -58,14 +73,22 @@ def test_search_load_annotation_and_structure_table(widget, qtbot, tmp_path):
     assert np.isnan(np.asarray(energy.data)).sum() == 54_982  # -1 shown as NaN
 
     labels = widget.add_annotation()
-    assert labels._type_string == "labels" and widget.add_annotation() is labels
+    assert type(labels).__name__ == "Labels" and widget.add_annotation() is labels
 
-    widget.layer_combo.setCurrentText("Nrp1 energy (exp 74272479)")
-    table = widget.compute_structure_table()
+    tab = dock.structures_tab
+    tab.layer_combo.setCurrentText("Nrp1 energy (exp 74272479)")
+    tab.compute_structure_table()
+    _wait(qtbot, tab.runner)
+    table = tab.table
     hpf = table.set_index("acronym").loc["HPF"]
     assert hpf["n_valid"] > 0
-    assert "highest mean" in widget.structure_status.text()
-    out = widget.structure_table.export_csv(str(tmp_path / "nrp1.csv"))
+    assert "highest mean" in tab.status.text()
+    # Opens sorted by mean, highest first, with the name and the value in the first columns.
+    shown = tab.structure_table.view_frame()
+    assert list(shown.columns[:2]) == ["acronym", "mean"]
+    means = shown["mean"].dropna().to_numpy()
+    assert len(means) > 10 and (np.diff(means) <= 0).all()
+    out = tab.structure_table.export_csv(str(tmp_path / "nrp1.csv"))
     assert pd.read_csv(out).shape[0] == len(table)
 
 
@@ -73,13 +96,13 @@ def test_cached_grids_load_without_network(widget, qtbot, allen_api):
     _search(qtbot, widget, "Nrp1", plane="coronal")
     widget.result_table.select_rows([0])
     widget.load_selected()
-    _wait(qtbot, widget.load_runner)
+    _wait(qtbot, widget.runner)
     for layer in list(widget.viewer.layers):
         widget.viewer.layers.remove(layer)
     allen_api.requests.clear()
     allen_api.faults.add("http500", path_contains="/grid_data/", times=None)
     widget.load_selected()
-    _wait(qtbot, widget.load_runner)
+    _wait(qtbot, widget.runner)
     assert len(widget.viewer.layers) == 1
     assert not [r for r in allen_api.requests if "/grid_data/" in r["path"]]
 
@@ -90,19 +113,20 @@ def test_newer_search_wins(widget, qtbot, allen_api):
     widget.search()
     widget.gene_edit.setText("Prox1")
     widget.search()
-    _wait(qtbot, widget.search_runner)
+    _wait(qtbot, widget.runner)
     qtbot.wait(800)  # let the stale worker finish: its result must be dropped
     assert set(widget.result_table.frame()["gene"]) == {"Prox1"}
 
 
-def test_similarity_lines_heatmap_and_save(widget, qtbot, tmp_path):
+def test_similarity_lines_heatmap_and_save(sim, qtbot, tmp_path):
+    widget = sim
     widget.sim_mode.setCurrentText("genes")
     widget.sim_genes.setText("Nrp1 Pdyn Prox1")
     widget.sim_source.setCurrentText("grids")
     widget.top_n.setValue(40)
     assert widget.save_similarity(str(tmp_path / "none")) is None  # nothing yet
     widget.run_similarity()
-    _wait(qtbot, widget.sim_runner)
+    _wait(qtbot, widget.runner)
     result = widget.similarity.similarity
     assert result is not None and 0 < len(result.connections) <= 39
     lines = widget.viewer.layers["structure correlation"]
@@ -131,7 +155,8 @@ def _local_store(path, n=4) -> PlaneStore:
     return store
 
 
-def test_open_store_current_gene_and_ranking(widget, qtbot, tmp_path):
+def test_open_store_current_gene_and_ranking(plane, qtbot, tmp_path):
+    widget = plane
     _local_store(tmp_path / "s.zarr")
     layer = widget.open_store(str(tmp_path / "s.zarr"))
     assert layer.data.shape == (4, *ISH_SHAPE)
@@ -144,20 +169,20 @@ def test_open_store_current_gene_and_ranking(widget, qtbot, tmp_path):
     viewer.cursor.position = (2, 2 * 200.0, 1 * 200.0, 3 * 200.0)
     widget.rank_mode.setCurrentText("voxel at cursor")
     widget.rank_genes()
-    _wait(qtbot, widget.rank_runner)
+    _wait(qtbot, widget.runner)
     ranked = widget.rank_table.frame()
     assert ranked["gene"].tolist()[:2] == ["G0", "G1"]
     assert ranked["value"].iloc[0] == 400.0
 
     widget.rank_structure.setText("HPF")
     widget.rank_genes()
-    _wait(qtbot, widget.rank_runner)
+    _wait(qtbot, widget.runner)
     ranked = widget.rank_table.frame()
-    assert ranked["gene"].iloc[0] == "G2" and "HPF" in widget.rank_status.text()
+    assert ranked["gene"].iloc[0] == "G2" and "HPF" in widget.status.text()
 
     viewer.dims.set_current_step(0, 0)
     widget.correlate_current_gene()
-    _wait(qtbot, widget.rank_runner)
+    _wait(qtbot, widget.runner)
     ranked = widget.rank_table.frame()
     assert ranked["gene"].tolist() == ["G1", "G3", "G2"]  # seed G0 itself left out
     assert ranked["r"].iloc[0] == pytest.approx(1.0) and ranked["r"].iloc[-1] < -0.99
@@ -166,7 +191,8 @@ def test_open_store_current_gene_and_ranking(widget, qtbot, tmp_path):
     assert widget.store_layer is None and "no store open" in widget.current_gene.text()
 
 
-def test_plane_download_cancel_keeps_partial_store(widget, qtbot, tmp_path, allen_api):
+def test_plane_download_cancel_keeps_partial_store(plane, qtbot, tmp_path, allen_api):
+    widget = plane
     allen_api.latency_ms = 20
     widget.store_plane.setCurrentText("coronal")
     widget.store_path.setText(str(tmp_path / "coronal.zarr"))
@@ -175,20 +201,21 @@ def test_plane_download_cancel_keeps_partial_store(widget, qtbot, tmp_path, alle
     qtbot.waitUntil(lambda: (tmp_path / "coronal.zarr" / "completed.txt").exists()
                     and len(open_plane_store(tmp_path / "coronal.zarr").completed()) >= 2,
                     timeout=TIMEOUT)
-    widget.plane_runner.cancel()
-    assert not widget.plane_runner.is_running
+    widget.runner.cancel()
+    assert not widget.runner.is_running
     store = open_plane_store(tmp_path / "coronal.zarr")
     assert len(store) > 1000 and 2 <= len(store.completed()) < len(store)
 
 
-def test_similarity_from_a_plane_store(widget, qtbot, tmp_path):
+def test_similarity_from_a_plane_store(sim, qtbot, tmp_path):
+    widget = sim
     _local_store(tmp_path / "s.zarr")
     widget.sim_mode.setCurrentText("whole plane")
     widget.sim_plane.setCurrentText("both")  # no plane: every experiment of the store
     widget.sim_store.setText(str(tmp_path / "s.zarr"))
     widget.top_n.setValue(20)
     widget.run_similarity()
-    _wait(qtbot, widget.sim_runner)
+    _wait(qtbot, widget.runner)
     assert widget.similarity.experiment_ids == [10, 11, 12, 13]
     assert widget.similarity.source == "grids"
-    assert "4 experiments" in widget.sim_status.text()
+    assert "4 experiments" in widget.status.text()

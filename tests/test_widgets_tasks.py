@@ -11,7 +11,6 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QWidget
 
 from napari_allen.progress import Progress
-from napari_allen.widgets._common import DataFrameTable
 from napari_allen.widgets._tasks import TaskRunner
 
 
@@ -112,28 +111,3 @@ def test_errors_reach_on_error(qtbot, runner):
     qtbot.waitUntil(lambda: bool(errors), timeout=5000)
     assert "x.raw" in str(errors[0])
     assert "x.raw" in runner.status_text
-
-
-def test_dataframe_table_sorts_numerically_and_exports(qtbot, tmp_path):
-    table = DataFrameTable()
-    qtbot.addWidget(table)
-    frame = pd.DataFrame({"id": [10, 9, 100], "gene": ["b", "a", "c"]})
-    table.set_frame(frame)
-    table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
-    view_order = [table.model().index(r, 0).data() for r in range(3)]
-    assert view_order == ["9", "10", "100"]  # numeric, not lexicographic
-    table.select_rows([2])
-    assert table.selected_frame()["id"].tolist() == [100]
-    out = table.export_csv(str(tmp_path / "t.csv"))
-    assert pd.read_csv(out).equals(frame)
-
-
-def test_data_source_label_names_api_and_cache(qtbot, monkeypatch, tmp_path):
-    from napari_allen.widgets._common import data_source_label
-
-    monkeypatch.setenv("NAPARI_ALLEN_API_URL", "http://127.0.0.1:8765/")
-    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(tmp_path / "my-cache"))
-    label = data_source_label()
-    qtbot.addWidget(label)
-    assert "http://127.0.0.1:8765" in label.text()
-    assert str(tmp_path / "my-cache") in label.text()

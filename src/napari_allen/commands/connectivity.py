@@ -1,4 +1,5 @@
-"""``napari-allen search-connectivity`` and ``napari-allen average-projections``.
+"""``napari-allen search-connectivity``, ``average-projections``, ``fetch-connectivity`` and
+``threshold-projection`` (the Connectivity dock's Search, Average, Load and Threshold).
 
 Progress goes to stderr, tables (CSV) to stdout or files; volumes are written as gzip NRRD
 (Allen's own layout: x fastest = AP, µm spacing) and/or MetaImage per group.
@@ -14,13 +15,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_allen.commands._common import CLIENT_OPTIONS, ProgressPrinter, client_from_args
-from napari_allen.parsing import split_list
+from napari_allen.commands._common import (
+    CLIENT_OPTIONS,
+    ProgressPrinter,
+    cancel_on_sigint,
+    client_from_args,
+)
+from napari_allen.parsing import parse_region_groups, split_list
+from napari_allen.progress import CancelToken
 from napari_allen.space import NRRD_RESOLUTIONS
 
 
-def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--structures", "-s", nargs="+", required=True,
+def _add_search_arguments(parser: argparse.ArgumentParser, *, near: bool = False) -> None:
+    if near:
+        parser.add_argument("--near", nargs=3, type=float, metavar=("AP", "DV", "ML"),
+                            default=None, help="rank experiments by the distance of their "
+                            "injection to this CCF point (µm); --structures then optional")
+    parser.add_argument("--structures", "-s", nargs="+", required=not near,
                         help="injection structure acronyms or ids (a parent such as VIS "
                              "includes its descendants); comma or space separated")
     parser.add_argument("--line", default="any",
@@ -39,8 +50,13 @@ def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _search(args: argparse.Namespace, client):
-    from napari_allen.workflows.connectivity import search_experiments
+    from napari_allen.workflows.connectivity import search_experiments, search_near
 
+    if getattr(args, "near", None) is not None:
+        return search_near(client, args.near, structures=split_list(args.structures) or None,
+                           line=args.line)
+    if not args.structures:
+        raise ValueError("give --structures (or --near AP DV ML)")
     return search_experiments(client, split_list(args.structures), line=args.line,
                               primary_structure_only=not args.any_injection,
                               target_domain=split_list(args.target) or None)
@@ -67,16 +83,6 @@ def _csv_ready(frame: pd.DataFrame) -> pd.DataFrame:
                 lambda v: "/".join(str(x) for x in v) if isinstance(v, (list, tuple, np.ndarray))
                 else v)
     return out
-
-
-def _parse_region_groups(values: list[str] | None) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {}
-    for value in values or []:
-        name, sep, acronyms = value.partition("=")
-        if not sep or not name.strip() or not acronyms.strip():
-            raise SystemExit(f"--region-group expects NAME=ACR[,ACR...], got {value!r}")
-        groups[name.strip()] = split_list([acronyms])
-    return groups
 
 
 def slug(text: str) -> str:
@@ -114,7 +120,7 @@ def _average_command(args: argparse.Namespace) -> int:
         ipsilateral=None if args.ipsilateral == "own" else args.ipsilateral,
         group_by=args.group_by,
         bins=args.bins,
-        region_groups=_parse_region_groups(args.region_group) or None,
+        region_groups=parse_region_groups(args.region_group) or None,
     )
     experiments = _search(args, client)
     if args.limit:
@@ -179,8 +185,8 @@ def register(subparsers) -> None:
         "search-connectivity", parents=[CLIENT_OPTIONS],
         help="find connectivity experiments (CSV to stdout)",
         description="Search Allen connectivity experiments by injection structure, line and "
-                    "target; prints a CSV table.")
-    _add_search_arguments(search)
+                    "target, or by distance to a CCF point (--near); prints a CSV table.")
+    _add_search_arguments(search, near=True)
     search.add_argument("--out", "-o", default=None, help="write the CSV here, not stdout")
     search.set_defaults(func=_user_errors(_search_command))
 
@@ -213,3 +219,89 @@ def register(subparsers) -> None:
     avg.add_argument("--prefix", default="connectivity", help="output file name prefix")
     avg.add_argument("--out", "-o", required=True, help="output folder")
     avg.set_defaults(func=_user_errors(_average_command))
+
+    fetch = subparsers.add_parser(
+        "fetch-connectivity", parents=[CLIENT_OPTIONS],
+        help="download experiments' volumes (what the dock's Load does)",
+        description="Download (cached) connectivity volumes of the given experiments and write "
+                    "them as gzip NRRD (Allen's layout) into --out: <id>_<image>_<res>.nrrd.")
+    fetch.add_argument("--experiments", nargs="+", required=True, help="experiment ids")
+    fetch.add_argument("--images", nargs="+", default=["projection_density"],
+                       help="projection_density, injection_density, injection_fraction, ...")
+    fetch.add_argument("--resolution", type=int, choices=NRRD_RESOLUTIONS, default=100)
+    fetch.add_argument("--source", choices=("nrrd", "grid"), default="nrrd")
+    fetch.add_argument("--out", "-o", required=True, help="output folder")
+    fetch.set_defaults(func=_user_errors(_fetch_command))
+
+    thr = subparsers.add_parser(
+        "threshold-projection", parents=[CLIENT_OPTIONS],
+        help="significant projections inside a target region",
+        description="Threshold a projection volume (an experiment id, or a NRRD/grid file on a "
+                    "CCF grid) inside target regions; writes the mask (gzip NRRD, 1 = "
+                    "significant) and the per-structure table (CSV).")
+    thr.add_argument("source", help="experiment id or volume file")
+    thr.add_argument("--image", default="projection_density",
+                     help="with an experiment id: which image (default projection_density)")
+    thr.add_argument("--resolution", type=int, choices=NRRD_RESOLUTIONS, default=100,
+                     help="with an experiment id: grid resolution in µm")
+    thr.add_argument("--regions", nargs="+", default=["root"],
+                     help="target structures (descendants included; default root = brain)")
+    thr.add_argument("--method", default="percentile",
+                     help="percentile (default), absolute, zscore or relative")
+    thr.add_argument("--value", type=float, default=95.0,
+                     help="percentile (0-100), absolute value, z-score or fraction of the max")
+    thr.add_argument("--mask", default=None, help="write the mask NRRD here")
+    thr.add_argument("--table", default="-", help="per-structure CSV ('-' = stdout)")
+    thr.set_defaults(func=_user_errors(_threshold_command))
+
+
+def _fetch_command(args: argparse.Namespace) -> int:
+    from napari_allen.workflows.connectivity import load_experiments
+
+    try:
+        ids = [int(e) for e in split_list(args.experiments)]
+    except ValueError:
+        raise ValueError(f"--experiments takes ids, got {args.experiments}") from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolution = 100 if args.source == "grid" else args.resolution
+    with cancel_on_sigint(CancelToken()) as token:
+        for exp, image, vol in load_experiments(
+                client_from_args(args), [{"id": e} for e in ids], split_list(args.images),
+                resolution, source=args.source, progress=ProgressPrinter(), cancel=token):
+            path = out / f"{exp['id']}_{image}_{resolution}.nrrd"
+            write_nrrd(path, np.asarray(vol.data), vol.resolution)
+            print(path, file=sys.stderr)
+    return 0
+
+
+def _threshold_command(args: argparse.Namespace) -> int:
+    from napari_allen.workflows.threshold import threshold_in_regions
+
+    source = str(args.source)
+    if Path(source).exists():
+        from napari_allen.io import read_volumes
+
+        volumes = [v for v in read_volumes(source) if not v.is_labels]
+        if not volumes:
+            raise ValueError(f"{source}: no volume found")
+        vol = volumes[0]
+    elif source.isdigit():
+        from napari_allen.workflows.connectivity import load_volume
+
+        vol = load_volume(client_from_args(args), int(source), args.image, args.resolution)
+    else:
+        raise ValueError(f"{source} is neither a file nor an experiment id")
+    result = threshold_in_regions(np.asarray(vol.data), vol.resolution,
+                                  regions=split_list(args.regions), method=args.method,
+                                  value=args.value, progress=ProgressPrinter())
+    print(result.summary(), file=sys.stderr)
+    if args.mask:
+        write_nrrd(Path(args.mask), result.mask.astype(np.float32), result.resolution)
+        print(f"wrote {args.mask}", file=sys.stderr)
+    if args.table == "-":
+        result.table.to_csv(sys.stdout, index=False, float_format="%.6g")
+    else:
+        result.table.to_csv(args.table, index=False, float_format="%.6g")
+        print(f"wrote {args.table}", file=sys.stderr)
+    return 0

@@ -7,6 +7,7 @@
   ``PREFIX.connections.json``, ``PREFIX.correlations.json`` and CSVs.
 - ``gene-correlation``: voxel-level gene x gene correlation over a plane store with dask
   (``--scheduler tcp://host:port`` runs it on a dask distributed cluster); CSV on stdout.
+- ``genes-at``: genes of a plane store ranked at a CCF point or in a structure; CSV on stdout.
 - ``expression-table``: per-structure expression (rolled up) of one experiment or grid file,
   CSV on stdout.
 """
@@ -16,9 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 from napari_allen.analysis.correlation import DEFAULT_METHOD, METHODS
 from napari_allen.commands._common import (
@@ -34,7 +32,8 @@ from napari_allen.space import ISH_VOLUMES, SECTION_PLANES
 
 
 def register(subparsers) -> None:
-    """Add ``plane-store``, ``correlate``, ``gene-correlation`` and ``expression-table``."""
+    """Add ``plane-store``, ``correlate``, ``gene-correlation``, ``genes-at`` and
+    ``expression-table``."""
     p = subparsers.add_parser(
         "plane-store", parents=[CLIENT_OPTIONS],
         help="download every ISH experiment of a plane into a Zarr store",
@@ -106,6 +105,23 @@ def register(subparsers) -> None:
     g.add_argument("--scheduler", default=None, help="dask distributed scheduler address")
     g.set_defaults(func=_gene_correlation)
 
+    a = subparsers.add_parser(
+        "genes-at", parents=[CLIENT_OPTIONS],
+        help="which genes of a plane store are high at a point or in a structure",
+        description="Rank the experiments (genes) of a plane store by their energy at the "
+                    "200 µm voxel containing a CCF point, in the structure containing it "
+                    "(--mode structure), or averaged over a named structure. CSV on stdout, "
+                    "highest first.")
+    a.add_argument("store", type=Path)
+    a.add_argument("--at", nargs=3, type=float, metavar=("AP", "DV", "ML"), default=None,
+                   help="CCF point in µm")
+    a.add_argument("--structure", default=None,
+                   help="structure acronym or id (rolled up); overrides --at")
+    a.add_argument("--mode", choices=("voxel", "structure"), default="voxel",
+                   help="with --at: the voxel's value or the mean of its structure")
+    a.add_argument("--top", type=int, default=50, help="rows to print (default 50)")
+    a.set_defaults(func=_genes_at)
+
     e = subparsers.add_parser(
         "expression-table", parents=[CLIENT_OPTIONS],
         help="per-structure expression of one experiment or grid file",
@@ -171,71 +187,47 @@ def _correlate(args: argparse.Namespace) -> int:
 
 
 def _gene_correlation(args: argparse.Namespace) -> int:
-    from napari_allen.analysis.correlation import dask_gene_correlation
-    from napari_allen.atlas.annotation import grid_annotation
-    from napari_allen.io.plane_store import open_plane_store
+    from napari_allen.workflows.store_queries import correlated_genes
 
-    store = open_plane_store(args.store)
-    table = store.table
-    seeds: list[int] = []
-    for key in split_list(args.seeds):
-        if key.isdigit() and int(key) in set(table["experiment_id"].astype(int)):
-            seeds.append(store.index_of(int(key)))
-            continue
-        hits = np.flatnonzero(table["gene"].astype(str).str.lower() == key.lower())
-        if not hits.size:
-            print(f"napari-allen: error: {key} is neither a gene nor an experiment of "
-                  f"{args.store}", file=sys.stderr)
-            return 1
-        seeds.extend(int(h) for h in hits)
-    brain = np.asarray(grid_annotation().data) > 0
-    corr = dask_gene_correlation(store.to_dask(missing_as_nan=False), seeds=seeds,
-                                 voxel_mask=brain, scheduler=args.scheduler,
-                                 progress=ProgressPrinter())
-    genes = table["gene"] if "gene" in table.columns else pd.Series([""] * len(table))
-    frames = []
-    for row, seed in enumerate(seeds):
-        frame = pd.DataFrame({
-            "seed_experiment_id": int(table["experiment_id"].iloc[seed]),
-            "seed_gene": genes.iloc[seed],
-            "experiment_id": table["experiment_id"].astype(int),
-            "gene": genes,
-            "r": corr[row],
-        })
-        frame = frame[frame["experiment_id"] != frame["seed_experiment_id"]]
-        frame = frame.dropna(subset=["r"]).sort_values("r", ascending=False, kind="stable")
-        frames.append(frame.head(args.top))
-    pd.concat(frames).to_csv(sys.stdout, index=False)
+    try:
+        frame = correlated_genes(args.store, split_list(args.seeds), top=args.top,
+                                 scheduler=args.scheduler, progress=ProgressPrinter())
+    except ValueError as exc:
+        print(f"napari-allen gene-correlation: error: {exc}", file=sys.stderr)
+        return 1
+    frame.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def _genes_at(args: argparse.Namespace) -> int:
+    from napari_allen.workflows.store_queries import genes_at
+
+    if args.at is None and not args.structure:
+        print("napari-allen genes-at: error: give --at AP DV ML or --structure ACRONYM",
+              file=sys.stderr)
+        return 2
+    try:
+        answer = genes_at(args.store, point_um=args.at, structure=args.structure,
+                          mode=args.mode, top=args.top, progress=ProgressPrinter())
+    except (ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"napari-allen genes-at: error: {message}", file=sys.stderr)
+        return 2
+    print(f"top genes at {answer.where}", file=sys.stderr)
+    answer.ranked.to_csv(sys.stdout, index=False, float_format="%.6g")
     return 0
 
 
 def _expression_table(args: argparse.Namespace) -> int:
-    from napari_allen.analysis.expression import structure_expression
-    from napari_allen.atlas.annotation import grid_annotation
+    from napari_allen.workflows.ish import grid_from_source, structure_table
 
-    source = str(args.source)
-    if Path(source).exists():
-        from napari_allen.io import read_volumes
-
-        volumes = [v for v in read_volumes(source) if not v.is_labels]
-        chosen = [v for v in volumes if v.kind == args.volume] or volumes
-        if not chosen:
-            print(f"napari-allen: error: {source}: no expression grid found", file=sys.stderr)
-            return 1
-        grid = chosen[0]
-    elif source.isdigit():
-        (grid,) = client_from_args(args).grid_volumes(int(source), (args.volume,),
-                                         progress=ProgressPrinter())
-    else:
-        print(f"napari-allen: error: {source} is neither a file nor an experiment id",
-              file=sys.stderr)
+    try:
+        grid = grid_from_source(client_from_args(args), str(args.source), args.volume,
+                                progress=ProgressPrinter())
+        table = structure_table(grid.data, rollup=not args.no_rollup)
+    except ValueError as exc:
+        print(f"napari-allen: error: {args.source}: {exc}" if str(args.source) not in
+              str(exc) else f"napari-allen: error: {exc}", file=sys.stderr)
         return 1
-    annotation = np.asarray(grid_annotation().data)
-    data = np.asarray(grid.data)
-    if data.shape != annotation.shape:
-        print(f"napari-allen: error: {source}: grid {data.shape} is not the 200 µm ISH grid "
-              f"{annotation.shape}", file=sys.stderr)
-        return 1
-    table = structure_expression(data, annotation, rollup=not args.no_rollup)
     table.to_csv(sys.stdout, index=False, float_format="%.6g")
     return 0

@@ -45,6 +45,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--experiment", type=int, default=DEFAULT_EXPERIMENT,
                         help=f"connectivity experiment id (default {DEFAULT_EXPERIMENT})")
+    parser.add_argument("--at", nargs=3, type=float, metavar=("AP", "DV", "ML"), default=None,
+                        help="instead of an experiment: lines of all experiments from the "
+                             "100 µm voxel containing this CCF point (µm), as the dock's "
+                             "'Click to search'")
     parser.add_argument("--min", dest="density_min", type=float,
                         default=DEFAULT_DENSITY_RANGE[0], help="lowest seed density (0.04)")
     parser.add_argument("--max", dest="density_max", type=float,
@@ -72,7 +76,38 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_spatial_search_command)
 
 
+def _write(args: argparse.Namespace, search, injection) -> None:
+    if args.out == "-":
+        json.dump({"lines": search.result.records(), "injectionCoordinates": injection.tolist()},
+                  sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        search.save_json(args.out)
+
+
+def _point_command(args: argparse.Namespace, client) -> int:
+    import numpy as np
+
+    from napari_allen.workflows.spatial_search import search_at_point
+
+    try:
+        search = search_at_point(client, args.at,
+                                 progress=None if args.quiet else ProgressPrinter())
+    except ValueError as exc:
+        print(f"napari-allen spatial-search: error: {exc}", file=sys.stderr)
+        return 2
+    _write(args, search, np.empty((0, 3)))
+    result = search.result
+    experiments = {line.experiment_id for line in result.lines}
+    print(f"seed {search.metadata['seed_um']} µm: {len(result.lines)} lines from "
+          f"{len(experiments)} experiments" + ("" if args.out == "-" else f" -> {args.out}"),
+          file=sys.stderr)
+    return 3 if result.n_failed else 0
+
+
 def _spatial_search_command(args: argparse.Namespace) -> int:
+    if args.at is not None:
+        return _point_command(args, client_from_args(args))
     if args.density_min > args.density_max:
         print("napari-allen: error: --min must not exceed --max", file=sys.stderr)
         return 2
@@ -92,13 +127,7 @@ def _spatial_search_command(args: argparse.Namespace) -> int:
             fiber_tracts=fiber_tracts, injection_image=args.injection_image,
             injection_threshold=args.injection_threshold, progress=progress)
     result = search.result
-    if args.out == "-":
-        json.dump({"lines": result.records(),
-                   "injectionCoordinates": search.injection_coordinates.tolist()},
-                  sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        search.save_json(args.out)
+    _write(args, search, search.injection_coordinates)
     print(f"{len(search.seeds)} seeds, {len(result.lines)} lines, {result.n_failed} failed "
           f"seeds, {len(search.injection_coordinates)} injection voxels, "
           f"{result.seconds:.1f} s" + ("" if args.out == "-" else f" -> {args.out}"),

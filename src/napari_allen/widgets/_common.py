@@ -1,56 +1,92 @@
 """Pieces every dock widget shares.
 
-- :func:`shared_client`: one :class:`~napari_allen.api.client.AllenClient` per process
-  (thread-safe, so workers share its connection pool and cache).
-- :func:`add_layer_tuple`: add (or refresh, by name) a LayerDataTuple on the main thread.
-- :class:`DataFrameTable`: a sortable, multi-select table view of a pandas DataFrame with CSV
-  export.
+- :func:`shared_client` / :func:`set_api_url`: one :class:`~napari_allen.api.client.AllenClient`
+  per process (thread-safe, so workers share its connection pool and cache); changing the API
+  address rebuilds it and tells every :class:`ApiPanel`.
+- :func:`add_layer_tuple`: add (or refresh, by name) a LayerDataTuple or a layer built in a
+  worker (:mod:`napari_allen.layers.prebuilt`) on the main thread.
+- :func:`ensure_annotation_layer`: reuse an annotation layer already in the viewer (whatever
+  its name) instead of adding the same one twice.
+- :class:`WrappingLabel`: a status label that wraps any text, even a long URL, and never widens
+  the dock.
 - :func:`cursor_position_um`: the viewer cursor in CCF µm ``[AP, DV, ML]``.
-- :func:`data_source_label`: where data comes from (API address) and goes (cache folder).
+- Tables: :mod:`napari_allen.widgets._table`.
 """
 
 from __future__ import annotations
 
+import re
 import threading
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QFileDialog,
-    QHeaderView,
+    QHBoxLayout,
     QLabel,
-    QTableView,
+    QLineEdit,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
     QWidget,
 )
+
+from napari_allen.widgets._table import DataFrameTable, TableData, table_data
 
 if TYPE_CHECKING:
     import napari
 
     from napari_allen.api.client import AllenClient
 
+__all__ = ["DataFrameTable", "TableData", "table_data", "shared_client", "set_api_url",
+           "reset_shared_client", "add_layer_tuple", "ensure_annotation_layer",
+           "WrappingLabel", "ApiPanel", "cursor_position_um"]
+
 _client_lock = threading.Lock()
 _client: AllenClient | None = None
+_api_url: str | None = None  # chosen in a dock; None = NAPARI_ALLEN_API_URL / the default
+_listeners: list[weakref.ref] = []
 
 
 def shared_client() -> AllenClient:
-    """The process-wide API client (base URL and cache from the environment at first use)."""
+    """The process-wide API client (base URL from the dock or the environment at first use)."""
     global _client
     with _client_lock:
         if _client is None:
             from napari_allen.api.client import AllenClient
 
-            _client = AllenClient()
+            _client = AllenClient(_api_url)
         return _client
 
 
-def reset_shared_client() -> None:
-    """Forget the shared client (tests: after changing ``NAPARI_ALLEN_API_URL``)."""
-    global _client
+def set_api_url(url: str) -> AllenClient:
+    """Point every dock at ``url`` (``http(s)://host[:port]``): a new shared client is built
+    (running tasks finish with the old one). Raises ``ValueError`` for a malformed address."""
+    global _client, _api_url
+    url = url.strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+        raise ValueError(f"{url!r} is not an http(s) address, e.g. http://127.0.0.1:8642")
+    from napari_allen.api.client import AllenClient
+
+    client = AllenClient(url)
     with _client_lock:
-        _client = None
+        _client, _api_url = client, url
+    for ref in list(_listeners):
+        listener = ref()
+        if listener is None:
+            _listeners.remove(ref)
+        else:
+            listener()
+    return client
+
+
+def reset_shared_client() -> None:
+    """Forget the shared client and any address chosen in a dock (tests)."""
+    global _client, _api_url
+    with _client_lock:
+        _client, _api_url = None, None
 
 
 def add_layer_tuple(viewer: napari.Viewer, layer_tuple: Any) -> Any:
@@ -112,6 +148,26 @@ def layer_name(item: Any) -> str | None:
     return (tuple(item) + ({},))[1].get("name")
 
 
+def find_annotation_layer(viewer: napari.Viewer, resolution: float, shape: tuple) -> Any:
+    """An atlas Labels layer already in ``viewer`` with this grid (any name), or None."""
+    from napari.layers import Labels
+
+    for layer in viewer.layers:
+        if (isinstance(layer, Labels) and tuple(layer.data.shape) == tuple(shape)
+                and np.allclose(layer.scale[-3:], resolution)
+                and "structure_ids" in layer.metadata):
+            return layer
+    return None
+
+
+def ensure_annotation_layer(viewer: napari.Viewer, layer_tuple_fn: Callable[[], tuple],
+                            resolution: float, shape: tuple) -> Any:
+    """Reuse the viewer's annotation layer of this grid (e.g. the sample's) or add
+    ``layer_tuple_fn()``. Main thread only."""
+    existing = find_annotation_layer(viewer, resolution, shape)
+    return existing if existing is not None else add_layer_tuple(viewer, layer_tuple_fn())
+
+
 def cursor_position_um(viewer: napari.Viewer) -> np.ndarray:
     """The cursor position in world coordinates (CCF µm, ``[AP, DV, ML]`` for Allen layers).
 
@@ -120,120 +176,93 @@ def cursor_position_um(viewer: napari.Viewer) -> np.ndarray:
     return np.asarray(viewer.cursor.position, dtype=float)[-3:]
 
 
-def data_source_label(parent: QWidget | None = None) -> QLabel:
-    """A small label naming the API address and the cache folder (``NAPARI_ALLEN_API_URL``,
-    ``NAPARI_ALLEN_CACHE``), so users know what is downloaded from where, and to where."""
-    from napari_allen import config
-
-    url, folder = config.api_base_url(), config.cache_dir()
-    label = QLabel(f"API: {url}<br>cache: {folder}", parent)
-    label.setWordWrap(True)
-    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    label.setToolTip("Set NAPARI_ALLEN_API_URL (e.g. a 'napari-allen local-api' server) and "
-                     "NAPARI_ALLEN_CACHE before starting napari to change these.")
-    label.setStyleSheet("color: gray; font-size: small;")
-    return label
+_LONG_WORD = re.compile(r"(\S{24})(?=\S)")
 
 
-class _FrameModel(QAbstractTableModel):
-    """Read-only Qt model of a DataFrame; sorts numerically via ``Qt.UserRole`` values."""
+class WrappingLabel(QLabel):
+    """A word-wrapped label that never asks for more width than the dock has: long unbroken
+    words (URLs, paths) get break opportunities, and its width hint is ignored by layouts.
+    ``text()`` returns the text as set."""
 
-    def __init__(self, frame: pd.DataFrame | None = None) -> None:
-        super().__init__()
-        self._frame = pd.DataFrame() if frame is None else frame.reset_index(drop=True)
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._raw = ""
+        self.setWordWrap(True)
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        policy.setHeightForWidth(True)
+        self.setSizePolicy(policy)
+        self.setText(text)
 
-    def set_frame(self, frame: pd.DataFrame) -> None:
-        self.beginResetModel()
-        self._frame = frame.reset_index(drop=True)
-        self.endResetModel()
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt override
+        self._raw = str(text)
+        super().setText(_LONG_WORD.sub("\\1\u200b", self._raw))
+        self.setToolTip(self._raw if len(self._raw) > 80 else "")
 
-    @property
-    def frame(self) -> pd.DataFrame:
-        return self._frame
-
-    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
-        return 0 if parent.isValid() else len(self._frame)
-
-    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
-        return 0 if parent.isValid() else len(self._frame.columns)
-
-    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        value = self._frame.iat[index.row(), index.column()]
-        if role == Qt.ItemDataRole.DisplayRole:
-            if isinstance(value, float):
-                return "" if np.isnan(value) else f"{value:.6g}"
-            if isinstance(value, (list, tuple, np.ndarray)):
-                return ", ".join(str(v) for v in value)
-            return "" if value is None or value is pd.NA else str(value)
-        if role == Qt.ItemDataRole.UserRole:
-            if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-                value, bool
-            ):
-                return float(value)
-            return "" if value is None or value is pd.NA else str(value)
-        return None
-
-    def headerData(  # noqa: N802
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> Any:
-        if role != Qt.ItemDataRole.DisplayRole:
-            return None
-        if orientation == Qt.Orientation.Horizontal:
-            return str(self._frame.columns[section])
-        return str(section + 1)
+    def text(self) -> str:
+        return self._raw
 
 
-class DataFrameTable(QTableView):
-    """A sortable table of a DataFrame. ``set_frame(df)``, ``frame()``, ``selected_frame()``
-    (the selected rows, in view order), ``export_csv(path=None)`` (asks for a path if None)."""
+class ApiPanel(QWidget):
+    """Where data comes from and goes: the API address (editable; "Use" rebuilds the shared
+    client for every dock) and the cache folder."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._model = _FrameModel()
-        self._proxy = QSortFilterProxyModel(self)
-        self._proxy.setSourceModel(self._model)
-        self._proxy.setSortRole(Qt.ItemDataRole.UserRole)
-        self.setModel(self._proxy)
-        self.setSortingEnabled(True)
-        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.horizontalHeader().setStretchLastSection(True)
-        self.verticalHeader().setVisible(False)
+        self.url_edit = QLineEdit(self)
+        self.url_edit.setToolTip("Allen API address, e.g. https://api.brain-map.org or a "
+                                 "'napari-allen local-api' server; NAPARI_ALLEN_API_URL sets "
+                                 "the default")
+        self.apply_button = QPushButton("Use", self)
+        self.apply_button.clicked.connect(self.apply)
+        self.url_edit.returnPressed.connect(self.apply)
+        self.cache_label = WrappingLabel("", self)
+        self.cache_label.setStyleSheet("color: gray;")
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("API", self))
+        row.addWidget(self.url_edit, 1)
+        row.addWidget(self.apply_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.cache_label)
+        self.refresh()
+        _listeners.append(weakref.WeakMethod(self.refresh))
 
-    def set_frame(self, frame: pd.DataFrame) -> None:
-        self._model.set_frame(frame)
-        self.resizeColumnsToContents()
+    def refresh(self) -> None:
+        from napari_allen import config
 
-    def frame(self) -> pd.DataFrame:
-        return self._model.frame
+        url = _api_url or config.api_base_url()
+        self.url_edit.setText(url)
+        self.cache_label.setText(f"cache: {config.cache_dir()}")
 
-    def selected_frame(self) -> pd.DataFrame:
-        selected = self.selectionModel().selectedRows()
-        rows = sorted({self._proxy.mapToSource(index).row() for index in selected})
-        return self._model.frame.iloc[rows]
+    def apply(self) -> None:
+        """Use the typed address for every dock (errors shown here and as a notification)."""
+        try:
+            set_api_url(self.url_edit.text())
+        except ValueError as exc:
+            from napari.utils.notifications import show_error
 
-    def select_rows(self, rows: list[int]) -> None:
-        """Select source rows (tests and programmatic use)."""
-        self.clearSelection()
-        selection = self.selectionModel()
-        for row in rows:
-            index = self._proxy.mapFromSource(self._model.index(row, 0))
-            selection.select(
-                index,
-                selection.SelectionFlag.Select | selection.SelectionFlag.Rows,
-            )
+            self.cache_label.setText(str(exc))
+            show_error(str(exc))
 
-    def export_csv(self, path: str | None = None) -> str | None:
-        """Write the table (all rows, current columns) to ``path``; ask for one if None."""
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Export table", "", "CSV (*.csv)")
-            if not path:
-                return None
-        from napari_allen.io.atomic import atomic_write_text
 
-        atomic_write_text(path, self._model.frame.to_csv(index=False))
-        return path
+#: The name the sample data and the docks give the 200 µm ISH grid annotation.
+GRID_ANNOTATION_NAME = "grid annotation (200 µm)"
+
+
+def add_grid_annotation(viewer: napari.Viewer) -> Any:
+    """The 200 µm gridAnnotation as atlas-coloured Labels (hover names structures), reusing
+    one already in the viewer (e.g. the Nrp1 sample's). Main thread; small (67x41x58)."""
+    from napari_allen.atlas.annotation import grid_annotation
+    from napari_allen.layers.volumes import labels_layer
+
+    annotation = grid_annotation()
+
+    def build() -> tuple:
+        return labels_layer(annotation, name=GRID_ANNOTATION_NAME)
+
+    return ensure_annotation_layer(viewer, build, annotation.resolution,
+                                   tuple(annotation.data.shape))

@@ -7,6 +7,10 @@ hand partial results (e.g. one LayerDataTuple per experiment) to ``emit``. The r
 a worker thread and delivers everything back on the main thread, where the widget may touch the
 viewer. Starting a new task cancels the previous one; anything the old task still sends is
 dropped, so a slow stale search can never overwrite a newer one.
+
+Long work shows determinate progress twice: in the widget's status row and in napari's
+activity dock (a :class:`napari.utils.progress` bar whose cancel button cancels the task).
+Errors are shown in the row (wrapped, never widening the dock) and as a napari notification.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from typing import Any
 
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
 
 from napari_allen.progress import Cancelled, CancelToken, Progress
+from napari_allen.widgets._common import WrappingLabel
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +41,16 @@ class TaskRunner(QObject):
     # (generation, payload): the generation tags every message so stale ones can be dropped.
     _progressed = Signal(object)
     _partial = Signal(object)
+    #: True when a task starts, False when it ends (done, failed or cancelled): widgets
+    #: disable the actions that would use a result that is about to be replaced.
+    running_changed = Signal(bool)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.widget = QWidget(parent)
         self._bar = QProgressBar(self.widget)
         self._bar.setTextVisible(True)
-        self._status = QLabel("", self.widget)
-        self._status.setWordWrap(True)
+        self._status = WrappingLabel("", self.widget)
         self._cancel_button = QPushButton("Cancel", self.widget)
         self._cancel_button.setEnabled(False)
         self._cancel_button.clicked.connect(self.cancel)
@@ -58,6 +65,7 @@ class TaskRunner(QObject):
         self._token: CancelToken | None = None
         self._callbacks: dict[str, Callable | None] = {}
         self.worker = None
+        self._activity = None  # the napari activity-dock progress bar of the current task
         # Queued: emitted from the worker thread, handled on the thread owning this object.
         self._progressed.connect(self._on_progress, Qt.ConnectionType.QueuedConnection)
         self._partial.connect(self._on_partial, Qt.ConnectionType.QueuedConnection)
@@ -80,20 +88,23 @@ class TaskRunner(QObject):
         on_result: Callable[[Any], None] | None = None,
         on_partial: Callable[[Any], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        on_cancel: Callable[[], None] | None = None,
         description: str = "",
     ) -> None:
         """Start ``fn(progress=..., cancel=..., emit=...)`` in a worker thread.
 
-        ``on_partial(obj)`` receives each ``emit(obj)``, ``on_result(value)`` the return value and
-        ``on_error(exc)`` any exception but a cancellation; all run on the main thread and only
-        while this task is the current one.
+        ``on_partial(obj)`` receives each ``emit(obj)``, ``on_result(value)`` the return value,
+        ``on_error(exc)`` any exception but a cancellation (after the error is shown) and
+        ``on_cancel()`` a cancellation (so partial results can be labelled or dropped); all run
+        on the main thread and only while this task is the current one.
         """
         self.cancel()
         self._generation += 1
         generation = self._generation
         token = CancelToken()
         self._token = token
-        self._callbacks = {"result": on_result, "partial": on_partial, "error": on_error}
+        self._callbacks = {"result": on_result, "partial": on_partial, "error": on_error,
+                           "cancel": on_cancel}
 
         def progress(snapshot: Progress) -> None:
             self._progressed.emit((generation, snapshot))
@@ -111,7 +122,10 @@ class TaskRunner(QObject):
         worker.errored.connect(lambda exc: self._on_errored(generation, exc))
         worker.finished.connect(lambda: self._on_finished(generation))
         self.worker = worker
-        self._set_busy(True, description or "Working…")
+        self._description = description or "Working…"
+        self._set_busy(True, self._description)
+        self._open_activity(self._description)
+        self.running_changed.emit(True)
         worker.start()
 
     def cancel(self) -> None:
@@ -123,6 +137,7 @@ class TaskRunner(QObject):
             self.worker.quit()
             self.worker = None
             self._set_busy(False, "Cancelled")
+            self._end(self._callbacks.get("cancel"))
 
     # --- slots (main thread) ------------------------------------------------------------
     def _current(self, generation: int) -> bool:
@@ -137,6 +152,7 @@ class TaskRunner(QObject):
             self._bar.setValue(min(int(snap.done), int(snap.total)))
         else:
             self._bar.setRange(0, 0)  # busy indicator while the total is unknown
+        self._update_activity(snap)
         text = snap.message or ""
         if snap.total:
             text = f"{text} {snap.done}/{snap.total}".strip()
@@ -157,6 +173,7 @@ class TaskRunner(QObject):
             return
         self._set_busy(False, "Done")
         callback = self._callbacks.get("result")
+        self._end(None)
         if callback is not None:
             callback(value)
 
@@ -165,20 +182,69 @@ class TaskRunner(QObject):
             return
         if isinstance(exc, Cancelled):
             self._set_busy(False, "Cancelled")
+            self._end(self._callbacks.get("cancel"))
             return
         self._set_busy(False, f"Error: {exc}")
         callback = self._callbacks.get("error")
+        self._end(None)
+        from napari.utils.notifications import show_error
+
+        show_error(f"{self._description.rstrip('…')}: {exc}")
         if callback is not None:
             callback(exc)
-        else:
-            from napari.utils.notifications import show_error
-
-            show_error(str(exc))
 
     def _on_finished(self, generation: int) -> None:
         if self._current(generation):
             self.worker = None
             self._cancel_button.setEnabled(False)
+
+    def _end(self, callback: Callable[[], None] | None) -> None:
+        """Close the activity bar, tell listeners the task ended, then run ``callback``."""
+        self._close_activity()
+        self.running_changed.emit(False)
+        if callback is not None:
+            callback()
+
+    # --- napari's activity dock -----------------------------------------------------------
+    def _open_activity(self, description: str) -> None:
+        from napari.utils import cancelable_progress
+
+        runner = self
+
+        class _Bar(cancelable_progress):
+            def cancel(self) -> None:  # the activity dock's cancel button
+                super().cancel()
+                runner.cancel()
+
+        self._close_activity()
+        try:
+            self._activity = _Bar(total=0, desc=description)
+        except Exception:  # noqa: BLE001 - no activity dock (e.g. no viewer): the row suffices
+            logger.debug("no napari progress bar", exc_info=True)
+            self._activity = None
+
+    def _update_activity(self, snap: Progress) -> None:
+        bar = self._activity
+        if bar is None:
+            return
+        total = int(snap.total or 0)
+        if total != bar.total:
+            bar.total = total
+        done = min(int(snap.done), total) if total else 0
+        if done != bar.n:
+            bar.update(done - bar.n)
+        if snap.message and snap.message != bar.desc:
+            bar.set_description(snap.message)
+
+    def _close_activity(self) -> None:
+        bar, self._activity = self._activity, None
+        if bar is not None:
+            bar.close()
+
+    @property
+    def activity(self):
+        """The napari progress bar of the running task (None when idle)."""
+        return self._activity
 
     def _set_busy(self, busy: bool, text: str) -> None:
         self._status.setText(text)

@@ -8,10 +8,16 @@
 - Click to search: while checked, a click (not a drag) on the canvas takes the 100 µm voxel
   under the cursor as the seed and asks across all experiments; lines are coloured by
   experiment.
-- Save JSON: the last result in the script's shape (``lines``, ``injectionCoordinates``).
+- Save JSON: the result shown, in the script's shape (``lines``, ``injectionCoordinates``).
+  While a search runs, Save is disabled (the layers are changing). A cancelled search keeps the
+  lines shown so far, labelled "partial — cancelled" in the layer names, the layer metadata,
+  the summary and the saved JSON's metadata alike.
 
-All work runs in a :class:`~napari_allen.widgets._tasks.TaskRunner` worker; layers are added on
-the main thread from its result callback. The mouse callback only starts a task.
+All work runs in a :class:`~napari_allen.widgets._tasks.TaskRunner` worker (layer data built
+there too); layers are added on the main thread. The mouse callback only starts a task.
+Workflows: :func:`~napari_allen.workflows.spatial_search.run_experiment_search` and
+:func:`~napari_allen.workflows.spatial_search.search_at_point` (CLI ``napari-allen
+spatial-search [--at AP DV ML]``).
 """
 
 from __future__ import annotations
@@ -27,10 +33,8 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -38,18 +42,17 @@ from napari_allen.analysis.seeds import (
     DEFAULT_DENSITY_RANGE,
     DEFAULT_INJECTION_THRESHOLD,
     SAMPLE_MODES,
-    snap_to_voxel,
 )
 from napari_allen.io.lines_json import write_lines_json
-from napari_allen.space import GRID_SHAPES
 from napari_allen.widgets._common import (
+    WrappingLabel,
     add_layer_tuple,
-    data_source_label,
     layer_name,
     shared_client,
 )
+from napari_allen.widgets._dock import AllenDock
 from napari_allen.widgets._tasks import TaskRunner
-from napari_allen.workflows.seed_search import DEFAULT_JOBS, search_seeds
+from napari_allen.workflows.seed_search import DEFAULT_JOBS
 from napari_allen.workflows.spatial_search import (
     DEFAULT_EXPERIMENT,
     DEFAULT_INJECTION_IMAGE,
@@ -64,28 +67,30 @@ CLICK_RESOLUTION = 100  # µm: the click seed is the centre of this grid's voxel
 DEFAULT_SEED_CAP = 500
 CLICK_LAYER_NAME = "spatial search (click)"
 PARTIAL_EVERY_S = 1.0  # how often lines found so far are shown during a long search
+PARTIAL = "partial — cancelled"
+_SUFFIXES = ("lines", "lines (2-D)", "injection sites")
 
 
 def _show_all(viewer: napari.Viewer, layer_tuples: list, prefix: str) -> None:
     """Show ``layer_tuples`` and remove the other layers of the same search (``prefix`` +
-    lines / lines (2-D) / injection sites) that this result no longer has, so an empty result
-    never leaves the previous lines on screen."""
+    lines / lines (2-D) / injection sites, also a cancelled run's partial ones) that this
+    result no longer has, so an empty result never leaves the previous lines on screen."""
     for layer_tuple in layer_tuples:
         add_layer_tuple(viewer, layer_tuple)
     kept = {layer_name(t) for t in layer_tuples}
-    for suffix in ("lines", "lines (2-D)", "injection sites"):
-        stale = f"{prefix} {suffix}"
-        if stale not in kept and stale in viewer.layers:
-            viewer.layers.remove(stale)
+    for suffix in _SUFFIXES:
+        for stale in (f"{prefix} {suffix}", f"{prefix} {suffix} ({PARTIAL})"):
+            if stale not in kept and stale in viewer.layers:
+                viewer.layers.remove(stale)
 
 
-class SpatialSearchWidget(QWidget):
+class SpatialSearchWidget(AllenDock):
     """Dock widget: experiment spatial search and point-and-click search (see module doc)."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self.last_result: dict | None = None  # {"records", "injection_coordinates", "metadata"}
+        self._partial: dict | None = None  # the lines shown while a search runs
 
         self.experiment = QSpinBox()
         self.experiment.setRange(1, 2**31 - 1)
@@ -128,10 +133,10 @@ class SpatialSearchWidget(QWidget):
         self.save_button = QPushButton("Save JSON…")
         self.save_button.setEnabled(False)
         self.save_button.clicked.connect(lambda: self.save_json())
-        self.summary = QLabel("")
-        self.summary.setWordWrap(True)
+        self.summary = WrappingLabel("")
 
         self.runner = TaskRunner(self)
+        self.runner.running_changed.connect(self._running_changed)
 
         form = QFormLayout()
         form.addRow("experiment", self.experiment)
@@ -148,13 +153,12 @@ class SpatialSearchWidget(QWidget):
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.click_button)
         buttons.addWidget(self.save_button)
-        layout = QVBoxLayout(self)
+        layout = self.body_layout
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.runner.widget)
         layout.addWidget(self.summary)
         layout.addStretch(1)
-        layout.addWidget(data_source_label(self))
 
         self.viewer.mouse_drag_callbacks.append(self._on_mouse)
         # A closure, not a method: the slot must not need this (dying) widget.
@@ -196,7 +200,10 @@ class SpatialSearchWidget(QWidget):
                 found.extend(lines)
                 if time.monotonic() - last[0] >= PARTIAL_EVERY_S:
                     last[0] = time.monotonic()
-                    emit(build_layers(lines_layers(list(found), name=name)))
+                    shown = list(found)
+                    emit({"layers": build_layers(lines_layers(shown, name=name)),
+                          "records": [line.record for line in shown],
+                          "metadata": {"experiment": params["experiment_id"]}})
 
             search = run_experiment_search(shared_client(), progress=progress, cancel=cancel,
                                            on_lines=on_lines, **params)
@@ -210,14 +217,40 @@ class SpatialSearchWidget(QWidget):
             return {"search": search, "layers": build_layers(layers)}
 
         self.summary.setText("")
+        self._partial = None
         self.runner.run(task, on_result=self._show_experiment, on_partial=self._show_partial,
+                        on_cancel=self._keep_partial,
                         description=f"spatial search of {params['experiment_id']}")
 
-    def _show_partial(self, layer_tuples: list) -> None:
-        for layer_tuple in layer_tuples:
+    def _running_changed(self, running: bool) -> None:
+        # While a search runs the layers change under the user: saving would not match them.
+        self.save_button.setEnabled(not running and self.last_result is not None)
+
+    def _show_partial(self, payload: dict) -> None:
+        self._partial = payload
+        for layer_tuple in payload["layers"]:
             add_layer_tuple(self.viewer, layer_tuple)
 
+    def _keep_partial(self) -> None:
+        """A cancelled search: keep the lines shown so far, labelled as partial everywhere
+        (layer names and metadata, summary, Save JSON); nothing shown -> nothing kept."""
+        partial, self._partial = self._partial, None
+        if partial is None:
+            return
+        for layer_tuple in partial["layers"]:
+            name = layer_name(layer_tuple)
+            if name in self.viewer.layers:
+                layer = self.viewer.layers[name]
+                layer.metadata = {**layer.metadata, "status": PARTIAL}
+                layer.name = f"{name} ({PARTIAL})"
+        self.last_result = {"records": partial["records"],
+                            "injection_coordinates": np.empty((0, 3)),
+                            "metadata": {**partial["metadata"], "status": PARTIAL}}
+        self.save_button.setEnabled(True)
+        self.summary.setText(f"{PARTIAL}: {len(partial['records'])} lines kept")
+
     def _show_experiment(self, value: dict) -> None:
+        self._partial = None
         search = value["search"]
         _show_all(self.viewer, value["layers"], f"spatial search {search.experiment_id}")
         result = search.result
@@ -237,33 +270,38 @@ class SpatialSearchWidget(QWidget):
     def search_at(self, point_um: Any) -> bool:
         """Search across all experiments from the 100 µm voxel containing ``point_um``
         (``[AP, DV, ML]`` µm). Returns False (and says why) if the point is outside the atlas."""
-        seed = snap_to_voxel(np.asarray(point_um, dtype=float)[-3:], CLICK_RESOLUTION,
-                             GRID_SHAPES[CLICK_RESOLUTION])
-        if seed is None:
-            self.summary.setText(f"{np.round(point_um, 0).tolist()} µm is outside the atlas")
+        from napari_allen.analysis.seeds import snap_to_voxel
+        from napari_allen.space import GRID_SHAPES
+
+        point = np.asarray(point_um, dtype=float)[-3:]
+        if snap_to_voxel(point, CLICK_RESOLUTION, GRID_SHAPES[CLICK_RESOLUTION]) is None:
+            self.summary.setText(f"{np.round(point, 0).tolist()} µm is outside the atlas")
             return False
-        label = ", ".join(f"{v:.0f}" for v in seed)
 
         def task(*, progress, cancel, emit):
             from napari_allen.layers.lines import lines_layers
             from napari_allen.layers.prebuilt import build_layers
+            from napari_allen.workflows.spatial_search import search_at_point
 
-            result = search_seeds(shared_client(), [seed], jobs=1, progress=progress,
-                                  cancel=cancel)
-            layers = lines_layers(result.lines, name=CLICK_LAYER_NAME, color_by="experiment",
-                                  metadata={"seed_um": seed.tolist()})
-            return {"result": result, "layers": build_layers(layers), "seed": seed}
+            search = search_at_point(shared_client(), point, resolution=CLICK_RESOLUTION,
+                                     progress=progress, cancel=cancel)
+            layers = lines_layers(search.result.lines, name=CLICK_LAYER_NAME,
+                                  color_by="experiment", metadata=search.metadata)
+            return {"search": search, "layers": build_layers(layers)}
 
+        self._partial = None
         self.runner.run(task, on_result=self._show_click,
-                        description=f"spatial search at {label} µm")
+                        description=f"spatial search at {', '.join(f'{v:.0f}' for v in point)}"
+                                    " µm")
         return True
 
     def _show_click(self, value: dict) -> None:
-        result, seed = value["result"], value["seed"]
+        search = value["search"]
+        result, seed = search.result, search.seed_um
         _show_all(self.viewer, value["layers"], CLICK_LAYER_NAME)
         self.last_result = {"records": result.records(),
                             "injection_coordinates": np.empty((0, 3)),
-                            "metadata": {"seed_um": seed.tolist()}}
+                            "metadata": search.metadata}
         self.save_button.setEnabled(bool(result.lines))
         experiments = sorted({ln.experiment_id for ln in result.lines})
         label = ", ".join(f"{v:.0f}" for v in seed)

@@ -84,6 +84,15 @@ def _line_names(series: pd.Series) -> pd.Series:
     return series.map(name)
 
 
+def line_filter(line: str | None) -> list | None:
+    """The service's ``transgenic_lines`` filter for a line choice: None for ``'any'``,
+    ``[0]`` for wild type (also 'wild-type', 'wt', '0'), else ``[line name]``."""
+    key = (line or LINE_ANY).strip()
+    if key.lower() in (LINE_WILD_TYPE, "wild-type", "wildtype", "wt", "0", ""):
+        return [0] if key else None
+    return None if key.lower() == LINE_ANY else [key]
+
+
 def search_experiments(
     client: AllenClient,
     structures: Sequence[int | str],
@@ -114,11 +123,7 @@ def search_experiments(
     target = (expand_structures(target_domain, ontology) if expand else list(target_domain)) \
         if target_domain else None
     line_key = (line or LINE_ANY).strip()
-    lines: list | None = None
-    if line_key.lower() in (LINE_WILD_TYPE, "wild-type", "wildtype", "wt", "0"):
-        lines = [0]  # the service's code for wild type
-    elif line_key.lower() != LINE_ANY:
-        lines = [line_key]
+    lines = line_filter(line)
     frame = client.injection_structure_search(
         ids, transgenic_lines=lines, primary_structure_only=primary_structure_only,
         target_domain=target)
@@ -134,6 +139,65 @@ def search_experiments(
     if primary_structure_only and "structure_id" in frame:
         frame = frame[frame["structure_id"].astype("int64").isin(ids)]
     return frame.reset_index(drop=True)
+
+
+def search_near(
+    client: AllenClient,
+    seed_um: Sequence[float],
+    *,
+    structures: Sequence[int | str] | None = None,
+    line: str = LINE_ANY,
+    cancel: CancelToken | None = None,
+) -> pd.DataFrame:
+    """Experiments ranked by the distance (µm, column ``distance``) from their injection to
+    ``seed_um`` (``[AP, DV, ML]`` CCF µm), optionally only injections in ``structures`` and
+    of one ``line`` (:func:`line_filter`). Service ``mouse_connectivity_injection_coordinate``.
+    """
+    seed = [float(v) for v in seed_um]
+    if len(seed) != 3 or not all(np.isfinite(seed)):
+        raise ValueError(f"the seed point needs three numbers AP, DV, ML (µm), got {seed_um}")
+    filters: dict = {}
+    if structures:
+        filters["injection_structures"] = list(structures)
+    lines = line_filter(line)
+    if lines is not None:
+        filters["transgenic_lines"] = lines
+    frame = client.injection_coordinate_search(seed, cancel=cancel, **filters)
+    if "transgenic_line" in frame:
+        frame = frame.assign(transgenic_line=_line_names(frame["transgenic_line"]))
+    return frame.reset_index(drop=True)
+
+
+def load_experiments(
+    client: AllenClient,
+    experiments: Sequence[dict],
+    images: Sequence[str],
+    resolution: int = 100,
+    *,
+    source: str = "nrrd",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[tuple[dict, str, GridVolume]]:
+    """Yield ``(experiment row, image, GridVolume)`` for each experiment (rows with ``id``)
+    and image, one decoded volume at a time, as the downloads finish (cached on disk)."""
+    if not experiments:
+        raise ValueError("select experiments first")
+    if not images:
+        raise ValueError("choose at least one image to load")
+    for image in images:
+        _check_request(image, resolution, source)
+    total = len(experiments) * len(images)
+    done = 0
+    report(progress, done=0, total=total, message="loading experiments")
+    for exp in experiments:
+        for image in images:
+            check(cancel)
+            vol = load_volume(client, int(exp["id"]), image, resolution, source=source,
+                              cancel=cancel)
+            done += 1
+            report(progress, done=done, total=total,
+                   message=f"loaded {image.replace('_', ' ')} of {exp['id']}")
+            yield exp, image, vol
 
 
 def _default_ontology() -> Ontology:

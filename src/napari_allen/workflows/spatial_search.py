@@ -146,3 +146,42 @@ def run_experiment_search(
         "api": str(getattr(client, "base_url", "")),
     }
     return ExperimentSearch(experiment_id, seeds, result, injection, metadata)
+
+
+@dataclass
+class PointSearch:
+    """:func:`search_at_point`'s answer: the snapped ``seed_um`` and the lines from it."""
+
+    seed_um: np.ndarray
+    result: SpatialSearchResult
+
+    @property
+    def metadata(self) -> dict:
+        return {"seed_um": [float(v) for v in self.seed_um]}
+
+    def save_json(self, path: str | Path) -> Path:
+        """The lines JSON (no injection coordinates: the lines span many experiments)."""
+        return write_lines_json(path, self.result.records(), np.empty((0, 3)),
+                                metadata=self.metadata)
+
+
+def search_at_point(
+    client: AllenClient,
+    point_um: Sequence[float],
+    *,
+    resolution: int = DEFAULT_RESOLUTION,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> PointSearch:
+    """Spatial search across all experiments from the ``resolution`` µm voxel containing
+    ``point_um`` (``[AP, DV, ML]`` CCF µm; snapped to the voxel centre so nearby clicks reuse
+    one cached query). Raises ``ValueError`` for a point outside the atlas."""
+    from napari_allen.analysis.seeds import snap_to_voxel
+    from napari_allen.space import GRID_SHAPES
+
+    point = np.asarray(point_um, dtype=float)[-3:]
+    seed = snap_to_voxel(point, resolution, GRID_SHAPES[resolution])
+    if seed is None:
+        raise ValueError(f"{np.round(point, 0).tolist()} µm is outside the atlas")
+    result = search_seeds(client, [seed], jobs=1, progress=progress, cancel=cancel)
+    return PointSearch(seed, result)
