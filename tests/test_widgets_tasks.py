@@ -5,9 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-import pandas as pd
 import pytest
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QWidget
 
 from napari_allen.progress import Progress

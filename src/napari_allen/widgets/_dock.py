@@ -77,13 +77,19 @@ class AllenDock(QWidget):
         if dock is None or window is None or dock.isFloating():
             return False
         area = window.dockWidgetArea(dock)
-        for other in window.findChildren(QDockWidget):
-            if (other is dock or other.isFloating() or not other.isVisible()
-                    or window.dockWidgetArea(other) != area
-                    or not other.findChildren(AllenDock)):
-                continue
-            window.tabifyDockWidget(other, dock)
-            dock.show()
-            dock.raise_()
+        # Open (a tab behind another tab is open but not visible), docked in the same area.
+        others = [other for other in window.findChildren(QDockWidget)
+                  if other is not dock and not other.isFloating()
+                  and other.toggleViewAction().isChecked()
+                  and window.dockWidgetArea(other) == area and other.findChildren(AllenDock)]
+        grouped = window.tabifiedDockWidgets(dock)
+        if any(other in grouped for other in others):
             return True
-        return False
+        if not others:
+            return False
+        # Join the largest existing group, so docks opened together end up in one.
+        anchor = max(others, key=lambda other: len(window.tabifiedDockWidgets(other)))
+        window.tabifyDockWidget(anchor, dock)
+        dock.show()
+        dock.raise_()
+        return True

@@ -16,6 +16,7 @@ Errors are shown in the row (wrapped, never widening the dock) and as a napari n
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from napari_allen.widgets._common import WrappingLabel
 logger = logging.getLogger(__name__)
 
 Task = Callable[..., Any]
+ACTIVITY_EVERY_S = 0.2  # napari activity-bar updates at most this often
 
 
 class TaskRunner(QObject):
@@ -66,6 +68,8 @@ class TaskRunner(QObject):
         self._callbacks: dict[str, Callable | None] = {}
         self.worker = None
         self._activity = None  # the napari activity-dock progress bar of the current task
+        self._activity_at = 0.0  # when it was last updated (time.monotonic)
+        self._in_activity = False
         # Queued: emitted from the worker thread, handled on the thread owning this object.
         self._progressed.connect(self._on_progress, Qt.ConnectionType.QueuedConnection)
         self._partial.connect(self._on_partial, Qt.ConnectionType.QueuedConnection)
@@ -224,9 +228,23 @@ class TaskRunner(QObject):
             self._activity = None
 
     def _update_activity(self, snap: Progress) -> None:
+        # napari's activity bar calls QApplication.processEvents() on every value change,
+        # which delivers our next queued message inside this one: never nest, and update it
+        # a few times a second at most (the dock's row shows every step).
         bar = self._activity
-        if bar is None:
+        now = time.monotonic()
+        final = bool(snap.total) and snap.done >= (snap.total or 0)
+        if bar is None or self._in_activity or (now - self._activity_at < ACTIVITY_EVERY_S
+                                                and not final):
             return
+        self._in_activity, self._activity_at = True, now
+        try:
+            self._set_activity(bar, snap)
+        finally:
+            self._in_activity = False
+
+    @staticmethod
+    def _set_activity(bar, snap: Progress) -> None:
         total = int(snap.total or 0)
         if total != bar.total:
             bar.total = total

@@ -91,6 +91,8 @@ class SpatialSearchWidget(AllenDock):
         super().__init__(napari_viewer, parent)
         self.last_result: dict | None = None  # {"records", "injection_coordinates", "metadata"}
         self._partial: dict | None = None  # the lines shown while a search runs
+        self._pending: dict | None = None  # the newest partial not drawn yet
+        self._drawing = False
 
         self.experiment = QSpinBox()
         self.experiment.setRange(1, 2**31 - 1)
@@ -227,9 +229,20 @@ class SpatialSearchWidget(AllenDock):
         self.save_button.setEnabled(not running and self.last_result is not None)
 
     def _show_partial(self, payload: dict) -> None:
-        self._partial = payload
-        for layer_tuple in payload["layers"]:
-            add_layer_tuple(self.viewer, layer_tuple)
+        # Updating a big Shapes layer can process events, delivering the next partial inside
+        # this call: only the newest one is drawn, never nested.
+        self._pending = payload
+        if self._drawing:
+            return
+        self._drawing = True
+        try:
+            while self._pending is not None:
+                current, self._pending = self._pending, None
+                for layer_tuple in current["layers"]:
+                    add_layer_tuple(self.viewer, layer_tuple)
+                self._partial = current
+        finally:
+            self._drawing = False
 
     def _keep_partial(self) -> None:
         """A cancelled search: keep the lines shown so far, labelled as partial everywhere
