@@ -75,10 +75,13 @@ def set_api_url(url: str) -> AllenClient:
         _client, _api_url = client, url
     for ref in list(_listeners):
         listener = ref()
-        if listener is None:
-            _listeners.remove(ref)
-        else:
-            listener()
+        try:
+            if listener is not None:
+                listener()
+                continue
+        except RuntimeError:  # its Qt widget was deleted (the Python wrapper lingers)
+            pass
+        _listeners.remove(ref)
     return client
 
 
