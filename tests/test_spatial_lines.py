@@ -191,3 +191,23 @@ def test_plugin_writer_then_reader(tmp_path):
     assert shapes[1]["features"]["experiment"].tolist() == [156394513, 100141219, 156394513]
     for a, b in zip(shapes[0], layer.data, strict=True):
         np.testing.assert_allclose(a, b)
+
+
+def test_drawn_shapes_without_an_experiment_round_trip(tmp_path):
+    """A path drawn in napari (no service record, no experiment id) is written and read back
+    (as NO_EXPERIMENT) instead of producing a file the reader rejects."""
+    from napari.layers import Shapes
+
+    from napari_allen.io.lines_json import NO_EXPERIMENT
+
+    data, kwargs, _ = lines_layers(RECORDS[:1], [INJECTION])[0]
+    shapes = Shapes(data, **{k: v for k, v in kwargs.items() if k != "units"})
+    shapes.add_paths([np.array([[7000.0, 3000, 3000], [6000, 2800, 5000]])])
+    shapes.features.loc[1, ["record_index", "experiment"]] = -1  # no record, no experiment
+    out = tmp_path / "drawn.json"
+    assert write_lines_json_from_layer(out, shapes.data, shapes._get_state()) == [str(out)]
+    doc = read_lines_json(out)
+    assert doc.lines[0]["id"] == 156394513 and "id" not in doc.lines[1]
+    layers = read_lines_json_layers(out)
+    assert layers[0][1]["features"]["experiment"].tolist() == [156394513, NO_EXPERIMENT]
+    np.testing.assert_allclose(layers[0][0][1], np.asarray(shapes.data[1]))

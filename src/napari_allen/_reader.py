@@ -19,6 +19,7 @@ and tick "remember my choice".
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +89,29 @@ def _multiscale_layer(path: Path) -> LayerDataTuple | None:
 
 
 def _is_allen_shape_or_name(shape: Sequence[int], name: str) -> bool:
-    from .io.volume import kind_from_name
     from .space import resolution_for_shape
 
-    return resolution_for_shape(shape) is not None or kind_from_name(name) != "unknown"
+    return resolution_for_shape(shape) is not None or _allen_name(name)
+
+
+#: Allen download names: ``..._200um.zip``, ``annotation_25.nrrd`` (via the kind),
+#: ``Nrp1_P56_coronal_74272479_200um.zip``.
+_ALLEN_NAME = re.compile(r"(?:^|_)(?:10|25|50|100|200)um\.(?:zip|nrrd|nhdr|mhd|mha|raw)$"
+                         r"|^[A-Za-z0-9.\-]+_(?:P\d+_)?(?:coronal|sagittal)_\d{3,}",
+                         re.IGNORECASE)
+
+
+def _allen_name(name: str) -> bool:
+    """Is ``name`` clearly an Allen file name (a volume kind or an Allen download name)?
+    Such files are claimed even when broken, so reading them explains what is wrong instead
+    of napari saying that no reader accepted them."""
+    from .io.volume import kind_from_name
+
+    return kind_from_name(name) != "unknown" or bool(_ALLEN_NAME.search(name))
+
+
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
 
 
 def _sniff_folder(path: Path) -> bool:
@@ -101,14 +121,18 @@ def _sniff_folder(path: Path) -> bool:
 
 
 def _sniff_zip(path: Path) -> bool:
+    if path.suffix.lower() != ".zip" or not _exists(path):
+        return False
     from .io.gridzip import looks_like_grid_zip
 
-    return path.suffix.lower() == ".zip" and looks_like_grid_zip(path)
+    return _allen_name(path.name) or (path.is_file() and looks_like_grid_zip(path))
 
 
 def _sniff_mhd(path: Path) -> bool:
-    if path.suffix.lower() not in (".mhd", ".mha") or not path.is_file():
+    if path.suffix.lower() not in (".mhd", ".mha") or not _exists(path):
         return False
+    if not path.is_file():  # a FIFO, folder or dangling link: ours only by name
+        return _allen_name(path.name)
     from .io.metaimage import read_header
 
     try:
@@ -116,37 +140,36 @@ def _sniff_mhd(path: Path) -> bool:
     except AllenFormatError:
         # A malformed header that names an Allen volume is still ours: reading it then
         # reports the problem instead of another reader failing obscurely.
-        from .io.volume import kind_from_name
-
-        return kind_from_name(path.name) != "unknown"
+        return _allen_name(path.name)
     return _is_allen_shape_or_name(header.dim_size, path.name)
 
 
 def _sniff_raw(path: Path) -> bool:
-    if path.suffix.lower() != ".raw" or not path.is_file():
+    if path.suffix.lower() != ".raw" or not _exists(path):
         return False
+    if not path.is_file():
+        return _allen_name(path.name)
     sibling = path.with_suffix(".mhd")
-    if sibling.is_file():
-        return _sniff_mhd(sibling)
+    if sibling.is_file() and _sniff_mhd(sibling):
+        return True
     from .io.raw import looks_like_raw_grid
-    from .io.volume import kind_from_name
 
     # Allen-named .raw files are claimed even when their size is wrong, to explain why.
-    return looks_like_raw_grid(path) or kind_from_name(path.name) != "unknown"
+    return looks_like_raw_grid(path) or _allen_name(path.name)
 
 
 def _sniff_nrrd(path: Path) -> bool:
-    if path.suffix.lower() not in (".nrrd", ".nhdr") or not path.is_file():
+    if path.suffix.lower() not in (".nrrd", ".nhdr") or not _exists(path):
         return False
+    if not path.is_file():
+        return _allen_name(path.name)
     from .io.nrrd import read_nrrd_header
-    from .io.volume import kind_from_name
 
     try:
-        header, _ = read_nrrd_header(path)
-        sizes = [int(s) for s in header.get("sizes", [])]
-    except (AllenFormatError, TypeError, ValueError):
-        return kind_from_name(path.name) != "unknown"
-    return len(sizes) == 3 and _is_allen_shape_or_name(sizes, path.name)
+        header = read_nrrd_header(path)
+    except AllenFormatError:
+        return _allen_name(path.name)
+    return _is_allen_shape_or_name(header.sizes, path.name)
 
 
 #: The format table, asked in order. First match wins.

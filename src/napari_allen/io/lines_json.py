@@ -39,6 +39,10 @@ LAYER_META_KEY = "spatial_search"
 # Enough to see the top-level keys of any file we or the script wrote, small enough to sniff
 # every *.json napari offers the plugin without reading the payload.
 _SNIFF_BYTES = 64 * 1024
+#: Largest lines file read (a 1,000-line search result is a few MB).
+MAX_JSON_BYTES = 256 * 2**20
+#: ``experiment_id`` of a line without an ``id`` (a path drawn or edited in napari).
+NO_EXPERIMENT = -1
 
 
 @dataclass
@@ -94,26 +98,30 @@ class LineRecord:
             coords = np.array([p["coord"] for p in path], dtype=float).reshape(len(path), 3)
             densities = np.array([p.get("density", np.nan) for p in path], dtype=float)
             intensities = np.array([p.get("intensity", np.nan) for p in path], dtype=float)
-            exp_id = int(_get(record, "id"))
-        except (KeyError, TypeError, ValueError) as exc:
+            exp = _get(record, "id")
+            exp_id = NO_EXPERIMENT if exp is None else int(exp)
+            abbrev = _get(record, "structure-abbrev")
+            if not abbrev:
+                structures = _get(record, "injection-structures") or []
+                if structures and isinstance(structures[0], Mapping):
+                    abbrev = structures[0].get("abbreviation")
+            sid = _get(record, "structure-id")
+            sid = None if sid is None else int(sid)
+            density = _get(record, "density")
+            density = float(density) if density is not None else float(densities[0])
+            seed = coords[0] if seed_um is None else np.asarray(seed_um, dtype=float)
+        except (KeyError, TypeError, ValueError, OverflowError, IndexError,
+                AttributeError) as exc:
             raise AllenFormatError(where, f"malformed spatial-search record: {exc}") from exc
-        abbrev = _get(record, "structure-abbrev")
-        if not abbrev:
-            structures = _get(record, "injection-structures") or []
-            if structures and isinstance(structures[0], Mapping):
-                abbrev = structures[0].get("abbreviation")
-        sid = _get(record, "structure-id")
-        density = _get(record, "density")
-        seed = coords[0] if seed_um is None else np.asarray(seed_um, dtype=float)
         return cls(
             seed_um=(float(seed[0]), float(seed[1]), float(seed[2])),
             experiment_id=exp_id,
             coords_um=coords,
             densities=densities,
             intensities=intensities,
-            target_density=float(density) if density is not None else float(densities[0]),
+            target_density=density,
             injection_structure=str(abbrev or "").strip(),  # Allen pads some ('SUM ')
-            structure_id=None if sid is None else int(sid),
+            structure_id=sid,
             record=dict(record),
         )
 
@@ -150,7 +158,15 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (bools are not numbers here)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def _check_record(record: Any, where: str, i: int) -> dict:
+    """Validate one line record (types and ranges of every field the reader uses) so that
+    whatever the writer accepts the reader reads back; AllenFormatError naming ``where``."""
     if not isinstance(record, Mapping):
         raise AllenFormatError(where, f"lines[{i}] is not an object")
     path = record.get("path")
@@ -158,28 +174,55 @@ def _check_record(record: Any, where: str, i: int) -> dict:
         raise AllenFormatError(where, f"lines[{i}] has no 'path' list")
     for j, point in enumerate(path):
         coord = point.get("coord") if isinstance(point, Mapping) else None
-        if not isinstance(coord, list) or len(coord) != 3:
+        if not isinstance(coord, (list, tuple)) or len(coord) != 3:
             raise AllenFormatError(where, f"lines[{i}].path[{j}] has no [x, y, z] 'coord'")
-        try:
-            [float(c) for c in coord]
-        except (TypeError, ValueError):
+        if not all(_is_number(c) for c in coord):
             raise AllenFormatError(
-                where, f"lines[{i}].path[{j}].coord is not numeric: {coord!r}") from None
+                where, f"lines[{i}].path[{j}].coord is not 3 finite numbers: {coord!r:.80}")
+        for key in ("density", "intensity"):
+            value = point.get(key)
+            if value is not None and not _is_number(value):
+                raise AllenFormatError(where, f"lines[{i}].path[{j}].{key} is not a finite "
+                                              f"number: {value!r:.40}")
+    for key in ("id", "structure-id", "structure_id"):
+        value = record.get(key)
+        if value is not None and not (_is_number(value) and float(value).is_integer()
+                                      and 0 <= value < 2**63):
+            raise AllenFormatError(where, f"lines[{i}].{key} is not an id: {value!r:.40}")
+    density = record.get("density")
+    if density is not None and not _is_number(density):
+        raise AllenFormatError(where, f"lines[{i}].density is not a finite number: "
+                                      f"{density!r:.40}")
+    for key in ("structure-abbrev", "structure_abbrev"):
+        value = record.get(key)
+        if value is not None and not isinstance(value, str):
+            raise AllenFormatError(where, f"lines[{i}].{key} is not text: {value!r:.40}")
+    structures = record.get("injection-structures", record.get("injection_structures"))
+    if structures is not None and not isinstance(structures, list):
+        raise AllenFormatError(where, f"lines[{i}].injection-structures is not a list")
+    LineRecord.from_record(record, where=where)  # the reader's own parse must succeed too
     return dict(record)
 
 
 def _coords(value: Any, where: str) -> np.ndarray:
     if value is None:
         return np.empty((0, 3))
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple,
+                                                                            np.ndarray)):
+        raise AllenFormatError(where, f"'{INJECTION_KEY}' is not a list of [x, y, z]")
+    if any(isinstance(v, bool) for row in value if isinstance(row, (list, tuple)) for v in row):
+        raise AllenFormatError(where, f"'{INJECTION_KEY}' holds true/false, not numbers")
     try:
         arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise AllenFormatError(where, f"'{INJECTION_KEY}' is not a list of [x, y, z]") from None
     if arr.size == 0:
         return np.empty((0, 3))
     if arr.ndim != 2 or arr.shape[1] != 3:
         raise AllenFormatError(where, f"'{INJECTION_KEY}' must be [[x, y, z], ...], "
                                       f"got an array of shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise AllenFormatError(where, f"'{INJECTION_KEY}' holds non-finite coordinates")
     return arr
 
 
@@ -199,16 +242,30 @@ def write_lines_json(path: str | os.PathLike, lines: Sequence[Mapping],
     return atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
 
 
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not valid JSON (JSON has no NaN/Infinity)")
+
+
 def read_lines_json(path: str | os.PathLike) -> LinesDocument:
-    """Read and validate a lines JSON; AllenFormatError naming the file on any problem."""
+    """Read and validate a lines JSON; AllenFormatError naming the file on any problem
+    (not a regular file, too large, not UTF-8 JSON, NaN/Infinity, nesting too deep, wrong
+    types in any field the reader uses)."""
+    from .metaimage import open_regular
+
     where = str(path)
+    with open_regular(path) as fh:
+        raw = fh.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise AllenFormatError(where, f"larger than {MAX_JSON_BYTES // 2**20} MiB: not a "
+                                      "spatial-search lines file")
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise AllenFormatError(where, f"not valid JSON ({exc})") from exc
+        doc = json.loads(raw.decode("utf-8-sig"), parse_constant=_no_constants)
     except UnicodeDecodeError as exc:
         raise AllenFormatError(where, f"not UTF-8 text ({exc})") from exc
+    except RecursionError:
+        raise AllenFormatError(where, "JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and NaN/Infinity
+        raise AllenFormatError(where, f"not valid JSON ({str(exc)[:200]})") from exc
     if not isinstance(doc, Mapping) or (LINES_KEY not in doc and INJECTION_KEY not in doc):
         raise AllenFormatError(where, f"not a spatial-search lines file (needs '{LINES_KEY}' "
                                       f"and/or '{INJECTION_KEY}')")
@@ -257,7 +314,14 @@ def write_lines_json_from_layer(path: str | os.PathLike, data: Any, meta: Mappin
             path_points = [{"coord": [float(c) for c in xyz]} for xyz in coords]
         base["path"] = path_points
         if "id" not in base and experiment is not None and i < len(experiment):
-            base["id"] = int(experiment[i])
+            # napari fills the features of a newly drawn shape (NaN, -1 or a copy): only a
+            # real experiment id is written; a line without one reads back as NO_EXPERIMENT.
+            try:
+                exp = float(experiment[i])
+            except (TypeError, ValueError):
+                exp = math.nan
+            if math.isfinite(exp) and exp >= 0 and exp.is_integer():
+                base["id"] = int(exp)
         records.append(base)
     extra = {k: v for k, v in layer_meta.items() if k not in ("records", "injection_coordinates")}
     injection = layer_meta.get("injection_coordinates")

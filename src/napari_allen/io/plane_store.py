@@ -21,7 +21,6 @@ Layout of ``<name>.zarr/`` (a Zarr group, format 3):
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -48,13 +47,16 @@ def looks_like_plane_store(path: str | os.PathLike) -> bool:
     """True for a folder written by :class:`PlaneStore` (cheap: reads two small files)."""
     path = Path(path)
     meta = path / "zarr.json"
-    if not (path.is_dir() and meta.is_file() and (path / TABLE_NAME).is_file()):
+    if not (path.is_dir() and meta.is_file() and (path / TABLE_NAME).exists()):
         return False
     try:
-        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
-    except (OSError, ValueError):
+        with open(meta, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError:
         return False
-    return isinstance(attrs, dict) and STORE_ATTR in attrs
+    # The attribute name alone decides (no parse): a damaged store is still claimed, so
+    # opening it explains what is wrong.
+    return STORE_ATTR.encode() in head
 
 
 class PlaneStore:
@@ -141,15 +143,34 @@ class PlaneStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r+") -> PlaneStore:
-        """Open an existing store (``mode='r'`` for read-only)."""
+        """Open an existing store (``mode='r'`` for read-only). AllenFormatError naming the
+        store for anything missing or inconsistent (attributes, array, table)."""
         import zarr
 
         path = Path(path)
         if not looks_like_plane_store(path):
             raise AllenFormatError(path, "is not a napari-allen plane store (no zarr.json with "
                                    f"'{STORE_ATTR}' attributes and {TABLE_NAME})")
-        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
-        table = pd.read_csv(path / TABLE_NAME)
+        try:
+            group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+            attrs = group.attrs.get(STORE_ATTR)
+        except Exception as exc:  # noqa: BLE001 - zarr raises many types for broken metadata
+            raise AllenFormatError(path, f"broken plane store metadata (zarr.json): "
+                                   f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        _check_attrs(attrs, path)
+        table = _read_table(path)
+        try:
+            array = group[attrs["volume"]]
+        except Exception as exc:  # noqa: BLE001
+            raise AllenFormatError(path, f"the store's array {attrs['volume']!r} is missing or "
+                                   f"broken: {type(exc).__name__}: {str(exc)[:200]}") from None
+        shape = tuple(getattr(array, "shape", ()))
+        if len(shape) != 4 or min(shape[1:], default=0) <= 0:
+            raise AllenFormatError(path, f"array {attrs['volume']!r} has shape {shape}, not "
+                                   "(experiment, AP, DV, ML)")
+        if np.dtype(array.dtype).kind != "f":
+            raise AllenFormatError(path, f"array {attrs['volume']!r} holds {array.dtype}, not "
+                                   "floats")
         store = cls(path, group, table)
         if store.array.shape[0] != len(store.table):
             raise AllenFormatError(path, f"{TABLE_NAME} has {len(store.table)} rows but the "
@@ -180,13 +201,18 @@ class PlaneStore:
             raise KeyError(f"experiment {experiment_id} is not in the store {self.path}") from None
 
     def completed(self) -> set[int]:
-        """Ids of experiments whose volume is fully written."""
-        text = (self.path / COMPLETED_NAME).read_text(encoding="utf-8")
+        """Ids of experiments whose volume is fully written (a missing or damaged log counts
+        as nothing written)."""
+        try:
+            with open(self.path / COMPLETED_NAME, "rb") as fh:
+                text = fh.read(64 << 20).decode("utf-8", errors="replace")
+        except OSError:
+            return set()
         # A line cut by a crash mid-write is ignored (not a valid id of this store).
         done = set()
         for line in text.splitlines():
             line = line.strip()
-            if line.isdigit() and int(line) in self._index:
+            if line.isascii() and line.isdigit() and int(line) in self._index:
                 done.add(int(line))
         return done
 
@@ -324,6 +350,56 @@ class PlaneStore:
     def _batches(self, size: int = 64) -> Iterable[tuple[int, int]]:
         for start in range(0, len(self), size):
             yield start, min(len(self), start + size)
+
+
+def _check_attrs(attrs: Any, path: Path) -> None:
+    """The store's attributes must say what the reader relies on (volume, resolution)."""
+    if not isinstance(attrs, dict):
+        raise AllenFormatError(path, f"'{STORE_ATTR}' attributes are not an object")
+    version = attrs.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or \
+            not 1 <= version <= FORMAT_VERSION:
+        raise AllenFormatError(path, f"plane store format_version {version!r} is not one this "
+                               f"version reads (1..{FORMAT_VERSION})")
+    if attrs.get("volume") not in ISH_VOLUMES:
+        raise AllenFormatError(path, f"plane store volume {attrs.get('volume')!r} is not one of "
+                               f"{ISH_VOLUMES}")
+    res = attrs.get("resolution_um")
+    if not isinstance(res, (int, float)) or isinstance(res, bool) or not np.isfinite(res) \
+            or res <= 0:
+        raise AllenFormatError(path, f"plane store resolution_um {res!r} is not a positive "
+                               "number")
+    plane = attrs.get("plane")
+    if plane is not None and not isinstance(plane, str):
+        raise AllenFormatError(path, f"plane store plane {plane!r} is not text")
+
+
+#: Largest experiments.csv read (26,000 experiments are ~3 MB).
+MAX_TABLE_BYTES = 256 << 20
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    from .metaimage import open_regular
+
+    table_path = path / TABLE_NAME
+    with open_regular(table_path) as fh:
+        if os.fstat(fh.fileno()).st_size > MAX_TABLE_BYTES:
+            raise AllenFormatError(table_path, "implausibly large experiment table")
+        try:
+            table = pd.read_csv(fh)
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError,
+                pd.errors.EmptyDataError) as exc:
+            raise AllenFormatError(table_path, f"not a readable CSV table: "
+                                   f"{str(exc)[:200]}") from None
+    if "experiment_id" not in table.columns:
+        raise AllenFormatError(table_path, "has no experiment_id column")
+    ids = pd.to_numeric(table["experiment_id"], errors="coerce")
+    if ids.isna().any() or (ids < 0).any() or (ids != ids.round()).any():
+        raise AllenFormatError(table_path, "experiment_id holds values that are not ids")
+    if ids.duplicated().any():
+        raise AllenFormatError(table_path, "experiment_id has duplicates")
+    table["experiment_id"] = ids.astype(np.int64)
+    return table
 
 
 def _minus_one_to_nan(block: np.ndarray) -> np.ndarray:

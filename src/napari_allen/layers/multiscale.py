@@ -36,7 +36,7 @@ from ..io.pyramid import (
 from ..io.volume import LABEL_KINDS, GridVolume
 from ..space import layer_space_kwargs
 from .prebuilt import layer_type_name
-from .volumes import _colormap, _minus_one_to_nan, label_tables, layer_metadata
+from .volumes import _colormap, _minus_one_to_nan, compact_dtype, label_tables, layer_metadata
 
 LayerDataTuple = tuple
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def multiscale_layer(vol: GridVolume, levels: list, *, stats: dict | None = None
     if vol.kind in LABEL_KINDS:
         structure_ids, colors, features = label_tables(ontology or Ontology.default())
         relabel = _relabel(structure_ids)
-        data = [_wrap(lv, relabel, np.uint16) for lv in levels]
+        data = [_wrap(lv, relabel, compact_dtype(len(structure_ids))) for lv in levels]
         meta.update(structure_ids=structure_ids, label_values="compact")
         kwargs = {"name": vol.name, "colormap": dict(colors), "features": features.copy(),
                   "opacity": 0.6, "metadata": meta, "multiscale": True, **space}

@@ -17,6 +17,7 @@ Fortran-ordered files) rather than from the whole grid.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from typing import Any
@@ -30,6 +31,7 @@ from ..io.volume import GridVolume
 from ..space import ISH_VOLUMES, layer_space_kwargs
 
 LayerDataTuple = tuple[Any, dict, str]
+log = logging.getLogger(__name__)
 
 #: Arrays with more voxels than this are handled lazily (10^7 voxels = 40 MB of float32).
 LAZY_VOXELS = 10_000_000
@@ -166,22 +168,74 @@ def image_layer(vol: GridVolume, **overrides) -> LayerDataTuple:
     return no_data_as_nan(vol.data), kwargs, "image"
 
 
+def compact_dtype(n_ids: int) -> np.dtype:
+    """The smallest unsigned dtype holding compact values ``0..n_ids+1`` (exact for any
+    count: uint16 up to 65,534 ids, uint32 beyond; never a wrap)."""
+    return np.dtype(np.uint16 if n_ids + 1 <= np.iinfo(np.uint16).max else np.uint32)
+
+
 def compact_labels(data, structure_ids: np.ndarray):
     """Structure ids -> compact label values: 0 stays 0, ``structure_ids[i]`` becomes ``i+1``,
-    any other id becomes ``len(structure_ids)+1`` ("unknown"). uint16; lazy data stay lazy."""
+    any other id becomes ``len(structure_ids)+1`` ("unknown"). dtype :func:`compact_dtype`;
+    lazy data stay lazy."""
     ids = np.asarray(structure_ids, dtype=np.int64)
     unknown = len(ids) + 1
+    dtype = compact_dtype(len(ids))
 
     def relabel(block: np.ndarray) -> np.ndarray:
         block = np.asarray(block).astype(np.int64, copy=False)
+        if len(ids) == 0:
+            return np.where(block == 0, 0, unknown).astype(dtype)
         pos = np.clip(np.searchsorted(ids, block), 0, len(ids) - 1)
-        out = np.where(ids[pos] == block, pos + 1, unknown).astype(np.uint16)
+        out = np.where(ids[pos] == block, pos + 1, unknown).astype(dtype)
         out[block == 0] = 0
         return out
 
     if _is_lazy(data):
-        return _to_dask(data, relabel, np.uint16)
+        return _to_dask(data, relabel, dtype)
     return relabel(data)
+
+
+#: napari colours a direct (dict) label colormap without numba only for values below 2**16.
+DIRECT_COLORMAP_MAX = 2**16
+
+
+def _direct_colormap_ok(n_ids: int) -> bool:
+    if n_ids + 1 < DIRECT_COLORMAP_MAX:
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
+def _id_labels_layer(vol: GridVolume, onto: Ontology, name: str | None,
+                     **overrides) -> LayerDataTuple:
+    """Fallback for more distinct ids than napari can colour through a compact direct
+    colormap (> 65,534 without numba): the layer holds the exact structure ids (uint32) with
+    napari's cyclic colours, and ``features`` (``index`` = structure id) so hovering still
+    names each structure."""
+    ids = np.unique(np.asarray(vol.data)).astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.uint32).max):
+        raise ValueError(f"{vol.source or 'annotation'}: structure ids outside 0..2**32-1 "
+                         f"({ids.min()}..{ids.max()}) cannot be shown as labels")
+    data = np.asarray(vol.data).astype(np.uint32, copy=False)
+    known = onto.table.reindex(ids)
+    background = ids == 0
+    acronyms = np.where(background, "", known["acronym"].fillna("?").astype(str).to_numpy())
+    names = np.where(background, "background",
+                     known["name"].fillna("structure not in the ontology").astype(str)
+                     .to_numpy())
+    features = pd.DataFrame({"index": ids, "structure_id": ids,
+                             "acronym": acronyms.astype(object), "name": names.astype(object)})
+    meta = layer_metadata(vol)
+    meta.update(label_values="ids")
+    log.warning("%s: %d distinct label values exceed what napari can colour by the atlas "
+                "without numba; showing exact ids with cyclic colours (pip install numba "
+                "for atlas colours)", vol.source or vol.name, len(ids))
+    kwargs: dict = {"name": name or vol.name, "features": features, "opacity": 0.6,
+                    "metadata": meta, **layer_space_kwargs(vol.resolution)}
+    kwargs.update(overrides)
+    return data, kwargs, "labels"
 
 
 #: Per-ontology label tables (see :func:`label_tables`); weak keys: a dropped ontology goes.
@@ -256,6 +310,10 @@ def labels_layer(
     so hovering shows the real structure. Colours and features cover the whole ontology (plus
     any unknown ids of small arrays), so a lazy 25/10 µm annotation is never scanned; lazy
     data are relabelled chunk by chunk (dask) as napari slices them.
+
+    Exact for any number of ids: beyond 65,534 the compact values are uint32; when napari
+    could not colour those (no numba) the layer keeps the exact uint32 ids instead
+    (``metadata['label_values'] == 'ids'``, cyclic colours, same hover features).
     """
     if isinstance(vol_or_array, GridVolume):
         vol = vol_or_array
@@ -266,8 +324,10 @@ def labels_layer(
     onto = ontology or Ontology.default()
     extra: tuple[int, ...] = ()
     if not _is_lazy(vol.data):
-        known = set(onto.table.index)
-        extra = tuple(int(i) for i in np.unique(np.asarray(vol.data)) if int(i) not in known)
+        present = np.unique(np.asarray(vol.data)).astype(np.int64)
+        extra = tuple(present[~np.isin(present, onto.table.index.to_numpy())].tolist())
+        if not _direct_colormap_ok(len(onto.table) + len(extra)):
+            return _id_labels_layer(vol, onto, name, **overrides)
     structure_ids, colors, features = label_tables(onto, extra)
     data = compact_labels(vol.data, structure_ids)
     meta = layer_metadata(vol)
