@@ -65,10 +65,22 @@ def _plane_store_layers(path: Path) -> list[LayerDataTuple]:
 
 
 def _grid_layers(path: Path) -> list[LayerDataTuple]:
-    from .io import read_volumes
+    from .io import check_exists, read_volumes
     from .layers.volumes import volume_layer
 
-    big = _multiscale_layer(path)
+    check_exists(path)  # symlink loops, dangling links: a clear error before anything else
+    try:
+        big = _multiscale_layer(path)
+    except AllenFormatError:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:
+        # The multiscale cache is an optimisation: if it cannot start, read directly (which
+        # gives the data or the clear error).
+        import logging
+
+        logging.getLogger(__name__).warning("%s: multiscale cache unavailable (%s); reading "
+                                            "directly", path, exc)
+        big = None
     if big is not None:
         return [big]
     return [volume_layer(vol) for vol in read_volumes(path)]

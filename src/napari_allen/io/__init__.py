@@ -19,7 +19,8 @@ from ..progress import CancelToken, ProgressCallback
 from .dataset import hints_from_name, lookup_experiment
 from .volume import KINDS, GridVolume, kind_from_name
 
-__all__ = ["GridVolume", "KINDS", "kind_from_name", "read_volumes", "file_metadata"]
+__all__ = ["GridVolume", "KINDS", "kind_from_name", "read_volumes", "file_metadata",
+           "check_exists"]
 
 
 def file_metadata(path: Path) -> dict:
@@ -49,7 +50,7 @@ def _sibling_header(raw: Path) -> Path | None:
     return None
 
 
-def _check_exists(path: Path) -> None:
+def check_exists(path: Path) -> None:
     """AllenFormatError naming ``path`` if it cannot even be looked at."""
     try:
         os.stat(path)
@@ -75,7 +76,7 @@ def read_volumes(
     the configured one, ``NAPARI_ALLEN_CACHE``).
     """
     path = Path(path)
-    _check_exists(path)
+    check_exists(path)
     opts = {"cache_dir": cache_dir, "progress": progress, "cancel": cancel}
     if path.is_dir():
         from .gridzip import read_grid_folder

@@ -27,10 +27,12 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import AllenFormatError
 from ..progress import CancelToken, ProgressCallback, check, report
 from ..space import sample_at_um
 from .atomic import atomic_open, atomic_path, atomic_write_text
@@ -41,6 +43,10 @@ from .volume import GridVolume
 #: (docs/allen-api-notes.md §13).
 MICE_ORIGIN_MM: tuple[float, float, float] = (5.3, 5.3, 5.7)
 NO_DATA = -1
+#: Voxels per CSV block (bounds the memory of formatting rows).
+CSV_BLOCK_VOXELS = 500_000
+#: Disk space always left free by exports.
+DISK_MARGIN = 256 << 20
 
 
 def ras_affine(resolution_um: float, space: str = "ccf") -> np.ndarray:
@@ -87,7 +93,9 @@ def to_csv(
         raise ValueError("to_csv: an annotation needs the ontology that names its structures")
     data = vol.data
     n_ap = data.shape[0]
-    step = max(1, 4_000_000 // max(1, data.shape[1] * data.shape[2]))  # ~4 M voxels a block
+    # ~500 k voxels a block: the formatted rows of a block are Python strings (~300 B a row),
+    # so this keeps memory near 150 MB whatever the grid size.
+    step = max(1, CSV_BLOCK_VOXELS // max(1, data.shape[1] * data.shape[2]))
     header = ["AP_um", "DV_um", "ML_um", "value"]
     if annotation is not None:
         header += ["structure_id", "acronym"]
@@ -112,6 +120,9 @@ def to_csv(
                                               else "?")
                 cols += [sids, [acronyms[int(s)] for s in sids]]
             writer.writerows(zip(*[_fmt(c) for c in cols], strict=True))
+            if len(values):  # a CSV's size is unknown up front: stop before the disk is full
+                fh.flush()
+                check_disk(path, len(values) * 64)
             report(progress, done=min(start + step, n_ap), total=n_ap,
                    message=f"writing {path.name}")
     return path
@@ -127,36 +138,76 @@ def _fmt(column) -> list:
     return arr.tolist()
 
 
+def _ml_step(shape, itemsize: int, budget: int = 64 << 20) -> int:
+    """ML planes per slab so a slab stays under ``budget`` bytes (a contiguous run in
+    Fortran order, so lazy sources read it sequentially)."""
+    return max(1, budget // max(1, shape[0] * shape[1] * itemsize))
+
+
+def check_disk(path: Path, need: int) -> None:
+    """Refuse up front to write ``need`` bytes into ``path``'s folder when they do not fit."""
+    folder = path.parent if path.parent.exists() else Path(".")
+    free = shutil.disk_usage(folder).free
+    if need + DISK_MARGIN > free:
+        raise AllenFormatError(path, f"needs {need / 1e9:.2f} GB but only {free / 1e9:.2f} GB "
+                                     "are free there; choose another folder")
+
+
 def to_nifti(
     vol: GridVolume,
     path: str | os.PathLike,
     *,
     space: str = "ccf",
     no_data: str = "keep",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> Path:
     """Write ``vol`` as NIfTI-1 (``.nii`` or ``.nii.gz``) with the RAS mm affine of ``space``.
 
     ``no_data="nan"`` writes ``-1`` as NaN (float grids); ``"keep"`` keeps Allen's -1.
+    The data are streamed slab by slab (ML planes, <= 64 MB each), so memory stays flat
+    whatever the grid size; an uncompressed output that would not fit the disk is refused
+    before anything is written.
     """
     import nibabel as nib
 
     path = Path(path)
-    data = np.asarray(vol.data)
-    if no_data == "nan" and data.dtype.kind == "f":
-        data = np.where(data == NO_DATA, np.nan, data).astype(data.dtype)
-    data = data.astype(data.dtype.newbyteorder("="), copy=False)
-    img = nib.Nifti1Image(data, ras_affine(vol.resolution, space))
-    img.header.set_xyzt_units("mm")
+    data = vol.data
+    dtype = np.dtype(data.dtype).newbyteorder("<")
+    gz = path.name.lower().endswith(".gz")
+    n_bytes = int(np.prod(data.shape)) * dtype.itemsize
+    if not gz:
+        check_disk(path, n_bytes + 352)
+    affine = ras_affine(vol.resolution, space)
+    header = nib.Nifti1Header(endianness="<")
+    header.set_data_shape(tuple(int(s) for s in data.shape))
+    header.set_data_dtype(dtype)
+    header.set_xyzt_units("mm")
     code = 2  # "aligned anatomy": a registered atlas space, not scanner coordinates
-    img.set_sform(img.affine, code=code)
-    img.set_qform(img.affine, code=code)
-    desc = f"napari-allen {vol.kind} {space} PIR->RAS"
-    img.header["descrip"] = desc.encode()[:79]
-    payload = img.to_bytes()
-    if path.name.lower().endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=6)
-    with atomic_open(path, "wb") as fh:
-        fh.write(payload)
+    header.set_sform(affine, code=code)
+    header.set_qform(affine, code=code)
+    mark = " SYNTHETIC (napari-allen-synthetic)" if vol.metadata.get("synthetic") else ""
+    header["descrip"] = f"napari-allen {vol.kind} {space} PIR->RAS{mark}".encode()[:79]
+    header["vox_offset"] = 352  # 348-byte header + 4-byte extension flag, then the data
+    n_ml = data.shape[2]
+    step = _ml_step(data.shape, dtype.itemsize)
+    nan_for_no_data = no_data == "nan" and dtype.kind == "f"
+    with atomic_open(path, "wb") as raw_fh:
+        out = gzip.GzipFile(fileobj=raw_fh, mode="wb", compresslevel=6, mtime=0) if gz \
+            else raw_fh
+        try:
+            out.write(header.binaryblock + b"\0\0\0\0")
+            for k in range(0, n_ml, step):
+                check(cancel)
+                slab = np.asarray(data[:, :, k:k + step])
+                if nan_for_no_data:
+                    slab = np.where(slab == NO_DATA, np.nan, slab)
+                out.write(slab.astype(dtype, copy=False).tobytes(order="F"))
+                report(progress, done=min(k + step, n_ml), total=n_ml,
+                       message=f"writing {path.name}")
+        finally:
+            if gz:
+                out.close()
     return path
 
 
@@ -182,9 +233,10 @@ def to_metaimage(
         dtype = np.dtype("f4")
     out_dtype = dtype.newbyteorder("<")
     n_ml = data.shape[2]
+    check_disk(raw, int(np.prod(data.shape)) * out_dtype.itemsize)
     # Slabs of whole ML planes (<= ~64 MB): in Fortran order a slab [:, :, k0:k1] is exactly
     # a contiguous run of the .raw (x, then y, then z), and lazy data compute slab by slab.
-    step = max(1, (64 << 20) // max(1, data.shape[0] * data.shape[1] * out_dtype.itemsize))
+    step = _ml_step(data.shape, out_dtype.itemsize)
     with atomic_path(raw) as tmp, open(tmp, "wb") as fh:
         for k in range(0, n_ml, step):
             check(cancel)
@@ -192,5 +244,6 @@ def to_metaimage(
             fh.write(slab.tobytes(order="F"))
             report(progress, done=min(k + step, n_ml), total=n_ml,
                    message=f"writing {raw.name}")
-    atomic_write_text(mhd, format_header(vol.shape, vol.resolution, out_dtype, raw.name))
+    atomic_write_text(mhd, format_header(vol.shape, vol.resolution, out_dtype, raw.name,
+                                         synthetic=bool(vol.metadata.get("synthetic"))))
     return [mhd, raw]

@@ -43,7 +43,12 @@ from ._decode import (
     inflate_to_array,
 )
 from .elements import MET_TYPES, array_from_bytes, met_dtype, met_name
-from .provenance import mhd_fields_are_synthetic, read_provenance, warn_if_synthetic
+from .provenance import (
+    MHD_SYNTHETIC_LINE,
+    mhd_fields_are_synthetic,
+    read_provenance,
+    warn_if_synthetic,
+)
 from .volume import GridVolume, kind_from_name
 
 #: Payloads above this many bytes are memory-mapped instead of read.
@@ -159,11 +164,11 @@ def parse_header(text: str | bytes, source: str | os.PathLike) -> MetaImageHeade
 
     if fields.get("ObjectType", "Image") != "Image":
         raise AllenFormatError(source, f"ObjectType {fields['ObjectType'][:40]!r} is not Image")
+    dim_text = need("DimSize")
     try:
-        dims = tuple(int(v) for v in need("DimSize").split())
+        dims = tuple(int(v) for v in dim_text.split())
     except ValueError:
-        raise AllenFormatError(source, f"DimSize {fields['DimSize'][:60]!r} is not integers") \
-            from None
+        raise AllenFormatError(source, f"DimSize {dim_text[:60]!r} is not integers") from None
     ndims = _int(fields, "NDims", source, default=len(dims))
     if ndims != 3 or len(dims) != 3:
         raise AllenFormatError(source, f"expected a 3-D grid, got NDims {ndims} DimSize {dims}")
@@ -315,10 +320,21 @@ def decode_stream(fh: BinaryIO, header: MetaImageHeader, source, *, key_parts: t
                           folder=cache_dir, source=source, synthetic=header.synthetic)
 
 
+def open_data_file(data_path: Path, source) -> BinaryIO:
+    """:func:`open_regular` for the data file of the header ``source``: errors name both."""
+    try:
+        return open_regular(data_path)
+    except AllenFormatError as exc:
+        if str(data_path) == str(source):
+            raise
+        raise AllenFormatError(source, f"data file {data_path.name!r}: {exc.problem}") \
+            from None
+
+
 def read_payload(raw_path: Path, header: MetaImageHeader, source, *, cache_dir=None,
                  progress=None, cancel=None):
     """Read or memory-map ``raw_path`` as described by ``header`` (size checked first)."""
-    with open_regular(raw_path, "data") as fh:
+    with open_data_file(raw_path, source) as fh:
         size = os.fstat(fh.fileno()).st_size
         if header.compressed:
             offset = max(header.header_size, 0)
@@ -396,8 +412,9 @@ def read_metaimage(path: str | os.PathLike, kind: str | None = None,
 
 
 def format_header(shape: tuple[int, int, int], resolution: float, dtype: np.dtype,
-                  data_file: str) -> str:
-    """An Allen-style ``.mhd`` header for an ``[AP, DV, ML]`` array (little-endian payload)."""
+                  data_file: str, *, synthetic: bool = False) -> str:
+    """An Allen-style ``.mhd`` header for an ``[AP, DV, ML]`` array (little-endian payload).
+    ``synthetic`` keeps the local server's mark (io.provenance) in an exported copy."""
     element_type = met_name(dtype)
     spacing = f"{resolution:g}"
     lines = [
@@ -415,6 +432,7 @@ def format_header(shape: tuple[int, int, int], resolution: float, dtype: np.dtyp
         f"ElementSpacing = {spacing} {spacing} {spacing}",
         f"DimSize = {shape[0]} {shape[1]} {shape[2]}",
         f"ElementType = {element_type}",
+        *([MHD_SYNTHETIC_LINE] if synthetic else []),
         f"ElementDataFile = {data_file}",
     ]
     return "\n".join(lines) + "\n"

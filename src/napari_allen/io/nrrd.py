@@ -43,7 +43,7 @@ from ._decode import (
     inflate_to_array,
 )
 from .elements import NRRD_TYPES, array_from_bytes
-from .metaimage import MEMMAP_THRESHOLD, contained_data_file, open_regular
+from .metaimage import MEMMAP_THRESHOLD, contained_data_file, open_data_file, open_regular
 from .provenance import nrrd_is_synthetic, read_provenance, warn_if_synthetic
 from .volume import GridVolume, kind_from_name
 
@@ -186,6 +186,8 @@ def parse_nrrd_header(head: bytes, source, *, at_eof: bool = False) -> NrrdHeade
         text = head[first_eol + 1:end].decode("utf-8")
     except UnicodeDecodeError:
         raise AllenFormatError(source, "corrupt NRRD header: not text") from None
+    if "\x00" in text:
+        raise AllenFormatError(source, "corrupt NRRD header: binary (NUL) bytes in the header")
     fields: dict[str, str] = {}
     key_values: dict[str, str] = {}
     comments: list[str] = []
@@ -284,7 +286,7 @@ def _text_array(data_path: Path, offset: int, header: NrrdHeader, source) -> np.
         raise AllenFormatError(source, f"NRRD {header.encoding} encoding of {n:,} voxels is "
                                        "too large to read; re-save as raw or gzip")
     limit = n * (2 * header.dtype.itemsize + 1 if header.encoding == "hex" else 40) + 1024
-    with open_regular(data_path) as fh:
+    with open_data_file(data_path, source) as fh:
         fh.seek(offset)
         _skip_lines(fh, header.line_skip, source)
         fh.seek(header.byte_skip, os.SEEK_CUR)
@@ -341,15 +343,13 @@ def read_nrrd(
                       metadata=meta, source=str(path))
 
 
-def nrrd_payload(path: Path, header: NrrdHeader, *, cache_dir=None, progress=None,
-                 cancel=None):
-    """The ``[AP, DV, ML]`` array of ``path``'s payload (memmap for large raw/decoded data)."""
+def _locate(path: Path, header: NrrdHeader) -> tuple[Path, int, int]:
+    """``(data file, first payload byte, payload bytes on disk)`` after the skips, with the
+    size checks that need no decoding (raw: exact size; compressed: some bytes, and no more
+    than any compressed stream of that size can inflate to). AllenFormatError if they fail."""
     data_path, offset = _data_location(path, header)
     n_bytes = header.n_bytes
-    sizes = header.sizes
-    if header.encoding in ("ascii", "hex"):
-        return _text_array(data_path, offset, header, path)
-    with open_regular(data_path) as fh:
+    with open_data_file(data_path, path) as fh:
         file_size = os.fstat(fh.fileno()).st_size
         if header.line_skip:
             fh.seek(offset)
@@ -366,37 +366,61 @@ def nrrd_payload(path: Path, header: NrrdHeader, *, cache_dir=None, progress=Non
             if found != n_bytes:
                 state = "truncated" if found < n_bytes else "larger than its header says"
                 raise AllenFormatError(path, _size_text(header, max(found, 0), state))
+        return data_path, offset, n_bytes
+    offset += header.byte_skip
+    stored = file_size - offset
+    if header.encoding in ("ascii", "hex"):
+        return data_path, offset, stored
+    if stored <= 0:
+        raise AllenFormatError(path, f"truncated NRRD {header.encoding} data: no bytes after "
+                                     "the header")
+    if n_bytes > stored * MAX_RATIO + 1024:
+        raise AllenFormatError(path, f"NRRD {header.encoding} data of {stored:,} bytes cannot "
+                                     f"inflate to the {n_bytes:,} bytes its sizes declare "
+                                     "(corrupt header or decompression bomb)")
+    return data_path, offset, stored
+
+
+def preflight(path: str | os.PathLike, header: NrrdHeader | None = None) -> NrrdHeader:
+    """Every check of :func:`read_nrrd` that needs no decoding (header, data file, sizes,
+    compression ratio, spacing): for callers that defer the decoding (the multiscale cache)."""
+    path = Path(path)
+    header = header or read_nrrd_header(path)
+    header.resolution(path)
+    _locate(path, header)
+    return header
+
+
+def nrrd_payload(path: Path, header: NrrdHeader, *, cache_dir=None, progress=None,
+                 cancel=None):
+    """The ``[AP, DV, ML]`` array of ``path``'s payload (memmap for large raw/decoded data)."""
+    data_path, offset, stored = _locate(path, header)
+    n_bytes = header.n_bytes
+    sizes = header.sizes
+    if header.encoding in ("ascii", "hex"):
+        return _text_array(data_path, _data_location(path, header)[1], header, path)
+    if header.encoding == "raw":
         data = np.memmap(data_path, dtype=header.dtype, mode="r", offset=offset, shape=sizes,
                          order="F")
         if n_bytes <= MEMMAP_THRESHOLD:
             data = np.array(data, dtype=header.dtype.newbyteorder("="), order="F")
         return data
-    # Compressed: refuse up front what no compressed stream of this size can hold.
-    offset += header.byte_skip
-    compressed = file_size - offset
-    if compressed <= 0:
-        raise AllenFormatError(path, f"truncated NRRD {header.encoding} data: no bytes after "
-                                     "the header")
-    if n_bytes > compressed * MAX_RATIO + 1024:
-        raise AllenFormatError(path, f"NRRD {header.encoding} data of {compressed:,} bytes "
-                                     f"cannot inflate to the {n_bytes:,} bytes its sizes "
-                                     "declare (corrupt header or decompression bomb)")
     what = f"NRRD {header.encoding} data"
     wbits = BZIP2 if header.encoding == "bzip2" else GZIP_OR_ZLIB
 
     if n_bytes <= MEMMAP_THRESHOLD:
-        with open_regular(data_path) as fh:
+        with open_data_file(data_path, path) as fh:
             fh.seek(offset)
             return inflate_to_array(fh, n_bytes, header.dtype, sizes, path, what=what,
                                     wbits=wbits, progress=progress, cancel=cancel)
 
     def fill(write) -> None:
-        with open_regular(data_path) as fh:
+        with open_data_file(data_path, path) as fh:
             fh.seek(offset)
             inflate(fh, n_bytes, write, path, what=what, wbits=wbits, progress=progress,
                     cancel=cancel)
 
-    key = content_key(data_path, offset, compressed, "nrrd", header.encoding,
+    key = content_key(data_path, offset, stored, "nrrd", header.encoding,
                       header.dtype.str, sizes)
     return decoded_memmap(key, fill, n_bytes, header.dtype, sizes, folder=cache_dir,
                           source=path, synthetic=header.synthetic)

@@ -437,6 +437,9 @@ def describe_grid(path: str | os.PathLike) -> GridVolume | None:
                                   metadata={"format": "nrrd", **file_metadata(path)},
                                   source=str(path))
         elif getattr(header, "encoding", "raw") != "raw":
+            from .nrrd import preflight
+
+            preflight(path, header)  # everything but the decoding: fail now, not later
             return GridVolume(data=_Described(header.sizes, header.dtype),
                               resolution=header.resolution(path),
                               kind=kind_from_name(path.name),

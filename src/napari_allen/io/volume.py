@@ -38,7 +38,7 @@ def kind_from_name(name: str | PurePath) -> str:
     ``projection_density_100.nrrd`` -> ``projection_density``, ``gridAnnotation.mhd`` ->
     ``annotation``; ``unknown`` if the name is not one of Allen's."""
     stem = PurePath(str(name)).name.lower()
-    for suffix in (".nii.gz", ".nrrd", ".mhd", ".raw", ".nhdr", ".zip"):
+    for suffix in (".nii.gz", ".nrrd", ".mhd", ".mha", ".raw", ".nhdr", ".zip"):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break

@@ -21,6 +21,7 @@ import pandas as pd
 
 from napari_allen.analysis.expression import structure_centroids, structure_expression
 from napari_allen.atlas.ontology import Ontology
+from napari_allen.errors import AllenFormatError
 from napari_allen.io.plane_store import PlaneStore, open_plane_store
 from napari_allen.space import AXES
 
@@ -39,7 +40,11 @@ def store_contrast_limits(store: PlaneStore, sample: int = 8) -> tuple[float, fl
     if not done:
         return (0.0, 1.0)
     picks = [done[i] for i in np.linspace(0, len(done) - 1, min(sample, len(done))).astype(int)]
-    values = np.concatenate([np.asarray(store.array[i]).ravel() for i in picks])
+    try:
+        values = np.concatenate([np.asarray(store.array[i]).ravel() for i in picks])
+    except Exception as exc:  # noqa: BLE001 - zarr/numcodecs raise many types on bad chunks
+        raise AllenFormatError(store.path, f"cannot read written experiments (damaged chunk?): "
+                               f"{type(exc).__name__}: {str(exc)[:200]}") from None
     values = values[np.isfinite(values) & (values >= 0)]
     if values.size == 0:
         return (0.0, 1.0)
