@@ -779,6 +779,20 @@ def store_cases() -> list[Case]:
     ]
 
 
+def peak_rss() -> int:
+    """Peak resident memory of this process (bytes): ``VmHWM``, which starts afresh at exec
+    (``ru_maxrss`` would include the parent's peak from before the fork)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 # --- running a case -----------------------------------------------------------------------
 def open_case(case: Case, path: Path, cache_dir: Path):
     """Open ``path`` the way the plugin does for the case's format and touch the data (a few

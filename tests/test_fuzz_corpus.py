@@ -73,16 +73,17 @@ def test_napari_reader_and_export_explain_or_read(case, tmp_path, capsys):
 
 
 _CHILD = """
-import json, resource, sys
+import json, sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 import fuzz_corpus
+from fuzz_corpus import peak_rss
 case = next(c for c in fuzz_corpus.cases() if c.name == {name!r})
 folder = Path({folder!r})
 path = case.build(folder / "in")
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = peak_rss()
 outcome, message = fuzz_corpus.run_case_at(case, path, folder)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss()
 print(json.dumps({{"outcome": outcome, "message": message, "peak": peak, "base": base}}))
 """
 

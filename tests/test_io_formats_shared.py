@@ -110,3 +110,19 @@ def test_every_in_band_mark_is_detected(tmp_path):
     with zipfile.ZipFile(io.BytesIO((tmp_path / "xml.zip").read_bytes())) as zf:
         zf.extractall(tmp_path / "xml")
     assert "[synthetic]" in read_volumes(tmp_path / "xml")[0].name
+
+
+def test_napari_reader_warns_about_synthetic_layers(tmp_path, monkeypatch):
+    from napari.utils import notifications
+
+    from napari_allen._reader import get_reader
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", shown.append)
+    shape = (2, 2, 2)
+    path = _zip(tmp_path / "74272479_energy_200um.zip",
+                {"energy.mhd": _mhd(shape, "MET_FLOAT"),
+                 "energy.raw": np.zeros(8, "<f4").tobytes()}, SYNTHETIC_ZIP_COMMENT)
+    layers = get_reader(str(path))(str(path))
+    assert "[synthetic]" in layers[0][1]["name"]
+    assert len(shown) == 1 and "SYNTHETIC" in shown[0]
