@@ -467,6 +467,9 @@ def zip_cases(rng: random.Random) -> list[Case]:
         Case("zip-xml-external-entity", "grid", _zip(_good_members() + [("data_set.xml", (
             b'<?xml version="1.0"?><!DOCTYPE s [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
             b"<section-data-set><id>&x;</id></section-data-set>"))])),
+        Case("zip-xml-too-large", "grid", _zip(_good_members() + [
+            ("data_set.xml", b"<section-data-set>" + b"<a/>" * (2**20 + 10)
+             + b"</section-data-set>")])),
         Case("zip-xml-not-a-dataset", "grid", _zip(_good_members() + [
             ("data_set.xml", b"<html><body>oops</body></html>")])),
         Case("zip-many-members", "grid", _zip(_good_members() + [
@@ -701,6 +704,19 @@ def json_cases() -> list[Case]:
     for kind in ("fifo", "dir", "loop", "dangling"):
         cases.append(Case(f"json-is-{kind}", "json", _special(kind, "lines.json"),
                           tags=("fs",)))
+
+    def big_coordinates(folder: Path, n: int) -> Path:
+        row = "[4300.125,2690.125,7050.125],"
+        text = '{"lines": [], "injectionCoordinates": [' + row * (n - 1) + row[:-1] + "]}"
+        return _write(folder / "lines.json", text.encode())
+
+    limit_rows = (32 * 2**20 - 64) // 29  # just under the 32 MiB limit
+    cases += [
+        Case("json-too-large", "json", lambda f: big_coordinates(f, limit_rows + 1000)),
+        Case("json-32MB-coordinates", "json", lambda f: big_coordinates(f, limit_rows),
+             expect="data", heavy=True,
+             check=lambda doc: doc.injection_coordinates.shape == (limit_rows, 3)),
+    ]
     return cases
 
 

@@ -77,7 +77,7 @@ class GridApi(ApiBase):
         vols = check_volumes(volumes)
         for n, vol in enumerate(vols):
             path = self.grid_zip(experiment_id, (vol,), cancel=cancel)
-            for grid in read_grid_zip(path, cancel=cancel):
+            for grid in read_grid_zip(path, cache_dir=self.cache_dir, cancel=cancel):
                 grid.metadata["experiment_id"] = int(experiment_id)
                 # The cache's file names carry no gene: take it from the bundled listing.
                 for key, value in lookup_experiment(int(experiment_id)).items():

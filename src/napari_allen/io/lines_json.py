@@ -39,8 +39,9 @@ LAYER_META_KEY = "spatial_search"
 # Enough to see the top-level keys of any file we or the script wrote, small enough to sniff
 # every *.json napari offers the plugin without reading the payload.
 _SNIFF_BYTES = 64 * 1024
-#: Largest lines file read (a 1,000-line search result is a few MB).
-MAX_JSON_BYTES = 256 * 2**20
+#: Largest lines file read (a 1,000-line search result is a few MB; parsed JSON takes up to
+#: ~30x its size in Python objects, so this also bounds memory).
+MAX_JSON_BYTES = 32 * 2**20
 #: ``experiment_id`` of a line without an ``id`` (a path drawn or edited in napari).
 NO_EXPERIMENT = -1
 

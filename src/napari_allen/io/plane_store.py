@@ -151,6 +151,9 @@ class PlaneStore:
         if not looks_like_plane_store(path):
             raise AllenFormatError(path, "is not a napari-allen plane store (no zarr.json with "
                                    f"'{STORE_ATTR}' attributes and {TABLE_NAME})")
+        for meta in (path / "zarr.json", *path.glob("*/zarr.json")):
+            if meta.is_file() and meta.stat().st_size > MAX_META_BYTES:
+                raise AllenFormatError(meta, "implausibly large Zarr metadata")
         try:
             group = zarr.open_group(str(path), mode=mode, zarr_format=3)
             attrs = group.attrs.get(STORE_ATTR)
@@ -375,7 +378,9 @@ def _check_attrs(attrs: Any, path: Path) -> None:
 
 
 #: Largest experiments.csv read (26,000 experiments are ~3 MB).
-MAX_TABLE_BYTES = 256 << 20
+MAX_TABLE_BYTES = 64 << 20
+#: Largest zarr.json parsed (a store's is a few kB plus its id list).
+MAX_META_BYTES = 16 << 20
 
 
 def _read_table(path: Path) -> pd.DataFrame:

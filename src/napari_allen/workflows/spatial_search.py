@@ -110,7 +110,7 @@ def run_experiment_search(
     density_path = client.grid_nrrd(experiment_id, "projection_density", DEFAULT_RESOLUTION,
                                     progress=_scaled(progress, "projection density"),
                                     cancel=cancel)
-    density = read_nrrd(density_path, kind="projection_density")
+    density = read_nrrd(density_path, kind="projection_density", cache_dir=client.cache_dir)
     check(cancel)
     tracts: FiberTracts | None
     if fiber_tracts is True:
@@ -125,7 +125,8 @@ def run_experiment_search(
     report(progress, message=f"downloading {injection_image.replace('_', ' ')}")
     injection_path = client.grid_nrrd(experiment_id, injection_image, DEFAULT_RESOLUTION,
                                       progress=_scaled(progress, "injection"), cancel=cancel)
-    injection = injection_coordinates(read_nrrd(injection_path, kind=injection_image),
+    injection = injection_coordinates(read_nrrd(injection_path, kind=injection_image,
+                                                cache_dir=client.cache_dir),
                                       threshold=injection_threshold)
     result = search_seeds(client, seed_points_um(seeds), section_data_set=experiment_id,
                           jobs=jobs, on_lines=on_lines, progress=_scaled(progress, "lines"),
