@@ -62,10 +62,13 @@ class Heartbeat:
     def stop(self) -> None:
         self.timer.stop()
 
-    def longest_gap_ms(self, t0: float, t1: float) -> float:
-        """Longest interval without a tick in ``[t0, t1]`` (the window ends count as ticks)."""
+    def gaps_ms(self, t0: float, t1: float) -> np.ndarray:
+        """Intervals without a tick in ``[t0, t1]`` (the window ends count as ticks), ms."""
         ticks = [t0] + [t for t in self.ticks if t0 < t < t1] + [t1]
-        return 1000.0 * float(np.max(np.diff(ticks)))
+        return 1000.0 * np.diff(ticks)
+
+    def longest_gap_ms(self, t0: float, t1: float) -> float:
+        return float(np.max(self.gaps_ms(t0, t1)))
 
 
 def measure(app, beat: Heartbeat, start: Callable[[], Callable[[], bool] | None], *,
@@ -98,6 +101,10 @@ def measure(app, beat: Heartbeat, start: Callable[[], Callable[[], bool] | None]
         raise TimeoutError("action did not finish in time")
     t1 = time.perf_counter()
     beat.stop()
+    if os.environ.get("BENCH_FREEZE_GAPS"):  # diagnostics: the five longest gaps, ms
+        gaps = beat.gaps_ms(state["t0"], t1)
+        print("    longest gaps:", np.sort(gaps)[-5:][::-1].round(0).tolist(),
+              f"{(gaps > 100).sum()} gaps > 100 ms, {gaps[gaps > 100].sum():.0f} ms in them")
     # processEvents + sleep(2 ms) drives the loop here; napari's own exec loop behaves alike.
     return beat.longest_gap_ms(state["t0"], t1), finished - state["t0"]
 

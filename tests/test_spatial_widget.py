@@ -151,12 +151,14 @@ def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
     original = module.add_layer_tuple
 
     def spy(viewer, layer):
-        from napari.layers import Shapes
+        from napari.layers import Shapes, Vectors
 
-        # Lines layers arrive ready-built (in the worker), never as tuples.
-        assert isinstance(layer, Shapes) or layer_type_of(layer) != "shapes"
-        if isinstance(layer, Shapes):
-            shown.append(len(layer.data))
+        # Lines layers arrive ready-built (in the worker), never as tuples; while the search
+        # runs only the Vectors companion is refreshed, the Shapes paths come with the result.
+        assert isinstance(layer, (Shapes, Vectors)) or layer_type_of(layer) not in (
+            "shapes", "vectors")
+        if isinstance(layer, (Shapes, Vectors)):
+            shown.append((type(layer).__name__, int(layer.features["record_index"].nunique())))
         original(viewer, layer)
 
     monkeypatch.setattr(module, "add_layer_tuple", spy)
@@ -165,9 +167,11 @@ def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
     widget.jobs.setValue(1)
     widget.run()
     _wait(qtbot, widget)
-    assert shown[-1] == 6  # the final result
-    assert len(shown) > 1 and min(shown) < 6  # partial layers came first
-    assert shown == sorted(shown)
+    assert ("Shapes", 6) in shown and shown[-1][1] == 6  # the final result
+    partial = [n for kind, n in shown if kind == "Vectors"]
+    assert len(partial) > 2 and min(partial) < 6  # partial lines came first
+    assert partial == sorted(partial)
+    assert [kind for kind, _ in shown].count("Shapes") == 1  # paths built once
 
 
 def layer_type_of(item) -> str:

@@ -78,6 +78,7 @@ def lines_layers(
     color_by: str = "experiment",
     metadata: Mapping | None = None,
     companion: bool = True,
+    paths: bool = True,
 ) -> list[LayerDataTuple]:
     """LayerDataTuples for spatial-search lines (records as served, or :class:`LineRecord`).
 
@@ -86,6 +87,10 @@ def lines_layers(
     companion ``"<name> lines (2-D)"`` when ``companion``, and the Points layer
     ``"<name> injection sites"`` when injection coordinates (µm ``(N, 3)``) are given. The
     Shapes metadata keeps the records so the layer can be saved as the lines JSON.
+
+    ``paths=False`` leaves the Shapes layer out (the Vectors companion alone): napari
+    triangulates every Shapes path in pure Python (~3 ms a path without numba), which is too
+    slow to repeat for the growing partial results of a running search.
     """
     if color_by not in COLOR_BY:
         raise ValueError(f"color_by must be one of {COLOR_BY}, got {color_by!r}")
@@ -104,8 +109,8 @@ def lines_layers(
     if parsed:
         # napari needs two vertices per path; a one-point path (seed at the injection) is
         # drawn as a zero-length segment.
-        paths = [ln.coords_um if len(ln.coords_um) > 1 else np.repeat(ln.coords_um, 2, axis=0)
-                 for ln in parsed]
+        path_data = [ln.coords_um if len(ln.coords_um) > 1
+                     else np.repeat(ln.coords_um, 2, axis=0) for ln in parsed]
         features = pd.DataFrame({
             "experiment": np.array([ln.experiment_id for ln in parsed], dtype=np.int64),
             "target_density": np.array([ln.target_density for ln in parsed], dtype=float),
@@ -120,18 +125,10 @@ def lines_layers(
             edge = {"edge_color": np.array([colors[int(e)] for e in features["experiment"]])}
         else:
             edge = {"edge_color": "target_density", "edge_colormap": "viridis"}
-        out.append((paths, {
-            "name": f"{name} lines",
-            "shape_type": "path",
-            "edge_width": LINE_WIDTH_UM,
-            "face_color": "transparent",
-            "features": features,
-            "metadata": layer_meta,
-            **edge,
-            **space,
-        }, "shapes"))
+        if paths:
+            out.append(_shapes_layer(path_data, features, layer_meta, name, edge, space))
         if companion:
-            out.append(_vectors_companion(paths, features, colors, name, color_by, space))
+            out.append(_vectors_companion(path_data, features, colors, name, color_by, space))
     if len(injection):
         out.append((injection, {
             "name": f"{name} injection sites",
@@ -144,6 +141,21 @@ def lines_layers(
             **space,
         }, "points"))
     return out
+
+
+def _shapes_layer(paths: list[np.ndarray], features: pd.DataFrame, layer_meta: dict, name: str,
+                  edge: dict, space: dict) -> LayerDataTuple:
+    """The 3-D path layer (see :func:`lines_layers`)."""
+    return (paths, {
+        "name": f"{name} lines",
+        "shape_type": "path",
+        "edge_width": LINE_WIDTH_UM,
+        "face_color": "transparent",
+        "features": features,
+        "metadata": layer_meta,
+        **edge,
+        **space,
+    }, "shapes")
 
 
 def _vectors_companion(paths: list[np.ndarray], features: pd.DataFrame, colors: dict,

@@ -29,6 +29,9 @@ from napari_allen.widgets._common import WrappingLabel
 
 logger = logging.getLogger(__name__)
 
+#: Minimum time between two progress updates shown (seconds).
+PROGRESS_EVERY_S = 0.1
+
 Task = Callable[..., Any]
 ACTIVITY_EVERY_S = 0.2  # napari activity-bar updates at most this often
 
@@ -110,7 +113,17 @@ class TaskRunner(QObject):
         self._callbacks = {"result": on_result, "partial": on_partial, "error": on_error,
                            "cancel": on_cancel}
 
+        last_sent = [0.0]
+
         def progress(snapshot: Progress) -> None:
+            # At most PROGRESS_EVERY_S apart (the last step always): each update repaints the
+            # bar synchronously, and with it the OpenGL canvas - hundreds of repaints per
+            # search froze the window.
+            now = time.monotonic()
+            final = snapshot.total is not None and snapshot.done >= snapshot.total
+            if not final and now - last_sent[0] < PROGRESS_EVERY_S:
+                return
+            last_sent[0] = now
             self._progressed.emit((generation, snapshot))
 
         def emit(obj: Any) -> None:

@@ -203,7 +203,9 @@ class SpatialSearchWidget(AllenDock):
                 if time.monotonic() - last[0] >= PARTIAL_EVERY_S:
                     last[0] = time.monotonic()
                     shown = list(found)
-                    emit({"layers": build_layers(lines_layers(shown, name=name)),
+                    # The 2-D Vectors alone: re-triangulating every Shapes path each time
+                    # would hold the GIL for seconds (the final result brings the paths).
+                    emit({"layers": build_layers(lines_layers(shown, name=name, paths=False)),
                           "records": [line.record for line in shown],
                           "metadata": {"experiment": params["experiment_id"]}})
 
