@@ -127,13 +127,28 @@ def add_layer_tuple(viewer: napari.Viewer, layer_tuple: Any) -> Any:
     return layer
 
 
+#: Ready layers of these types refresh a same-named layer in place (see _replace_or_add).
+_UPDATED_IN_PLACE = frozenset({"vectors", "points"})
+
+
 def _replace_or_add(viewer: napari.Viewer, layer: Any) -> Any:
     """Insert a ready layer, taking the place of a same-named layer of the same type."""
     from napari_allen.layers.prebuilt import layer_type_name
 
     if layer.name in viewer.layers:
         existing = viewer.layers[layer.name]
-        if layer_type_name(existing) == layer_type_name(layer):
+        kind = layer_type_name(layer)
+        if layer_type_name(existing) == kind and kind in _UPDATED_IN_PLACE:
+            # Cheap to refresh (vectorised meshes), and removing a layer makes napari run a
+            # full gc.collect() (seconds with a large heap): update the data instead.
+            existing.data = layer.data
+            existing.metadata = layer.metadata
+            existing.features = layer.features
+            for key in ("edge_color", "face_color"):
+                if hasattr(layer, key) and hasattr(existing, key):
+                    setattr(existing, key, np.asarray(getattr(layer, key)))
+            return existing
+        if layer_type_name(existing) == kind:
             index = viewer.layers.index(existing)
             viewer.layers.remove(existing)
             viewer.layers.insert(index, layer)
