@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from allen_local_api.catalog import data_path
+from napari_allen.io.provenance import MHD_SYNTHETIC_LINE, NRRD_SYNTHETIC_LINE
 
 ENERGY_MHD = (
     b"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
@@ -69,7 +70,12 @@ def test_include_zip_layout_and_mhd_bytes(allen_api):
     zf = zipfile.ZipFile(io.BytesIO(response.content))
     assert zf.namelist() == ["energy.raw", "energy.mhd", "density.raw", "density.mhd"]
     assert zf.read("energy.mhd") == ENERGY_MHD
-    assert zf.read("density.mhd") == ENERGY_MHD.replace(b"energy.raw", b"density.raw")
+    # Nrp1's density is synthesised (only its energy is real): the header carries the mark
+    # just before ElementDataFile, otherwise the same bytes.
+    assert zf.read("density.mhd") == ENERGY_MHD.replace(
+        b"ElementDataFile = energy.raw",
+        MHD_SYNTHETIC_LINE.encode() + b"\nElementDataFile = density.raw")
+    assert MHD_SYNTHETIC_LINE.encode() not in zf.read("energy.mhd")
     real = zipfile.ZipFile(io.BytesIO(data_file("ish", "Nrp1_P56_coronal_74272479_200um.zip")))
     assert zf.read("energy.raw") == real.read("energy.raw")  # the real energy
     assert response.headers[SYNTHETIC] == "1"  # density is synthetic
@@ -135,7 +141,8 @@ def test_synthetic_connectivity_nrrd(allen_api):
     response = get(allen_api, target)
     assert response.headers[SYNTHETIC] == "1"
     header, volume = read_nrrd(response.content)
-    assert header == NRRD_HEADER_100
+    # The real header plus the in-band synthetic mark as the last key/value line.
+    assert header == NRRD_HEADER_100[:-1] + NRRD_SYNTHETIC_LINE.encode() + b"\n\n"
     assert volume.shape == (132, 80, 114) and volume.min() >= 0 and volume.max() <= 1
     peak = np.array(np.unravel_index(np.argmax(volume), volume.shape)) * 100.0
     assert np.linalg.norm(peak - [4300, 2690, 7050]) <= 200  # blob at the real injection site

@@ -5,6 +5,10 @@
   nested values (top-level record fields carry no type, as in the real data_set.xml);
 - CSV: header row, no BOM, no paging info, nulls empty, commas quoted;
 - MetaImage ``.mhd`` text, gzip NRRD headers and zip layout as the real Allen files.
+
+Synthetic data carry their mark inside the bytes (``synthetic=True``): a ``.mhd`` header line,
+an NRRD key/value line, the zip comment (and ``<synthetic>`` in data_set.xml, see grids.py),
+with the constants of :mod:`napari_allen.io.provenance`, so any copy of the file is flagged.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from napari_allen.io.elements import met_name, nrrd_name  # the one element-type table
+from napari_allen.io.provenance import (  # the in-band synthetic marks, defined once
+    MHD_SYNTHETIC_LINE,
+    NRRD_SYNTHETIC_LINE,
+    SYNTHETIC_ZIP_COMMENT,
+)
 
 # ------------------------------------------------------------------ envelopes
 
@@ -165,9 +174,10 @@ def csv_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> b
 
 # ------------------------------------------------------------------ volumes
 
-def mhd_header(name: str, shape: tuple[int, int, int], spacing: float, dtype: np.dtype) -> bytes:
+def mhd_header(name: str, shape: tuple[int, int, int], spacing: float, dtype: np.dtype,
+               synthetic: bool = False) -> bytes:
     """The ``.mhd`` text of docs/allen-api-notes.md §8. ``shape`` is ``(AP, DV, ML)`` = DimSize
-    order.
+    order; ``synthetic`` adds the mark line (before ``ElementDataFile``, which stays last).
 
     gridAnnotation's header (uint32) carries ``CompressedData = False``; energy's does not.
     """
@@ -179,8 +189,10 @@ def mhd_header(name: str, shape: tuple[int, int, int], spacing: float, dtype: np
     sp = f"{spacing:g}"
     lines += ["TransformMatrix = 1 0 0 0 1 0 0 0 1", "Offset = 0 0 0", "CenterOfRotation = 0 0 0",
               "AnatomicalOrientation = RAI", f"ElementSpacing = {sp} {sp} {sp}",
-              "DimSize = {} {} {}".format(*shape), f"ElementType = {element}",
-              f"ElementDataFile = {name}.raw"]
+              "DimSize = {} {} {}".format(*shape), f"ElementType = {element}"]
+    if synthetic:
+        lines.append(MHD_SYNTHETIC_LINE)
+    lines.append(f"ElementDataFile = {name}.raw")
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -191,8 +203,10 @@ def raw_bytes(volume: np.ndarray) -> bytes:
         order="F")
 
 
-def nrrd_header(shape: tuple[int, int, int], resolution: float, dtype: np.dtype) -> bytes:
-    """The gzip NRRD header of docs/allen-api-notes.md §8 (ends with the blank line)."""
+def nrrd_header(shape: tuple[int, int, int], resolution: float, dtype: np.dtype,
+                synthetic: bool = False) -> bytes:
+    """The gzip NRRD header of docs/allen-api-notes.md §8 (ends with the blank line);
+    ``synthetic`` adds the mark as a key/value line."""
     kind = nrrd_name(dtype)
     r = f"{resolution:g}"
     lines = [
@@ -209,13 +223,15 @@ def nrrd_header(shape: tuple[int, int, int], resolution: float, dtype: np.dtype)
         "encoding: gzip",
         "space origin: (0,0,0)",
     ]
+    if synthetic:
+        lines.append(NRRD_SYNTHETIC_LINE)
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def nrrd_bytes(volume: np.ndarray, resolution: float) -> bytes:
+def nrrd_bytes(volume: np.ndarray, resolution: float, synthetic: bool = False) -> bytes:
     """A complete gzip NRRD file; gzip mtime 0 so the bytes are deterministic."""
     body = gzip.compress(raw_bytes(volume), compresslevel=6, mtime=0)
-    return nrrd_header(volume.shape, resolution, volume.dtype) + body
+    return nrrd_header(volume.shape, resolution, volume.dtype, synthetic) + body
 
 
 #: Member timestamps of the real zips: volumes 2015-02-23 17:28, data_set.xml 2020-06-13 07:02.
@@ -223,11 +239,15 @@ VOLUME_DATE = (2015, 2, 23, 17, 28, 0)
 XML_DATE = (2020, 6, 13, 7, 2, 0)
 
 
-def zip_bytes(members: list[tuple[str, bytes, tuple[int, ...]]]) -> bytes:
-    """A deflated zip with the members at the root, in the given order, fixed timestamps."""
+def zip_bytes(members: list[tuple[str, bytes, tuple[int, ...]]],
+              synthetic: bool = False) -> bytes:
+    """A deflated zip with the members at the root, in the given order, fixed timestamps;
+    ``synthetic`` sets the zip comment mark."""
     buf = io.BytesIO()
     # Level 1: still deflate (any unzip reads it), several times faster than the default.
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        if synthetic:
+            zf.comment = SYNTHETIC_ZIP_COMMENT
         for name, data, date in members:
             info = zipfile.ZipInfo(name, date_time=date)
             info.external_attr = 0o644 << 16

@@ -339,9 +339,10 @@ class GridStore:
         for name in names:
             members.append((f"{name}.raw", formats.raw_bytes(arrays[name]), formats.VOLUME_DATE))
             members.append((f"{name}.mhd", formats.mhd_header(name, ISH_SHAPE, ISH_RESOLUTION,
-                                                              np.dtype("<f4")),
+                                                              np.dtype("<f4"),
+                                                              name in synthetic_names),
                             formats.VOLUME_DATE))
-        return Payload(formats.zip_bytes(members), is_synth, "application/zip",
+        return Payload(formats.zip_bytes(members, is_synth), is_synth, "application/zip",
                        f"{experiment_id}.zip")
 
     # ------------------------------------------------------------- connectivity grids
@@ -431,8 +432,8 @@ class GridStore:
                 if real is not None:
                     return Payload(real, False, "application/octet-stream", name)
             arrays, synth = self.connectivity_arrays(experiment_id, resolution)
-            return Payload(formats.nrrd_bytes(arrays[image], resolution), image in synth,
-                           "application/octet-stream", name)
+            return Payload(formats.nrrd_bytes(arrays[image], resolution, image in synth),
+                           image in synth, "application/octet-stream", name)
         return self.cache.get(key, build)
 
     def _connectivity_zip(self, experiment_id: int, include: list[str] | None) -> Payload:
@@ -456,15 +457,16 @@ class GridStore:
                     dens = arrays["projection_density"]
                     data = np.where(dens > 0, arrays["projection_energy"] /
                                     np.where(dens > 0, dens, 1), 0).astype("<f4")
-                    is_synth = True
+                    made_up = True
                 else:
                     data = arrays[image]
-                    is_synth |= image in synth
+                    made_up = image in synth
+                is_synth |= made_up
                 members.append((f"{name}.raw", formats.raw_bytes(data), formats.VOLUME_DATE))
                 members.append((f"{name}.mhd", formats.mhd_header(name, data.shape, 100,
-                                                                  np.dtype("<f4")),
+                                                                  np.dtype("<f4"), made_up),
                                 formats.VOLUME_DATE))
-            return Payload(formats.zip_bytes(members), is_synth, "application/zip",
+            return Payload(formats.zip_bytes(members, is_synth), is_synth, "application/zip",
                            f"{experiment_id}.zip")
         return self.cache.get(("conn-zip", experiment_id, tuple(names), include is None), build)
 
