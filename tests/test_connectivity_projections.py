@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from napari_allen.analysis import projections as P
+from napari_allen.atlas.annotation import resample_annotation
 from napari_allen.atlas.ontology import Ontology
 
 CONN = resources.files("napari_allen") / "data" / "connectivity" / "158375425"
@@ -81,7 +82,7 @@ def test_real_hemisphere_subtraction_antisymmetric_and_ipsilateral():
 
 def test_real_structure_table_and_threshold(annotation_25):
     proj = _real("projection_density")
-    ann = P.resample_annotation(annotation_25, 25, 100)
+    ann = resample_annotation(annotation_25, 25, 100)
     assert ann.shape == proj.shape == (132, 80, 114)
     np.testing.assert_array_equal(ann, annotation_25[::4, ::4, ::4])
     onto = Ontology.default()

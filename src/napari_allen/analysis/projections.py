@@ -24,7 +24,7 @@ import pandas as pd
 
 from napari_allen.atlas.ontology import Ontology
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
-from napari_allen.space import grid_midline_index, rescale_index
+from napari_allen.space import grid_midline_index
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "injection_volume")
 GROUPINGS: tuple[str, ...] = ("none", "ap", "dv", "ml", "regions")
@@ -589,25 +589,6 @@ def threshold_projection(
     return mask, thr
 
 
-def resample_annotation(annotation: np.ndarray, from_resolution: float,
-                        to_resolution: float) -> np.ndarray:
-    """Annotation on a coarser (or finer) grid by nearest voxel centre (index scaling).
-
-    E.g. 25 µm -> 100 µm takes voxel ``4 i`` for voxel ``i``: labels are never blended.
-    The output shape is the input extent divided by the ratio (rounded).
-    """
-    ann = np.asarray(annotation)
-    ratio = float(to_resolution) / float(from_resolution)
-    shape = tuple(max(1, int(round(n / ratio))) for n in ann.shape)
-    axes = []
-    for axis, n in enumerate(shape):
-        idx = np.zeros((n, 3), dtype=np.int64)
-        idx[:, axis] = np.arange(n)
-        mapped = rescale_index(idx, to_resolution, from_resolution)[:, axis]
-        axes.append(np.clip(mapped, 0, ann.shape[axis] - 1))
-    return ann[np.ix_(*axes)]
-
-
 def structure_projection_table(
     volume: np.ndarray,
     annotation: np.ndarray,
@@ -630,7 +611,7 @@ def structure_projection_table(
     ann = np.asarray(annotation)
     if vol.shape != ann.shape:
         raise ValueError(f"annotation shape {ann.shape} differs from the volume's {vol.shape}: "
-                         "resample it with resample_annotation()")
+                         "resample it with atlas.annotation.resample_annotation()")
     onto = ontology or Ontology.default()
     labels, inverse = np.unique(ann.ravel(), return_inverse=True)
     flat = vol.ravel()
@@ -711,14 +692,3 @@ def injection_voxels_um(volume: np.ndarray, resolution: float,
     """
     v = np.asarray(volume, dtype=float)
     return np.argwhere(np.nan_to_num(v, nan=-np.inf) > threshold).astype(float) * float(resolution)
-
-
-def ccf_annotation_at(resolution: float) -> np.ndarray:
-    """The bundled 25 µm CCF annotation on the ``resolution`` µm grid (index scaling, labels
-    never blended): ``[AP, DV, ML]`` uint32 structure ids, e.g. 132x80x114 at 100 µm."""
-    from napari_allen.atlas.annotation import ccf_annotation_25
-
-    ann = ccf_annotation_25()
-    if float(resolution) == ann.resolution:
-        return np.asarray(ann.data)
-    return resample_annotation(ann.data, ann.resolution, resolution)

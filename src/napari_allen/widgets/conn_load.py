@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allen.space import NRRD_RESOLUTIONS
 from napari_allen.widgets._common import WrappingLabel, add_layer_tuple, shared_client
 from napari_allen.widgets._tasks import TaskRunner
 
@@ -42,7 +43,7 @@ class LoadTab(QWidget):
         self.source_combo.addItems([SOURCE_NRRD, SOURCE_GRID])
         form.addRow("Source", self.source_combo)
         self.resolution_combo = QComboBox()
-        self.resolution_combo.addItems(["100", "50", "25", "10"])
+        self.resolution_combo.addItems([str(r) for r in sorted(NRRD_RESOLUTIONS, reverse=True)])
         self.resolution_combo.setToolTip(
             "NRRD grid spacing; one float32 volume is 4.8 MB at 100 µm, 39 MB at 50 µm, "
             "308 MB at 25 µm and 4.8 GB at 10 µm")

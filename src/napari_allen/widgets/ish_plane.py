@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allen.space import SECTION_PLANES
 from napari_allen.widgets._common import (
     DataFrameTable,
     WrappingLabel,
@@ -48,7 +49,7 @@ class PlaneStoreTab(QWidget):
         self.viewer = viewer
         self.store_layer = None
         self.store_plane = QComboBox()
-        self.store_plane.addItems(["coronal", "sagittal"])
+        self.store_plane.addItems(list(SECTION_PLANES))
         self.store_path = QLineEdit()
         self.store_path.setPlaceholderText("folder for the store, e.g. coronal.zarr")
         browse = QPushButton("…")

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_allen.parsing import split_list
+from napari_allen.space import ISH_VOLUMES, SECTION_PLANES
 from napari_allen.widgets._common import (
     DataFrameTable,
     WrappingLabel,
@@ -31,12 +32,12 @@ from napari_allen.widgets._common import (
     table_data,
 )
 from napari_allen.widgets._tasks import TaskRunner
-from napari_allen.workflows.ish import SEARCH_COLUMNS, VOLUMES
+from napari_allen.workflows.ish import SEARCH_COLUMNS
 
 if TYPE_CHECKING:
     import napari
 
-PLANE_CHOICES = ["coronal", "sagittal", "both"]
+PLANE_CHOICES = [*SECTION_PLANES, "both"]
 
 
 def plane_choice(value: str) -> str | None:
@@ -68,7 +69,7 @@ class IshSearchTab(QWidget):
         self.runner = TaskRunner(self)
         self.status = WrappingLabel("")
         self.result_table = DataFrameTable()
-        self.volume_boxes = {name: QCheckBox(name) for name in VOLUMES}
+        self.volume_boxes = {name: QCheckBox(name) for name in ISH_VOLUMES}
         self.volume_boxes["energy"].setChecked(True)
         volumes = QHBoxLayout()
         for box in self.volume_boxes.values():

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
+from napari_allen.space import ISH_VOLUMES
 
 #: Search-result columns users read first (the rest stay for metadata).
 SEARCH_COLUMNS = ["experiment_id", "gene", "gene_name", "plane", "section_thickness"]
-VOLUMES = ("energy", "density", "intensity")
 
 
 def search(
@@ -64,7 +64,7 @@ def iter_grids(
     """Yield each experiment's grids (:class:`~napari_allen.io.volume.GridVolume`, ``[AP, DV,
     ML]`` 200 µm) as they arrive; search-result columns (gene, plane, ...) go into metadata.
     ``experiments``: rows with at least ``experiment_id``."""
-    volumes = [v for v in volumes if v in VOLUMES]
+    volumes = [v for v in volumes if v in ISH_VOLUMES]
     if not experiments or not volumes:
         raise ValueError("select experiments and at least one of energy/density/intensity")
     rows = list(experiments)

@@ -57,11 +57,11 @@ def threshold_in_regions(
     ``KeyError`` for an unknown structure.
     """
     from napari_allen.analysis.projections import (
-        ccf_annotation_at,
         region_mask,
         structure_projection_table,
         threshold_projection,
     )
+    from napari_allen.atlas.annotation import ccf_annotation_at
 
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"method must be one of {THRESHOLD_METHODS}, got {method!r}")
