@@ -24,8 +24,9 @@ Edits, all of them:
   ``else:`` in the fibre-tract test; the closing ``}`` and ``json.dump(data, f)``.
 - The lines script imports Allen's ``api`` helper module, which is not a seed: :data:`API_MODULE`
   is a straightforward Python 3 version of its four functions (zip download with
-  ``urlretrieve``, ``.mhd`` key/value parsing, float32 ``.raw`` reshaped in Fortran order,
-  one ``urlopen`` per target-spatial query).
+  ``urlretrieve``, ``.mhd`` key/value parsing, float32 ``.raw`` reshaped in Fortran order to
+  ``DimSize`` (as ints: numpy no longer reshapes to floats), one ``urlopen`` per target-spatial
+  query).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def DownloadVolume(url, volume):
         if re.match(r"^[\d\s]+$", v):
             nums = v.split(" ")
             metaInfo[k] = list(map(float, nums)) if len(nums) > 1 else int(nums[0])
-    arr = arr.reshape(metaInfo["DimSize"], order="F")
+    arr = arr.reshape([int(d) for d in metaInfo["DimSize"]], order="F")
     return (header, arr, metaInfo)
 '''
 

@@ -206,3 +206,35 @@ def test_fresh_server_answers_concurrent_first_requests_without_deadlock():
                                    params={"q": q}, timeout=60) for q in queries]
             for future in futures:
                 assert future.result().json()["success"] is True
+
+
+def test_fiber_tract_well_known_file_is_the_lines_demos(allen_api):
+    """Well-known file 197646984 (the lines demo's 25 µm fibre-tract annotation): the real 25 µm
+    annotation where it is a fibre tract (1009 and descendants), 0 elsewhere; it agrees with
+    the client's fibre-tract mask, so the lines script's seeds are the spatial search's."""
+    import io as _io
+    import urllib.request
+    import zipfile
+
+    from napari_allen.atlas.fiber_tracts import FiberTracts
+    from napari_allen.atlas.ontology import Ontology
+
+    url = f"{allen_api.url}/api/v2/well_known_file_download/197646984"
+    with urllib.request.urlopen(url, timeout=300) as response:
+        body = response.read()
+    with zipfile.ZipFile(_io.BytesIO(body)) as zf:
+        header = zf.read("annotationFiber.mhd").decode()
+        raw = zf.read("annotationFiber.raw")
+    meta = dict(line.split(" = ") for line in header.splitlines())
+    assert meta["DimSize"] == "528 320 456" and meta["ElementSpacing"] == "25 25 25"
+    volume = np.frombuffer(raw, "<u4").reshape((528, 320, 456), order="F")
+    labels = set(np.unique(volume).tolist()) - {0}
+    tracts = set(Ontology.default().descendants(1009))
+    assert labels and labels <= tracts
+    mask = FiberTracts.default()
+    rng = np.random.default_rng(0)
+    points = rng.integers(0, (528, 320, 456), size=(2000, 3))
+    points = np.vstack([points, np.argwhere(volume[::8, ::8, ::8] > 0)[:500] * 8])
+    expected = volume[points[:, 0], points[:, 1], points[:, 2]] > 0
+    assert np.array_equal(np.asarray(mask.contains_um(points * 25.0), bool), expected)
+    assert expected.any() and not expected.all()

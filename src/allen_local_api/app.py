@@ -146,7 +146,9 @@ class App:
         if file_id not in WELL_KNOWN_FILES:
             return _error("json", f"no well-known file with id {file_id}", 404)
         folder, name = WELL_KNOWN_FILES[file_id]
-        if name.endswith(".zip"):
+        if name == "annotationFiber.zip":
+            payload = self.store.fiber_annotation_zip
+        elif name.endswith(".zip"):
             payload = Payload(self.store.grid_annotation_zip, False, "application/zip", name)
         else:
             payload = self.store.annotation_nrrd(25)

@@ -59,6 +59,9 @@ for _pid in (35, 36, 42, 44, 45):
 WELL_KNOWN_FILES = {
     900000001: ("annotation", "P56_Mouse_gridAnnotation.zip"),
     900000002: ("annotation", "annotation_25.nrrd"),
+    # The lines demo's 25 µm fibre-tract annotation (allen-api-notes §7.3): derived from the
+    # real 25 µm annotation, fibre tracts (1009 and descendants) kept, everything else 0.
+    197646984: ("annotation", "annotationFiber.zip"),
 }
 PLANES = {1: {"id": 1, "name": "coronal"}, 2: {"id": 2, "name": "sagittal"}}
 PLANE_IDS = {"coronal": 1, "sagittal": 2}

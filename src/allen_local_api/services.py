@@ -87,7 +87,13 @@ def _hemisphere(point_z: float) -> str:
 
 def select_experiments(catalog: Catalog, params: dict[str, str]) -> list[dict[str, Any]]:
     """Experiments passing the common filters, in id order."""
-    exps = sorted(catalog.connectivity_experiments, key=lambda e: int(e["data_set_id"]))
+    sets = _list(params.get("section_data_set")) + _list(params.get("section_data_sets"))
+    if sets:
+        # One experiment per query (the spatial search): look it up, do not scan 2,992.
+        by_id = catalog.connectivity_by_id
+        exps = [by_id[i] for i in sorted({int(v) for v in sets if v.isdigit()}) if i in by_id]
+    else:
+        exps = _experiments_by_id(catalog)
     if params.get("injection_structures") or params.get("injection_domain"):
         wanted = _structures(catalog, _list(params.get("injection_structures"))
                              + _list(params.get("injection_domain")))
@@ -115,11 +121,16 @@ def select_experiments(catalog: Catalog, params: dict[str, str]) -> list[dict[st
         if side not in ("left", "right"):
             raise QueryError(f"injection_hemisphere must be left or right, not {side!r}")
         exps = [e for e in exps if _hemisphere(float(e["injection_z"])) == side]
-    sets = _list(params.get("section_data_set")) + _list(params.get("section_data_sets"))
-    if sets:
-        wanted_ids = {int(v) for v in sets if v.isdigit()}
-        exps = [e for e in exps if int(e["data_set_id"]) in wanted_ids]
     return exps
+
+
+def _experiments_by_id(catalog: Catalog) -> list[dict[str, Any]]:
+    """The connectivity experiments sorted by id, sorted once per catalog."""
+    cached = catalog.__dict__.get("_experiments_by_id")
+    if cached is None:
+        cached = sorted(catalog.connectivity_experiments, key=lambda e: int(e["data_set_id"]))
+        catalog.__dict__["_experiments_by_id"] = cached
+    return cached
 
 
 def base_record(catalog: Catalog, exp: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +216,14 @@ class BlobTable:
         d2 = np.sum((self.center - point_um) ** 2, axis=1)
         values = self.amplitude * np.exp(-d2 / (2 * self.sigma**2))
         return np.clip(np.bincount(self.owner, weights=values, minlength=len(self.ids)), 0, 1)
+
+    def density_of(self, position: int, point_um: np.ndarray) -> float:
+        """:meth:`density_at` for one experiment (its own blobs only: a query naming one
+        ``section_data_set`` costs microseconds, not a pass over every experiment's blobs)."""
+        start, stop = np.searchsorted(self.owner, [position, position + 1])
+        d2 = np.sum((self.center[start:stop] - point_um) ** 2, axis=1)
+        values = self.amplitude[start:stop] * np.exp(-d2 / (2 * self.sigma[start:stop] ** 2))
+        return float(min(max(values.sum(), 0.0), 1.0))
 
     def target_sums(self, domain: set[int], hemisphere: str | None
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -306,12 +325,15 @@ def _target_spatial(catalog: Catalog, store: GridStore, exps: list[dict[str, Any
     voxel = np.clip(np.rint(seed / 100.0).astype(int), 0, np.array(ann.shape) - 1)
     if ann[tuple(voxel)] == 0:
         return []  # outside the brain: no projection anywhere
-    model = table.density_at(voxel * 100.0)  # the grids are evaluated at voxel centres
+    # The grids are evaluated at voxel centres; every experiment at once unless few are asked.
+    model = table.density_at(voxel * 100.0) if len(exps) > 8 else None
     rows = []
     for exp in exps:
         sid = int(exp["data_set_id"])
         if sid == CONNECTIVITY_REAL_ID:
             density = float(density_at(store, sid, seed[None, :])[0])
+        elif model is None:
+            density = table.density_of(table.position[sid], voxel * 100.0)
         else:
             density = float(model[table.position[sid]])
         if density < SPATIAL_THRESHOLD:
