@@ -11,9 +11,10 @@ Compares, in one run and on the same cached inputs served by the local Allen API
 
 The baseline's injection lookups use the root rows (structure 997, both hemispheres) that ours
 uses too, rather than every injection row bsv accumulates, which only favours the baseline.
-Both use injection-volume normalisation and hemisphere subtraction with injections flipped to
-the right (the baseline's loop writes both halves so its result equals ours exactly; the check
-is printed). Downloads happen first and are not timed ("cached"). Prints times, peak traced
+Both use injection-volume normalisation and bsv's hemisphere subtraction (each experiment's
+own side keeps ipsilateral minus mirrored contralateral, the other half 0; ours:
+``ipsilateral=None``, ``hemisphere_output="injected_half"``); the difference is printed.
+Downloads happen first and are not timed ("cached"). Prints times, peak traced
 memory (tracemalloc, numpy allocations included) and the ratios.
 
     python benchmarks/bench_projection_average.py            # 300 experiments
@@ -55,8 +56,8 @@ def _measure(fn):
 def baseline_bsv(experiments: pd.DataFrame, raw_paths: dict[int, Path],
                  injection_rows: pd.DataFrame, shape: tuple[int, int, int]) -> np.ndarray:
     """brain_street_view's algorithm (normalise, per-slice hemisphere loop, keep all volumes
-    in a float64 4-D array, then average), with the hemisphere decided from injection ML µm
-    and both halves written so that the output is comparable with ours."""
+    in a float64 4-D array, then average), with the hemisphere decided from the injection ML
+    µm (bsv reads max_voxel_z of the injection summary) and the other half left 0."""
     ids = experiments["id"].astype("int64").tolist()
     n_exp = len(ids)
     # bsv accumulates every injection-summary record in parallel lists...
@@ -86,11 +87,13 @@ def baseline_bsv(experiments: pd.DataFrame, raw_paths: dict[int, Path],
             inj_vol = 1
         projection = projection / inj_vol
         tmp = np.zeros_like(projection)
-        if ml_um[exp_id] <= midline_um:  # left injection: flip to the right first
-            projection = projection[:, :, ::-1]
-        for ml in range(half):
-            tmp[:, :, n_ml - 1 - ml] = projection[:, :, n_ml - 1 - ml] - projection[:, :, ml]
-            tmp[:, :, ml] = projection[:, :, ml] - projection[:, :, n_ml - 1 - ml]
+        if ml_um[exp_id] <= midline_um:  # left hemisphere: the left half keeps the difference
+            for ml in range(half):
+                tmp[:, :, ml] = projection[:, :, ml] - projection[:, :, n_ml - 1 - ml]
+        else:  # right hemisphere
+            for ml in range(half):
+                tmp[:, :, n_ml - 1 - ml] = (projection[:, :, n_ml - 1 - ml]
+                                            - projection[:, :, ml])
         individual[:, :, :, i] = tmp
         combined_projection[:, :, :, 0] += tmp
     combined_projection[:, :, :, 0] /= n_exp
@@ -161,8 +164,10 @@ def _run(n: int, jobs: int, port: int, tmp: Path) -> int:
         # bsv keeps every injection-summary row; the root rows suffice for its lookups (and
         # make the baseline cheaper, not dearer).
         injection_rows = client.projection_structure_unionize(ids, **root_rows)
+        # bsv keeps each experiment's side and zeroes the other half: ipsilateral="own"
+        # (None) with the default injected-half output is the same computation.
         options = AveragingOptions(normalization="injection_volume", subtract_hemisphere=True,
-                                   ipsilateral="right")
+                                   ipsilateral=None, hemisphere_output="injected_half")
         fetch_injection_summary(client, ids)  # the metadata cache answers the timed run
         print(f"warm-up {time.perf_counter() - t0:.1f} s ({len(paths)} files)", file=sys.stderr)
 

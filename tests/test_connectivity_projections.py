@@ -163,7 +163,8 @@ def test_average_projections_equals_direct_mean():
     vols = {i: rng.random((5, 4, 6)).astype(np.float32) for i in exps["id"]}
     inj = pd.DataFrame({"injection_volume": rng.uniform(0.05, 1, 9),
                         "injection_intensity": rng.uniform(1e6, 1e7, 9)}, index=exps["id"])
-    opts = P.AveragingOptions(normalization="injection_volume", subtract_hemisphere=True)
+    opts = P.AveragingOptions(normalization="injection_volume", subtract_hemisphere=True,
+                              hemisphere_output="antisymmetric")
     result = P.average_projections(iter(vols.items()), exps, opts, resolution=100,
                                    injection=inj)
     direct = []
@@ -300,3 +301,36 @@ def test_centroid_and_voxels_synthetic():
                                                                    [300, 200, 300]])
     with pytest.raises(ValueError, match="empty"):
         P.injection_centroid(np.zeros((2, 2, 2)), 100)
+
+
+def _bsv_subtraction(p: np.ndarray, left_injection: bool) -> np.ndarray:
+    """brain_street_view's loop, plainly: the injected half gets P minus its mirror image,
+    the other half stays 0 (no flipping)."""
+    n = p.shape[2]
+    tmp = np.zeros_like(p)
+    for ml in range(n // 2):
+        if left_injection:
+            tmp[:, :, ml] = p[:, :, ml] - p[:, :, n - 1 - ml]
+        else:
+            tmp[:, :, n - 1 - ml] = p[:, :, n - 1 - ml] - p[:, :, ml]
+    return tmp
+
+
+@pytest.mark.parametrize("ml_um", [1200.0, 9800.0])
+def test_injected_half_output_is_brain_street_views(ml_um):
+    rng = np.random.default_rng(7)
+    p = rng.random((6, 5, 114)).astype(np.float32)
+    got = P.subtract_hemisphere(p, ml_um, 100, ipsilateral=None, output="injected_half")
+    np.testing.assert_array_equal(got, _bsv_subtraction(p, left_injection=ml_um < 5650))
+    anti = P.subtract_hemisphere(p, ml_um, 100, ipsilateral=None, output="antisymmetric")
+    injected = slice(0, 57) if ml_um < 5650 else slice(57, 114)
+    np.testing.assert_array_equal(anti[:, :, injected], got[:, :, injected])
+    np.testing.assert_array_equal(anti, -anti[:, :, ::-1])
+    # flipped to the right first: the right half holds the difference, the left half 0
+    right = P.subtract_hemisphere(p, 1200.0, 100, ipsilateral="right", output="injected_half")
+    np.testing.assert_array_equal(right, _bsv_subtraction(p[:, :, ::-1], left_injection=False))
+    with pytest.raises(ValueError, match="output must be one of"):
+        P.subtract_hemisphere(p, 1200.0, 100, output="other")
+    with pytest.raises(ValueError, match="hemisphere_output must be one of"):
+        P.AveragingOptions(hemisphere_output="mirror")
+    assert P.AveragingOptions().hemisphere_output == "injected_half"

@@ -30,6 +30,10 @@ NORMALIZATIONS: tuple[str, ...] = ("none", "injection_volume")
 GROUPINGS: tuple[str, ...] = ("none", "ap", "dv", "ml", "regions")
 THRESHOLD_METHODS: tuple[str, ...] = ("percentile", "absolute", "zscore", "relative")
 SIDES: tuple[str, ...] = ("left", "right")
+#: What hemisphere subtraction keeps: brain_street_view's output (the injected half holds
+#: ``P - mirror(P)``, the other half is 0) or the full antisymmetric map (the other half holds
+#: the negative, mirrored).
+HEMISPHERE_OUTPUTS: tuple[str, ...] = ("injected_half", "antisymmetric")
 
 #: Injection coordinate column (µm) per grouping axis, in the API's PIR naming.
 _AXIS_COLUMN = {"ap": "injection_x", "dv": "injection_y", "ml": "injection_z"}
@@ -69,6 +73,7 @@ def subtract_hemisphere(
     resolution: float,
     *,
     ipsilateral: str | None = "right",
+    output: str = "antisymmetric",
     inplace: bool = False,
 ) -> np.ndarray:
     """Ipsilateral minus contralateral signal, mirrored about the midline.
@@ -77,25 +82,40 @@ def subtract_hemisphere(
     on the ``ipsilateral`` side (``'right'``, ``'left'``, or None to keep each experiment's own
     side), so that every experiment's injection ends up on the same side. Then
     ``D = P - mirror(P)``: positive where the injected side projects more than the other
-    hemisphere. ``D`` is antisymmetric about the midline (``D[..., i] = -D[..., n-1-i]``, the
-    midline plane itself is 0 on odd grids). NaN (no data) on either side gives NaN.
+    hemisphere. With ``output='antisymmetric'`` ``D`` fills both halves and is antisymmetric
+    about the midline (``D[..., i] = -D[..., n-1-i]``, the midline plane itself is 0 on odd
+    grids); with ``output='injected_half'`` (brain_street_view's ``fetch_connectivity_data``)
+    only the injected half holds ``D`` and the other half is 0. NaN (no data) on either side
+    gives NaN in ``D``.
 
     ``inplace=True`` overwrites ``volume`` (a writable float ndarray whose no-data voxels are
     already NaN) to save memory; otherwise a float32 copy is made with -1 -> NaN.
     """
     if ipsilateral is not None and ipsilateral not in SIDES:
         raise ValueError(f"ipsilateral must be 'left', 'right' or None, not {ipsilateral!r}")
+    if output not in HEMISPHERE_OUTPUTS:
+        raise ValueError(f"output must be one of {HEMISPHERE_OUTPUTS}, not {output!r}")
     v = volume if inplace else as_float_volume(volume)
     n_ml = v.shape[2]
     side = injection_side(injection_ml_um, resolution, n_ml)
     if ipsilateral is not None and side != ipsilateral:
         v = v[:, :, ::-1]  # a view: writes below land in the caller's array
+    injected_left = (ipsilateral or side) == "left"
     half = n_ml // 2
     mirrored = v[:, :, ::-1]
     diff = v[:, :, :half] - mirrored[:, :, :half]  # the only temporary: half a volume
-    v[:, :, :half] = diff
-    np.negative(diff, out=diff)
-    mirrored[:, :, :half] = diff
+    if output == "injected_half":
+        if injected_left:
+            v[:, :, :half] = diff
+            mirrored[:, :, :half] = 0.0
+        else:
+            np.negative(diff, out=diff)
+            mirrored[:, :, :half] = diff
+            v[:, :, :half] = 0.0
+    else:
+        v[:, :, :half] = diff
+        np.negative(diff, out=diff)
+        mirrored[:, :, :half] = diff
     if n_ml % 2:
         v[:, :, half] = np.where(np.isnan(v[:, :, half]), np.nan, 0.0)
     return v
@@ -273,7 +293,10 @@ class AveragingOptions:
 
     - ``normalization``: 'none' or 'injection_volume' (divide each volume by the experiment's
       injection volume in mm³, from ProjectionStructureUnionize root 997, both hemispheres).
-    - ``subtract_hemisphere`` with ``ipsilateral`` side ('right', 'left' or None = keep).
+    - ``subtract_hemisphere`` with ``ipsilateral`` side ('right', 'left' or None = keep) and
+      ``hemisphere_output``: 'injected_half' (default, brain_street_view's: the injected half
+      holds ipsilateral minus mirrored contralateral, the other half 0) or 'antisymmetric'
+      (the other half holds the same difference negated, mirrored).
     - ``group_by``: 'none', 'ap', 'dv', 'ml' (``bins`` equal-width bins) or 'regions'
       (``region_groups``: name -> acronyms).
     - ``keep_individual``: also return every processed volume (memory grows with the count).
@@ -282,6 +305,7 @@ class AveragingOptions:
     normalization: str = "none"
     subtract_hemisphere: bool = False
     ipsilateral: str | None = "right"
+    hemisphere_output: str = "injected_half"
     group_by: str = "none"
     bins: int = 5
     region_groups: Mapping[str, Sequence[int | str]] | None = None
@@ -293,6 +317,10 @@ class AveragingOptions:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, "
                              f"not {self.normalization!r}")
+        self.hemisphere_output = str(self.hemisphere_output).lower().replace("-", "_")
+        if self.hemisphere_output not in HEMISPHERE_OUTPUTS:
+            raise ValueError(f"hemisphere_output must be one of {HEMISPHERE_OUTPUTS}, "
+                             f"not {self.hemisphere_output!r}")
         if self.group_by not in GROUPINGS:
             raise ValueError(f"group_by must be one of {GROUPINGS}, not {self.group_by!r}")
         if self.group_by == "regions" and not self.region_groups:
@@ -472,7 +500,7 @@ def average_projections(
                 done += 1
                 continue
             v = subtract_hemisphere(v, ml, resolution, ipsilateral=options.ipsilateral,
-                                    inplace=True)
+                                    output=options.hemisphere_output, inplace=True)
         acc = accumulators.get(group)
         if acc is None:
             acc = accumulators[group] = RunningMean(v.shape)

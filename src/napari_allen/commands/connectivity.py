@@ -118,6 +118,7 @@ def _average_command(args: argparse.Namespace) -> int:
         normalization="injection_volume" if args.normalize == "injection-volume" else "none",
         subtract_hemisphere=args.subtract_hemisphere,
         ipsilateral=None if args.ipsilateral == "own" else args.ipsilateral,
+        hemisphere_output=args.hemisphere_output,
         group_by=args.group_by,
         bins=args.bins,
         region_groups=parse_region_groups(args.region_group) or None,
@@ -203,6 +204,13 @@ def register(subparsers) -> None:
                      help="subtract the mirrored (contralateral) hemisphere")
     avg.add_argument("--ipsilateral", choices=("right", "left", "own"), default="right",
                      help="side every injection is flipped to before subtracting")
+    avg.add_argument("--hemisphere-output", choices=("injected-half", "antisymmetric"),
+                     default="injected-half",
+                     help="with --subtract-hemisphere: injected-half (default, as "
+                          "brain_street_view's fetch_connectivity_data: the injected half "
+                          "holds ipsilateral minus mirrored contralateral, the other half is "
+                          "0) or antisymmetric (the other half holds the same difference "
+                          "negated and mirrored, so the map reads symmetric about the midline)")
     avg.add_argument("--group-by", choices=("none", "ap", "ml", "dv", "regions"),
                      default="none", help="group experiments by injection coordinate or region")
     avg.add_argument("--bins", type=int, default=5,
