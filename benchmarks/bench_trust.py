@@ -130,6 +130,51 @@ def corpus(tmp: Path, quick: bool) -> None:
               f"{base['peak'] / max(ours, 1):.1f}x")
 
 
+_EXPORT = """
+import json, sys, gzip
+sys.path.insert(0, {tests!r}); sys.path.insert(0, {src!r})
+from pathlib import Path
+import numpy as np
+from fuzz_corpus import peak_rss
+folder = Path({folder!r})
+shape = (528, 320, 456)  # 25 µm: 308 MB of float32, -1 (no data) but one voxel
+(folder / "projection_density_25.mhd").write_text(
+    "ObjectType = Image\\nNDims = 3\\nElementSpacing = 25 25 25\\nDimSize = 528 320 456\\n"
+    "ElementType = MET_FLOAT\\nElementDataFile = projection_density_25.raw\\n")
+slab = np.full((shape[0], shape[1], 8), -1, dtype="<f4")
+with open(folder / "projection_density_25.raw", "wb") as fh:
+    for k in range(0, shape[2], 8):
+        block = slab.copy()
+        if k == 96:
+            block[100, 100, 4] = 0.5
+        fh.write(block.tobytes(order="F"))
+del slab, block
+if {mode!r} == "ours":
+    from napari_allen.cli import main
+    for fmt in ("csv", "nifti", "mhd"):
+        main(["export", str(folder / "projection_density_25.mhd"), "--to", fmt,
+              "--out", str(folder / "out"), "--no-structures"])
+else:  # the exporters before this work: whole array, whole NIfTI in memory, then gzip
+    import nibabel as nib
+    data = np.memmap(folder / "projection_density_25.raw", "<f4", "r", shape=shape, order="F")
+    arr = np.asarray(data).astype("=f4", copy=False)
+    payload = gzip.compress(nib.Nifti1Image(arr, np.eye(4)).to_bytes(), 6)
+    (folder / "out.nii.gz").write_bytes(payload)
+print(json.dumps({{"peak": peak_rss()}}))
+"""
+
+
+def export(tmp: Path) -> None:
+    ours = _child(_EXPORT.replace("{mode!r}", repr("ours")), tmp / "export-ours")
+    base = _child(_EXPORT.replace("{mode!r}", repr("baseline")), tmp / "export-base")
+    shutil.rmtree(tmp / "export-ours", ignore_errors=True)
+    shutil.rmtree(tmp / "export-base", ignore_errors=True)
+    print("export of a sparse 25 µm grid (308 MB, one voxel with data):")
+    print(f"  peak RSS: ours (CSV + NIfTI + MetaImage via `napari-allen export`) "
+          f"{ours['peak'] / 2**20:.0f} MiB vs whole-array NIfTI baseline "
+          f"{base['peak'] / 2**20:.0f} MiB -> {base['peak'] / max(ours['peak'], 1):.1f}x less")
+
+
 def _nrrd(path: Path, seed: int) -> Path:
     shape = (264, 160, 228)
     grid = np.zeros(shape, dtype="<f4")
@@ -183,6 +228,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-trust-") as tmp:
         corpus(Path(tmp), args.quick)
+        export(Path(tmp))
         decoded_cache(Path(tmp))
 
 

@@ -6,7 +6,8 @@ an error or a cancel never leaves a half-written file behind.
 **CSV** (:func:`to_csv`): columns ``AP_um, DV_um, ML_um, value`` (voxel centres in CCF µm,
 ``i * resolution``), plus ``structure_id, acronym`` when an annotation is given. Rows are the
 voxels holding data: float grids skip ``-1``/NaN (zero is a measurement and is kept);
-integer (annotation) grids skip 0 (outside the brain).
+integer (annotation) grids skip 0 (outside the brain). Rows come in ML-slab order (the order of
+the x-fastest file, read once, sequentially).
 
 **NIfTI** (:func:`to_nifti`): the array keeps its ``[AP, DV, ML]`` order; the affine maps it
 to RAS millimetres. CCFv3 is PIR (+x posterior, +y inferior, +z right), so
@@ -91,11 +92,12 @@ def to_csv(
     path = Path(path)
     if annotation is not None and ontology is None:
         raise ValueError("to_csv: an annotation needs the ontology that names its structures")
-    data = vol.data
-    n_ap = data.shape[0]
-    # ~500 k voxels a block: the formatted rows of a block are Python strings (~300 B a row),
-    # so this keeps memory near 150 MB whatever the grid size.
-    step = max(1, CSV_BLOCK_VOXELS // max(1, data.shape[1] * data.shape[2]))
+    data = _slab_source(vol.data)
+    n_ml = data.shape[2]
+    # ML slabs (contiguous in the x-fastest files, so a memory-mapped grid is read once,
+    # sequentially) of ~500 k voxels: the formatted rows of a block are Python strings
+    # (~300 B a row), so this keeps memory near 150 MB whatever the grid size.
+    step = max(1, CSV_BLOCK_VOXELS // max(1, data.shape[0] * data.shape[1]))
     header = ["AP_um", "DV_um", "ML_um", "value"]
     if annotation is not None:
         header += ["structure_id", "acronym"]
@@ -103,12 +105,12 @@ def to_csv(
     with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
-        for start in range(0, n_ap, step):
+        for start in range(0, n_ml, step):
             check(cancel)
-            block = np.asarray(data[start:start + step])
+            block = np.asarray(data[:, :, start:start + step])
             ap, dv, ml = np.nonzero(_valid_mask(block))
             values = block[ap, dv, ml]
-            ap = ap + start
+            ml = ml + start
             um = np.column_stack([ap, dv, ml]).astype(float) * vol.resolution
             cols = [um[:, 0], um[:, 1], um[:, 2], values]
             if annotation is not None:
@@ -123,7 +125,7 @@ def to_csv(
             if len(values):  # a CSV's size is unknown up front: stop before the disk is full
                 fh.flush()
                 check_disk(path, len(values) * 64)
-            report(progress, done=min(start + step, n_ap), total=n_ap,
+            report(progress, done=min(start + step, n_ml), total=n_ml,
                    message=f"writing {path.name}")
     return path
 
@@ -138,7 +140,16 @@ def _fmt(column) -> list:
     return arr.tolist()
 
 
-def _ml_step(shape, itemsize: int, budget: int = 64 << 20) -> int:
+def _slab_source(data):
+    """What the exporters slice ML slabs from: for a memory-mapped file a PlaneReader, which
+    releases the pages of each slab once copied (a plain memory map would keep every page of
+    a 4.8 GB grid resident by the end of the export)."""
+    from .planes import plane_reader_for
+
+    return plane_reader_for(data) or data
+
+
+def _ml_step(shape, itemsize: int, budget: int = 16 << 20) -> int:
     """ML planes per slab so a slab stays under ``budget`` bytes (a contiguous run in
     Fortran order, so lazy sources read it sequentially)."""
     return max(1, budget // max(1, shape[0] * shape[1] * itemsize))
@@ -165,7 +176,7 @@ def to_nifti(
     """Write ``vol`` as NIfTI-1 (``.nii`` or ``.nii.gz``) with the RAS mm affine of ``space``.
 
     ``no_data="nan"`` writes ``-1`` as NaN (float grids); ``"keep"`` keeps Allen's -1.
-    The data are streamed slab by slab (ML planes, <= 64 MB each), so memory stays flat
+    The data are streamed slab by slab (ML planes, <= 16 MB each), so memory stays flat
     whatever the grid size; an uncompressed output that would not fit the disk is refused
     before anything is written.
     """
@@ -191,6 +202,7 @@ def to_nifti(
     header["vox_offset"] = 352  # 348-byte header + 4-byte extension flag, then the data
     n_ml = data.shape[2]
     step = _ml_step(data.shape, dtype.itemsize)
+    data = _slab_source(data)
     nan_for_no_data = no_data == "nan" and dtype.kind == "f"
     with atomic_open(path, "wb") as raw_fh:
         out = gzip.GzipFile(fileobj=raw_fh, mode="wb", compresslevel=6, mtime=0) if gz \
@@ -234,9 +246,10 @@ def to_metaimage(
     out_dtype = dtype.newbyteorder("<")
     n_ml = data.shape[2]
     check_disk(raw, int(np.prod(data.shape)) * out_dtype.itemsize)
-    # Slabs of whole ML planes (<= ~64 MB): in Fortran order a slab [:, :, k0:k1] is exactly
+    # Slabs of whole ML planes (<= ~16 MB): in Fortran order a slab [:, :, k0:k1] is exactly
     # a contiguous run of the .raw (x, then y, then z), and lazy data compute slab by slab.
     step = _ml_step(data.shape, out_dtype.itemsize)
+    data = _slab_source(data)
     with atomic_path(raw) as tmp, open(tmp, "wb") as fh:
         for k in range(0, n_ml, step):
             check(cancel)
