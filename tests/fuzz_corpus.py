@@ -324,6 +324,19 @@ def metaimage_cases() -> list[Case]:
         payload = _raw(VALUES)
         return _write(folder / "energy.mha", text + payload[:len(payload) - cut])
 
+    def hostile_manifest(folder: Path, text: str) -> Path:
+        mhd = _pair()(folder)
+        (folder / ".napari-allen-manifest.jsonl").write_text(text)
+        return mhd
+
+    cases += [
+        Case("mhd-manifest-deep", "grid",
+             lambda f: hostile_manifest(f, "[" * 100_000 + "]" * 100_000 + "\n"),
+             expect="data", check=_values_check(VALUES)),
+        Case("mhd-manifest-garbage", "grid",
+             lambda f: hostile_manifest(f, '{"name": 5}\nnot json\n\x00\n'),
+             expect="data", check=_values_check(VALUES)),
+    ]
     cases += [Case("mha-local-ok", "grid", local, expect="data", check=_values_check(VALUES)),
               Case("mha-local-truncated", "grid", lambda f: local(f, 8))]
     for kind in ("fifo", "dir", "loop", "dangling"):

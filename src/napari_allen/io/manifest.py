@@ -146,8 +146,10 @@ class Manifest:
         end = data.rfind(b"\n") + 1  # a line still being appended is read next time
         for line in data[:end].splitlines():
             try:
-                entry = Entry.from_json(json.loads(line))
-            except ValueError:
+                # An entry is ~300 B: longer lines are garbage (and could nest deep enough
+                # to exhaust the JSON parser's recursion).
+                entry = Entry.from_json(json.loads(line)) if len(line) < 65536 else None
+            except (ValueError, RecursionError):
                 entry = None
             if entry is not None:
                 log.entries[entry.name] = entry
