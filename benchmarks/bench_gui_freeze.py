@@ -116,7 +116,10 @@ def _idle(*runners) -> Callable[[], bool]:
 def _all_runners(widget) -> list:
     from napari_allen.widgets._tasks import TaskRunner
 
-    return [v for v in vars(widget).values() if isinstance(v, TaskRunner)]
+    runners = getattr(widget, "runners", None)  # docks with one runner per tab
+    if runners is None:
+        runners = [v for v in vars(widget).values() if isinstance(v, TaskRunner)]
+    return list(runners)
 
 
 GROUPS = ("open", "connectivity", "gene", "spatial")
@@ -217,40 +220,43 @@ def _conversions_done() -> bool:
 
 def _connectivity(app, beat, conn, record, fresh) -> None:
 
+    panel = conn.search_panel
+
     def search():
-        conn.structures_edit.setText("VISp")
-        conn.search_button.click()
-        return lambda: _idle(*_all_runners(conn))() and len(conn.results.frame()) > 0
+        panel.structures_edit.setText("VISp")
+        panel.search_button.click()
+        return lambda: _idle(*_all_runners(conn))() and len(panel.results.frame()) > 0
     record('Connectivity: search "VISp" (results arrive)', "dock", measure(app, beat, search))
 
     def load3():
-        conn.results.select_rows([0, 1, 2])
-        conn.load_button.click()
+        panel.results.select_rows([0, 1, 2])
+        conn.load_tab.load_button.click()
         return _idle(*_all_runners(conn))
     record("Connectivity: load 3 experiments", "dock", measure(app, beat, load3))
     fresh()
 
 
-def _gene(app, beat, gene, record, fresh) -> None:
+def _gene(app, beat, dock, record, fresh) -> None:
+    gene, structures = dock.search_tab, dock.structures_tab
 
     def gene_search():
         gene.gene_edit.setText("Nrp1")
         gene.plane_combo.setCurrentText("coronal")
         gene.search()
-        return lambda: _idle(*_all_runners(gene))() and len(gene.result_table.frame()) > 0
+        return lambda: _idle(*_all_runners(dock))() and len(gene.result_table.frame()) > 0
     record("Gene expression: search Nrp1", "dock", measure(app, beat, gene_search))
 
     def gene_load():
         gene.result_table.select_rows([0])
         gene.load_selected()
-        return _idle(*_all_runners(gene))
+        return _idle(*_all_runners(dock))
     record("Gene expression: load Nrp1 energy", "dock", measure(app, beat, gene_load))
 
     def per_structure():
-        gene.structure_table.set_frame(gene.structure_table.frame().iloc[0:0])
-        gene.table_button.click()
-        return lambda: (_idle(*_all_runners(gene))()
-                        and len(gene.structure_table.frame()) > 0)
+        structures.structure_table.set_frame(structures.structure_table.frame().iloc[0:0])
+        structures.table_button.click()
+        return lambda: (_idle(*_all_runners(dock))()
+                        and len(structures.structure_table.frame()) > 0)
     record("Gene expression: expression per structure", "dock",
            measure(app, beat, per_structure))
     fresh()
@@ -259,8 +265,8 @@ def _gene(app, beat, gene, record, fresh) -> None:
 def _spatial(app, beat, spatial, seeds, record, fresh) -> None:
 
     def spatial_run():
-        spatial.seed_cap.setValue(seeds)
-        spatial.jobs.setValue(4)
+        spatial.form.seed_cap.setValue(seeds)
+        spatial.form.jobs.setValue(4)
         spatial.run()
         return _idle(*_all_runners(spatial))
     record(f"Spatial search, {seeds} seeds (lines layers added)", "dock",

@@ -33,24 +33,24 @@ def _wait(qtbot, w, timeout=60_000):
 
 
 def test_defaults(widget):
-    params = widget.parameters()
+    params = widget.form.parameters()
     assert params["experiment_id"] == EXPERIMENT
     assert params["density_range"] == pytest.approx((0.04, 0.3))
     assert params["fiber_tracts"] is True
     assert params["injection_image"] == "injection_fraction"
     assert params["injection_threshold"] == pytest.approx(0.5)
-    widget.seed_cap.setValue(0)
-    assert widget.parameters()["max_seeds"] is None
+    widget.form.seed_cap.setValue(0)
+    assert widget.form.parameters()["max_seeds"] is None
 
 
 def test_injection_mask_options_change_the_injection_points(widget, qtbot):
     """A stricter injection threshold keeps fewer injection-coordinate points."""
-    widget.experiment.setValue(158375425)  # real injection grids
-    widget.seed_cap.setValue(5)
+    widget.form.experiment.setValue(158375425)  # real injection grids
+    widget.form.seed_cap.setValue(5)
     counts = {}
     for threshold in (0.1, 0.9):
-        widget.injection_image.setCurrentText("injection_density")
-        widget.injection_threshold.setValue(threshold)
+        widget.form.injection_image.setCurrentText("injection_density")
+        widget.form.injection_threshold.setValue(threshold)
         widget.run()
         _wait(qtbot, widget)
         points = next(layer for layer in widget.viewer.layers
@@ -61,9 +61,9 @@ def test_injection_mask_options_change_the_injection_points(widget, qtbot):
 
 
 def test_run_adds_lines_companion_injection_and_fibres(widget, qtbot, tmp_path):
-    widget.seed_cap.setValue(12)
-    widget.jobs.setValue(4)
-    widget.show_fibers.setChecked(True)
+    widget.form.seed_cap.setValue(12)
+    widget.form.jobs.setValue(4)
+    widget.form.show_fibers.setChecked(True)
     widget.run()
     _wait(qtbot, widget)
     layers = widget.viewer.layers
@@ -162,9 +162,9 @@ def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
         original(viewer, layer)
 
     monkeypatch.setattr(module, "add_layer_tuple", spy)
-    widget.seed_cap.setValue(6)
-    widget.skip_fibers.setChecked(False)
-    widget.jobs.setValue(1)
+    widget.form.seed_cap.setValue(6)
+    widget.form.skip_fibers.setChecked(False)
+    widget.form.jobs.setValue(1)
     widget.run()
     _wait(qtbot, widget)
     assert ("Shapes", 6) in shown and shown[-1][1] == 6  # the final result
@@ -195,8 +195,8 @@ def test_lines_layers_are_built_in_the_worker(widget, qtbot, monkeypatch):
         return original(layer_tuple)
 
     monkeypatch.setattr(prebuilt, "build_layer", spy)
-    widget.seed_cap.setValue(5)
-    widget.show_fibers.setChecked(True)
+    widget.form.seed_cap.setValue(5)
+    widget.form.show_fibers.setChecked(True)
     widget.run()
     _wait(qtbot, widget)
     kinds = {kind for kind, _ in threads}
@@ -209,9 +209,9 @@ def test_cancel_stops_the_queries(widget, qtbot, allen_api):
     import time
 
     allen_api.latency_ms = 100
-    widget.seed_cap.setValue(300)
-    widget.jobs.setValue(2)
-    widget.skip_fibers.setChecked(False)
+    widget.form.seed_cap.setValue(300)
+    widget.form.jobs.setValue(2)
+    widget.form.skip_fibers.setChecked(False)
     widget.run()
 
     def spatial() -> int:

@@ -146,7 +146,7 @@ def test_tables_and_lines_are_built_in_worker_threads(make_napari_viewer, allen_
     qtbot.waitUntil(lambda: not sim.runner.is_running, timeout=60_000)
     assert sim.similarity is not None
 
-    spatial.seed_cap.setValue(3)
+    spatial.form.seed_cap.setValue(3)
     spatial.run()
     qtbot.waitUntil(lambda: not spatial.runner.is_running, timeout=60_000)
     assert spatial.last_result is not None
@@ -170,12 +170,12 @@ def test_cancelled_spatial_search_is_partial_everywhere(make_napari_viewer, alle
     allen_api.latency_ms = 60
     viewer = make_napari_viewer()
     w = module.SpatialSearchWidget(viewer)
-    w.seed_cap.setValue(200)
-    w.jobs.setValue(1)
-    w.skip_fibers.setChecked(False)
+    w.form.seed_cap.setValue(200)
+    w.form.jobs.setValue(1)
+    w.form.skip_fibers.setChecked(False)
     w.run()
     assert not w.save_button.isEnabled()  # nothing consistent to save while it runs
-    name = f"spatial search {w.experiment.value()} lines"
+    name = f"spatial search {w.form.experiment.value()} lines"
     # While the search runs the lines show as the 2-D Vectors companion (the Shapes paths,
     # triangulated in pure Python, come once with the complete result).
     shown = f"{name} (2-D)"
@@ -197,7 +197,7 @@ def test_cancelled_spatial_search_is_partial_everywhere(make_napari_viewer, alle
     assert len(saved["lines"]) == n_lines(layer)  # the file holds what the layer shows
     # A new complete run replaces the partial layers.
     allen_api.latency_ms = 0
-    w.seed_cap.setValue(3)
+    w.form.seed_cap.setValue(3)
     w.run()
     qtbot.waitUntil(lambda: not w.runner.is_running, timeout=60_000)
     assert partial not in viewer.layers and name in viewer.layers

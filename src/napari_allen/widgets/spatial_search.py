@@ -27,22 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QPushButton,
-    QSpinBox,
     QWidget,
 )
 
-from napari_allen.analysis.seeds import (
-    DEFAULT_DENSITY_RANGE,
-    DEFAULT_INJECTION_THRESHOLD,
-    SAMPLE_MODES,
-)
 from napari_allen.io.lines_json import write_lines_json
 from napari_allen.widgets._common import (
     WrappingLabel,
@@ -52,19 +42,13 @@ from napari_allen.widgets._common import (
 )
 from napari_allen.widgets._dock import AllenDock
 from napari_allen.widgets._tasks import TaskRunner
-from napari_allen.workflows.seed_search import DEFAULT_JOBS
-from napari_allen.workflows.spatial_search import (
-    DEFAULT_EXPERIMENT,
-    DEFAULT_INJECTION_IMAGE,
-    INJECTION_IMAGES,
-    run_experiment_search,
-)
+from napari_allen.widgets.spatial_form import SpatialSearchForm
+from napari_allen.workflows.spatial_search import run_experiment_search
 
 if TYPE_CHECKING:
     import napari
 
 CLICK_RESOLUTION = 100  # µm: the click seed is the centre of this grid's voxel
-DEFAULT_SEED_CAP = 500
 CLICK_LAYER_NAME = "spatial search (click)"
 PARTIAL_EVERY_S = 1.0  # how often lines found so far are shown during a long search
 PARTIAL = "partial — cancelled"
@@ -94,38 +78,7 @@ class SpatialSearchWidget(AllenDock):
         self._pending: dict | None = None  # the newest partial not drawn yet
         self._drawing = False
 
-        self.experiment = QSpinBox()
-        self.experiment.setRange(1, 2**31 - 1)
-        self.experiment.setValue(DEFAULT_EXPERIMENT)
-        self.density_min = QDoubleSpinBox()
-        self.density_max = QDoubleSpinBox()
-        for box, value in ((self.density_min, DEFAULT_DENSITY_RANGE[0]),
-                           (self.density_max, DEFAULT_DENSITY_RANGE[1])):
-            box.setRange(0.0, 1.0)
-            box.setDecimals(3)
-            box.setSingleStep(0.01)
-            box.setValue(value)
-        self.seed_cap = QSpinBox()
-        self.seed_cap.setRange(0, 1_000_000)
-        self.seed_cap.setSpecialValueText("no cap")  # 0 = all seeds
-        self.seed_cap.setValue(DEFAULT_SEED_CAP)
-        self.sample = QComboBox()
-        self.sample.addItems(list(SAMPLE_MODES))
-        self.jobs = QSpinBox()
-        self.jobs.setRange(1, 64)
-        self.jobs.setValue(DEFAULT_JOBS)
-        self.injection_image = QComboBox()
-        self.injection_image.addItems(list(INJECTION_IMAGES))
-        self.injection_image.setCurrentText(DEFAULT_INJECTION_IMAGE)
-        self.injection_threshold = QDoubleSpinBox()
-        self.injection_threshold.setRange(0.0, 1.0)
-        self.injection_threshold.setDecimals(2)
-        self.injection_threshold.setSingleStep(0.05)
-        self.injection_threshold.setValue(DEFAULT_INJECTION_THRESHOLD)
-        self.skip_fibers = QCheckBox("skip seeds in fibre tracts")
-        self.skip_fibers.setChecked(True)
-        self.show_fibers = QCheckBox("show fibre tracts (100 µm labels)")
-
+        self.form = SpatialSearchForm()
         self.run_button = QPushButton("Run spatial search")
         self.run_button.clicked.connect(self.run)
         self.click_button = QPushButton("Click to search")
@@ -140,23 +93,12 @@ class SpatialSearchWidget(AllenDock):
         self.runner = TaskRunner(self)
         self.runner.running_changed.connect(self._running_changed)
 
-        form = QFormLayout()
-        form.addRow("experiment", self.experiment)
-        form.addRow("min density", self.density_min)
-        form.addRow("max density", self.density_max)
-        form.addRow("seed cap", self.seed_cap)
-        form.addRow("cap keeps", self.sample)
-        form.addRow("parallel queries", self.jobs)
-        form.addRow("injection mask", self.injection_image)
-        form.addRow("injection threshold", self.injection_threshold)
-        form.addRow(self.skip_fibers)
-        form.addRow(self.show_fibers)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.click_button)
         buttons.addWidget(self.save_button)
         layout = self.body_layout
-        layout.addLayout(form)
+        layout.addWidget(self.form)
         layout.addLayout(buttons)
         layout.addWidget(self.runner.widget)
         layout.addWidget(self.summary)
@@ -168,24 +110,10 @@ class SpatialSearchWidget(AllenDock):
         self.destroyed.connect(lambda *_: callback in callbacks and callbacks.remove(callback))
 
     # --- experiment search ----------------------------------------------------------------
-    def parameters(self) -> dict[str, Any]:
-        """The current form values as ``run_experiment_search`` keywords."""
-        lo, hi = self.density_min.value(), self.density_max.value()
-        return {
-            "experiment_id": int(self.experiment.value()),
-            "density_range": (min(lo, hi), max(lo, hi)),
-            "max_seeds": int(self.seed_cap.value()) or None,
-            "sample": self.sample.currentText(),
-            "jobs": int(self.jobs.value()),
-            "fiber_tracts": self.skip_fibers.isChecked(),
-            "injection_image": self.injection_image.currentText(),
-            "injection_threshold": float(self.injection_threshold.value()),
-        }
-
     def run(self) -> None:
         """Start the experiment search (cancels any running task)."""
-        params = self.parameters()
-        show_fibers = self.show_fibers.isChecked()
+        params = self.form.parameters()
+        show_fibers = self.form.show_fibers.isChecked()
 
         name = f"spatial search {params['experiment_id']}"
 
