@@ -102,6 +102,7 @@ def corpus(tmp: Path, quick: bool) -> None:
     print(f"  light inputs in-process ({light_s:.1f} s): " + ", ".join(
         f"{k} {counts[k]}" for k in ("clear error", "correct data", "other")))
     peaks = []
+    peak_by_case = {}
     for case in cases:
         if not case.heavy or (quick and "10um" in case.name):
             continue
@@ -114,6 +115,7 @@ def corpus(tmp: Path, quick: bool) -> None:
         if outcome != case.expect:
             unexpected.append((case.name, outcome, result.get("message", "")[:120]))
         peaks.append(result["peak"])
+        peak_by_case[case.name] = result["peak"]
         print(f"  heavy {case.name:28s} {outcome:5s} peak RSS {result['peak'] / 2**20:7.0f} MiB"
               f"  ({time.perf_counter() - started:.1f} s)")
     print("  all inputs: " + ", ".join(f"{k} {counts[k]}" for k in
@@ -124,10 +126,12 @@ def corpus(tmp: Path, quick: bool) -> None:
     shutil.rmtree(tmp / "baseline", ignore_errors=True)
     ours = max(peaks) if peaks else 0
     print(f"  max peak RSS over the corpus: {ours / 2**20:.0f} MiB")
-    if base.get("peak"):
-        print(f"  25 µm compressed .mhd, old whole-read+inflate+copy baseline: "
-              f"{base['peak'] / 2**20:.0f} MiB -> ratio baseline/ours-max "
-              f"{base['peak'] / max(ours, 1):.1f}x")
+    same = peak_by_case.get("mhd-compressed-25um-zeros", 0)
+    if base.get("peak") and same:
+        print(f"  25 µm compressed .mhd (308 MB inflated): old whole-read+inflate+copy "
+              f"{base['peak'] / 2**20:.0f} MiB vs ours {same / 2**20:.0f} MiB -> "
+              f"{base['peak'] / same:.1f}x less (ours does not grow with the grid: inflation "
+              "streams into the decoded cache)")
 
 
 _EXPORT = """

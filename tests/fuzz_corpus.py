@@ -723,10 +723,12 @@ def json_cases() -> list[Case]:
         text = '{"lines": [], "injectionCoordinates": [' + row * (n - 1) + row[:-1] + "]}"
         return _write(folder / "lines.json", text.encode())
 
-    limit_rows = (32 * 2**20 - 64) // 29  # just under the 32 MiB limit
+    from napari_allen.io.lines_json import MAX_JSON_BYTES
+
+    limit_rows = (MAX_JSON_BYTES - 64) // 29  # just under the size limit
     cases += [
         Case("json-too-large", "json", lambda f: big_coordinates(f, limit_rows + 1000)),
-        Case("json-32MB-coordinates", "json", lambda f: big_coordinates(f, limit_rows),
+        Case("json-at-size-limit", "json", lambda f: big_coordinates(f, limit_rows),
              expect="data", heavy=True,
              check=lambda doc: doc.injection_coordinates.shape == (limit_rows, 3)),
     ]

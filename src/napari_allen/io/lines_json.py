@@ -40,8 +40,8 @@ LAYER_META_KEY = "spatial_search"
 # every *.json napari offers the plugin without reading the payload.
 _SNIFF_BYTES = 64 * 1024
 #: Largest lines file read (a 1,000-line search result is a few MB; parsed JSON takes up to
-#: ~30x its size in Python objects, so this also bounds memory).
-MAX_JSON_BYTES = 32 * 2**20
+#: ~20x its size in Python objects, so this also bounds memory near 300 MB).
+MAX_JSON_BYTES = 16 * 2**20
 #: ``experiment_id`` of a line without an ``id`` (a path drawn or edited in napari).
 NO_EXPERIMENT = -1
 
