@@ -190,3 +190,25 @@ def test_volume_without_source_file(tmp_path):
     data = np.arange(2 * 3 * 40, dtype=np.int16).reshape((2, 3, 40))
     pyr = build_pyramid(GridVolume(data=data, resolution=10.0), tmp_path / "p.zarr")
     np.testing.assert_array_equal(pyr.levels[0][...], data)
+
+
+def test_levels_slice_lazily_like_napari(image, tmp_path, monkeypatch):
+    """napari cuts the displayed dims of a whole level first, then picks the plane: only the
+    plane may be read, and values stay exact (-1 -> NaN for display)."""
+    from napari_allen.layers.multiscale import PyramidLevel, pyramid_layer
+
+    vol, data = image
+    pyr = build_pyramid(vol, tmp_path / "p.zarr")
+    levels, kwargs, layer_type = pyramid_layer(pyr.store)
+    reads: list[tuple] = []
+    original = PyramidLevel.read
+    monkeypatch.setattr(PyramidLevel, "read",
+                        lambda self, index: reads.append(index) or original(self, index))
+    tile = levels[0][:, 5:40, 20:130]
+    assert tile.shape == (SHAPE[0], 35, 110) and not reads
+    plane = np.asarray(tile[17])
+    expected = data[17, 5:40, 20:130].astype(np.float32)
+    expected[expected == -1] = np.nan
+    np.testing.assert_array_equal(plane, expected)
+    assert reads == [(17, slice(5, 40, 1), slice(20, 130, 1))]
+    assert np.asarray(levels[1][..., 3]).shape == (150, 35)

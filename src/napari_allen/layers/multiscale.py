@@ -45,6 +45,26 @@ log = logging.getLogger(__name__)
 MULTISCALE_VOXELS = 50_000_000
 
 
+#: Slices each level keeps for napari's repeated requests of the same plane.
+_RECENT_SLICES = 3
+
+
+def _index_key(index) -> tuple | None:
+    """A hashable key for basic indices (ints, slices, Ellipsis); None for fancy ones."""
+    items = index if isinstance(index, tuple) else (index,)
+    key = []
+    for item in items:
+        if isinstance(item, slice):
+            key.append(("s", item.start, item.stop, item.step))
+        elif item is Ellipsis:
+            key.append(("e",))
+        elif isinstance(item, (int, np.integer)):
+            key.append(("i", int(item)))
+        else:
+            return None
+    return tuple(key)
+
+
 class PyramidLevel:
     """One level as a read-only array-like; reads 0 until ``job`` (if any) has finished."""
 
@@ -58,6 +78,7 @@ class PyramidLevel:
         self._job = job
         self._level = level
         self._array = array
+        self._recent: dict = {}
 
     @property
     def size(self) -> int:
@@ -69,24 +90,91 @@ class PyramidLevel:
         return self._array
 
     def __getitem__(self, index):
+        # Lazy like a dask or zarr-v2 array: napari first cuts the displayed dims of a whole
+        # level (data[:, a:b, c:d]) and only then picks the plane; reading at the first step
+        # would read the whole level.
+        return _LevelView(self, tuple(range(n) for n in self.shape))[index]
+
+    def read(self, index: tuple):
+        """Read and convert ``index`` (ints and slices, one per axis) now."""
         source = self._source()
         if source is None:  # still converting: an empty (background) view of the right shape
             shape = np.empty(self.shape, dtype=bool)[index].shape
-            block = np.zeros(shape, dtype=self._source_dtype)
-        else:
-            block = np.asarray(source[index])
-        return self._transform(block)
+            return self._transform(np.zeros(shape, dtype=self._source_dtype))
+        # napari slices the same plane several times while it adds a layer (refresh, draw,
+        # thumbnail): the last few results are kept (read-only) for those repeats.
+        key = _index_key(index)
+        cached = self._recent.get(key) if key is not None else None
+        if cached is not None:
+            return cached
+        out = np.asarray(self._transform(np.asarray(source[index])))
+        if key is not None:
+            out.setflags(write=False)
+            self._recent[key] = out
+            while len(self._recent) > _RECENT_SLICES:
+                self._recent.pop(next(iter(self._recent)))
+        return out
 
     def __array__(self, dtype=None, copy=None):
-        out = self[...]
-        return out if dtype is None else out.astype(dtype)
+        return np.asarray(self[...], dtype=dtype)
+
+
+class _LevelView:
+    """A not-yet-read selection of a :class:`PyramidLevel`: one ``range`` (kept axis) or
+    ``int`` (dropped axis) per level axis. Basic indexing composes; ``np.asarray`` reads."""
+
+    def __init__(self, level: PyramidLevel, axes: tuple) -> None:
+        self._level = level
+        self._axes = axes
+        self.shape = tuple(len(a) for a in axes if isinstance(a, range))
+        self.ndim = len(self.shape)
+        self.dtype = level.dtype
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __getitem__(self, index):
+        items = index if isinstance(index, tuple) else (index,)
+        if any(item is Ellipsis for item in items):
+            at = next(i for i, item in enumerate(items) if item is Ellipsis)
+            fill = (slice(None),) * (self.ndim - (len(items) - 1))
+            items = items[:at] + fill + items[at + 1:]
+        items = items + (slice(None),) * (self.ndim - len(items))
+        if len(items) > self.ndim or not all(
+                isinstance(i, (slice, int, np.integer)) for i in items):
+            return np.asarray(self)[index]  # fancy indexing: read, then index in memory
+        it = iter(items)
+        axes = tuple(a[next(it)] if isinstance(a, range) else a for a in self._axes)
+        view = _LevelView(self._level, axes)
+        return view if view.ndim else np.asarray(view)[()]  # a single voxel: its value
+
+    def __array__(self, dtype=None, copy=None):
+        index = tuple(slice(a.start, a.stop, a.step) if isinstance(a, range) else int(a)
+                      for a in self._axes)
+        if any(isinstance(a, range) and (a.step < 0 or len(a) == 0) for a in self._axes):
+            full = tuple(slice(None) if isinstance(a, range) else int(a) for a in self._axes)
+            out = np.asarray(self._level.read(full))
+            out = out[tuple(slice(a.start, a.stop if a.stop >= 0 else None, a.step)
+                            for a in self._axes if isinstance(a, range))]
+        else:
+            out = self._level.read(index)
+        return np.asarray(out, dtype=dtype)
 
 
 def _relabel(structure_ids: np.ndarray):
-    from .volumes import compact_labels
+    """Structure ids -> compact uint16 labels for one (in-memory) slice, as
+    :func:`napari_allen.layers.volumes.compact_labels` does (0 stays 0, unknown ids ->
+    ``len(structure_ids) + 1``)."""
+    ids = np.asarray(structure_ids, dtype=np.int64)
+    unknown = len(ids) + 1
 
     def relabel(block: np.ndarray) -> np.ndarray:
-        return compact_labels(np.asarray(block), structure_ids)
+        block = np.asarray(block).astype(np.int64, copy=False)
+        pos = np.clip(np.searchsorted(ids, block), 0, len(ids) - 1)
+        out = np.where(ids[pos] == block, pos + 1, unknown).astype(np.uint16)
+        out[block == 0] = 0
+        return out
 
     return relabel
 
