@@ -126,3 +126,33 @@ def test_napari_reader_warns_about_synthetic_layers(tmp_path, monkeypatch):
     layers = get_reader(str(path))(str(path))
     assert "[synthetic]" in layers[0][1]["name"]
     assert len(shown) == 1 and "SYNTHETIC" in shown[0]
+
+
+def test_copies_of_served_synthetic_files_keep_their_mark(client, allen_api, tmp_path):
+    """Real HTTP: grids the local server generated, copied out of the cache (no manifest, no
+    sidecar next to them), still open as [synthetic] from the mark inside the bytes; a real
+    Allen file copied the same way does not."""
+    import shutil
+
+    synthetic_id = int(client.search_ish(["Gad1"], plane="coronal")["experiment_id"].iloc[0])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    zip_copy = elsewhere / f"{synthetic_id}_energy_200um.zip"
+    shutil.copy(client.grid_zip(synthetic_id, ("energy",)), zip_copy)
+    (vol,) = read_volumes(zip_copy)
+    assert vol.metadata["synthetic"] is True and "[synthetic]" in vol.name
+    with zipfile.ZipFile(zip_copy) as zf:  # unzipped: the .mhd key carries it
+        zf.extractall(elsewhere / "unzipped")
+    assert "[synthetic]" in read_volumes(elsewhere / "unzipped" / "energy.mhd")[0].name
+    real = elsewhere / "74272479_energy_200um.zip"
+    shutil.copy(client.grid_zip(74272479, ("energy",)), real)
+    assert "[synthetic]" not in read_volumes(real)[0].name
+    # NRRD: a connectivity experiment the server synthesises (not the bundled 158375425).
+    from napari_allen.io.provenance import NRRD_SYNTHETIC_KEY
+
+    exp = next(int(e) for e in client.connectivity_experiments()["id"] if int(e) != 158375425)
+    nrrd_copy = elsewhere / "projection_density_100.nrrd"
+    shutil.copy(client.grid_nrrd(exp, "projection_density", 100), nrrd_copy)
+    assert NRRD_SYNTHETIC_KEY.encode() in nrrd_copy.read_bytes()[:4096]
+    (vol,) = read_volumes(nrrd_copy)
+    assert vol.metadata["synthetic"] is True and "[synthetic]" in vol.name
