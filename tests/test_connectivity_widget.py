@@ -140,3 +140,14 @@ def test_bad_input_reports_error_without_running(qtbot, widget):
     a.regions_edit.setText("broken")
     with pytest.raises(ValueError, match="NAME=ACR"):
         a.averaging_options()
+
+
+def test_load_and_average_wait_for_a_running_search(qtbot, widget, allen_api):
+    w = widget
+    allen_api.latency_ms = 300
+    w.search_panel.structures_edit.setText("VPM")
+    w.search_panel.search_button.click()
+    assert not w.load_tab.load_button.isEnabled()
+    assert not w.average_tab.average_button.isEnabled()
+    _wait(qtbot, w)
+    assert w.load_tab.load_button.isEnabled() and w.average_tab.average_button.isEnabled()

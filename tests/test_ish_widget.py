@@ -219,3 +219,15 @@ def test_similarity_from_a_plane_store(sim, qtbot, tmp_path):
     assert widget.similarity.experiment_ids == [10, 11, 12, 13]
     assert widget.similarity.source == "grids"
     assert "4 experiments" in widget.status.text()
+
+
+def test_annotation_is_reused_not_duplicated(make_napari_viewer):
+    from napari_allen.widgets.gene_expression import GeneExpressionWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-allen", "nrp1")
+    before = [layer.name for layer in viewer.layers]
+    dock = GeneExpressionWidget(viewer)
+    labels = dock.search_tab.add_annotation()
+    assert labels.name in before  # the sample's annotation, under its own name
+    assert [layer.name for layer in viewer.layers] == before

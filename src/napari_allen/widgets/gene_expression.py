@@ -38,6 +38,9 @@ class GeneExpressionWidget(AllenDock):
         self.tabs.addTab(self.structures_tab, "Per structure")
         self.tabs.addTab(self.similarity_tab, "Similarity")
         self.tabs.addTab(self.plane_tab, "Whole plane")
+        # While a tab recomputes, exporting its table would save the previous result.
+        self.structures_tab.runner.running_changed.connect(
+            lambda running: self.structures_tab.export_button.setEnabled(not running))
         self.body_layout.addWidget(self.tabs)
 
     @property
