@@ -36,6 +36,7 @@ class AllenClient(IshApi, ConnectivityApi, OntologyApi, GridApi):
 
     def cache_info(self) -> dict:
         """The cache folder and its sizes in bytes: metadata database, files, total."""
+        _ = self.http.meta  # checks the metadata database (a damaged one is moved aside)
         meta = sum(p.stat().st_size for p in self.cache_dir.glob("http_cache.sqlite*"))
         files = folder_size(self.store.root)
         return {"folder": str(self.cache_dir), "metadata_bytes": meta, "file_bytes": files,

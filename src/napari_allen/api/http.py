@@ -258,7 +258,8 @@ class HttpTransport:
         self._lock = threading.Lock()
         self._pool_size = 0
         self._generation = 0  # bumped when a damaged cache is replaced mid-session
-        self.meta: requests.Session = self._open_meta()
+        # Opened on first use: a batch of grid downloads never touches SQLite.
+        self._meta: requests.Session | None = None
         self.files = requests.Session()
         self.files.headers["User-Agent"] = USER_AGENT
         self.ensure_pool(pool_size)
@@ -305,18 +306,30 @@ class HttpTransport:
             if generation != self._generation:
                 return  # another thread already replaced it
             self._generation += 1
-            old = self.meta
-            with contextlib.suppress(Exception):
-                old.close()
+            old = self._meta
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    old.close()
             if self.cache_path is not None:
                 metacache.move_aside(self.cache_path, f"is damaged ({exc})")
-            self.meta = self._open_meta()
-            size, self._pool_size = self._pool_size, 0
-        self.ensure_pool(size)
+            self._meta = self._open_meta()
+            _mount(self._meta, self._pool_size)
+
+    @property
+    def meta(self) -> requests.Session:
+        """The metadata session (the SQLite cache is checked and opened on first use)."""
+        session = self._meta
+        if session is None:
+            with self._lock:
+                if self._meta is None:
+                    self._meta = self._open_meta()
+                    _mount(self._meta, self._pool_size)
+                session = self._meta
+        return session
 
     @property
     def cached(self) -> bool:
-        return hasattr(self.meta, "cache")
+        return self.cache_path is not None and hasattr(self.meta, "cache")
 
     def ensure_pool(self, size: int) -> None:
         """Size the connection pools for ``size`` concurrent requests per host."""
@@ -324,14 +337,13 @@ class HttpTransport:
             if size <= self._pool_size:
                 return
             self._pool_size = size
-            for session in (self.meta, self.files):
-                # Retries are ours (they understand Allen's HTTP-200 failures), not urllib3's.
-                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
-                session.mount("http://", adapter)
-                session.mount("https://", adapter)
+            for session in (self._meta, self.files):
+                if session is not None:
+                    _mount(session, size)
 
     def close(self) -> None:
-        self.meta.close()
+        if self._meta is not None:
+            self._meta.close()
         self.files.close()
 
     # --- the retry loop ------------------------------------------------------------------
@@ -388,7 +400,7 @@ class HttpTransport:
 
     def cache_note(self, url: str) -> str:
         """Whether cached results exist, for messages about an unreachable server."""
-        if self.cache_path is None or not self.cached:
+        if self.cache_path is None:
             return "there is no metadata cache"
         n = metacache.count_responses(self.cache_path)
         if n == 0:
@@ -502,6 +514,13 @@ class HttpTransport:
             raise TransientError(f"HTTP {status}", status, _retry_after(resp))
         detail = body[:300].decode("utf-8", "replace").strip() or (resp.reason or "")
         raise AllenApiError(url, f"HTTP {status}: {detail}", status)
+
+
+def _mount(session: requests.Session, size: int) -> None:
+    # Retries are ours (they understand Allen's HTTP-200 failures), not urllib3's.
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(1, size), max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
 
 
 def _describe(exc: Exception | None) -> str:

@@ -195,10 +195,13 @@ class Manifest:
                 os.write(fd, line)  # one write: atomic against other appenders
             finally:
                 os.close(fd)
-            with contextlib.suppress(OSError):
-                self._refresh()
+            # Our own line is parsed again by the next _refresh (harmless): re-reading the log
+            # here would make every writer of a 400-file batch re-parse the others' lines.
             self._log.entries[entry.name] = entry
+            self._log.lines += 1
             if self._log.lines > 64 and self._log.lines > 4 * len(self._log.entries):
+                with contextlib.suppress(OSError):
+                    self._refresh()  # other processes' lines first: compaction keeps them
                 self._compact()
 
     def _compact(self) -> None:
