@@ -113,18 +113,23 @@ def _as_bool(value: str, key: str, source) -> bool:
     raise AllenFormatError(source, f"{key} = {value[:40]!r} is not True or False")
 
 
-def _int(fields: dict, key: str, source, default: int | None = None, low: int = 0) -> int:
+def int_field(fields: dict, key: str, source, default: int | None = None, *, low: int = 0,
+              fmt: str = "{key} = {value}", header: str = "MetaImage") -> int:
+    """The integer header field ``key`` (>= ``low``), or ``default`` when absent; an
+    AllenFormatError naming ``source`` otherwise. ``fmt`` spells a field in messages (NRRD
+    passes ``"'{key}: {value}'"``)."""
     text = fields.get(key)
     if text is None:
         if default is None:
-            raise AllenFormatError(source, f"MetaImage header lacks {key}")
+            raise AllenFormatError(source, f"{header} header lacks {key!r}")
         return default
     try:
         value = int(text)
     except ValueError:
-        raise AllenFormatError(source, f"{key} = {text[:40]!r} is not an integer") from None
+        raise AllenFormatError(source, fmt.format(key=key, value=repr(text[:40]))
+                               + " is not an integer") from None
     if value < low:
-        raise AllenFormatError(source, f"{key} = {value} must be >= {low}")
+        raise AllenFormatError(source, fmt.format(key=key, value=value) + f" must be >= {low}")
     return value
 
 
@@ -169,14 +174,14 @@ def parse_header(text: str | bytes, source: str | os.PathLike) -> MetaImageHeade
         dims = tuple(int(v) for v in dim_text.split())
     except ValueError:
         raise AllenFormatError(source, f"DimSize {dim_text[:60]!r} is not integers") from None
-    ndims = _int(fields, "NDims", source, default=len(dims))
+    ndims = int_field(fields, "NDims", source, default=len(dims))
     if ndims != 3 or len(dims) != 3:
         raise AllenFormatError(source, f"expected a 3-D grid, got NDims {ndims} DimSize {dims}")
     if min(dims) <= 0:
         raise AllenFormatError(source, f"DimSize {dims} has a non-positive size")
     if max(dims) > MAX_AXIS:
         raise AllenFormatError(source, f"DimSize {dims} exceeds {MAX_AXIS:,} voxels per axis")
-    if _int(fields, "ElementNumberOfChannels", source, default=1) != 1:
+    if int_field(fields, "ElementNumberOfChannels", source, default=1) != 1:
         raise AllenFormatError(source, "multi-channel MetaImage is not an Allen grid")
     etype = need("ElementType")
     if etype not in MET_TYPES:
@@ -220,9 +225,9 @@ def parse_header(text: str | bytes, source: str | os.PathLike) -> MetaImageHeade
         element_type=etype,
         msb=msb,
         data_file=data_file,
-        header_size=_int(fields, "HeaderSize", source, default=0, low=-1),
+        header_size=int_field(fields, "HeaderSize", source, default=0, low=-1),
         compressed=compressed,
-        compressed_size=_int(fields, "CompressedDataSize", source, low=0) if csize else None,
+        compressed_size=int_field(fields, "CompressedDataSize", source, low=0) if csize else None,
         fields=fields,
         header_length=header_length,
     )

@@ -43,7 +43,13 @@ from ._decode import (
     inflate_to_array,
 )
 from .elements import NRRD_TYPES, array_from_bytes
-from .metaimage import MEMMAP_THRESHOLD, contained_data_file, open_data_file, open_regular
+from .metaimage import (
+    MEMMAP_THRESHOLD,
+    contained_data_file,
+    int_field,
+    open_data_file,
+    open_regular,
+)
 from .provenance import nrrd_is_synthetic, read_provenance, warn_if_synthetic
 from .volume import GridVolume, kind_from_name
 
@@ -103,18 +109,8 @@ class NrrdHeader:
 
 def _int_field(fields: dict, key: str, source, default: int | None = None, *,
                low: int = 0) -> int:
-    text = fields.get(key)
-    if text is None:
-        if default is None:
-            raise AllenFormatError(source, f"NRRD header lacks '{key}'")
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise AllenFormatError(source, f"NRRD '{key}: {text[:40]}' is not an integer") from None
-    if value < low:
-        raise AllenFormatError(source, f"NRRD '{key}: {value}' must be >= {low}")
-    return value
+    return int_field(fields, key, source, default, low=low, fmt="NRRD '{key}: {value}'",
+                     header="NRRD")
 
 
 def _spacing(fields: dict, dimension: int, source) -> tuple[float, float, float] | None:
