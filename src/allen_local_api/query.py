@@ -11,6 +11,7 @@ import fnmatch
 import functools
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ DEFAULT_ROWS = 50
 MAX_ROWS = 25_000
 #: Selections kept by :meth:`Engine.select` (model + criteria -> matching records).
 SELECTION_CACHE = 64
+#: Selections computed faster than this (seconds) are not worth a place in that cache.
+SELECTION_WORTH_S = 0.005
 #: Association filters whose per-target results :meth:`Engine.select` remembers.
 ASSOC_MEMO = 256
 
@@ -192,6 +195,9 @@ class Engine:
 
         The selection of the last queries is kept (a small LRU keyed by model and criteria),
         so the pages of one query, and the same query again, do not filter everything again.
+        Only selections that took a while are kept: a hundred cheap ones (one experiment's
+        StructureUnionize, served from its own memo) must not evict a listing that filters
+        every data set (0.5 s to recompute).
         """
         model = self.model(query.model)
         key = (model.name, repr(query.filters), repr(query.associations))
@@ -200,15 +206,20 @@ class Engine:
             if cached is not None:
                 self._selections.move_to_end(key)
                 return model, cached
-        rows = self._select(model, query)
+        rows, seconds = self._select(model, query)
+        if seconds < SELECTION_WORTH_S:
+            return model, rows
         with self._selection_lock:
             self._selections[key] = rows
             while len(self._selections) > SELECTION_CACHE:
                 self._selections.popitem(last=False)
         return model, rows
 
-    def _select(self, model: Model, query: Query) -> list[Record]:
+    def _select(self, model: Model, query: Query) -> tuple[list[Record], float]:
+        """The matching records and the seconds spent filtering them (what the selection
+        cache saves; the model's own records, e.g. a unionize, are memoized by the model)."""
         rows = model.records(query)
+        started = time.perf_counter()
         plain: list[Filter] = []
         assocs = list(query.associations)
         for flt in query.filters:
@@ -226,7 +237,7 @@ class Engine:
                     self._assoc_memo.clear()
                 memo = self._assoc_memo.setdefault(repr(assoc), {})
             rows = [r for r in rows if self._assoc_matches(model, r, assoc, memo)]
-        return rows
+        return rows, time.perf_counter() - started
 
     # -- ordering and paging ----------------------------------------------------------
     def order(self, model: Model, rows: list[Record], order: str) -> list[Record]:

@@ -107,15 +107,22 @@ class ApiBase:
         return f"{self.base_url}/api/v2/data/query.json?" + rma.encode_query({"criteria": stage})
 
     def query_rows(self, query: rma.RmaQuery, *, page_size: int | None = None,
+                   limit: int | None = None,
                    progress: ProgressCallback | None = None,
                    cancel: CancelToken | None = None) -> list[dict]:
         """All records of a model query, page by page (``start_row`` advances by the rows
-        received; stops on an empty page or ``msg: {}``, or when ``total_rows`` is reached)."""
+        received; stops on an empty page or ``msg: {}``, or when ``total_rows`` is reached);
+        with ``limit``, only the first ``limit`` records (pages no larger than needed: the
+        first N of a listing are one request, not every page of it)."""
         size = int(page_size or self.page_size)
         rows: list[dict] = []
         start = 0
         while True:
             check(cancel)
+            if limit is not None:
+                if len(rows) >= limit:
+                    break
+                size = min(size, int(limit) - len(rows))
             url = self.rma_url(query.stages(start_row=start, num_rows=size))
             env = self.http.get_json(url, cancel=cancel)
             page = records_of(env, url)
@@ -130,7 +137,7 @@ class ApiBase:
                 break
             if total is None and len(page) < size:
                 break
-        return rows
+        return rows if limit is None else rows[:limit]
 
     def service_rows(self, query: rma.ServiceQuery, *, page_size: int | None = None,
                      cancel: CancelToken | None = None) -> list[dict]:

@@ -140,13 +140,16 @@ class IshApi(ApiBase):
         return out  # type: ignore[return-value]
 
     def ish_data_set_records(self, plane: str, *, columns: Sequence[str] | None = None,
+                             first: int | None = None,
                              cancel: CancelToken | None = None) -> list[dict]:
         """SectionDataSet records of the adult mouse ISH atlas (product 1) in ``plane`` that
         did not fail and show expression, in the API's order: the data sets Allen's
-        correlation script takes its first N from (only ``columns`` when given)."""
+        correlation script takes its first N from (only ``columns`` when given; only the
+        ``first`` N records when given: rows ``start_row=0..N-1`` of the same query)."""
         plane_id = PLANES[_check_plane(plane)]
         query = rma.RmaQuery("SectionDataSet", only=list(columns or []))
         query.where(None, failed=False, expression=True)
         query.where("products", id=1)
         query.where("plane_of_section", id=plane_id)
-        return self.query_rows(query, cancel=cancel)
+        return self.query_rows(query, limit=first if first and first > 0 else None,
+                               cancel=cancel)

@@ -75,9 +75,9 @@ def select_experiments(
     if plane and not genes:
         # Allen's script's data sets: adult mouse ISH in the plane, expression true, not
         # failed, in the API's order; ``first`` = the script's <nprobes> argument.
-        records = client.ish_data_set_records(plane, columns=["id"], cancel=cancel)
-        ids = [int(r["id"]) for r in records]
-        return ids[:first] if first and first > 0 else ids
+        records = client.ish_data_set_records(plane, columns=["id"], first=first,
+                                              cancel=cancel)
+        return [int(r["id"]) for r in records]
     if genes or plane:
         table = experiment_table(client, plane=plane, genes=list(genes) if genes else None,
                                  cancel=cancel)
