@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,41 @@ def test_load_volume_real_nrrd_and_decoded_cache(client, allen_api):
     assert isinstance(again.data, np.memmap)  # the decoded copy, no second download
     assert len(allen_api.requests) == n_requests
     np.testing.assert_array_equal(np.asarray(again.data), np.asarray(vol.data))
+
+
+def test_decoded_once_into_the_capped_cache_no_npy_copy(client, vpm):
+    """Every volume is decoded once into the bounded decoded cache (one manifest-recorded
+    entry per grid) and memory-mapped from it: no ``.npy`` copy beside the downloads, and the
+    earlier versions' ``connectivity-decoded`` copies are removed."""
+    from napari_allen.io._decode import decoded_cache_info
+    from napari_allen.io.manifest import Manifest
+
+    legacy = client.cache_dir / "connectivity-decoded"
+    legacy.mkdir(parents=True)
+    (legacy / "old.npy").write_bytes(b"x" * 100)
+    C._legacy_checked.discard(str(client.cache_dir))
+    ids = vpm["id"].head(3).tolist()
+    first = dict(C.iter_volumes(client, ids))
+    zipped = C.load_volume(client, ids[0], source="grid")
+    assert not legacy.exists()
+    assert not list(client.cache_dir.rglob("*.npy"))
+    info = decoded_cache_info(client.cache_dir)
+    assert info["entries"] == len(ids) + 1  # 3 NRRDs + the zip's density member
+    assert info["bytes"] == (len(ids) + 1) * 132 * 80 * 114 * 4
+    decoded = client.cache_dir / "decoded"
+    for vol in [*first.values(), zipped]:
+        assert isinstance(vol.data, np.memmap)
+        assert Path(vol.data.filename).parent == decoded
+        assert Manifest(decoded).check(Path(vol.data.filename).name).ok
+    again = dict(C.iter_volumes(client, ids))
+    assert decoded_cache_info(client.cache_dir)["entries"] == len(ids) + 1  # reused
+    for exp_id in ids:
+        assert again[exp_id].data.filename == first[exp_id].data.filename
+        np.testing.assert_array_equal(np.asarray(again[exp_id].data),
+                                      np.asarray(first[exp_id].data))
+    np.testing.assert_array_equal(np.asarray(first[REAL].data) if REAL in first
+                                  else np.asarray(C.load_volume(client, REAL).data),
+                                  _bundled("projection_density"))
 
 
 def test_load_volume_grid_zip_density(client):

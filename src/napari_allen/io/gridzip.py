@@ -148,6 +148,7 @@ def read_grid_zip(
     path: str | os.PathLike,
     *,
     cache_dir: str | os.PathLike | None = None,
+    cache_decoded: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> list[GridVolume]:
@@ -156,6 +157,8 @@ def read_grid_zip(
     Raises AllenFormatError naming the zip for unsafe names, bombs, truncated or corrupt
     members, headers that disagree with their data, or a zip without any ``.mhd`` grid.
     ``cache_dir``: the cache folder for large deflated members (default: configured).
+    ``cache_decoded``: memory-map members whatever their size (deflated ones decoded once
+    into the decoded cache, stored ones mapped in place inside the zip).
     """
     path = Path(path)
     with _open_zip(path) as zf:
@@ -198,7 +201,7 @@ def read_grid_zip(
             report(progress, done=done, total=len(plans), message=f"reading {rel.name}")
             source = f"{path}!{rel}"
             data = _member_array(path, zf, raw_info, header, source, cache_dir, progress,
-                                 cancel)
+                                 cancel, cache_decoded=cache_decoded)
             vmeta = dict(meta, element_type=header.element_type, format="grid_zip",
                          member=str(rel), **provenance)
             if header.synthetic:
@@ -213,7 +216,7 @@ def read_grid_zip(
 
 def _member_array(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
                   header: MetaImageHeader, source: str, cache_dir, progress,
-                  cancel) -> np.ndarray:
+                  cancel, *, cache_decoded: bool = False) -> np.ndarray:
     n_bytes = header.n_bytes
     if header.compressed:
         # A zlib-compressed MetaImage payload inside the zip: streamed like any other.
@@ -222,13 +225,14 @@ def _member_array(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
                 return decode_stream(
                     fh, header, source, key_parts=("zip", info.CRC),
                     key_source=(path, _member_data_offset(path, info), info.compress_size),
-                    cache_dir=cache_dir, progress=progress, cancel=cancel)
+                    cache_dir=cache_dir, cache_decoded=cache_decoded, progress=progress,
+                    cancel=cancel)
         except AllenFormatError:
             raise
         except ZIP_ERRORS as exc:
             raise AllenFormatError(source, f"truncated or corrupt zip member "
                                            f"{info.filename!r}: {exc}") from exc
-    if n_bytes <= MEMMAP_THRESHOLD:
+    if n_bytes <= MEMMAP_THRESHOLD and not cache_decoded:
         payload = read_member(zf, info, n_bytes, path)
         if len(payload) != n_bytes:
             raise AllenFormatError(source, size_problem(header, len(payload)))

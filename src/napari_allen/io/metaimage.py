@@ -302,13 +302,15 @@ def check_compressed_size(header: MetaImageHeader, compressed: int, source) -> N
 
 
 def decode_stream(fh: BinaryIO, header: MetaImageHeader, source, *, key_parts: tuple,
-                  key_source: tuple | None = None, cache_dir=None, progress=None,
-                  cancel=None):
+                  key_source: tuple | None = None, cache_dir=None, cache_decoded=False,
+                  progress=None, cancel=None):
     """Inflate a compressed MetaImage payload read from ``fh`` (positioned at its start):
-    into memory when small, into the decoded cache when large (``key_source`` =
-    ``(path, offset, length)`` of the compressed bytes, hashed for the cache key)."""
+    into memory when small, into the decoded cache when large or ``cache_decoded``
+    (``key_source`` = ``(path, offset, length)`` of the compressed bytes, hashed for the
+    cache key)."""
     what = "compressed MetaImage data"
-    if header.n_bytes <= MEMMAP_THRESHOLD or key_source is None:
+    threshold = 0 if cache_decoded else MEMMAP_THRESHOLD
+    if header.n_bytes <= threshold or key_source is None:
         if header.n_bytes > MEMMAP_THRESHOLD:
             raise AllenFormatError(source, "compressed payload too large to inflate in memory")
         return inflate_to_array(fh, header.n_bytes, header.dtype, header.dim_size, source,

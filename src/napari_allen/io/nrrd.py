@@ -317,18 +317,22 @@ def read_nrrd(
     *,
     metadata: dict | None = None,
     cache_dir: str | os.PathLike | None = None,
+    cache_decoded: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> GridVolume:
     """Read an Allen NRRD grid lazily into a :class:`GridVolume` (``[AP, DV, ML]``, µm).
 
     ``cache_dir`` is the cache folder whose ``decoded/`` holds large inflated grids (default:
-    the configured one).
+    the configured one). ``cache_decoded``: memory-map whatever the size (compressed payloads
+    are decoded once into the decoded cache, raw ones mapped in place), for callers that read
+    the same grids again and again (averages over hundreds of experiments).
     """
     path = Path(path)
     header = read_nrrd_header(path)
     resolution = header.resolution(path)
-    data = nrrd_payload(path, header, cache_dir=cache_dir, progress=progress, cancel=cancel)
+    data = nrrd_payload(path, header, cache_dir=cache_dir, cache_decoded=cache_decoded,
+                        progress=progress, cancel=cancel)
     meta = {"format": "nrrd", "element_type": header.type_name, "encoding": header.encoding,
             **read_provenance(path)}
     if header.synthetic:
@@ -387,9 +391,12 @@ def preflight(path: str | os.PathLike, header: NrrdHeader | None = None) -> Nrrd
     return header
 
 
-def nrrd_payload(path: Path, header: NrrdHeader, *, cache_dir=None, progress=None,
-                 cancel=None):
-    """The ``[AP, DV, ML]`` array of ``path``'s payload (memmap for large raw/decoded data)."""
+def nrrd_payload(path: Path, header: NrrdHeader, *, cache_dir=None, cache_decoded=False,
+                 progress=None, cancel=None):
+    """The ``[AP, DV, ML]`` array of ``path``'s payload (memmap for large raw/decoded data,
+    or for any size with ``cache_decoded``)."""
+    # Below this size the payload is decoded into memory (0: always memory-mapped).
+    threshold = 0 if cache_decoded else MEMMAP_THRESHOLD
     data_path, offset, stored = _locate(path, header)
     n_bytes = header.n_bytes
     sizes = header.sizes
@@ -398,13 +405,13 @@ def nrrd_payload(path: Path, header: NrrdHeader, *, cache_dir=None, progress=Non
     if header.encoding == "raw":
         data = np.memmap(data_path, dtype=header.dtype, mode="r", offset=offset, shape=sizes,
                          order="F")
-        if n_bytes <= MEMMAP_THRESHOLD:
+        if n_bytes <= threshold:
             data = np.array(data, dtype=header.dtype.newbyteorder("="), order="F")
         return data
     what = f"NRRD {header.encoding} data"
     wbits = BZIP2 if header.encoding == "bzip2" else GZIP_OR_ZLIB
 
-    if n_bytes <= MEMMAP_THRESHOLD:
+    if n_bytes <= threshold:
         with open_data_file(data_path, path) as fh:
             fh.seek(offset)
             return inflate_to_array(fh, n_bytes, header.dtype, sizes, path, what=what,

@@ -11,10 +11,8 @@ All volumes are ``[AP, DV, ML]`` with µm spacing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import threading
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -242,20 +240,33 @@ def download_volume(
                            progress=progress, cancel=cancel)
 
 
-def read_downloaded(path: Path, experiment_id: int, image: str, source: str) -> GridVolume:
-    """Read a file from :func:`download_volume` as a GridVolume tagged with the experiment."""
+def read_downloaded(path: Path, experiment_id: int, image: str, source: str,
+                    cache_dir: Path | None = None) -> GridVolume:
+    """Read a file from :func:`download_volume` as a GridVolume tagged with the experiment.
+
+    With ``cache_dir`` (the client's cache folder) the volume is memory-mapped whatever its
+    size: the compressed payload is inflated once into that folder's bounded decoded cache
+    (``decoded/``, keyed by the SHA-256 of the compressed bytes, capped, LRU, in the
+    manifest; :mod:`napari_allen.io._decode`) and mapped from there on every later read.
+    Allen's 100 µm NRRDs and zips are gzip/deflate: inflating one takes ~30 ms, mapping the
+    decoded entry well under 1 ms, so averaging hundreds of cached experiments is bounded by
+    arithmetic, not decompression, and holds no decoded copy in memory.
+    """
     meta = {"experiment_id": int(experiment_id), "image": image, "source_kind": source}
+    cached = cache_dir is not None
     if source == "nrrd":
         from napari_allen.io.nrrd import read_nrrd
 
-        return read_nrrd(path, kind=image, metadata=meta)
+        return read_nrrd(path, kind=image, metadata=meta, cache_dir=cache_dir,
+                         cache_decoded=cached)
     from napari_allen.io.gridzip import read_grid_zip
 
     member = GRID_ZIP_MEMBERS[image]
-    vols = read_grid_zip(path)
+    vols = read_grid_zip(path, cache_dir=cache_dir, cache_decoded=cached)
     for vol in vols:
         if vol.kind == member or str(vol.metadata.get("member", "")).startswith(member + "."):
             vol.metadata.update(meta)
+            vol.kind = image if image in _kinds() else vol.kind
             return vol
     from napari_allen.errors import AllenFormatError
 
@@ -263,51 +274,23 @@ def read_downloaded(path: Path, experiment_id: int, image: str, source: str) -> 
                                  f"(found {[v.kind for v in vols]})")
 
 
-def _decoded_path(path: Path, image: str, cache_dir: Path) -> Path:
-    """Where the decoded array of a downloaded file is kept (under the client's
-    ``cache_dir``): keyed by the file's path, size and mtime, so a re-downloaded file never
-    reuses a stale decoding."""
-    st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{image}".encode())
-    return Path(cache_dir) / "connectivity-decoded" / f"{key.hexdigest()[:32]}.npy"
+#: Where earlier versions kept a ``.npy`` copy of every decoded connectivity volume.
+_LEGACY_DECODED = "connectivity-decoded"
+_legacy_checked: set[str] = set()
 
 
-def read_cached(path: Path, experiment_id: int, image: str, source: str,
-                cache_dir: Path) -> GridVolume:
-    """:func:`read_downloaded`, keeping the decoded array as ``.npy`` in ``cache_dir`` (the
-    client's cache folder).
-
-    Allen's 100 µm NRRDs and zips are compressed: inflating one takes ~30 ms, reading the
-    decoded copy a few ms (memory-mapped). Averaging hundreds of cached experiments is then
-    bounded by arithmetic, not decompression. Grids the IO layer already memory-maps from
-    its own decoded cache (25/10 µm) are not duplicated.
-    """
-    from napari_allen.io.volume import GridVolume
-
-    target = _decoded_path(path, image, cache_dir)
-    meta = {"experiment_id": int(experiment_id), "image": image, "source_kind": source}
-    if target.exists():
-        try:
-            data = np.load(target, mmap_mode="r")
-            res = float(target.with_suffix(".res").read_text())
-            return GridVolume(data=data, resolution=res, kind=image, metadata=meta,
-                              source=str(path))
-        except (OSError, ValueError) as exc:  # a damaged cache entry: decode again
-            log.warning("decoded cache %s unusable (%s); decoding %s again", target, exc, path)
-    vol = read_downloaded(path, experiment_id, image, source)
-    if isinstance(vol.data, np.ndarray) and not isinstance(vol.data, np.memmap):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.stem}.{os.getpid()}.{threading.get_ident()}.part.npy")
-        try:
-            np.save(tmp, vol.data)
-            target.with_suffix(".res").write_text(repr(vol.resolution))
-            os.replace(tmp, target)  # atomic: readers see a whole file or none
-        except OSError as exc:
-            log.warning("cannot cache decoded %s: %s", path, exc)
-            tmp.unlink(missing_ok=True)
-    vol.kind = image if image in _kinds() else vol.kind
-    vol.metadata.update(meta)
-    return vol
+def _drop_legacy_copies(cache_dir: Path) -> None:
+    """Remove the ``.npy`` copies earlier versions wrote beside the downloads (a second,
+    uncapped decoded copy of every volume; the decoded cache replaces them). Once per folder
+    and process."""
+    key = str(cache_dir)
+    if key in _legacy_checked:
+        return
+    _legacy_checked.add(key)
+    legacy = Path(cache_dir) / _LEGACY_DECODED
+    if legacy.is_dir():
+        log.info("removing %s (superseded by the decoded cache)", legacy)
+        shutil.rmtree(legacy, ignore_errors=True)
 
 
 def _kinds() -> tuple[str, ...]:
@@ -330,7 +313,8 @@ def load_volume(
     path = download_volume(client, experiment_id, image, resolution, source=source,
                            progress=progress, cancel=cancel)
     check(cancel)
-    return read_cached(path, experiment_id, image, source, client.cache_dir)
+    _drop_legacy_copies(client.cache_dir)
+    return read_downloaded(path, experiment_id, image, source, client.cache_dir)
 
 
 def iter_volumes(
@@ -340,15 +324,16 @@ def iter_volumes(
     resolution: int = 100,
     *,
     source: str = "nrrd",
-    prefetch: int = 3,
+    prefetch: int = 8,
     failures: dict[int, str] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> Iterator[tuple[int, GridVolume]]:
     """Yield ``(experiment_id, GridVolume)`` in order, one decoded volume at a time.
 
-    Up to ``prefetch`` downloads run ahead in threads (files go to the client's disk cache);
-    decoding happens in the consuming thread, so memory holds one volume whatever the count.
+    Up to ``prefetch`` downloads and decodes run ahead in threads (files go to the client's
+    disk cache, decoded payloads to its bounded decoded cache); volumes are memory-mapped, so
+    memory holds no decoded copy whatever the count.
     With a ``failures`` dict, experiments that cannot be downloaded/read are recorded there
     (id -> message) and skipped; without one the first failure raises.
     """
@@ -359,20 +344,26 @@ def iter_volumes(
     report(progress, done=0, total=total, message=f"loading {image}")
     ahead = max(1, int(prefetch))
 
-    def fetch(exp_id: int, token: CancelToken) -> Path:
-        return download_volume(client, exp_id, image, resolution, source=source, cancel=token)
+    _drop_legacy_copies(client.cache_dir)
+
+    def fetch(exp_id: int, token: CancelToken) -> GridVolume:
+        path = download_volume(client, exp_id, image, resolution, source=source, cancel=token)
+        check(token)
+        # Decoded in the worker too (zlib and SHA-256 release the GIL): the volume arrives
+        # memory-mapped from the decoded cache, so the window costs no volume-sized memory.
+        return read_downloaded(path, exp_id, image, source, client.cache_dir)
 
     done = 0
-    # Downloads run ahead in input order (bounded: ``prefetch`` files); leaving the loop stops
-    # them (concurrency.bounded_map).
+    # Downloads and decodes run ahead in input order (bounded: ``prefetch`` volumes); leaving
+    # the loop stops them (concurrency.bounded_map).
     for outcome in bounded_map(fetch, ids, jobs=ahead, window=ahead, ordered=True,
-                               cancel=cancel, thread_name="connectivity-download"):
+                               cancel=cancel, thread_name="connectivity-load"):
         check(cancel)
         exp_id = outcome.item
         try:
             if outcome.error is not None:
                 raise outcome.error
-            volume = read_cached(outcome.value, exp_id, image, source, client.cache_dir)
+            volume = outcome.value
         except Exception as exc:  # noqa: BLE001 - reported per experiment below
             if isinstance(exc, Cancelled) or failures is None:
                 raise
@@ -446,7 +437,7 @@ def average_experiments(
     resolution: int = 100,
     source: str = "nrrd",
     ontology: Ontology | None = None,
-    prefetch: int = 3,
+    prefetch: int = 8,
     max_memory_bytes: float = DEFAULT_MAX_AVERAGE_BYTES,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
