@@ -51,7 +51,9 @@ def as_float_volume(volume, *, copy: bool = True) -> np.ndarray:
     out = arr.astype(np.float32, copy=copy)
     if not out.flags.writeable:
         out = out.copy()
-    out[out < 0] = np.nan  # -1 = no data in Allen grids; values are densities >= 0
+    negative = np.less(out, 0)
+    if negative.any():  # skips the masked write on volumes without no-data voxels
+        np.copyto(out, np.float32(np.nan), where=negative)  # -1 = no data in Allen grids
     return out
 
 
@@ -132,7 +134,8 @@ class RunningMean:
 
     def __init__(self, shape: Sequence[int]) -> None:
         self.shape = tuple(int(s) for s in shape)
-        self._sum = np.zeros(self.shape, dtype=np.float64)
+        self._sum: np.ndarray | None = None  # created by the first add, in its memory order
+        self._order = "C"
         self._missing: np.ndarray | None = None
         self.n = 0
 
@@ -141,14 +144,19 @@ class RunningMean:
         v = np.asarray(volume)
         if v.shape != self.shape:
             raise ValueError(f"volume shape {v.shape} does not match the average's {self.shape}")
+        if self._sum is None:
+            # The sum takes the volumes' memory order (Fortran for Allen grids): adding
+            # arrays of different orders is several times slower than adding alike ones.
+            self._order = "F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C"
+            self._sum = np.zeros(self.shape, dtype=np.float64, order=self._order)
         nan = np.isnan(v)
         if nan.any():
             if self._missing is None:
-                self._missing = np.zeros(self.shape, dtype=np.uint16)
+                self._missing = np.zeros(self.shape, dtype=np.uint16, order=self._order)
             elif self.n >= np.iinfo(self._missing.dtype).max:
                 self._missing = self._missing.astype(np.uint32)
             self._missing += nan
-            v = v if consume and v.flags.writeable else v.copy()
+            v = v if consume and v.flags.writeable else v.copy(order="K")
             v[nan] = 0.0
         del nan
         np.add(self._sum, v, out=self._sum)
@@ -162,10 +170,10 @@ class RunningMean:
 
     def mean(self) -> np.ndarray:
         """float32 mean; NaN where no volume had data (or nothing was added)."""
-        out = np.empty(self.shape, dtype=np.float32)
+        out = np.empty(self.shape, dtype=np.float32, order=self._order)
         with np.errstate(invalid="ignore", divide="ignore"):
             if self._missing is None:
-                if self.n == 0:
+                if self.n == 0 or self._sum is None:
                     out[...] = np.nan
                 else:
                     np.divide(self._sum, self.n, out=out, casting="unsafe")

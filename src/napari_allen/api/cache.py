@@ -133,11 +133,16 @@ def verify_grid_zip(path: Path, volumes: Sequence[str], source: str) -> None:
         raise TransientError(f"{source}: zip cannot be read ({exc})") from None
 
 
-def verify_nrrd(path: Path, source: str, *, cancel: CancelToken | None = None) -> None:
+def verify_nrrd(path: Path, source: str, *, cancel: CancelToken | None = None,
+                decode_into: Path | None = None) -> None:
     """Check an attached-data NRRD: header, and a payload (raw, gzip or bzip2) that inflates
-    to exactly prod(sizes) x sizeof(type) bytes with an intact stream (CRC, length)."""
+    to exactly prod(sizes) x sizeof(type) bytes with an intact stream (CRC, length).
+
+    ``decode_into`` (a cache folder): keep the inflated payload in its decoded cache (keyed
+    by the compressed bytes, so the downloaded file finds it) instead of discarding it, for
+    callers about to read the grid: the check is then the only inflate."""
     from ..io._decode import BZIP2, GZIP_OR_ZLIB, inflate
-    from ..io.nrrd import read_nrrd_header
+    from ..io.nrrd import nrrd_payload, read_nrrd_header
 
     try:
         header = read_nrrd_header(path)
@@ -156,6 +161,13 @@ def verify_nrrd(path: Path, source: str, *, cancel: CancelToken | None = None) -
             return
         if header.encoding not in ("gzip", "bzip2"):
             raise AllenFormatError(source, f"unsupported NRRD encoding {header.encoding!r}")
+        if decode_into is not None:
+            try:
+                nrrd_payload(path, header, cache_dir=decode_into, cache_decoded=True,
+                             cancel=cancel)
+            except AllenFormatError as exc:  # corrupt or truncated stream: fetch it again
+                raise TransientError(f"{source}: {exc.problem}") from None
+            return
         total = [0]
 
         def count(chunk: bytes) -> None:  # the decoded bytes are only counted, never kept

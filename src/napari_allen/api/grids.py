@@ -89,15 +89,20 @@ class GridApi(ApiBase):
 
     def grid_nrrd(self, experiment_id: int, image: str = "projection_density",
                   resolution: int = 100, *, dest: str | os.PathLike | None = None,
+                  decode: bool = False,
                   progress: ProgressCallback | None = None,
                   cancel: CancelToken | None = None) -> Path:
         """A connectivity ``grid_data/download_file`` NRRD (gzip, [AP, DV, ML] at
-        ``resolution`` µm), downloaded once and verified. Returns the path."""
+        ``resolution`` µm), downloaded once and verified. Returns the path. ``decode``: the
+        verifying inflate also fills the decoded cache of ``cache_dir`` (for a caller about
+        to read the grid; batch downloads leave it off)."""
         url = self.grid_nrrd_url(experiment_id, image, resolution)
         target = Path(dest) if dest is not None else self.store.grid_nrrd(
             self.api_host, int(experiment_id), image, int(resolution))
-        return self._download(url, target, lambda p, s: verify_nrrd(p, s, cancel=cancel),
-                              progress, cancel)
+        into = Path(self.cache_dir) if decode else None
+        return self._download(
+            url, target, lambda p, s: verify_nrrd(p, s, cancel=cancel, decode_into=into),
+            progress, cancel)
 
     def annotation_nrrd(self, resolution: int = 25, *, dest: str | os.PathLike | None = None,
                         progress: ProgressCallback | None = None,

@@ -234,8 +234,10 @@ def download_volume(
     (the NRRD, or the grid zip for ``source='grid'``)."""
     _check_request(image, resolution, source)
     if source == "nrrd":
+        # decode=True: the download's check inflates straight into the decoded cache that
+        # read_downloaded maps, so a cold read inflates once, not twice.
         return client.grid_nrrd(int(experiment_id), image=image, resolution=int(resolution),
-                                progress=progress, cancel=cancel)
+                                decode=True, progress=progress, cancel=cancel)
     return client.grid_zip(int(experiment_id), volumes=(GRID_ZIP_MEMBERS[image],),
                            progress=progress, cancel=cancel)
 
