@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from napari_allen.io.plane_store import ISH_SHAPE, PlaneStore, open_plane_store
-from napari_allen.widgets._common import reset_shared_client
+from napari_allen.widgets._common import reset_shared_client, shared_client
 
 TIMEOUT = 60_000  # ms
 
@@ -231,3 +231,33 @@ def test_annotation_is_reused_not_duplicated(make_napari_viewer):
     labels = dock.search_tab.add_annotation()
     assert labels.name in before  # the sample's annotation, under its own name
     assert [layer.name for layer in viewer.layers] == before
+
+
+def test_cache_label_and_download_counts(dock, widget, qtbot, allen_api):
+    """Issue #9 (8, 1): results from the metadata cache say so, and loads report
+    downloaded / verified / re-fetched / failed counts, through the real local server."""
+    _search(qtbot, widget, "Nrp1", plane="coronal")
+    assert "from the cache" not in widget.status.text()
+    _search(qtbot, widget, "Nrp1", plane="coronal")  # the same query again: cached
+    assert widget.status.text().endswith("(results from the cache)"), widget.status.text()
+    assert "results from the cache" in widget.runner.status_text
+    shown = widget.result_table.frame()
+    widget.result_table.select_rows([0])
+    eid = int(shown["experiment_id"].iloc[0])
+
+    def load() -> str:
+        widget.load_selected()
+        _wait(qtbot, widget.runner)
+        return widget.status.text()
+
+    assert "1 downloaded, 0 verified, 0 re-fetched, 0 failed" in load()
+    assert "0 downloaded, 1 verified, 0 re-fetched, 0 failed" in load()
+    client = shared_client()
+    path = client.store.grid_zip(client.api_host, eid, ("energy",))
+    path.write_bytes(path.read_bytes()[:100])  # truncated behind our back
+    assert "0 downloaded, 0 verified, 1 re-fetched, 0 failed" in load()
+    path.unlink()
+    allen_api.faults.add("html200", path_contains=f"/grid_data/download/{eid}")
+    load()  # the server answers a maintenance page instead of the zip: the load fails
+    assert widget.runner.status_text.startswith("Error:")
+    assert "0 downloaded, 0 verified, 0 re-fetched, 1 failed" in widget.runner.status_text

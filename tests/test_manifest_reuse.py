@@ -137,9 +137,12 @@ def test_download_folder_counts_verified_refetched_failed(client, allen_api, tmp
     paths = [out / f"{i}.zip" for i in ids]
     for k, damage in enumerate(DAMAGES):
         damage(paths[k], paths[-1])
-    again = download_many(client, reqs, jobs=3)
+    with client.http.served_block() as tally:  # what the widgets show (pool threads too)
+        again = download_many(client, reqs, jobs=3)
     counts = again["status"].value_counts().to_dict()
     assert counts == {"refetched": 4, "verified": 2}
+    assert tally.files == counts
+    assert tally.files_label == "0 downloaded, 2 verified, 4 re-fetched, 0 failed"
     for req, path in zip(reqs, paths, strict=True):
         url, _, _ = req.plan(client)
         assert sha(path) == served(allen_api, url)

@@ -24,6 +24,7 @@ Progress: with ``progress`` given, a :class:`~napari_allen.progress.Progress` sn
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -121,7 +122,10 @@ def bounded_map(
                 if nxt is None:
                     exhausted = True
                     break
-                pending[pool.submit(fn, nxt[1], token)] = nxt
+                # In a copy of the caller's context: per-task tallies (ContextVars, e.g. the
+                # widgets' cache/download counts) see the work done on pool threads.
+                ctx = contextvars.copy_context()
+                pending[pool.submit(ctx.run, fn, nxt[1], token)] = nxt
             if not pending:
                 # Cancelled with gaps before them: what finished is still handed back, in order.
                 for index in sorted(held):

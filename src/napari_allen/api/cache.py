@@ -342,7 +342,22 @@ def download_file(transport: HttpTransport, url: str, dest: Path, verify: Verifi
     A file already at ``dest`` is reused only when it is still what was recorded
     (:mod:`..io.manifest`; ``deep`` re-hashes even unchanged files); a damaged, truncated or
     swapped file is downloaded again (status ``refetched``, logged with the reason), never
-    returned as data. Cancelling deletes the partial file."""
+    returned as data. Cancelling deletes the partial file. The outcome (status, or
+    ``failed``) is counted in ``transport.served`` for the widgets' and CLI's summaries."""
+    try:
+        fetched = _download_file(transport, url, dest, verify, on_bytes=on_bytes,
+                                 cancel=cancel, resume=resume, deep=deep)
+    except Cancelled:
+        raise
+    except Exception:
+        transport.served.add_file("failed")
+        raise
+    transport.served.add_file(fetched.status)
+    return fetched
+
+
+def _download_file(transport: HttpTransport, url: str, dest: Path, verify: Verifier, *,
+                   on_bytes, cancel, resume: bool, deep: bool) -> Fetched:
     ok, reason = _reusable(dest, url, verify, deep)
     if ok:
         return Fetched(dest, 0, VERIFIED)

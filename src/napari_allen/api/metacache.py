@@ -17,13 +17,14 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -179,12 +180,19 @@ def count_responses(path: Path) -> int:
         con.close()
 
 
+#: Download statuses counted by :meth:`ServedTally.add_file`, in the order they are reported.
+FILE_STATUSES = ("downloaded", "verified", "refetched", "failed")
+_FILE_WORDS = {"refetched": "re-fetched"}
+
+
 @dataclass
 class Served:
-    """Responses seen: from the network and from the cache (metadata requests)."""
+    """Responses seen: metadata from the network and from the cache, and file downloads by
+    status (``downloaded`` / ``verified`` / ``refetched`` / ``failed``)."""
 
     network: int = 0
     cache: int = 0
+    files: dict[str, int] = field(default_factory=dict)
 
     @property
     def from_cache(self) -> bool:
@@ -200,36 +208,50 @@ class Served:
             return "from the cache"
         return f"partly from the cache ({self.cache} of {self.cache + self.network} responses)"
 
+    @property
+    def files_label(self) -> str:
+        """'' (no file fetched) or e.g. '2 downloaded, 3 verified, 1 re-fetched, 0 failed'
+        (verified = already on disk and matching its manifest entry, no request)."""
+        if not self.files:
+            return ""
+        return ", ".join(f"{self.files.get(s, 0)} {_FILE_WORDS.get(s, s)}"
+                         for s in FILE_STATUSES)
+
+
+# The blocks counting for the current context: a ContextVar (not a thread-local) so work that
+# bounded_map fans out to pool threads is counted in the block of the task that started it.
+_BLOCKS: contextvars.ContextVar[tuple[Served, ...]] = contextvars.ContextVar(
+    "napari_allen_served_blocks", default=())
+
 
 class ServedTally:
-    """Process-wide :class:`Served` counts plus any active per-thread blocks."""
+    """Process-wide :class:`Served` counts plus the blocks active in the current context."""
 
     def __init__(self) -> None:
         self.total = Served()
         self._lock = threading.Lock()
-        self._local = threading.local()
 
     def add(self, from_cache: bool) -> None:
         with self._lock:
-            if from_cache:
-                self.total.cache += 1
-            else:
-                self.total.network += 1
-        for block in getattr(self._local, "blocks", ()):
-            if from_cache:
-                block.cache += 1
-            else:
-                block.network += 1
+            for served in (self.total, *_BLOCKS.get()):
+                if from_cache:
+                    served.cache += 1
+                else:
+                    served.network += 1
+
+    def add_file(self, status: str) -> None:
+        """Count one file request's outcome (one of :data:`FILE_STATUSES`)."""
+        with self._lock:
+            for served in (self.total, *_BLOCKS.get()):
+                served.files[status] = served.files.get(status, 0) + 1
 
     @contextlib.contextmanager
     def block(self) -> Iterator[Served]:
-        """Count the responses of this thread inside the ``with`` block."""
+        """Count the responses of this context (this thread, and the pool threads that
+        :func:`~napari_allen.concurrency.bounded_map` starts from it) inside the block."""
         served = Served()
-        blocks = getattr(self._local, "blocks", None)
-        if blocks is None:
-            blocks = self._local.blocks = []
-        blocks.append(served)
+        token = _BLOCKS.set((*_BLOCKS.get(), served))
         try:
             yield served
         finally:
-            blocks.remove(served)
+            _BLOCKS.reset(token)

@@ -11,6 +11,10 @@ dropped, so a slow stale search can never overwrite a newer one.
 Long work shows determinate progress twice: in the widget's status row and in napari's
 activity dock (a :class:`napari.utils.progress` bar whose cancel button cancels the task).
 Errors are shown in the row (wrapped, never widening the dock) and as a napari notification.
+
+Each task runs inside the shared client's ``served_block``: when it ends, the row (and the
+widgets' summaries, through :meth:`TaskRunner.with_note`) say whether its results came from the
+metadata cache and how its file downloads went (downloaded / verified / re-fetched / failed).
 """
 
 from __future__ import annotations
@@ -34,6 +38,18 @@ PROGRESS_EVERY_S = 0.1
 
 Task = Callable[..., Any]
 ACTIVITY_EVERY_S = 0.2  # napari activity-bar updates at most this often
+
+
+def _shared_transport():
+    """The shared client's HTTP transport (None if no client can be made: the task will say
+    why when it tries)."""
+    from napari_allen.widgets._common import shared_client
+
+    try:
+        return shared_client().http
+    except Exception:  # noqa: BLE001 - the task reports the real error
+        logger.debug("no shared client", exc_info=True)
+        return None
 
 
 class TaskRunner(QObject):
@@ -67,6 +83,9 @@ class TaskRunner(QObject):
         self._bar.setVisible(False)
 
         self._generation = 0
+        #: Cache/download counts (:class:`~napari_allen.api.metacache.Served`) of the last
+        #: task that ended; None before any, or when no client could be made.
+        self.served = None
         self._token: CancelToken | None = None
         self._callbacks: dict[str, Callable | None] = {}
         self.worker = None
@@ -87,6 +106,24 @@ class TaskRunner(QObject):
     @property
     def status_text(self) -> str:
         return self._status.text()
+
+    @property
+    def note(self) -> str:
+        """How the last finished task got its data: 'results from the cache' when its metadata
+        came from the metadata cache, and its file downloads as 'n downloaded, n verified,
+        n re-fetched, n failed'; '' when neither applies."""
+        served = self.served
+        if served is None:
+            return ""
+        parts = [f"results {served.label}"] if served.label else []
+        if served.files_label:
+            parts.append(f"files: {served.files_label}")
+        return "; ".join(parts)
+
+    def with_note(self, text: str) -> str:
+        """``text`` followed by :attr:`note` (if any), for the widgets' summaries."""
+        note = self.note
+        return f"{text} ({note})" if note else text
 
     def run(
         self,
@@ -130,13 +167,20 @@ class TaskRunner(QObject):
             token.check()
             self._partial.emit((generation, obj))
 
+        served: list = []  # the task's cache/download counts, read when it has ended
+
         def job() -> Any:
-            return fn(progress=progress, cancel=token, emit=emit)
+            http = _shared_transport()
+            if http is None:
+                return fn(progress=progress, cancel=token, emit=emit)
+            with http.served_block() as counts:
+                served.append(counts)
+                return fn(progress=progress, cancel=token, emit=emit)
 
         # Errors are ours to report (on_error or a notification), not to re-raise in Qt.
         worker = create_worker(job, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda value: self._on_returned(generation, value))
-        worker.errored.connect(lambda exc: self._on_errored(generation, exc))
+        worker.returned.connect(lambda value: self._on_returned(generation, value, served))
+        worker.errored.connect(lambda exc: self._on_errored(generation, exc, served))
         worker.finished.connect(lambda: self._on_finished(generation))
         self.worker = worker
         self._description = description or "Working…"
@@ -185,23 +229,25 @@ class TaskRunner(QObject):
         if self._current(generation) and callback is not None:
             callback(obj)
 
-    def _on_returned(self, generation: int, value: Any) -> None:
+    def _on_returned(self, generation: int, value: Any, served: list) -> None:
         if not self._current(generation):
             return
-        self._set_busy(False, "Done")
+        self.served = served[0] if served else None
+        self._set_busy(False, self.with_note("Done"))
         callback = self._callbacks.get("result")
         self._end(None)
         if callback is not None:
             callback(value)
 
-    def _on_errored(self, generation: int, exc: BaseException) -> None:
+    def _on_errored(self, generation: int, exc: BaseException, served: list) -> None:
         if not self._current(generation):
             return
+        self.served = served[0] if served else None
         if isinstance(exc, Cancelled):
-            self._set_busy(False, "Cancelled")
+            self._set_busy(False, self.with_note("Cancelled"))
             self._end(self._callbacks.get("cancel"))
             return
-        self._set_busy(False, f"Error: {exc}")
+        self._set_busy(False, self.with_note(f"Error: {exc}"))
         callback = self._callbacks.get("error")
         self._end(None)
         from napari.utils.notifications import show_error

@@ -147,4 +147,4 @@ class AverageTab(QWidget):
             skipped = "; ".join(f"{k}: {v}" for k, v in list(result.skipped.items())[:3])
             text += f"; {len(result.skipped)} skipped ({skipped})"
             show_warning(f"Connectivity: {len(result.skipped)} experiment(s) skipped: {skipped}")
-        self.status.setText(text)
+        self.status.setText(self.runner.with_note(text))

@@ -128,5 +128,6 @@ class LoadTab(QWidget):
             return n
 
         self.runner.run(task, on_partial=lambda t: add_layer_tuple(self.viewer, t),
-                        on_result=lambda n: self.status.setText(f"loaded {n} volume(s)"),
+                        on_result=lambda n: self.status.setText(
+                            self.runner.with_note(f"loaded {n} volume(s)")),
                         description=f"Loading {len(records)} experiment(s)…")

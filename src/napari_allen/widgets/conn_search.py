@@ -155,7 +155,7 @@ class ExperimentSearchPanel(QWidget):
         frame, table = payload
         self.results_frame = frame
         self.results.set_frame(table)
-        self.status.setText(f"{len(frame)} experiments")
+        self.status.setText(self.runner.with_note(f"{len(frame)} experiments"))
         # Offer the Cre lines seen so far in the line filter (the text typed stays).
         known = {self.line_combo.itemText(i) for i in range(self.line_combo.count())}
         if "transgenic_line" in frame:

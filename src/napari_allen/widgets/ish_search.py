@@ -113,7 +113,7 @@ class IshSearchTab(QWidget):
     def _show_results(self, payload: tuple[pd.DataFrame, Any]) -> None:
         self.results, table = payload
         self.result_table.set_frame(table)
-        self.status.setText(f"{len(self.results)} experiments")
+        self.status.setText(self.runner.with_note(f"{len(self.results)} experiments"))
 
     def selected_experiments(self) -> pd.DataFrame:
         """The selected search results (all columns)."""
@@ -142,7 +142,8 @@ class IshSearchTab(QWidget):
             return len(rows)
 
         self.runner.run(task, on_partial=lambda t: add_layer_tuple(self.viewer, t),
-                        on_result=lambda n: self.status.setText(f"loaded {n} experiment(s)"),
+                        on_result=lambda n: self.status.setText(
+                            self.runner.with_note(f"loaded {n} experiment(s)")),
                         description=f"Loading {len(rows)} experiments…")
 
     def add_annotation(self) -> Any:

@@ -218,7 +218,7 @@ class SimilarityTab(QWidget):
         self.heatmap.set_matrix(values, acronyms, rgba)
         add_grid_annotation(self.viewer)
         add_layer_tuple(self.viewer, layer_tuple)
-        self.status.setText(outcome.summary())
+        self.status.setText(self.runner.with_note(outcome.summary()))
         self.save_button.setEnabled(True)
 
     def save_similarity(self, prefix: str | None = None) -> dict | None:

@@ -207,7 +207,7 @@ class SpatialSearchWidget(AllenDock):
                 f"over the cap) → {len(result.lines)} lines in {result.seconds:.1f} s")
         if result.n_failed:
             text += f"; {result.n_failed} seeds failed (run again to retry them)"
-        self.summary.setText(text)
+        self.summary.setText(self.runner.with_note(text))
 
     # --- point and click ------------------------------------------------------------------
     def search_at(self, point_um: Any) -> bool:
@@ -251,8 +251,8 @@ class SpatialSearchWidget(AllenDock):
         if result.n_failed:
             self.summary.setText(f"seed {label} µm: query failed: {result.failures[0].error}")
         else:
-            self.summary.setText(f"seed {label} µm: {len(result.lines)} lines from "
-                                 f"{len(experiments)} experiments")
+            self.summary.setText(self.runner.with_note(
+                f"seed {label} µm: {len(result.lines)} lines from {len(experiments)} experiments"))
 
     def _on_mouse(self, viewer: Any, event: Any):
         """Mouse callback: a click (press then release without moving) starts a search."""
