@@ -131,3 +131,26 @@ def test_console_download_interrupted_by_ctrl_c_then_resumed(allen_api, tmp_path
     meta = pd.read_csv(out / "metadata.csv").set_index("experiment_id")
     assert meta["success"].all()
     assert set(meta.index[meta["status"] == "verified"]) == done
+
+
+def test_download_command_never_imports_pandas(allen_api, tmp_path):
+    """Issue #10 (6): process start is on the critical path of ``download``; pandas alone
+    costs ~1 s to import, so the whole ``download --experiments`` run must not load it (nor
+    requests-cache: no metadata query is needed)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "grids"
+    script = ("import sys; from napari_allen.cli import main; "
+              f"code = main(['download', '--experiments', '{NRP1}', '--out', {str(out)!r}]); "
+              "print(code, sorted(m for m in ('pandas', 'requests_cache', 'scipy', 'napari') "
+              "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "0 []", done.stdout + done.stderr
+    meta = pd.read_csv(out / "metadata.csv")
+    assert list(meta.columns) == ["experiment_id", "status", "path", "bytes", "error",
+                                  "success", "volume"]
+    assert meta.loc[0, "status"] == "downloaded" and bool(meta.loc[0, "success"])

@@ -46,6 +46,26 @@ def test_every_command_module_registers():
         assert name in commands
 
 
+def test_command_table_names_the_registering_module():
+    """cli.COMMANDS (a run imports only its command's module) matches what each module
+    registers, and a one-command parser parses that command."""
+    import argparse
+    import importlib
+
+    from napari_allen.cli import COMMAND_MODULES, COMMANDS
+
+    registered = {}
+    for module in COMMAND_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"napari_allen.commands.{module}").register(sub)
+        registered.update(dict.fromkeys(sub.choices, module))
+    assert registered == COMMANDS
+    only = build_parser("download")
+    assert set(only._subparsers._group_actions[0].choices) == {  # noqa: SLF001
+        "search-ish", "download", "cache-info", "cache-prune"}
+    assert only.parse_args(["download", "--experiments", "1", "--out", "x"]).experiments == [1]
+
+
 #: Commands that never talk to the API or its cache (files in, files out; the server itself).
 OFFLINE_COMMANDS = {"export", "local-api"}
 

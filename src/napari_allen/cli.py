@@ -21,8 +21,30 @@ from napari_allen.progress import Cancelled
 #: Modules of napari_allen.commands, each with ``register(subparsers)``.
 COMMAND_MODULES = ("api_commands", "local_api", "export", "ish", "connectivity", "spatial")
 
+#: Which module registers each sub-command: a run imports only its command's module (pandas and
+#: the analysis modules cost ~1 s of process start, which ``download`` and ``correlate`` need
+#: not pay for the other commands' imports). ``tests/test_cli_common.py`` checks it is complete.
+COMMANDS = {
+    **dict.fromkeys(("search-ish", "download", "cache-info", "cache-prune"), "api_commands"),
+    "local-api": "local_api",
+    "export": "export",
+    **dict.fromkeys(("plane-store", "correlate", "gene-correlation", "genes-at",
+                     "expression-table"), "ish"),
+    **dict.fromkeys(("search-connectivity", "average-projections", "fetch-connectivity",
+                     "threshold-projection"), "connectivity"),
+    "spatial-search": "spatial",
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (the first word that is not an option: the top-level
+    options take no value), or None."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command, or only of ``command`` when it is a known one (so a run
+    imports one command module; help and unknown names list them all)."""
     parser = argparse.ArgumentParser(
         prog="napari-allen",
         description="Allen Mouse Brain Atlas tools: search, download, analyse (see README).",
@@ -30,14 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-allen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    modules = (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES
+    for name in modules:
         module = importlib.import_module(f"napari_allen.commands.{name}")
         module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,

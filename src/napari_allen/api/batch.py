@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..concurrency import bounded_map
 from ..errors import AllenError
@@ -24,6 +23,9 @@ from ..progress import Cancelled, CancelToken, ProgressCallback, report
 from .cache import download_file, host_tag, verify_grid_zip, verify_nrrd
 from .client import AllenClient
 from .grids import check_volumes
+
+if TYPE_CHECKING:  # result frames only: the download path itself never imports pandas
+    import pandas as pd
 
 RESULT_COLUMNS = ["request", "experiment_id", "volume", "resolution", "status", "path", "bytes",
                   "seconds", "error", "url"]
@@ -91,6 +93,8 @@ class AnnotationRequest:
         return url, Path(target), lambda p, s: verify_nrrd(p, s)
 
     def describe(self) -> dict:
+        import pandas as pd
+
         return {"experiment_id": pd.NA, "volume": "annotation",
                 "resolution": int(self.resolution)}
 
@@ -196,6 +200,21 @@ def iter_downloads(client: AllenClient, requests: Sequence[DownloadRequest], *, 
                failed=tally.failed, message="done")
 
 
+def download_rows(client: AllenClient, requests: Sequence[DownloadRequest], *, jobs: int = 8,
+                  progress: ProgressCallback | None = None,
+                  cancel: CancelToken | None = None, deep: bool = False) -> list[dict]:
+    """:func:`download_many`'s rows as plain dicts (columns :data:`RESULT_COLUMNS`), in request
+    order, without pandas (the ``download`` command's path); a cancel does not raise here:
+    requests never started get status ``cancelled``."""
+    requests = list(requests)
+    rows: list[dict | None] = [None] * len(requests)
+    for index, row in iter_downloads(client, requests, jobs=jobs, progress=progress,
+                                     cancel=cancel, deep=deep):
+        rows[index] = row
+    return [row if row is not None else _row(req, "cancelled")
+            for req, row in zip(requests, rows, strict=True)]
+
+
 def download_many(client: AllenClient, requests: Sequence[DownloadRequest], *, jobs: int = 8,
                   progress: ProgressCallback | None = None,
                   cancel: CancelToken | None = None, deep: bool = False) -> pd.DataFrame:
@@ -208,14 +227,10 @@ def download_many(client: AllenClient, requests: Sequence[DownloadRequest], *, j
     Failures are reported per row, never raised; cancellation raises :class:`BatchCancelled`
     (with the rows) after every worker stopped and removed its partial file.
     """
-    requests = list(requests)
-    rows: list[dict | None] = [None] * len(requests)
-    for index, row in iter_downloads(client, requests, jobs=jobs, progress=progress,
-                                     cancel=cancel, deep=deep):
-        rows[index] = row
-    for i, req in enumerate(requests):
-        if rows[i] is None:
-            rows[i] = _row(req, "cancelled")
+    import pandas as pd
+
+    rows = download_rows(client, requests, jobs=jobs, progress=progress, cancel=cancel,
+                         deep=deep)
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     if cancel is not None and cancel.cancelled:
         raise BatchCancelled(frame)

@@ -5,14 +5,15 @@ ProjectionStructureUnionize (:class:`ConnectivityApi`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..progress import CancelToken, ProgressCallback, report
 from . import rma
 from .base import ApiBase, checked_ids, chunks
-from .frames import PROJECTION_UNIONIZE_COLUMNS, connectivity_frame, flat_frame
 from .ontology import resolve_structure_ids
+
+if TYPE_CHECKING:  # frames (pandas) are built on use: downloads never import pandas
+    import pandas as pd
 
 HEMISPHERES = ("left", "right", "both")
 _SERVICE_FILTERS = {"injection_structures", "target_domain", "transgenic_lines",
@@ -38,6 +39,8 @@ class ConnectivityApi(ApiBase):
         # ApiConnectivity records carry data_set_id, not id (docs/allen-api-notes.md §7.1).
         query = rma.RmaQuery("ApiConnectivity", order="data_set_id")
         records = self.query_rows(query, cancel=cancel)
+        from .frames import connectivity_frame
+
         return connectivity_frame(records)
 
     def injection_structure_search(
@@ -58,6 +61,8 @@ class ConnectivityApi(ApiBase):
             raise ValueError("injection_structure_search needs at least one injection structure")
         rows = self.service_rows(
             rma.ServiceQuery("mouse_connectivity_injection_structure", params), cancel=cancel)
+        from .frames import connectivity_frame
+
         return connectivity_frame(rows)
 
     def injection_coordinate_search(self, seed_point_um: Sequence[float], *,
@@ -70,8 +75,12 @@ class ConnectivityApi(ApiBase):
         params["seed_point"] = _seed(seed_point_um)
         rows = self.service_rows(
             rma.ServiceQuery("mouse_connectivity_injection_coordinate", params), cancel=cancel)
+        from .frames import connectivity_frame
+
         frame = connectivity_frame(rows)
         if "distance" in frame.columns:
+            import pandas as pd
+
             frame["distance"] = pd.to_numeric(frame["distance"], errors="coerce")
         return frame
 
@@ -108,6 +117,8 @@ class ConnectivityApi(ApiBase):
             query = rma.RmaQuery("ProjectionStructureUnionize", order="id").where(None, **filters)
             records.extend(self.query_rows(query, cancel=cancel))
             report(progress, done=min(len(ids), (n + 1) * 20), total=len(ids))
+        from .frames import PROJECTION_UNIONIZE_COLUMNS, flat_frame
+
         return flat_frame(records, PROJECTION_UNIONIZE_COLUMNS)
 
     def _service_params(self, filters: dict) -> dict:

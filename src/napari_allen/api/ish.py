@@ -4,14 +4,15 @@ StructureUnionize expression per structure (:class:`IshApi`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..concurrency import bounded_map
 from ..progress import CancelToken, ProgressCallback, check, report
 from . import rma
 from .base import ApiBase, checked_ids
-from .frames import UNIONIZE_COLUMNS, flat_frame, ish_frame, plane_listing_frame
+
+if TYPE_CHECKING:  # frames (pandas) are built on use: downloads never import pandas
+    import pandas as pd
 
 ISH_PRODUCT_ID = 1
 PLANES = {"coronal": 1, "sagittal": 2}
@@ -70,6 +71,8 @@ class IshApi(ApiBase):
                 query.where("genes", **{f"{field}__il": str(pattern).strip()})
             records.extend(self.query_rows(query, cancel=cancel))
             report(progress, done=n + 1, total=len(patterns), message=f"searched {pattern}")
+        from .frames import ish_frame
+
         return ish_frame(records, gene_patterns=None if genes is None else patterns,
                          field=field, plane_names={v: k for k, v in PLANES.items()})
 
@@ -92,6 +95,8 @@ class IshApi(ApiBase):
                   ("tabular", _PLANE_TABULAR), ("start_row", "0"), ("num_rows", "all")]
         url = f"{self.base_url}/api/v2/data/SectionDataSet/query.csv?" + rma.encode_query(params)
         text = self.http.get_csv(url, cancel=cancel)
+        from .frames import plane_listing_frame
+
         return plane_listing_frame(text, url)
 
     def structure_unionize(self, experiment_ids, *, columns: Sequence[str] | None = None,
@@ -106,6 +111,8 @@ class IshApi(ApiBase):
         per_experiment = self.structure_unionize_records(
             experiment_ids, columns=columns, jobs=jobs, progress=progress, cancel=cancel)
         records = [r for rows in per_experiment.values() for r in rows]
+        from .frames import UNIONIZE_COLUMNS, flat_frame
+
         return flat_frame(records, UNIONIZE_COLUMNS)
 
     def structure_unionize_records(

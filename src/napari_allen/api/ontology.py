@@ -3,7 +3,6 @@ ids from ids or acronyms for queries."""
 
 from __future__ import annotations
 
-from ..atlas.ontology import Ontology
 from ..errors import AllenApiError
 from ..progress import CancelToken
 from . import rma
@@ -13,6 +12,9 @@ from .base import ApiBase, checked_ids, records_of
 def resolve_structure_ids(values) -> list[int]:
     """Structure ids from ids or acronyms (resolved with the bundled ontology, so no
     user text reaches the query)."""
+    # The ontology is pandas-backed: imported when needed, so downloads never load pandas.
+    from ..atlas.ontology import Ontology
+
     if isinstance(values, (int, str)):
         values = [values]
     out = []
@@ -38,6 +40,8 @@ class OntologyApi(ApiBase):
         roots = records_of(env, url)
         if not roots:
             raise AllenApiError(url, "structure graph response holds no structures")
+        from ..atlas.ontology import Ontology
+
         return Ontology.from_graph_response(roots)
 
     def structure_records(self, *, cancel: CancelToken | None = None) -> list[dict]:

@@ -6,10 +6,11 @@ Data (CSV) goes to stdout, progress and messages to stderr. All commands honour
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 import sys
 from pathlib import Path
-
-import pandas as pd
 
 from ..io.atomic import atomic_write_text
 from ..progress import CancelToken
@@ -112,19 +113,47 @@ def cache_prune_command(args) -> int:
     return 0
 
 
-def _listing(client, args) -> pd.DataFrame:
-    """The experiments to download, with whatever metadata is known (gene, plane, ...)."""
+def _listing(client, args) -> tuple[list[str], list[dict]]:
+    """The experiments to download as ``(columns, rows)``, with whatever metadata is known
+    (gene, plane, ...). ``--experiments`` needs no query and no pandas (process start counts
+    in a batch download: pandas alone takes ~1 s to import)."""
     if args.experiments:
-        return pd.DataFrame({"experiment_id": list(dict.fromkeys(args.experiments))})
+        return ["experiment_id"], [{"experiment_id": int(i)}
+                                   for i in dict.fromkeys(args.experiments)]
     if args.genes:
         frame = client.search_ish(args.genes, plane=args.plane)
     else:
         frame = client.ish_plane_listing(args.plane)
-    return frame.drop_duplicates(subset="experiment_id").reset_index(drop=True)
+    frame = frame.drop_duplicates(subset="experiment_id").reset_index(drop=True)
+    return [str(c) for c in frame.columns], frame.to_dict("records")
+
+
+def _cell(value) -> object:
+    """A CSV cell as pandas' ``to_csv`` writes it: missing values (None, NaN, NA) empty."""
+    if value is None:
+        return ""
+    try:
+        if isinstance(value, float) and math.isnan(value):
+            return ""
+        if value != value:  # NaN of numpy types
+            return ""
+    except TypeError:  # pandas.NA: truth value is ambiguous
+        return ""
+    return value
+
+
+def _metadata_csv(columns: list[str], rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n",
+                            extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(row.get(key)) for key in columns})
+    return buffer.getvalue()
 
 
 def download_command(args) -> int:
-    from ..api.batch import OK_STATUSES, BatchCancelled, GridRequest, download_many
+    from ..api.batch import OK_STATUSES, GridRequest, download_rows
 
     if args.jobs < 1:
         print("download: --jobs must be at least 1", file=sys.stderr)
@@ -139,41 +168,39 @@ def download_command(args) -> int:
     client = client_from_args(args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    listing = _listing(client, args)
-    if listing.empty:
+    columns, listing = _listing(client, args)
+    status_columns = ["status", "path", "bytes", "error", "success", "volume"]
+    columns = columns + [c for c in status_columns if c not in columns]
+    if not listing:
         print("download: no matching experiments", file=sys.stderr)
-        atomic_write_text(out / METADATA_CSV,
-                              listing.assign(status=[], path=[], error=[]).to_csv(index=False))
+        atomic_write_text(out / METADATA_CSV, _metadata_csv(columns, []))
         return 1
-    ids = [int(i) for i in listing["experiment_id"]]
+    ids = [int(row["experiment_id"]) for row in listing]
     requests = [GridRequest(i, (args.volume,), dest=out / f"{i}_{args.volume}_200um.zip")
                 for i in ids]
     print(f"{len(requests)} experiments -> {out} ({args.jobs} jobs)", file=sys.stderr)
     token = CancelToken()
-    cancelled = False
     with cancel_on_sigint(token):
-        try:
-            results = download_many(client, requests, jobs=args.jobs, progress=ProgressPrinter(),
-                                    cancel=token)
-        except BatchCancelled as exc:
-            results, cancelled = exc.results, True
-    status = results[["status", "path", "bytes", "error"]].copy()
-    status["path"] = [Path(p).name if p else "" for p in status["path"]]
-    status["success"] = results["status"].isin(OK_STATUSES).to_numpy()
-    meta = pd.concat([listing.reset_index(drop=True), status.reset_index(drop=True)], axis=1)
-    meta["volume"] = args.volume
-    atomic_write_text(out / METADATA_CSV, meta.to_csv(index=False))
-    ok = int(meta["success"].sum())
-    counts = results["status"].value_counts()
-    failed = int(counts.get("failed", 0))
-    print(f"{ok}/{len(meta)} complete: {int(counts.get('downloaded', 0))} downloaded, "
-          f"{int(counts.get('verified', 0))} verified, {int(counts.get('refetched', 0))} "
+        results = download_rows(client, requests, jobs=args.jobs, progress=ProgressPrinter(),
+                                cancel=token)
+    cancelled = token.cancelled
+    meta = [{**row, "status": res["status"], "path": Path(res["path"]).name if res["path"] else "",
+             "bytes": res["bytes"], "error": res["error"],
+             "success": res["status"] in OK_STATUSES, "volume": args.volume}
+            for row, res in zip(listing, results, strict=True)]
+    atomic_write_text(out / METADATA_CSV, _metadata_csv(columns, meta))
+    ok = sum(row["success"] for row in meta)
+    counts: dict[str, int] = {}
+    for res in results:
+        counts[res["status"]] = counts.get(res["status"], 0) + 1
+    failed = counts.get("failed", 0)
+    print(f"{ok}/{len(meta)} complete: {counts.get('downloaded', 0)} downloaded, "
+          f"{counts.get('verified', 0)} verified, {counts.get('refetched', 0)} "
           f"re-fetched (damaged on disk), {failed} failed; metadata in {out / METADATA_CSV}",
           file=sys.stderr)
-    for _, row in results[results["status"] == "refetched"].head(10).iterrows():
-        print(f"  re-fetched {row['experiment_id']}: {row['error']}", file=sys.stderr)
-    for _, row in results[results["status"] == "failed"].head(10).iterrows():
-        print(f"  failed {row['experiment_id']}: {row['error']}", file=sys.stderr)
+    for kind, verb in (("refetched", "re-fetched"), ("failed", "failed")):
+        for res in [r for r in results if r["status"] == kind][:10]:
+            print(f"  {verb} {res['experiment_id']}: {res['error']}", file=sys.stderr)
     if cancelled:
         print("cancelled: run the same command again to resume", file=sys.stderr)
         return 130
