@@ -34,6 +34,8 @@ def test_every_python_name_resolves():
         module_name, attr = command["python_name"].split(":")
         module = importlib.import_module(module_name)
         assert callable(getattr(module, attr)), command["python_name"]
+    module_name, attr = manifest["on_activate"].split(":")  # installs the GUI-thread caller
+    assert callable(getattr(importlib.import_module(module_name), attr))
 
 
 def test_npe2_validate_passes():

@@ -472,6 +472,7 @@ class PyramidJob:
     message: str = ""
     cancel_token: CancelToken = field(default_factory=CancelToken)
     callbacks: list = field(default_factory=list)
+    progress_callbacks: list = field(default_factory=list)
 
     def cancel(self) -> None:
         self.cancel_token.cancel()
@@ -483,6 +484,11 @@ class PyramidJob:
                 self.callbacks.append(fn)
                 return
         fn(self)
+
+    def add_progress_callback(self, fn: Callable[[PyramidJob], object]) -> None:
+        """Call ``fn(job)`` after each progress step (``fraction``/``message`` updated), in
+        the job's thread, until the job ends."""
+        self.progress_callbacks.append(fn)
 
 
 _JOBS: dict[str, PyramidJob] = {}
@@ -507,6 +513,9 @@ def start_pyramid_job(path: str | os.PathLike, open_volume: Callable[..., GridVo
         total = getattr(p, "total", None) or 0
         job.fraction = float(getattr(p, "done", 0) or 0) / total if total else job.fraction
         job.message = getattr(p, "message", "") or job.message
+        for fn in list(job.progress_callbacks):
+            with contextlib.suppress(Exception):  # a display must never break the conversion
+                fn(job)
 
     def run() -> None:
         try:

@@ -34,7 +34,9 @@ from ..io.pyramid import (
     start_pyramid_job,
 )
 from ..io.volume import LABEL_KINDS, GridVolume
+from ..progress import Cancelled
 from ..space import layer_space_kwargs
+from .activity import show_job_progress
 from .prebuilt import layer_type_name
 from .volumes import _colormap, _minus_one_to_nan, compact_dtype, label_tables, layer_metadata
 
@@ -266,8 +268,10 @@ def multiscale_layer_for_file(path: str | os.PathLike, describe, open_volume
     layer = multiscale_layer(info, levels)
     layer[1]["metadata"]["pyramid"] = "converting"
     job.add_done_callback(_refresh_layers_when_done)
-    _notify(f"{path.name}: building a multiscale cache in the background (once); the layer "
-            "fills in when it is ready")
+    if _MAIN_THREAD_CALLER is not None:  # a GUI: napari's activity dock shows it, cancelable
+        show_job_progress(job, _MAIN_THREAD_CALLER, f"{path.name}: multiscale cache")
+    _notify(f"{path.name}: building a multiscale cache in the background (once; progress in "
+            "the activity dock); the layer fills in when it is ready")
     return layer
 
 
@@ -282,10 +286,10 @@ def _notify(text: str) -> None:
             pass
 
 
-#: ``caller(fn)`` runs ``fn`` on napari's main (GUI) thread. Qt lives above this package, so the
-#: widgets package installs one (:func:`set_main_thread_caller`); without one (no dock opened
-#: yet, scripts) a finished conversion shows at the next slice napari asks for (moving a
-#: slider, zooming: multiscale layers re-slice then).
+#: ``caller(fn)`` runs ``fn`` on napari's main (GUI) thread. Qt lives above this package, so
+#: :mod:`napari_allen.widgets.main_thread` installs one (:func:`set_main_thread_caller`) when
+#: npe2 activates the plugin (its first reader/sample/dock use in napari) or a dock is imported;
+#: without one (headless scripts) a finished conversion shows at the next slice napari asks for.
 _MAIN_THREAD_CALLER: Callable[[Callable[[], None]], object] | None = None
 
 
@@ -320,6 +324,9 @@ def _refresh_layers_when_done(job: PyramidJob) -> None:
                         hi = stats["p999"] if stats["p999"] > stats["min"] else stats["max"]
                         if hi > stats["min"]:
                             layer.contrast_limits = (stats["min"], hi)
+                else:  # cancelled from the activity dock, or failed: reopen to retry
+                    layer.metadata = {**layer.metadata, "pyramid": "cancelled"
+                                      if isinstance(job.error, Cancelled) else "failed"}
                 layer.refresh()
 
     caller(refresh)
