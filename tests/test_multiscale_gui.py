@@ -43,10 +43,11 @@ def fresh_activation(monkeypatch):
     """As in a new napari session: no main-thread caller installed (no dock imported), the
     plugin not activated yet, and every grid large enough for the multiscale path."""
     npe2 = pytest.importorskip("npe2")
+    from napari_allen import progress
     from napari_allen.layers import multiscale
 
     monkeypatch.setattr(multiscale, "MULTISCALE_VOXELS", 1000)
-    monkeypatch.setattr(multiscale, "_MAIN_THREAD_CALLER", None)
+    monkeypatch.setattr(progress, "_MAIN_THREAD_CALLER", None)
     pm = npe2.PluginManager.instance()
     pm.discover()
     pm.deactivate("napari-allen")  # the next use activates it, as napari's first use does
@@ -56,14 +57,14 @@ def fresh_activation(monkeypatch):
 def test_layer_fills_in_without_a_dock(make_napari_viewer, qtbot, tmp_path, fresh_activation,
                                        gated_build):
     from napari_allen.io import pyramid
-    from napari_allen.layers import multiscale
+    from napari_allen.progress import main_thread_caller
 
     data = (np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE) % 97) + 3.0
     path = _write_mhd(tmp_path, "projection_density_100", data)
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(path), plugin="napari-allen")
     assert layer.multiscale and layer.metadata["pyramid"] == "converting"
-    assert multiscale._MAIN_THREAD_CALLER is not None  # installed by npe2's on_activate
+    assert main_thread_caller() is not None  # installed by npe2's on_activate
     job = pyramid._JOBS[pyramid.pyramid_path(path).stem]
     assert float(np.asarray(layer._slice.image.raw).max()) == 0  # empty while converting
     gated_build.set()

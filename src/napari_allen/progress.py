@@ -73,3 +73,23 @@ def check(cancel: CancelToken | None) -> None:
     """``cancel.check()`` when a token was given."""
     if cancel is not None:
         cancel.check()
+
+
+# --- reaching the GUI thread (installed from above; this package holds no Qt) -------------------
+MainThreadCaller = Callable[[Callable[[], None]], object]
+
+#: ``caller(fn)`` queues ``fn`` on napari's main (GUI) thread. Installed by
+#: :mod:`napari_allen.widgets.main_thread` when npe2 activates the plugin (its first reader,
+#: sample or dock use in napari) or the widgets are imported; None in headless scripts.
+_MAIN_THREAD_CALLER: MainThreadCaller | None = None
+
+
+def set_main_thread_caller(caller: MainThreadCaller | None) -> None:
+    """Install how work finished in background threads reaches the GUI thread."""
+    global _MAIN_THREAD_CALLER
+    _MAIN_THREAD_CALLER = caller
+
+
+def main_thread_caller() -> MainThreadCaller | None:
+    """The installed GUI-thread caller, or None (no GUI: nothing on screen to update)."""
+    return _MAIN_THREAD_CALLER

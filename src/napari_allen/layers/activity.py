@@ -8,11 +8,8 @@ conversion thread are coalesced to whole percents (at most 100 GUI calls per con
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ..io.pyramid import PyramidJob
-
-Caller = Callable[[Callable[[], None]], object]
+from ..progress import MainThreadCaller as Caller
 
 #: The job each pyramid key's bar shows (a failed or cancelled job restarts as a new job).
 _SHOWN: dict[str, PyramidJob] = {}

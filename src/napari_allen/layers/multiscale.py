@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from ..io.pyramid import (
     start_pyramid_job,
 )
 from ..io.volume import LABEL_KINDS, GridVolume
-from ..progress import Cancelled
+from ..progress import Cancelled, main_thread_caller
 from ..space import layer_space_kwargs
 from .activity import show_job_progress
 from .prebuilt import layer_type_name
@@ -268,8 +267,9 @@ def multiscale_layer_for_file(path: str | os.PathLike, describe, open_volume
     layer = multiscale_layer(info, levels)
     layer[1]["metadata"]["pyramid"] = "converting"
     job.add_done_callback(_refresh_layers_when_done)
-    if _MAIN_THREAD_CALLER is not None:  # a GUI: napari's activity dock shows it, cancelable
-        show_job_progress(job, _MAIN_THREAD_CALLER, f"{path.name}: multiscale cache")
+    caller = main_thread_caller()
+    if caller is not None:  # a GUI: napari's activity dock shows it, cancelable
+        show_job_progress(job, caller, f"{path.name}: multiscale cache")
     _notify(f"{path.name}: building a multiscale cache in the background (once; progress in "
             "the activity dock); the layer fills in when it is ready")
     return layer
@@ -286,24 +286,11 @@ def _notify(text: str) -> None:
             pass
 
 
-#: ``caller(fn)`` runs ``fn`` on napari's main (GUI) thread. Qt lives above this package, so
-#: :mod:`napari_allen.widgets.main_thread` installs one (:func:`set_main_thread_caller`) when
-#: npe2 activates the plugin (its first reader/sample/dock use in napari) or a dock is imported;
-#: without one (headless scripts) a finished conversion shows at the next slice napari asks for.
-_MAIN_THREAD_CALLER: Callable[[Callable[[], None]], object] | None = None
-
-
-def set_main_thread_caller(caller: Callable[[Callable[[], None]], object] | None) -> None:
-    """Install how finished conversions reach the GUI thread (see ``_MAIN_THREAD_CALLER``)."""
-    global _MAIN_THREAD_CALLER
-    _MAIN_THREAD_CALLER = caller
-
-
 def _refresh_layers_when_done(job: PyramidJob) -> None:
     """Refresh the viewer's layers showing ``job``'s levels, on the main thread."""
     if job.error is not None:
         log.warning("multiscale cache of %s failed: %s", job.target, job.error)
-    caller = _MAIN_THREAD_CALLER
+    caller = main_thread_caller()  # None headless: the next slice napari asks for shows it
     if caller is None:
         return
 

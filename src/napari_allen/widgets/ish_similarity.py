@@ -94,7 +94,7 @@ class SimilarityTab(QWidget):
     def __init__(self, viewer: napari.Viewer, selected_ids: Callable[[], list[int]],
                  parent: QWidget | None = None) -> None:
         from napari_allen.analysis.correlation import DEFAULT_TOP_N, METHODS
-        from napari_allen.workflows.plane_download import SOURCES
+        from napari_allen.workflows import MATRIX_SOURCES as SOURCES  # no HTTP stack import
 
         super().__init__(parent)
         self.viewer = viewer

@@ -1,7 +1,7 @@
 """How work finished in background threads below the widgets reaches napari's GUI thread.
 
 ``layers/`` holds no Qt, so it asks for a *main-thread caller*
-(:func:`napari_allen.layers.multiscale.set_main_thread_caller`) and this module installs one
+(:func:`napari_allen.progress.set_main_thread_caller`) and this module installs one
 built on superqt's ``ensure_main_thread``. It is installed twice over:
 
 - by npe2 when the plugin is activated (``on_activate`` in ``napari.yaml``): the first use of
@@ -32,7 +32,7 @@ def _call_on_main_thread(fn: Callable[[], None]) -> None:
 def install() -> bool:
     """Install :func:`_call_on_main_thread` as the layers' main-thread caller. False (and
     nothing installed) when no Qt binding can be imported (napari installed headless)."""
-    from napari_allen.layers.multiscale import set_main_thread_caller
+    from napari_allen.progress import set_main_thread_caller
 
     try:
         import qtpy.QtCore  # noqa: F401 - fails without a Qt binding

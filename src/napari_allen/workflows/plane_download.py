@@ -24,6 +24,7 @@ from napari_allen.errors import AllenError, AllenFormatError
 from napari_allen.io.manifest import forget_file
 from napari_allen.io.plane_store import PlaneStore
 from napari_allen.progress import CancelToken, Progress, ProgressCallback, check, report
+from napari_allen.workflows import MATRIX_SOURCES
 
 STATUS_COLUMNS = ["experiment_id", "gene", "status", "error"]
 
@@ -187,7 +188,7 @@ def _volume_from_zip(path, volume: str, experiment_id: int, cancel) -> np.ndarra
 # --------------------------------------------------------------------------------------------
 # structures x experiments matrices for the structure-similarity workflow
 # --------------------------------------------------------------------------------------------
-SOURCES = ("unionize", "grids")
+SOURCES = MATRIX_SOURCES
 
 
 def fetch_grids(
