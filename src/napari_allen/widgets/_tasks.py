@@ -20,6 +20,7 @@ metadata cache and how its file downloads went (downloaded / verified / re-fetch
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -163,9 +164,18 @@ class TaskRunner(QObject):
             last_sent[0] = now
             self._progressed.emit((generation, snapshot))
 
+        # One partial result in flight: the worker waits until the main thread has handled the
+        # previous one, so several layers finished together are added in separate event-loop
+        # turns (the GUI stays responsive between them) instead of one long freeze.
+        consumed = threading.Event()
+        consumed.set()
+
         def emit(obj: Any) -> None:
             token.check()
-            self._partial.emit((generation, obj))
+            while not consumed.wait(0.05):
+                token.check()
+            consumed.clear()
+            self._partial.emit((generation, obj, consumed))
 
         served: list = []  # the task's cache/download counts, read when it has ended
 
@@ -223,11 +233,14 @@ class TaskRunner(QObject):
             text = f"{text}, {snap.failed} failed"
         self._status.setText(text)
 
-    def _on_partial(self, message: tuple[int, Any]) -> None:
-        generation, obj = message
+    def _on_partial(self, message: tuple[int, Any, threading.Event]) -> None:
+        generation, obj, consumed = message
         callback = self._callbacks.get("partial")
-        if self._current(generation) and callback is not None:
-            callback(obj)
+        try:
+            if self._current(generation) and callback is not None:
+                callback(obj)
+        finally:
+            consumed.set()  # the worker may send the next one
 
     def _on_returned(self, generation: int, value: Any, served: list) -> None:
         if not self._current(generation):
