@@ -51,6 +51,30 @@ def test_results_progress_and_partials_arrive_on_main_thread(qtbot, runner):
     qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
 
 
+def test_partials_are_handed_over_one_per_event_loop_turn(qtbot, runner):
+    """The worker does not run ahead of the main thread: each layer is added in its own turn
+    (layers finished together would otherwise be added in one long freeze)."""
+    sent: list = []
+    sent_when_handled: list = []
+
+    def task(*, progress, cancel, emit):
+        for i in range(4):
+            emit(i)
+            sent.append(i)
+        return "done"
+
+    def on_partial(obj):
+        time.sleep(0.05)  # adding a layer takes a while; the worker must wait for it
+        sent_when_handled.append(len(sent))
+
+    done: list = []
+    runner.run(task, on_partial=on_partial, on_result=done.append)
+    qtbot.waitUntil(lambda: bool(done), timeout=5000)
+    # When partial i is handled the worker has handed over at most i + 1 of them.
+    assert all(n <= i + 1 for i, n in enumerate(sent_when_handled)), sent_when_handled
+    assert len(sent_when_handled) == 4
+
+
 def test_new_run_cancels_and_drops_stale_results(qtbot, runner):
     release = threading.Event()
     results: list = []
