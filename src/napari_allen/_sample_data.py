@@ -2,6 +2,9 @@
 
 - ``nrp1``: Nrp1 ISH expression energy (SectionDataSet 74272479, coronal, 200 µm) and the 200 µm
   grid annotation it is aligned with (Labels coloured by the ontology).
+- ``ccf_reference_25``: the CCFv3 2017 annotation at 25 µm (Labels in atlas colours, acronym
+  and name on hover) and the brain outline (a smooth Surface from marching cubes, cached on
+  disk after the first open). Works offline.
 - ``connectivity_158375425``: projection density and injection density (100 µm) of connectivity
   experiment 158375425 (wild type, injection in VPM).
 
@@ -40,3 +43,10 @@ def connectivity_158375425() -> list[LayerDataTuple]:
     injection = read_nrrd(_data(*folder, "injection_density_100.nrrd"), metadata=dict(meta))
     # A distinct colour so the injection site stands out over the projections (additive).
     return [image_layer(projection), image_layer(injection, colormap="green")]
+
+
+def ccf_reference_25() -> list[LayerDataTuple]:
+    """[25 µm CCFv3 annotation Labels, brain outline Surface], CCF µm [AP, DV, ML]."""
+    from .layers.meshes import ccf_reference_layers
+
+    return ccf_reference_layers()

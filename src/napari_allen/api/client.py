@@ -8,6 +8,7 @@ One façade over the per-domain APIs (as AllenSDK splits its API by domain):
   (``ConnectivityApi``);
 - :mod:`.ontology`: the structure graph (``OntologyApi``);
 - :mod:`.grids`: grid zips, NRRDs, the CCF annotation (``GridApi``);
+- :mod:`.reference_space`: structure meshes (``ReferenceSpaceApi``);
 - :mod:`.frames`: DataFrame shaping of the records, apart from query building.
 
 All queries are built from values (:mod:`napari_allen.api.rma`), paged with
@@ -28,9 +29,10 @@ from .connectivity import ConnectivityApi
 from .grids import GridApi
 from .ish import IshApi
 from .ontology import OntologyApi
+from .reference_space import ReferenceSpaceApi
 
 
-class AllenClient(IshApi, ConnectivityApi, OntologyApi, GridApi):
+class AllenClient(IshApi, ConnectivityApi, OntologyApi, GridApi, ReferenceSpaceApi):
     """Client of the Allen Brain Atlas API (and its file server): every domain's queries and
     downloads on one thread-safe instance. Parameters: see :class:`~.base.ApiBase`."""
 

@@ -16,6 +16,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_allen.widgets._common import ApiPanel
+from napari_allen.widgets._view import show_orientation
 
 if TYPE_CHECKING:
     import napari
@@ -44,6 +45,7 @@ class AllenDock(QWidget):
         outer.addWidget(scroll, 1)
         outer.addWidget(self.api_panel)
         self._tabbed = False
+        show_orientation(napari_viewer)  # AP/DV/ML axes, µm scale bar, coronal slicing
 
     def sizeHint(self):  # noqa: N802 - Qt override
         hint = super().sizeHint()

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 from napari_allen.space import NRRD_RESOLUTIONS
 from napari_allen.widgets._common import WrappingLabel, add_layer_tuple, shared_client
 from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.widgets._view import focus_on_layer_tuple
 
 if TYPE_CHECKING:
     import napari
@@ -65,11 +66,16 @@ class LoadTab(QWidget):
         form.addRow("Injection threshold", self.voxel_threshold)
         self.load_button = QPushButton("Load selected")
         self.load_button.clicked.connect(self.load_selected)
+        self.meshes_button = QPushButton("Add injection + target structure meshes")
+        self.meshes_button.setToolTip("meshes of the selected experiments' injection structures "
+                                      "and their strongest projection targets")
+        self.meshes_button.clicked.connect(self.add_structure_meshes)
         self.status = WrappingLabel("")
         self.runner = TaskRunner(self)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.load_button)
+        layout.addWidget(self.meshes_button)
         layout.addWidget(self.status)
         layout.addWidget(self.runner.widget)
         layout.addStretch(1)
@@ -127,7 +133,36 @@ class LoadTab(QWidget):
                     n += 1
             return n
 
-        self.runner.run(task, on_partial=lambda t: add_layer_tuple(self.viewer, t),
+        self.runner.run(task, on_partial=self._add_and_focus,
                         on_result=lambda n: self.status.setText(
                             self.runner.with_note(f"loaded {n} volume(s)")),
                         description=f"Loading {len(records)} experiment(s)…")
+
+    def _add_and_focus(self, layer) -> None:
+        add_layer_tuple(self.viewer, layer)
+        focus_on_layer_tuple(self.viewer, layer)  # sliders to the injection site
+
+    def add_structure_meshes(self) -> None:
+        """Meshes of the selected experiments' injection structures and their strongest
+        projection targets (computed from the bundled annotation, cached)."""
+        frame = self._selected()
+        if frame.empty:
+            self.status.setText("Select experiments in the results table first")
+            return
+        ids = frame["id"].astype(int).tolist()
+        injections = (frame["structure_id"].dropna().astype(int).tolist()
+                      if "structure_id" in frame else None)
+        client = shared_client()
+
+        def pick(*, cancel):
+            from napari_allen.workflows.structure_meshes import experiment_target_structures
+
+            return experiment_target_structures(client, ids, injection_structures=injections,
+                                                cancel=cancel)
+
+        from napari_allen.widgets._meshes import mesh_task
+
+        self.runner.run(mesh_task(pick), on_partial=lambda t: add_layer_tuple(self.viewer, t),
+                        on_result=lambda names: self.status.setText(
+                            "meshes: " + ", ".join(names)),
+                        description="Meshing injection and target structures…")

@@ -32,6 +32,7 @@ from napari_allen.widgets._common import (
     table_data,
 )
 from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.widgets._view import focus_on_layer_tuple
 from napari_allen.workflows.ish import SEARCH_COLUMNS
 
 if TYPE_CHECKING:
@@ -141,10 +142,14 @@ class IshSearchTab(QWidget):
                 emit(build_layer(image_layer(vol)))
             return len(rows)
 
-        self.runner.run(task, on_partial=lambda t: add_layer_tuple(self.viewer, t),
+        self.runner.run(task, on_partial=self._add_and_focus,
                         on_result=lambda n: self.status.setText(
                             self.runner.with_note(f"loaded {n} experiment(s)")),
                         description=f"Loading {len(rows)} experiments…")
+
+    def _add_and_focus(self, layer) -> None:
+        add_layer_tuple(self.viewer, layer)
+        focus_on_layer_tuple(self.viewer, layer)  # sliders to the expression peak
 
     def add_annotation(self) -> Any:
         """The 200 µm gridAnnotation Labels (an existing one is reused)."""

@@ -88,6 +88,11 @@ class SpatialSearchWidget(AllenDock):
         self.save_button = QPushButton("Save JSON…")
         self.save_button.setEnabled(False)
         self.save_button.clicked.connect(lambda: self.save_json())
+        self.meshes_button = QPushButton("Add injection + target structure meshes")
+        self.meshes_button.setToolTip("meshes of the structure holding the injection and of "
+                                      "the structures holding most seeds of the last result")
+        self.meshes_button.setEnabled(False)
+        self.meshes_button.clicked.connect(self.add_structure_meshes)
         self.summary = WrappingLabel("")
 
         self.runner = TaskRunner(self)
@@ -100,6 +105,7 @@ class SpatialSearchWidget(AllenDock):
         layout = self.body_layout
         layout.addWidget(self.form)
         layout.addLayout(buttons)
+        layout.addWidget(self.meshes_button)
         layout.addWidget(self.runner.widget)
         layout.addWidget(self.summary)
         layout.addStretch(1)
@@ -157,6 +163,7 @@ class SpatialSearchWidget(AllenDock):
     def _running_changed(self, running: bool) -> None:
         # While a search runs the layers change under the user: saving would not match them.
         self.save_button.setEnabled(not running and self.last_result is not None)
+        self.meshes_button.setEnabled(not running and self.last_result is not None)
 
     def _show_partial(self, payload: dict) -> None:
         # Updating a big Shapes layer can process events, delivering the next partial inside
@@ -190,6 +197,7 @@ class SpatialSearchWidget(AllenDock):
                             "injection_coordinates": np.empty((0, 3)),
                             "metadata": {**partial["metadata"], "status": PARTIAL}}
         self.save_button.setEnabled(True)
+        self.meshes_button.setEnabled(True)
         self.summary.setText(f"{PARTIAL}: {len(partial['records'])} lines kept")
 
     def _show_experiment(self, value: dict) -> None:
@@ -201,6 +209,7 @@ class SpatialSearchWidget(AllenDock):
                             "injection_coordinates": search.injection_coordinates,
                             "metadata": search.metadata}
         self.save_button.setEnabled(True)
+        self.meshes_button.setEnabled(True)
         attrs = search.seeds.attrs
         text = (f"{len(search.seeds)} seeds ({attrs.get('in_range', 0)} in range, "
                 f"{attrs.get('in_fiber_tracts', 0)} in fibre tracts, {attrs.get('capped', 0)} "
@@ -246,6 +255,7 @@ class SpatialSearchWidget(AllenDock):
                             "injection_coordinates": np.empty((0, 3)),
                             "metadata": search.metadata}
         self.save_button.setEnabled(bool(result.lines))
+        self.meshes_button.setEnabled(bool(result.lines))
         experiments = sorted({ln.experiment_id for ln in result.lines})
         label = ", ".join(f"{v:.0f}" for v in seed)
         if result.n_failed:
@@ -274,6 +284,30 @@ class SpatialSearchWidget(AllenDock):
             self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
 
     # --- saving ---------------------------------------------------------------------------
+    def add_structure_meshes(self) -> None:
+        """Meshes of the structure holding the injection (the injection voxels, else the
+        lines' injection ends) and of the structures holding most line seeds."""
+        if self.last_result is None:
+            return
+        records = self.last_result["records"]
+        injection = np.asarray(self.last_result["injection_coordinates"], float).reshape(-1, 3)
+        seeds = [rec["path"][0]["coord"] for rec in records if rec.get("path")]
+        if len(injection) == 0:
+            injection = np.array([rec["path"][-1]["coord"] for rec in records
+                                  if rec.get("path")], float).reshape(-1, 3)
+
+        def pick(*, cancel):
+            from napari_allen.workflows.structure_meshes import structures_at_points
+
+            inj = structures_at_points(injection, top=1)
+            targets = [s for s in structures_at_points(seeds, top=5) if s not in inj][:4]
+            return {"injection": inj, "targets": targets}
+
+        from napari_allen.widgets._meshes import mesh_task
+
+        self.runner.run(mesh_task(pick), on_partial=lambda t: add_layer_tuple(self.viewer, t),
+                        description="meshing injection and target structures")
+
     def save_json(self, path: str | None = None) -> str | None:
         """Write the last result as the lines JSON; asks for a path when None."""
         if self.last_result is None:

@@ -1,0 +1,102 @@
+"""Viewer orientation for Allen data: AP/DV/ML axes, the µm scale bar, canonical 3-D
+cameras, coronal 2-D slicing, and moving the sliders to the data just loaded.
+
+World axes are CCF µm ``[AP, DV, ML]`` (PIR: +AP posterior, +DV ventral, +ML right). napari
+shows the last two dims in 2-D, so dims order ``(..., AP, DV, ML)`` slices coronally with the
+slider over AP. 3-D views (measured on napari 0.9's right-handed camera):
+
+- ``dorsal``: looking down from above (along +DV), anterior to the left;
+- ``lateral``: looking at the left side (along +ML), anterior to the left, dorsal up;
+- ``frontal``: looking from the front (along +AP), dorsal up.
+
+Only the camera angles change: ``camera.orientation`` (napari's handedness setting) is left
+as the user has it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_allen.space import AXES
+
+if TYPE_CHECKING:
+    import napari
+
+#: view name -> (view direction, up direction) in world ``[AP, DV, ML]``.
+VIEWS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    "dorsal": ((0, 1, 0), (0, 0, 1)),
+    "lateral": ((0, 0, 1), (0, -1, 0)),
+    "frontal": ((1, 0, 0), (0, -1, 0)),
+}
+
+
+def _camera(viewer: napari.Viewer):
+    # napari 0.9 moved the camera to viewer.scene; older releases keep viewer.camera.
+    return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+
+
+def show_orientation(viewer: napari.Viewer) -> None:
+    """Axes with AP/DV/ML labels and a µm scale bar; 2-D slicing coronal (slider over AP).
+
+    Idempotent: docks call it when they open. Axis labels are only set while the viewer has
+    (at least) the three CCF axes and still shows napari's default numeric labels.
+    """
+    viewer.axes.visible = True
+    viewer.axes.labels = True
+    viewer.axes.colored = True
+    viewer.scale_bar.visible = True
+    viewer.scale_bar.unit = "um"
+    dims = viewer.dims
+    if dims.ndim >= 3:
+        labels = list(dims.axis_labels)
+        tail = labels[-3:]
+        if all(str(label).lstrip("-").isdigit() for label in tail):
+            dims.axis_labels = labels[:-3] + list(AXES)
+        coronal(viewer)
+
+
+def coronal(viewer: napari.Viewer) -> None:
+    """2-D shows DV x ML planes; the slider runs over AP (dims order ``(..., AP, DV, ML)``)."""
+    n = viewer.dims.ndim
+    if n >= 3:
+        viewer.dims.order = tuple(range(n))
+
+
+def canonical_camera(viewer: napari.Viewer, view: str = "dorsal", *, zoom: float = 1.0) -> None:
+    """Switch to 3-D, fit everything in view, then look from ``view`` (see :data:`VIEWS`),
+    anterior to the left. ``zoom`` multiplies the fitted zoom."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {sorted(VIEWS)}, got {view!r}")
+    viewer.dims.ndisplay = 3
+    coronal(viewer)
+    viewer.reset_view()  # resets the angles too: set the direction afterwards
+    direction, up = VIEWS[view]
+    camera = _camera(viewer)
+    camera.set_view_direction(direction, up)
+    camera.zoom *= float(zoom)
+
+
+def focus_on(viewer: napari.Viewer, point_um) -> bool:
+    """Move the sliders of the last three (CCF) axes to ``point_um`` ``[AP, DV, ML]`` (µm),
+    clipped to the data range. Returns False (and changes nothing) for a missing point."""
+    if point_um is None or viewer.dims.ndim < 3:
+        return False
+    point = np.asarray(point_um, dtype=float).reshape(-1)[-3:]
+    if point.size != 3 or not np.isfinite(point).all():
+        return False
+    n = viewer.dims.ndim
+    axes = list(range(n - 3, n))
+    lows = [viewer.dims.range[a][0] for a in axes]
+    highs = [viewer.dims.range[a][1] for a in axes]
+    viewer.dims.set_point(axes, tuple(float(np.clip(p, lo, hi))
+                                      for p, lo, hi in zip(point, lows, highs, strict=True)))
+    return True
+
+
+def focus_on_layer_tuple(viewer: napari.Viewer, layer_tuple: tuple) -> bool:
+    """Move the sliders to a LayerDataTuple's injection site or peak (``layers/focus.py``)."""
+    from napari_allen.layers.focus import focus_point_um
+
+    return focus_on(viewer, focus_point_um(layer_tuple))

@@ -1,0 +1,184 @@
+"""Structure meshes: the .obj parser/writer, marching-cubes meshes of the bundled 25 µm
+annotation (placed in CCF µm, inside the brain), the disk cache, Surface layers, focus points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_allen.errors import AllenFormatError
+from napari_allen.io.obj_mesh import Mesh, format_obj, parse_obj, read_obj, write_obj
+
+TETRA = np.array([[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100]], float)
+TETRA_FACES = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+
+
+@pytest.fixture(scope="module")
+def mesh_cache(tmp_path_factory):
+    """One cache folder for the module: the annotation index and meshes are built once."""
+    return tmp_path_factory.mktemp("mesh-cache")
+
+
+@pytest.fixture
+def shared_cache(mesh_cache, monkeypatch):
+    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(mesh_cache))
+    return mesh_cache
+
+
+@pytest.fixture(scope="module")
+def brain():
+    from napari_allen.atlas.annotation import ccf_annotation_25
+
+    return ccf_annotation_25()
+
+
+def _inside_brain_fraction(vertices: np.ndarray, brain, tolerance_voxels: int = 2) -> float:
+    """Fraction of vertices within ``tolerance_voxels`` of a labelled (brain) voxel."""
+    from scipy import ndimage
+
+    idx = np.round(vertices / brain.resolution).astype(int)
+    lo = np.maximum(idx.min(axis=0) - 3, 0)
+    hi = np.minimum(idx.max(axis=0) + 4, brain.shape)
+    crop = np.asarray(brain.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]) != 0
+    near = ndimage.binary_dilation(crop, iterations=tolerance_voxels)
+    local = np.clip(idx - lo, 0, np.array(crop.shape) - 1)
+    return float(near[local[:, 0], local[:, 1], local[:, 2]].mean())
+
+
+# --- .obj ---------------------------------------------------------------------------------
+def test_obj_round_trip_in_allen_layout(tmp_path):
+    mesh = Mesh(TETRA, TETRA_FACES)
+    text = format_obj(mesh, comment="test").decode()
+    assert text.startswith("# test\nv 0.000 0.000 0.000\n")
+    assert "\nvn " in text and "\nf 1//1 3//3 2//2\n" in text
+    path = write_obj(tmp_path / "997.obj", mesh)
+    back = read_obj(path)
+    np.testing.assert_allclose(back.vertices, TETRA)
+    np.testing.assert_array_equal(back.faces, TETRA_FACES)
+    np.testing.assert_allclose(back.normals, mesh.normals, atol=1e-4)
+    # Outward unit normals for a consistently wound closed surface.
+    assert np.allclose(np.linalg.norm(back.normals, axis=1), 1, atol=1e-4)
+
+
+def test_obj_parser_accepts_plain_and_textured_faces():
+    mesh = parse_obj("v 0 0 0\nv 1 0 0 1.0\nv 0 1 0\nvt 0 0\ng part\nf 1/1 2/1 3/1\nf 3 2 1\n")
+    assert mesh.n_vertices == 3 and mesh.n_faces == 2
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "no 'v' vertex lines"),
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3 1\n", "only triangles"),
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 4\n", "face index out of range"),
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf -1 -2 -3\n", "face index out of range"),
+    ("v 0 0 zero\nf 1 1 1\n", "non-numeric"),
+    ("v 0 0\n", "vertex needs x y z"),
+    ("<html>404</html>\n", "unknown record"),
+])
+def test_obj_parser_names_the_problem(text, problem):
+    with pytest.raises(AllenFormatError, match=problem) as info:
+        parse_obj(text, "structure_meshes/733.obj")
+    assert "structure_meshes/733.obj" in str(info.value)
+
+
+def test_read_obj_missing_file(tmp_path):
+    with pytest.raises(AllenFormatError, match="cannot read mesh file"):
+        read_obj(tmp_path / "nope.obj")
+
+
+# --- meshes from the annotation -----------------------------------------------------------
+def test_outline_mesh_covers_the_brain_and_is_cached(shared_cache, brain):
+    from napari_allen.atlas.meshes import brain_outline
+
+    mesh = brain_outline()
+    assert mesh.metadata["cached"] is False
+    assert 5_000 < mesh.n_faces <= 40_000
+    lo, hi = mesh.bounds()
+    # The CCFv3 brain spans about 0.2-13.2 mm AP, 0.2-7.9 mm DV, 0.4-11.0 mm ML.
+    extent = np.array(brain.shape) * brain.resolution
+    assert np.all(lo >= -50) and np.all(hi <= extent + 50)
+    assert np.all(hi - lo > 0.85 * np.array([13_000, 7_000, 10_000]))
+    # Left-right symmetric about the midline (5,700 µm), as the annotation is.
+    assert abs((lo[2] + hi[2]) / 2 - 5_700) < 150
+    assert _inside_brain_fraction(mesh.vertices, brain) > 0.99
+    again = brain_outline()
+    assert again.metadata["cached"] is True
+    np.testing.assert_array_equal(again.faces, mesh.faces)
+
+
+def test_vpm_mesh_sits_in_the_thalamus(shared_cache, brain):
+    from napari_allen.atlas.annotation import structure_id_at
+    from napari_allen.atlas.meshes import structure_mesh
+    from napari_allen.atlas.ontology import Ontology
+
+    onto = Ontology.default()
+    mesh = structure_mesh("VPM")
+    assert mesh.metadata["structure_id"] == 733 and mesh.n_faces > 500
+    assert _inside_brain_fraction(mesh.vertices, brain) == 1.0
+    # Vertices hug VPM: nearly all lie within two voxels of a VPM voxel.
+    ids = structure_id_at(brain, mesh.vertices)
+    thalamus = onto.membership(onto.id_of("TH"), ids)
+    assert thalamus.mean() > 0.6
+    # Both hemispheres: VPM is bilateral, mirrored about the midline.
+    ml = mesh.vertices[:, 2]
+    assert (ml < 5_700).mean() > 0.4 and (ml > 5_700).mean() > 0.4
+
+
+def test_parent_mesh_includes_descendants(shared_cache):
+    from napari_allen.atlas.meshes import structure_mesh
+
+    parent = structure_mesh("SSp")  # no voxels of its own: only its sub-areas are labelled
+    child = structure_mesh("SSp-bfd")
+    (plo, phi), (clo, chi) = parent.bounds(), child.bounds()
+    # SSp is meshed at 50 µm (large), SSp-bfd at 25 µm: bounds agree within a voxel.
+    assert np.all(plo <= clo + 50) and np.all(phi >= chi - 50)
+    assert np.prod(phi - plo) > 2 * np.prod(chi - clo)
+
+
+def test_structure_without_voxels_is_an_error(shared_cache):
+    from napari_allen.atlas.meshes import structure_mesh
+
+    with pytest.raises(KeyError):
+        structure_mesh(123456789)
+
+
+# --- layers ---------------------------------------------------------------------------------
+def test_structure_mesh_layer_has_the_atlas_colour(shared_cache):
+    from napari_allen.atlas.meshes import structure_mesh
+    from napari_allen.layers.meshes import structure_mesh_layer
+
+    (verts, faces, values), kwargs, kind = structure_mesh_layer(structure_mesh("CP"), "CP")
+    assert kind == "surface" and kwargs["name"] == "CP mesh"
+    # CP is 98D6F9 in the ontology.
+    np.testing.assert_allclose(kwargs["colormap"].colors[-1][:3],
+                               np.array([0x98, 0xD6, 0xF9]) / 255, atol=1e-6)
+    assert kwargs["axis_labels"] == ("AP", "DV", "ML") and kwargs["metadata"]["acronym"] == "CP"
+    assert len(values) == len(verts) and faces.max() < len(verts)
+
+
+def test_reference_sample_is_annotation_and_outline(shared_cache):
+    from napari_allen._sample_data import ccf_reference_25
+
+    (labels, lkw, ltype), (surface, skw, stype) = ccf_reference_25()
+    assert (ltype, stype) == ("labels", "surface")
+    assert tuple(lkw["scale"]) == (25, 25, 25) and labels.shape == (528, 320, 456)
+    assert set(lkw["features"].columns) >= {"index", "acronym", "name"}
+    assert skw["name"] == "brain outline (CCFv3)" and len(surface[0]) > 1000
+
+
+# --- focus ----------------------------------------------------------------------------------
+def test_focus_point_prefers_injection_metadata_then_peak():
+    from napari_allen.layers.focus import focus_point_um
+
+    data = np.zeros((10, 8, 6))
+    data[7, 2, 4] = 5.0
+    data[1, 1, 1] = np.nan
+    kwargs = {"scale": (100, 100, 100), "metadata": {}}
+    np.testing.assert_allclose(focus_point_um((data, kwargs, "image")), [700, 200, 400])
+    kwargs["metadata"] = {"experiment": {"injection_x": 6500, "injection_y": 4000,
+                                         "injection_z": 7650}}
+    np.testing.assert_allclose(focus_point_um((data, kwargs, "image")), [6500, 4000, 7650])
+    kwargs["metadata"]["injection_centroid_um"] = [6600.0, 4100.0, 7700.0]
+    np.testing.assert_allclose(focus_point_um((data, kwargs, "image")), [6600, 4100, 7700])
+    assert focus_point_um((np.full((3, 3, 3), np.nan), {}, "image")) is None
+    pts = np.array([[0, 0, 0], [200, 400, 600]], float)
+    np.testing.assert_allclose(focus_point_um((pts, {}, "points")), [100, 200, 300])
