@@ -37,17 +37,25 @@ def _camera(viewer: napari.Viewer):
     return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
 
 
+def _overlays(viewer: napari.Viewer):
+    """(axes, scale bar) overlays: napari 0.9 moved them to ``scene``/``canvas`` overlays."""
+    if hasattr(viewer, "scene") and hasattr(viewer, "canvas"):
+        return viewer.scene.overlays.axes, viewer.canvas.overlays.scale_bar
+    return viewer.axes, viewer.scale_bar
+
+
 def show_orientation(viewer: napari.Viewer) -> None:
     """Axes with AP/DV/ML labels and a µm scale bar; 2-D slicing coronal (slider over AP).
 
     Idempotent: docks call it when they open. Axis labels are only set while the viewer has
     (at least) the three CCF axes and still shows napari's default numeric labels.
     """
-    viewer.axes.visible = True
-    viewer.axes.labels = True
-    viewer.axes.colored = True
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
+    axes, scale_bar = _overlays(viewer)
+    axes.visible = True
+    axes.labels = True
+    axes.colored = True
+    # The scale bar reads its unit (µm) from the layers' ``units``.
+    scale_bar.visible = True
     dims = viewer.dims
     if dims.ndim >= 3:
         labels = list(dims.axis_labels)

@@ -1,0 +1,156 @@
+"""The Structures dock, orientation helpers and slider focus in a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_allen.widgets._common import reset_shared_client
+
+
+@pytest.fixture(scope="module")
+def mesh_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("widget-mesh-cache")
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot, mesh_cache, monkeypatch):
+    from napari_allen.widgets.structures import StructuresWidget
+
+    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(mesh_cache))
+    reset_shared_client()
+    viewer = make_napari_viewer()
+    w = StructuresWidget(viewer)
+    qtbot.addWidget(w)
+    yield w
+    w.runner.cancel()
+    reset_shared_client()
+
+
+def _wait(qtbot, w, timeout=60000):
+    qtbot.waitUntil(lambda: not w.runner.is_running, timeout=timeout)
+
+
+def test_tree_lists_the_ontology_and_filters(widget):
+    w = widget
+    assert len(w._items) == 1327
+    item = w.item("VPM")
+    assert item.text(0) == "VPM" and "posteromedial" in item.text(1)
+    assert w.filter("ventral post") >= 3
+    assert not w.item("VPM").isHidden() and not w.item("TH").isHidden()  # ancestors stay
+    assert w.item("CP").isHidden()
+    assert w.filter("") == 1327 and not w.item("CP").isHidden()
+
+
+def test_ticking_adds_a_surface_in_the_atlas_colour(qtbot, widget):
+    from napari_allen.atlas.annotation import ccf_annotation_25, structure_id_at
+    from napari_allen.atlas.ontology import Ontology
+
+    w = widget
+    w.mask_check.setChecked(True)
+    w.set_checked("VPM")
+    w.set_checked("CP")
+    _wait(qtbot, w)
+    qtbot.waitUntil(lambda: "CP mesh" in w.viewer.layers, timeout=30000)
+    layer = w.viewer.layers["VPM mesh"]
+    assert type(layer).__name__ == "Surface"
+    rgb = np.array(Ontology.default().rgb(733)) / 255
+    np.testing.assert_allclose(layer.colormap.colors[-1][:3], rgb, atol=1e-6)
+    assert 0 < layer.opacity < 1
+    verts = np.asarray(layer.data[0])
+    ids = structure_id_at(ccf_annotation_25(), verts)
+    assert (ids != 0).mean() > 0.95  # vertices inside the brain
+    mask = w.viewer.layers["VPM mask"]
+    assert type(mask).__name__ == "Labels" and mask.data.max() == 1
+    # The mask's voxels are VPM's: its translate puts the crop back in CCF µm.
+    idx = np.argwhere(mask.data)[::50]
+    um = idx * 25 + np.asarray(mask.translate)
+    assert set(np.unique(structure_id_at(ccf_annotation_25(), um))) == {733}
+    w.set_checked("VPM", False)
+    assert "VPM mesh" not in w.viewer.layers and "VPM mask" not in w.viewer.layers
+    w.viewer.layers.remove("CP mesh")  # deleting the layer unticks the structure
+    assert 672 not in w.checked_ids()
+
+
+def test_cursor_names_the_structure(widget):
+    w = widget
+    assert w.describe([6500, 4000, 7650]).startswith("VP")  # 158375425's injection site
+    assert w.describe([100, 100, 100]) == "outside the brain"
+
+
+def test_orientation_is_on_when_the_dock_opens(widget):
+    from napari_allen.layers.meshes import ccf_reference_layers
+    from napari_allen.widgets._common import add_layer_tuple
+    from napari_allen.widgets._view import canonical_camera, show_orientation
+
+    viewer = widget.viewer
+    from napari_allen.widgets._view import _overlays
+
+    axes, scale_bar = _overlays(viewer)
+    assert axes.visible and axes.labels and scale_bar.visible
+    for layer_tuple in ccf_reference_layers():
+        add_layer_tuple(viewer, layer_tuple)
+    show_orientation(viewer)
+    assert tuple(viewer.dims.axis_labels)[-3:] == ("AP", "DV", "ML")
+    assert tuple(viewer.dims.order) == (0, 1, 2)  # 2-D: coronal, slider over AP
+    assert viewer.dims.displayed == (1, 2)
+    canonical_camera(viewer, "dorsal")
+    assert viewer.dims.ndisplay == 3
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    np.testing.assert_allclose(camera.view_direction, (0, 1, 0), atol=1e-6)
+    canonical_camera(viewer, "lateral")
+    np.testing.assert_allclose(camera.view_direction, (0, 0, 1), atol=1e-6)
+
+
+def test_focus_moves_the_sliders(make_napari_viewer):
+    from napari_allen._sample_data import connectivity_158375425
+    from napari_allen.widgets._common import add_layer_tuple
+    from napari_allen.widgets._view import focus_on_layer_tuple
+
+    viewer = make_napari_viewer()
+    projection, injection = connectivity_158375425()
+    add_layer_tuple(viewer, projection)
+    add_layer_tuple(viewer, injection)
+    before = viewer.dims.point[0]
+    assert focus_on_layer_tuple(viewer, injection)
+    ap, dv, ml = viewer.dims.point
+    assert ap != before
+    # The injection density peaks in the right VPM (experiment 158375425: 6,5xx / 4,xxx / 7,xxx).
+    assert 6000 <= ap <= 7300 and 3500 <= dv <= 5000 and 6800 <= ml <= 8400
+
+
+def test_loading_an_experiment_moves_the_sliders_and_meshes_its_structures(
+        make_napari_viewer, qtbot, allen_api, mesh_cache, monkeypatch):
+    from napari_allen.widgets.connectivity import ConnectivityWidget
+
+    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(mesh_cache))
+    reset_shared_client()
+    viewer = make_napari_viewer()
+    w = ConnectivityWidget(viewer)
+    qtbot.addWidget(w)
+    try:
+        w.structures_edit.setText("VPM")
+        w.line_combo.setCurrentText("wild type")
+        w.search_button.click()
+        qtbot.waitUntil(lambda: not w.runner.is_running, timeout=30000)
+        frame = w.results.frame()
+        w.results.select_rows([int(np.flatnonzero(frame["id"] == 158375425)[0])])
+        start = tuple(viewer.dims.point)
+        w.load_button.click()
+        qtbot.waitUntil(lambda: not w.runner.is_running, timeout=30000)
+        ap, dv, ml = viewer.dims.point
+        assert (ap, dv, ml) != start
+        row = frame[frame["id"] == 158375425].iloc[0]
+        target = np.array([row["injection_x"], row["injection_y"], row["injection_z"]], float)
+        # Sliders at the injection site (to the nearest 100 µm slice).
+        assert np.all(np.abs(np.array([ap, dv, ml]) - target) <= 150)
+
+        w.meshes_button.click()
+        qtbot.waitUntil(lambda: not w.runner.is_running, timeout=60000)
+        meshes = [layer for layer in viewer.layers if layer.metadata.get("kind") == "mesh"]
+        roles = {layer.metadata["acronym"]: layer.metadata["role"] for layer in meshes}
+        assert roles.get("VPM") == "injection"
+        assert "targets" in roles.values()
+    finally:
+        w.runner.cancel()
+        reset_shared_client()
