@@ -15,7 +15,7 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-cur
 	libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
 	libxcb-shape0 libxcb-xinerama0 libxcb-xfixes0 libdbus-1-3 libfontconfig1
 
-.PHONY: demo test lint bench system-deps install clean
+.PHONY: demo screenshots test lint bench system-deps install clean
 
 demo: system-deps $(STAMP)
 	@if [ -n "$$DISPLAY" ]; then \
@@ -23,6 +23,12 @@ demo: system-deps $(STAMP)
 	else \
 		xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m napari_allen._demo --screenshot $(DEMO_PNG); \
 	fi
+
+# The README's images (docs/images/: the demo's 3-D and coronal views, one per dock), regenerated
+# from the demo scene under Xvfb.
+screenshots: system-deps $(STAMP)
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m napari_allen._demo \
+		--screenshot $(DEMO_PNG) --readme-images docs/images
 
 test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks tools

@@ -49,3 +49,60 @@ def test_annotation_labels_render_in_atlas_colours(make_napari_viewer):
     assert len(lit) > 0.05 * len(shot)
     # Atlas colouring: many distinct colours (one per structure), not a single flat colour.
     assert len(np.unique(lit // 8, axis=0)) > 20
+
+
+def test_demo_screenshot_shows_the_brain_outline(tmp_path):
+    """``make demo``'s scene under Xvfb: the outline is drawn, dorsal view, anterior left."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_allen._demo import build_viewer
+
+    demo = build_viewer(show=True, log=lambda _msg: None)
+    viewer = demo.viewer
+    try:
+        viewer.window.resize(1600, 1000)
+        for _ in range(20):
+            QApplication.processEvents()
+        outline = viewer.layers["brain outline (CCFv3)"]
+        assert viewer.dims.ndisplay == 3
+        names = {layer.name for layer in viewer.layers}
+        assert {"VPM mesh", "spatial search 158375425 lines"} <= names
+        others = [layer for layer in viewer.layers if layer is not outline and layer.visible]
+        for layer in others:
+            layer.visible = False
+        viewer.reset_view()
+        from napari_allen.widgets._view import canonical_camera
+
+        canonical_camera(viewer, "dorsal", zoom=0.8)
+        from napari_allen.widgets._view import _overlays
+
+        axes, scale_bar = _overlays(viewer)
+        assert axes.visible and scale_bar.visible  # orientation on in the demo
+        axes.visible = scale_bar.visible = False  # measure the brain alone
+        for _ in range(10):
+            QApplication.processEvents()
+        shot = viewer.screenshot(canvas_only=True, flash=False)
+        outline.visible = False
+        blank = viewer.screenshot(canvas_only=True, flash=False)
+        assert _lit_fraction(blank, 20) < 0.01
+        lit = shot[..., :3].astype(int).sum(axis=-1) > 20
+        assert lit.mean() > 0.05, "the outline is not drawn"
+        rows, cols = np.nonzero(lit)
+        width, height = np.ptp(cols), np.ptp(rows)
+        # The whole brain is in view (not cut by the canvas edges).
+        assert cols.min() > 0 and cols.max() < lit.shape[1] - 1, (lit.shape, width, height)
+        assert rows.min() > 0 and rows.max() < lit.shape[0] - 1, (lit.shape, width, height)
+        # Dorsal view: AP (13.2 mm) across, ML (10.4 mm) up; the brain is wider than tall.
+        assert 1.05 < width / height < 1.6
+        # Anterior (olfactory bulbs) to the left: the left end is narrower than the right half.
+        left = lit[:, cols.min():cols.min() + width // 10].sum(axis=0).mean()
+        middle = lit[:, cols.min() + width // 2 - width // 20:
+                     cols.min() + width // 2 + width // 20].sum(axis=0).mean()
+        assert left < 0.6 * middle
+        for layer in others:
+            layer.visible = True
+        outline.visible = True
+        full = viewer.screenshot(canvas_only=True, flash=False)
+        assert _lit_fraction(full, 20) >= 0.9 * lit.mean()
+    finally:
+        demo.close()

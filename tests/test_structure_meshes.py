@@ -182,3 +182,22 @@ def test_focus_point_prefers_injection_metadata_then_peak():
     assert focus_point_um((np.full((3, 3, 3), np.nan), {}, "image")) is None
     pts = np.array([[0, 0, 0], [200, 400, 600]], float)
     np.testing.assert_allclose(focus_point_um((pts, {}, "points")), [100, 200, 300])
+
+
+def test_structure_mesh_command_writes_allen_obj(shared_cache, tmp_path, capsys):
+    from napari_allen.cli import main
+
+    assert main(["structure-mesh", "VPM", "--out", str(tmp_path)]) == 0
+    mesh = read_obj(tmp_path / "733.obj")
+    assert mesh.n_faces > 500 and 6000 < mesh.vertices[:, 0].mean() < 7500
+    assert "VPM" in capsys.readouterr().out
+    assert main(["structure-mesh", "NOPE", "--out", str(tmp_path)]) == 2
+
+
+def test_allen_mesh_download_through_the_client(shared_cache, client, tmp_path):
+    """Allen's structure_meshes/<id>.obj URL form, downloaded once and parsed."""
+    from napari_allen.api.reference_space import structure_mesh_url
+
+    assert structure_mesh_url(client, 733).endswith(
+        "/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/"
+        "structure_meshes/733.obj")

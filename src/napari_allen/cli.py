@@ -19,7 +19,8 @@ from napari_allen.errors import AllenError
 from napari_allen.progress import Cancelled
 
 #: Modules of napari_allen.commands, each with ``register(subparsers)``.
-COMMAND_MODULES = ("api_commands", "local_api", "export", "ish", "connectivity", "spatial")
+COMMAND_MODULES = ("api_commands", "local_api", "export", "ish", "connectivity", "spatial",
+                   "meshes")
 
 #: Which module registers each sub-command: a run imports only its command's module (pandas and
 #: the analysis modules cost ~1 s of process start, which ``download`` and ``correlate`` need

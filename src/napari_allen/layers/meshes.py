@@ -44,7 +44,9 @@ def surface_layer(mesh: Mesh, *, name: str, rgb: tuple[float, float, float],
         "contrast_limits": (0.0, 1.0),
         "opacity": float(opacity),
         "shading": "smooth",
-        "blending": "translucent",
+        # No depth test: translucent closed surfaces otherwise speckle where their front and
+        # back faces fight over depth; later layers draw over earlier ones.
+        "blending": "translucent_no_depth",
         "normals": {"vertex": {"visible": False}},
         "units": UNITS,
         "axis_labels": AXES,
@@ -66,7 +68,7 @@ def structure_mesh_layer(mesh: Mesh, structure_id: int, *, ontology: Ontology | 
                          opacity=opacity, metadata=meta)
 
 
-def outline_layer(mesh: Mesh, *, opacity: float = 0.15) -> LayerDataTuple:
+def outline_layer(mesh: Mesh, *, opacity: float = 0.2) -> LayerDataTuple:
     """The whole-brain surface, faint grey (context around everything else)."""
     meta = {"structure_id": ROOT_ID, "acronym": "root", "outline": True}
     return surface_layer(mesh, name=OUTLINE_NAME, rgb=OUTLINE_RGB, opacity=opacity,

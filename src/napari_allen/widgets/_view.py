@@ -73,8 +73,8 @@ def coronal(viewer: napari.Viewer) -> None:
 
 
 def canonical_camera(viewer: napari.Viewer, view: str = "dorsal", *, zoom: float = 1.0) -> None:
-    """Switch to 3-D, fit everything in view, then look from ``view`` (see :data:`VIEWS`),
-    anterior to the left. ``zoom`` multiplies the fitted zoom."""
+    """Switch to 3-D and look from ``view`` (see :data:`VIEWS`), anterior to the left, with
+    the data's extent seen from that side filling the canvas (``zoom`` multiplies that)."""
     if view not in VIEWS:
         raise ValueError(f"view must be one of {sorted(VIEWS)}, got {view!r}")
     viewer.dims.ndisplay = 3
@@ -83,7 +83,26 @@ def canonical_camera(viewer: napari.Viewer, view: str = "dorsal", *, zoom: float
     direction, up = VIEWS[view]
     camera = _camera(viewer)
     camera.set_view_direction(direction, up)
-    camera.zoom *= float(zoom)
+    fitted = _fit_zoom(viewer, direction, up)
+    camera.zoom = (fitted or camera.zoom) * float(zoom)
+
+
+def _fit_zoom(viewer: napari.Viewer, direction, up, fill: float = 0.9) -> float | None:
+    """Zoom (screen px per µm) at which the world extent, seen along ``direction`` with
+    ``up`` vertical, fills ``fill`` of the canvas; None if the canvas size is unknown.
+    (napari's reset_view fits the bounding cube's diagonal: a brain then fills half the
+    canvas.)"""
+    size = getattr(getattr(viewer, "canvas", None), "size", None)
+    if size is None or viewer.dims.ndim < 3:
+        return None
+    height, width = (float(v) for v in size)  # napari canvas sizes are (rows, columns)
+    extent = np.asarray(viewer.layers.extent.world, dtype=float)[:, -3:]
+    span = extent[1] - extent[0]
+    vertical = int(np.flatnonzero(up)[0])
+    horizontal = ({0, 1, 2} - {vertical, int(np.flatnonzero(direction)[0])}).pop()
+    if min(height, width) <= 1 or span[vertical] <= 0 or span[horizontal] <= 0:
+        return None
+    return fill * min(width / span[horizontal], height / span[vertical])
 
 
 def focus_on(viewer: napari.Viewer, point_um) -> bool:
