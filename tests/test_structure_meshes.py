@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_allen.errors import AllenFormatError
+from napari_allen.errors import AllenApiError, AllenFormatError
 from napari_allen.io.obj_mesh import Mesh, format_obj, parse_obj, read_obj, write_obj
 
 TETRA = np.array([[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100]], float)
@@ -196,8 +196,29 @@ def test_structure_mesh_command_writes_allen_obj(shared_cache, tmp_path, capsys)
 
 def test_allen_mesh_download_through_the_client(shared_cache, client, tmp_path):
     """Allen's structure_meshes/<id>.obj URL form, downloaded once and parsed."""
-    from napari_allen.api.reference_space import structure_mesh_url
-
-    assert structure_mesh_url(client, 733).endswith(
+    assert client.structure_mesh_url(733).endswith(
         "/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/"
         "structure_meshes/733.obj")
+    path = client.download_structure_mesh(733)
+    assert path == client.structure_mesh_path(733) and path.is_file()
+    mesh = client.structure_mesh(733)
+    assert mesh.n_faces > 100 and mesh.metadata["source"] == client.structure_mesh_url(733)
+    # Served from the same annotation, it overlays the computed VPM mesh (CCF µm, AP DV ML).
+    from napari_allen.atlas.meshes import structure_mesh
+
+    local = structure_mesh(733)
+    np.testing.assert_allclose(mesh.bounds(), local.bounds(), atol=120)
+    with pytest.raises(AllenApiError, match="404"):
+        client.download_structure_mesh(99999999)
+
+
+def test_auto_source_falls_back_to_the_computed_mesh(shared_cache, monkeypatch):
+    """Against an unreachable file server, ``auto`` computes the mesh and says why."""
+    from napari_allen.api.client import AllenClient
+    from napari_allen.workflows.structure_meshes import get_structure_mesh
+
+    with AllenClient(retries=0) as unreachable:  # the closed port of conftest
+        mesh = get_structure_mesh("VPM", client=unreachable, source="auto")
+        assert "Allen mesh unavailable" in mesh.metadata["fallback"]
+        with pytest.raises(AllenApiError):
+            get_structure_mesh("VPM", client=unreachable, source="allen")

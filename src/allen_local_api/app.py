@@ -5,7 +5,9 @@ URL forms (docs/allen-api-notes.md §12): ``/api/v2/data/query.<fmt>?q=|criteria
 ``/api/v2/structure_graph_download/1.json``, ``/api/v2/tree_search/Structure/<id>.json``,
 ``/api/v2/well_known_file_download/<id>``, ``/grid_data/download/<id>[?include=]``,
 ``/grid_data/download_file/<id>?image=&resolution=``, and the files host paths
-``/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/annotation_<res>.nrrd`` and
+``/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/annotation_<res>.nrrd``,
+``.../ccf_2017/structure_meshes/<id>.obj`` (AllenSDK ``ReferenceSpaceApi``'s mesh URL; made
+here from the annotation) and
 ``/informatics-archive/current-release/mouse_annotation/P56_Mouse_gridAnnotation.zip``.
 """
 
@@ -126,6 +128,10 @@ class App:
                          r"annotation_(\d+)\.nrrd", path)
         if m:
             return self._file(self.store.annotation_nrrd(int(m.group(1))))
+        m = re.fullmatch(r"/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/"
+                         r"structure_meshes/(\d+)\.obj", path)
+        if m:
+            return self._file(self.store.structure_mesh_obj(int(m.group(1))))
         if path == ("/informatics-archive/current-release/mouse_annotation/"
                     "P56_Mouse_gridAnnotation.zip"):
             return self._file(Payload(self.store.grid_annotation_zip, False, "application/zip",

@@ -87,8 +87,8 @@ def build_viewer(show: bool = True, log=print) -> Demo:
     (it stays up for the docks; :meth:`Demo.close` stops both)."""
     import napari
 
+    from allen_local_api.server import LocalAllenServer
     from napari_allen.api.client import AllenClient
-    from napari_allen.local_api.server import LocalAllenServer
     from napari_allen.widgets._common import add_layer_tuple, reset_shared_client
     from napari_allen.widgets._view import canonical_camera, show_orientation
 
