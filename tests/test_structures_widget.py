@@ -117,6 +117,10 @@ def test_focus_moves_the_sliders(make_napari_viewer):
     assert ap != before
     # The injection density peaks in the right VPM (experiment 158375425: 6,5xx / 4,xxx / 7,xxx).
     assert 6000 <= ap <= 7300 and 3500 <= dv <= 5000 and 6800 <= ml <= 8400
+    # A ready napari layer (what add_layer_tuple also accepts) gives the same point.
+    viewer.dims.set_point(0, 0.0)
+    assert focus_on_layer_tuple(viewer, viewer.layers[injection[1]["name"]])
+    assert tuple(viewer.dims.point) == (ap, dv, ml)
 
 
 def test_loading_an_experiment_moves_the_sliders_and_meshes_its_structures(

@@ -122,8 +122,13 @@ def focus_on(viewer: napari.Viewer, point_um) -> bool:
     return True
 
 
-def focus_on_layer_tuple(viewer: napari.Viewer, layer_tuple: tuple) -> bool:
-    """Move the sliders to a LayerDataTuple's injection site or peak (``layers/focus.py``)."""
-    from napari_allen.layers.focus import focus_point_um
+def focus_on_layer_tuple(viewer: napari.Viewer, layer_tuple) -> bool:
+    """Move the sliders to the injection site or peak (``layers/focus.py``) of a
+    LayerDataTuple or of a ready napari layer (as ``add_layer_tuple`` accepts both)."""
+    from napari.layers import Layer
 
+    from napari_allen.layers.focus import focus_point_um, layer_focus_um
+
+    if isinstance(layer_tuple, Layer):
+        return focus_on(viewer, layer_focus_um(layer_tuple))
     return focus_on(viewer, focus_point_um(layer_tuple))
