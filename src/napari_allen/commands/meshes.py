@@ -14,13 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from napari_allen.commands._common import add_client_options, client_from_args
+from napari_allen.commands._common import CLIENT_OPTIONS, client_from_args
 
 
 def register(subparsers) -> None:
     """Add ``structure-mesh`` to the ``napari-allen`` command line."""
     p = subparsers.add_parser(
-        "structure-mesh", help="write structure meshes (.obj, CCF µm) computed or from Allen",
+        "structure-mesh", parents=[CLIENT_OPTIONS],
+        help="write structure meshes (.obj, CCF µm) computed or from Allen",
         description=__doc__.split("\n\n", 1)[1])
     p.add_argument("structures", nargs="+", metavar="STRUCTURE",
                    help="acronyms or ids, e.g. VPM CP 997 (root = brain outline)")
@@ -28,7 +29,6 @@ def register(subparsers) -> None:
     p.add_argument("--source", choices=("computed", "allen", "auto"), default="computed",
                    help="computed from the bundled annotation (default), Allen's .obj files, "
                         "or Allen's with the computed mesh as fallback")
-    add_client_options(p)
     p.set_defaults(func=structure_mesh_command)
 
 
@@ -46,7 +46,8 @@ def structure_mesh_command(args: argparse.Namespace) -> int:
     client = client_from_args(args) if args.source != "computed" else None
     for sid in ids:
         t0 = time.perf_counter()
-        mesh = get_structure_mesh(sid, client=client, source=args.source, ontology=onto)
+        mesh = get_structure_mesh(sid, client=client, source=args.source, ontology=onto,
+                                  cache_dir=args.cache_dir)
         path = write_obj(args.out / f"{sid}.obj", mesh,
                          comment=f"{onto.acronym(sid)} ({onto.name(sid)}), CCF µm [AP, DV, ML]; "
                                  f"{mesh.metadata.get('source', '')}")

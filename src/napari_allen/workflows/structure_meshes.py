@@ -29,10 +29,12 @@ SUMMARY_ST_LEVEL = 9
 
 
 def get_structure_mesh(structure_id: int | str, *, client=None, source: str = "auto",
-                       ontology: Ontology | None = None,
+                       ontology: Ontology | None = None, cache_dir=None,
                        progress: ProgressCallback | None = None,
                        cancel: CancelToken | None = None) -> Mesh:
-    """The mesh of one structure (with descendants), CCF µm ``[AP, DV, ML]`` (see module)."""
+    """The mesh of one structure (with descendants), CCF µm ``[AP, DV, ML]`` (see module).
+    Computed meshes are cached under ``cache_dir`` (default: the client's cache folder, else
+    ``NAPARI_ALLEN_CACHE``)."""
     from napari_allen.atlas.meshes import structure_mesh
 
     if source not in SOURCES:
@@ -51,7 +53,10 @@ def get_structure_mesh(structure_id: int | str, *, client=None, source: str = "a
             fallback = f"Allen mesh unavailable ({exc}); computed from the annotation"
     elif source == "allen":
         raise ValueError("source='allen' needs an API client")
-    mesh = structure_mesh(sid, ontology=onto, progress=progress, cancel=cancel)
+    if cache_dir is None and client is not None:
+        cache_dir = client.cache_dir
+    mesh = structure_mesh(sid, ontology=onto, cache_dir=cache_dir, progress=progress,
+                          cancel=cancel)
     if fallback:
         mesh.metadata["fallback"] = fallback
     return mesh
