@@ -132,16 +132,21 @@ def test_loading_an_experiment_moves_the_sliders_and_meshes_its_structures(
     viewer = make_napari_viewer()
     w = ConnectivityWidget(viewer)
     qtbot.addWidget(w)
+
+    def wait(timeout=60000):
+        qtbot.waitUntil(lambda: not any(r.is_running for r in w.runners), timeout=timeout)
+
     try:
-        w.structures_edit.setText("VPM")
-        w.line_combo.setCurrentText("wild type")
-        w.search_button.click()
-        qtbot.waitUntil(lambda: not w.runner.is_running, timeout=30000)
-        frame = w.results.frame()
-        w.results.select_rows([int(np.flatnonzero(frame["id"] == 158375425)[0])])
+        search = w.search_panel
+        search.structures_edit.setText("VPM")
+        search.line_combo.setCurrentText("wild type")
+        search.search_button.click()
+        wait()
+        frame = search.results.frame()
+        search.results.select_rows([int(np.flatnonzero(frame["id"] == 158375425)[0])])
         start = tuple(viewer.dims.point)
-        w.load_button.click()
-        qtbot.waitUntil(lambda: not w.runner.is_running, timeout=30000)
+        w.load_tab.load_button.click()
+        wait()
         ap, dv, ml = viewer.dims.point
         assert (ap, dv, ml) != start
         row = frame[frame["id"] == 158375425].iloc[0]
@@ -149,12 +154,13 @@ def test_loading_an_experiment_moves_the_sliders_and_meshes_its_structures(
         # Sliders at the injection site (to the nearest 100 µm slice).
         assert np.all(np.abs(np.array([ap, dv, ml]) - target) <= 150)
 
-        w.meshes_button.click()
-        qtbot.waitUntil(lambda: not w.runner.is_running, timeout=60000)
+        w.load_tab.meshes_button.click()
+        wait()
         meshes = [layer for layer in viewer.layers if layer.metadata.get("kind") == "mesh"]
         roles = {layer.metadata["acronym"]: layer.metadata["role"] for layer in meshes}
         assert roles.get("VPM") == "injection"
         assert "targets" in roles.values()
     finally:
-        w.runner.cancel()
+        for runner in w.runners:
+            runner.cancel()
         reset_shared_client()
