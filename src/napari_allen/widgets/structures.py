@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     import napari
 
 SOURCE_LABELS = {
-    "computed": "computed from the 25 µm annotation (offline)",
-    "allen": "Allen structure_meshes/<id>.obj (download)",
+    "computed": "computed (offline)",
+    "allen": "Allen .obj (download)",
     "auto": "Allen .obj, else computed",
 }
 _ID_ROLE = Qt.ItemDataRole.UserRole
@@ -108,12 +108,14 @@ class StructuresWidget(AllenDock):
         for key, text in SOURCE_LABELS.items():
             self.source_combo.addItem(text, key)
         self.source_combo.setToolTip(
-            "Computed meshes are built from the bundled annotation (aligned with every layer, "
-            "work offline). Allen's .obj files are read as CCF µm [AP, DV, ML].")
+            "Computed: marching cubes of the bundled 25 µm annotation (aligned with every "
+            "layer, offline, cached). Allen: structure_meshes/<id>.obj from the API's file "
+            "server, read as CCF µm [AP, DV, ML].")
         self.mask_check = QCheckBox("also add the mask as Labels", self)
         self.opacity_combo = QComboBox(self)
         self.opacity_combo.addItems(["0.4", "0.2", "0.6", "1.0"])
-        self.reference_button = QPushButton("Show CCF reference (25 µm + outline)", self)
+        self.reference_button = QPushButton("CCF reference + outline", self)
+        self.reference_button.setToolTip("the 25 µm CCFv3 annotation and the brain outline")
         self.reference_button.clicked.connect(self.show_reference)
         self.clear_button = QPushButton("Untick all", self)
         self.clear_button.clicked.connect(self.untick_all)
