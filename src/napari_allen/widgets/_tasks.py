@@ -223,7 +223,6 @@ class TaskRunner(QObject):
             self._bar.setValue(min(int(snap.done), int(snap.total)))
         else:
             self._bar.setRange(0, 0)  # busy indicator while the total is unknown
-        self._update_activity(snap)
         text = snap.message or ""
         if snap.total:
             text = f"{text} {snap.done}/{snap.total}".strip()
@@ -232,6 +231,9 @@ class TaskRunner(QObject):
         if snap.failed:
             text = f"{text}, {snap.failed} failed"
         self._status.setText(text)
+        # Last: napari's activity bar runs processEvents, which may deliver the task's result
+        # inside this call; nothing written after it could then overwrite the final status.
+        self._update_activity(snap)
 
     def _on_partial(self, message: tuple[int, Any, threading.Event]) -> None:
         generation, obj, consumed = message
