@@ -34,6 +34,7 @@ COMMANDS = {
     **dict.fromkeys(("search-connectivity", "average-projections", "fetch-connectivity",
                      "threshold-projection"), "connectivity"),
     "spatial-search": "spatial",
+    "structure-mesh": "meshes",
 }
 
 
