@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from _cli import time_cli
 from allen_local_api.server import LocalAllenServer
 from napari_allen.api.batch import GridRequest, download_many
 from napari_allen.api.client import AllenClient
@@ -108,16 +109,8 @@ def sdk_loop(python: str, url: str, ids: list[int], out: Path) -> float:
 
 def cli_download(url: str, ids: list[int], out: Path, jobs: int, cache: Path) -> float:
     """The whole ``napari-allen download`` command, process start included."""
-    env = dict(os.environ, NAPARI_ALLEN_API_URL=url, NAPARI_ALLEN_CACHE=str(cache))
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "napari_allen.cli", "download",
-                           "--experiments", *map(str, ids), "--out", str(out),
-                           "--jobs", str(jobs)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"napari-allen download failed: {proc.stderr[-500:]}")
-    return elapsed
+    return time_cli(["download", "--experiments", *map(str, ids), "--out", str(out),
+                     "--jobs", str(jobs)], url, cache, timeout=600)
 
 
 def batch(client: AllenClient, ids: list[int], out: Path, jobs: int):

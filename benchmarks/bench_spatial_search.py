@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _child_server import ChildServer  # noqa: E402
+from _cli import time_cli  # noqa: E402
 from _seed_scripts import lines_script, run_script  # noqa: E402
 
 
@@ -66,16 +65,8 @@ def server_cost_ms(experiment: int, n: int = 300) -> float:
 
 def run_ours(url: str, workdir: Path, experiment: int, jobs: int) -> float:
     workdir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, NAPARI_ALLEN_API_URL=url, NAPARI_ALLEN_CACHE=str(workdir / "cache"))
-    cmd = [sys.executable, "-m", "napari_allen.cli", "spatial-search", "--experiment",
-           str(experiment), "--jobs", str(jobs), "--quiet", "--out", str(workdir / "data.json")]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, timeout=3600)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"napari-allen spatial-search failed:\n{proc.stderr[-3000:]}")
-    return seconds
+    return time_cli(["spatial-search", "--experiment", str(experiment), "--jobs", str(jobs),
+                     "--quiet", "--out", str(workdir / "data.json")], url, workdir / "cache")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _child_server import ChildServer  # noqa: E402
+from _cli import time_cli  # noqa: E402
 from _seed_scripts import correlation_script, run_script  # noqa: E402
 
 KINDS = ("structures", "connections", "correlations")
@@ -61,19 +59,11 @@ def warm_unionizes(url: str, n: int) -> None:
 
 def run_ours(url: str, workdir: Path, n: int, jobs: int, method: str | None) -> float:
     workdir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, NAPARI_ALLEN_API_URL=url,
-               NAPARI_ALLEN_CACHE=str(workdir / "cache"))
-    cmd = [sys.executable, "-m", "napari_allen.cli", "correlate", "--plane", "coronal",
-           "--first", str(n), "--jobs", str(jobs), "--out", str(workdir / "out.json")]
+    cmd = ["correlate", "--plane", "coronal", "--first", str(n), "--jobs", str(jobs),
+           "--out", str(workdir / "out.json")]
     if method:
         cmd += ["--method", method]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, timeout=3600)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"napari-allen correlate failed:\n{proc.stderr[-3000:]}")
-    return seconds
+    return time_cli(cmd, url, workdir / "cache")
 
 
 def main(argv: list[str] | None = None) -> int:
