@@ -98,3 +98,44 @@ def test_cache_info_reports_the_given_cache_folder(tmp_path, capsys):
 
     assert main(["cache-info", "--cache-dir", str(tmp_path / "mine")]) == 0
     assert f"cache folder: {tmp_path / 'mine'}" in capsys.readouterr().out
+
+
+def test_network_first_commands_start_without_numpy_or_pandas():
+    """``download`` and ``correlate`` begin with requests: their parsers, the client and the
+    batch/unionize code must not import numpy or pandas (0.1-0.4 s of process start, imported
+    meanwhile on another thread by :func:`importing_meanwhile`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_allen.cli import build_parser\n"
+        "build_parser('download'); build_parser('correlate')\n"
+        "import napari_allen.api.batch, napari_allen.api.client\n"
+        "import napari_allen.workflows.structure_similarity\n"
+        "print(sorted(m for m in ('numpy', 'pandas') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_importing_meanwhile_imports_in_the_background_and_joins():
+    import sys
+    import threading
+
+    from napari_allen.commands._common import importing_meanwhile
+
+    before = sys.getswitchinterval()
+    seen: list[str] = []
+    with importing_meanwhile("napari_allen.no_such_module", "colorsys"):
+        seen.extend(t.name for t in threading.enumerate())
+        assert sys.getswitchinterval() <= before
+    assert "napari-allen-imports" in seen
+    # A module that fails to import stops the list quietly: the block's own import raises.
+    assert "napari_allen.no_such_module" not in sys.modules
+    assert not any(t.name == "napari-allen-imports" for t in threading.enumerate())
+    assert sys.getswitchinterval() == before
+    with importing_meanwhile("colorsys"):
+        pass
+    assert "colorsys" in sys.modules

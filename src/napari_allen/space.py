@@ -1,8 +1,10 @@
 """The CCF coordinate space: grid sizes per resolution, volume names, voxel <-> µm conversion.
 
-The bottom of the house (numpy only): ``io``, ``atlas``, ``api`` and everything above read the
-grid shapes, resolutions and volume names from here, so each is defined once and ``io`` and
-``atlas`` need not import each other.
+The bottom of the house (numpy only, imported by the functions that compute: the constants
+are read by every command line parser and the download path, which need not pay numpy's
+import): ``io``, ``atlas``, ``api`` and everything above read the grid shapes, resolutions and
+volume names from here, so each is defined once and ``io`` and ``atlas`` need not import each
+other.
 
 Conventions (one place for the whole package):
 
@@ -16,8 +18,10 @@ Conventions (one place for the whole package):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 AXES: tuple[str, str, str] = ("AP", "DV", "ML")
 UNITS: tuple[str, str, str] = ("um", "um", "um")
@@ -93,6 +97,8 @@ def describe_size_match(n_bytes: int) -> str | None:
 
 def voxel_to_um(index: np.ndarray | Sequence[float], resolution: float) -> np.ndarray:
     """Voxel indices ``(..., 3)`` ``[AP, DV, ML]`` -> CCF µm (voxel centres)."""
+    import numpy as np
+
     return np.asarray(index, dtype=float) * float(resolution)
 
 
@@ -105,6 +111,8 @@ def um_to_voxel(
 
     With ``shape``, indices are clipped into the grid.
     """
+    import numpy as np
+
     idx = np.rint(np.asarray(um, dtype=float) / float(resolution)).astype(np.int64)
     if shape is not None:
         idx = np.clip(idx, 0, np.asarray(shape) - 1)
@@ -115,6 +123,8 @@ def sample_at_voxels(data, index: np.ndarray | Sequence[int], fill: int = 0) -> 
     """Values of a ``[AP, DV, ML]`` grid at voxel ``index`` (``(3,)`` or ``(N, 3)``), ``fill``
     outside the grid, as int64 (labels: structure ids). Fancy indexing touches only the pages
     holding these voxels of a memmap."""
+    import numpy as np
+
     idx = np.atleast_2d(np.asarray(index, dtype=np.int64))
     shape = np.asarray(data.shape)
     inside = np.all((idx >= 0) & (idx < shape), axis=1)
@@ -141,6 +151,8 @@ def rescale_index(
 
 def mirror_ml(ml_um: np.ndarray | float, midline_um: float = MIDLINE_UM):
     """Reflect ML coordinates (µm) about the midline."""
+    import numpy as np
+
     return 2.0 * midline_um - np.asarray(ml_um, dtype=float)
 
 
@@ -154,7 +166,7 @@ def grid_midline_index(n_ml: int) -> float:
 
 def layer_space_kwargs(resolution: float | Sequence[float]) -> dict:
     """napari layer keyword arguments placing a ``[AP, DV, ML]`` grid in CCF µm."""
-    if np.isscalar(resolution):
+    if isinstance(resolution, (int, float)) or getattr(resolution, "ndim", None) == 0:
         scale = (float(resolution),) * 3
     else:
         scale = tuple(float(r) for r in resolution)

@@ -32,7 +32,6 @@ The top-pair selection and the JSON outputs reproduce the script (see :func:`top
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -42,11 +41,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from napari_allen.analysis.methods import DEFAULT_METHOD, DEFAULT_TOP_N, METHODS
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
 
-METHODS = ("numpy_ma_legacy", "numpy_ma", "pairwise")
-DEFAULT_METHOD = "numpy_ma_legacy"
-DEFAULT_TOP_N = 2000
 #: numpy's ``_DomainSafeDivide`` masks ``a / b`` where ``|a| * tiny >= |b|``.
 _TINY = np.finfo(np.float64).tiny
 
@@ -427,25 +424,21 @@ def json_matrix(matrix: np.ndarray) -> str:
     """``json.dumps(matrix.tolist())``, byte for byte, several times faster.
 
     Formatting floats dominates; a correlation matrix is symmetric and repeats values (NaN,
-    ±0.0), so each distinct bit pattern is formatted once (``float.__repr__``, and ``NaN`` /
-    ``Infinity`` / ``-Infinity`` as :mod:`json` writes them) and the rows are joined.
+    ±0.0), so each distinct bit pattern is formatted once (``float.__repr__``, mapped in C, then
+    ``NaN`` / ``Infinity`` / ``-Infinity`` written over the few non-finite ones as :mod:`json`
+    writes them) and the rows are joined.
     """
     values = np.ascontiguousarray(matrix, dtype=np.float64)
     if values.ndim != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {values.shape}")
     inverse, bits = pd.factorize(values.ravel().view(np.int64))  # hashing, no sort
-
-    def text(v: float) -> str:
-        if v != v:
-            return "NaN"
-        if v in (math.inf, -math.inf):
-            return "Infinity" if v > 0 else "-Infinity"
-        return float.__repr__(v)
-
-    cells = np.array([text(v) for v in np.asarray(bits).view(np.float64).tolist()],
-                     dtype=object)
+    distinct = np.asarray(bits).view(np.float64)
+    cells = np.array(list(map(float.__repr__, distinct.tolist())), dtype=object)
+    for k in np.flatnonzero(~np.isfinite(distinct)).tolist():
+        v = distinct[k]
+        cells[k] = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
     rows = cells[inverse.reshape(values.shape)].tolist()
-    return "[" + ", ".join("[" + ", ".join(row) + "]" for row in rows) + "]"
+    return "[" + ", ".join(["[" + ", ".join(row) + "]" for row in rows]) + "]"
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..io.obj_mesh import Mesh, read_obj
 from ..progress import CancelToken, ProgressCallback, report
 from .base import ApiBase
 from .cache import download_file, host_tag
+
+if TYPE_CHECKING:  # the mesh reader (numpy) is imported where a mesh is read
+    from ..io.obj_mesh import Mesh
 
 STRUCTURE_MESH_PATH = ("/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/"
                        "structure_meshes/{id}.obj")
 
 
 def _verify_obj(path: Path, source: str) -> None:
+    from ..io.obj_mesh import read_obj
+
     read_obj(path)  # raises AllenFormatError naming the file when it is not a mesh
 
 
@@ -54,6 +59,8 @@ class ReferenceSpaceApi(ApiBase):
                        cancel: CancelToken | None = None) -> Mesh:
         """Allen's mesh of a structure (read as CCF µm ``[AP, DV, ML]`` [U], see
         ``io/obj_mesh.py``), downloaded once; ``metadata['source']`` is the URL."""
+        from ..io.obj_mesh import read_obj
+
         path = self.download_structure_mesh(structure_id, progress=progress, cancel=cancel)
         mesh = read_obj(path)
         mesh.metadata.update(structure_id=int(structure_id), cache_file=str(path),

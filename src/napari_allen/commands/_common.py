@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import logging
 import signal
 import sys
 import threading
@@ -55,6 +57,8 @@ _clients: list = []  # clients of this command, for served_note()
 
 def served_note() -> str:
     """'note: ... from the cache' when this command's metadata came (partly) from the cache."""
+    if not _clients:
+        return ""  # nothing to say (and no HTTP stack to import for a command without one)
     from napari_allen.api.metacache import Served
 
     total = Served()
@@ -63,6 +67,47 @@ def served_note() -> str:
         total.network += client.http.served.total.network
     _clients.clear()
     return f"note: results {total.label} (metadata cache)" if total.label else ""
+
+
+#: The interpreter's switch interval while :func:`importing_meanwhile` imports (seconds).
+SWITCH_INTERVAL_S = 0.0005
+
+
+@contextlib.contextmanager
+def importing_meanwhile(*modules: str) -> Iterator[None]:
+    """Import ``modules`` on a background thread while the block runs; joined at its end.
+
+    Process start is on the critical path of the short commands: numpy, pandas and the
+    analysis modules take 0.1-0.4 s to import, time in which a command that starts with
+    network requests only waits for the server. Begin the block after the imports its first
+    request needs (so the two do not compete for the interpreter) and list what the block needs
+    *after* its responses arrive. Code in the block that needs one of them meanwhile waits for
+    its import to finish (Python's per-module import lock): nothing is imported twice. A
+    module that fails to import here is left to the block, which imports it again and sees
+    the error itself.
+    """
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # noqa: BLE001 - the block's own import reports it
+                logging.getLogger(__name__).debug("background import of %s failed: %s",
+                                                  name, exc)
+                return
+
+    thread = threading.Thread(target=run, name="napari-allen-imports", daemon=True)
+    # The block's threads wait on sockets and files, each wait handing the interpreter to the
+    # import thread: a short switch interval gives it back to them quickly (with the default
+    # 5 ms, every return from the network could wait that long behind a busy import).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, SWITCH_INTERVAL_S))
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+        sys.setswitchinterval(interval)
 
 
 def gene_pattern(text: str) -> str:

@@ -22,6 +22,7 @@ from ._common import (
     client_from_args,
     format_size,
     gene_pattern,
+    importing_meanwhile,
 )
 
 METADATA_CSV = "metadata.csv"
@@ -180,7 +181,9 @@ def download_command(args) -> int:
                 for i in ids]
     print(f"{len(requests)} experiments -> {out} ({args.jobs} jobs)", file=sys.stderr)
     token = CancelToken()
-    with cancel_on_sigint(token):
+    # The grid-zip verifier's readers (numpy) are imported during the first round trips.
+    verifier = ("napari_allen.io.gridzip", "napari_allen.io.metaimage")
+    with cancel_on_sigint(token), importing_meanwhile(*verifier):
         results = download_rows(client, requests, jobs=args.jobs, progress=ProgressPrinter(),
                                 cancel=token)
     cancelled = token.cancelled

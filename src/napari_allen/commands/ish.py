@@ -18,13 +18,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_allen.analysis.correlation import DEFAULT_METHOD, METHODS
+from napari_allen.analysis.methods import DEFAULT_METHOD, METHODS
 from napari_allen.commands._common import (
     CLIENT_OPTIONS,
     ProgressPrinter,
     cancel_on_sigint,
     client_from_args,
     gene_pattern,
+    importing_meanwhile,
 )
 from napari_allen.parsing import split_list
 from napari_allen.progress import CancelToken
@@ -167,10 +168,14 @@ def _correlate(args: argparse.Namespace) -> int:
         print(f"napari-allen correlate: error: --experiments takes ids, got {args.experiments}",
               file=sys.stderr)
         return 2
-    with cancel_on_sigint(CancelToken()) as token:
+    client = client_from_args(args)
+    # While the experiments and their unionizes are fetched: what the matrix, the correlation
+    # and the files need, and the metadata cache's module first (the first query needs it).
+    later = ("requests_cache", "numpy", "pandas", "napari_allen.analysis.correlation")
+    with cancel_on_sigint(CancelToken()) as token, importing_meanwhile(*later):
         try:
             outcome = run_structure_similarity(
-                client_from_args(args), experiments=experiments,
+                client, experiments=experiments,
                 genes=split_list(args.genes), plane=args.plane or args.only_plane,
                 first=args.first, source="grids" if args.store else args.source,
                 method=args.method,

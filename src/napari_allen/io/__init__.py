@@ -13,19 +13,35 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import AllenFormatError
 from ..progress import CancelToken, ProgressCallback
-from .dataset import hints_from_name, lookup_experiment
-from .volume import KINDS, GridVolume, kind_from_name
+
+if TYPE_CHECKING:
+    from .volume import KINDS, GridVolume, kind_from_name
 
 __all__ = ["GridVolume", "KINDS", "kind_from_name", "read_volumes", "file_metadata",
            "check_exists"]
+
+#: Names served from :mod:`.volume` on first use: importing a light submodule (the manifest,
+#: atomic writes: every download) must not import numpy through this package.
+_FROM_VOLUME = ("KINDS", "GridVolume", "kind_from_name")
+
+
+def __getattr__(name: str):
+    if name in _FROM_VOLUME:
+        from . import volume
+
+        return getattr(volume, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def file_metadata(path: Path) -> dict:
     """Experiment id/gene/plane hints for a single grid file from its name or its folder's
     name (``158375425/projection_density_100.nrrd``), completed from the bundled gene table."""
+    from .dataset import hints_from_name, lookup_experiment
+
     meta = hints_from_name(path.stem)
     if "experiment_id" not in meta and path.parent.name.isdigit():
         meta["experiment_id"] = int(path.parent.name)

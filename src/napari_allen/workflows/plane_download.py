@@ -25,6 +25,10 @@ from napari_allen.io.manifest import forget_file
 from napari_allen.io.plane_store import PlaneStore
 from napari_allen.progress import CancelToken, Progress, ProgressCallback, check, report
 from napari_allen.workflows import MATRIX_SOURCES
+from napari_allen.workflows.structure_similarity import (  # noqa: F401 (UNIONIZE_ONLY: API)
+    UNIONIZE_ONLY,
+    script_unionize_matrix,
+)
 
 STATUS_COLUMNS = ["experiment_id", "gene", "status", "error"]
 
@@ -275,49 +279,6 @@ def structure_matrix(
     counts = dict(zip(matrix.index, (annotation_counts(annotation, ontology, matrix.index)),
                       strict=True))
     return matrix, counts
-
-
-#: The StructureUnionize columns the correlation reads (the script asks for these and `id`).
-UNIONIZE_ONLY = ("structure_id", "sum_pixels", "expression_energy", "section_data_set_id")
-
-
-def script_unionize_matrix(
-    client,
-    experiment_ids: Sequence[int],
-    *,
-    structure_ids: Sequence[int] | None = None,
-    jobs: int = 8,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-) -> tuple[pd.DataFrame, dict[int, float]]:
-    """Allen's correlation script's inputs, fetched concurrently: the structures x experiments
-    ``expression_energy`` matrix and ``{structure_id: volume}``.
-
-    The structure graph's records (one query) give the rows (leaves sorted by id, unless
-    ``structure_ids``) and the records of ``structures.json``
-    (:func:`~napari_allen.analysis.correlation.script_structures`, kept in
-    ``matrix.attrs["structures"]``); StructureUnionize comes one experiment per query,
-    ``jobs`` at a time, with only the columns the script reads.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from napari_allen.analysis.correlation import script_matrix, script_structures
-
-    # The structure graph is independent of the unionizes: fetch it alongside them (one
-    # round trip less on the critical path).
-    with ThreadPoolExecutor(1, thread_name_prefix="allen-structures") as pool:
-        structures = pool.submit(client.structure_records, cancel=cancel)
-        unionizes = client.structure_unionize_records(
-            experiment_ids, columns=UNIONIZE_ONLY, jobs=jobs, progress=progress, cancel=cancel)
-        structure_rows = structures.result()
-    check(cancel)
-    leaves, records = script_structures(structure_rows, unionizes.values())
-    rows = leaves if structure_ids is None else [int(s) for s in structure_ids]
-    matrix = script_matrix(unionizes, rows)
-    matrix.attrs["structures"] = records
-    volumes = {int(r["id"]): float(r["volume"]) for r in records
-               if r.get("volume") is not None}
-    return matrix, volumes
 
 
 def annotation_counts(annotation: np.ndarray, ontology, structure_ids) -> list[float]:

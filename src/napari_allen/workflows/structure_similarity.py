@@ -5,6 +5,11 @@ the structures x experiments expression matrix (StructureUnionize ``expression_e
 200 µm grids, downloaded or read from a plane store with dask, optionally on a cluster), then
 correlate structures and keep the TOP_N pairs. The "Similarity" tab and ``napari-allen
 correlate`` both call :func:`run_structure_similarity` with the same options.
+
+With StructureUnionize (the script's source) the job is mostly waiting for the API: the
+network part runs first and imports nothing heavy, numpy/pandas and the analysis are imported
+once the responses are in (``napari-allen correlate`` imports them meanwhile on another
+thread, :func:`napari_allen.commands._common.importing_meanwhile`).
 """
 
 from __future__ import annotations
@@ -13,13 +18,20 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from napari_allen.analysis.correlation import DEFAULT_METHOD, DEFAULT_TOP_N, METHODS, Similarity
+from napari_allen.analysis.methods import DEFAULT_METHOD, DEFAULT_TOP_N, METHODS
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
 from napari_allen.space import SECTION_PLANES
-from napari_allen.workflows.plane_download import SOURCES
+from napari_allen.workflows import MATRIX_SOURCES as SOURCES
 
-#: Plane choices of the experiment selection (None = any plane).
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from napari_allen.analysis.correlation import Similarity
+
+#: The StructureUnionize columns the correlation reads (the script asks for these and `id`).
+UNIONIZE_ONLY = ("structure_id", "sum_pixels", "expression_energy", "section_data_set_id")
 
 
 @dataclass
@@ -62,8 +74,6 @@ def select_experiments(
     the ISH experiments of ``genes`` (wildcards ``*``, optionally one ``plane``); the data sets
     of ``plane`` that Allen's correlation script lists (expression true, not failed, API order;
     the ``first`` N of them when given); every finished experiment of the plane ``store``."""
-    from napari_allen.workflows.plane_download import experiment_table
-
     if plane is not None and plane not in SECTION_PLANES:
         raise ValueError(f"plane must be one of {SECTION_PLANES} or None, got {plane!r}")
     if experiments:
@@ -79,6 +89,8 @@ def select_experiments(
                                               cancel=cancel)
         return [int(r["id"]) for r in records]
     if genes or plane:
+        from napari_allen.workflows.plane_download import experiment_table
+
         table = experiment_table(client, plane=plane, genes=list(genes) if genes else None,
                                  cancel=cancel)
         ids = table["experiment_id"].astype(int).tolist()
@@ -120,10 +132,6 @@ def run_structure_similarity(
     ``'grids'``; dask, on the distributed ``scheduler`` address if given); without it grids are
     downloaded with ``jobs`` concurrent requests. Raises ``ValueError`` for impossible options.
     """
-    from napari_allen.analysis.correlation import structure_similarity
-    from napari_allen.atlas.ontology import Ontology
-    from napari_allen.workflows.plane_download import structure_matrix
-
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if method not in METHODS:
@@ -140,16 +148,63 @@ def run_structure_similarity(
                              store=store, first=first, cancel=cancel)
     if not ids:
         raise ValueError("no experiments to correlate")
-    if source != "unionize":  # the unionize path takes its structures from the API
-        ontology = ontology or Ontology.default()
     report(progress, message=f"{len(ids)} experiments: building the {source} matrix")
-    matrix, volumes = structure_matrix(client, ids, source=source, ontology=ontology,
-                                       store=store, scheduler=scheduler, jobs=jobs,
-                                       progress=progress, cancel=cancel)
+    if source == "unionize":  # structures from the API: no ontology, no grids
+        matrix, volumes = script_unionize_matrix(client, ids, jobs=jobs, progress=progress,
+                                                 cancel=cancel)
+    else:
+        from napari_allen.atlas.ontology import Ontology
+        from napari_allen.workflows.plane_download import structure_matrix
+
+        matrix, volumes = structure_matrix(client, ids, source=source,
+                                           ontology=ontology or Ontology.default(),
+                                           store=store, scheduler=scheduler, jobs=jobs,
+                                           progress=progress, cancel=cancel)
     check(cancel)
     report(progress, message="correlating structures")
+    from napari_allen.analysis.correlation import structure_similarity
+
     result = structure_similarity(matrix, top_n=int(top_n), method=method)
     return SimilarityOutcome(result, volumes, ids, source)
+
+
+def script_unionize_matrix(
+    client,
+    experiment_ids: Sequence[int],
+    *,
+    structure_ids: Sequence[int] | None = None,
+    jobs: int = 8,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> tuple[pd.DataFrame, dict[int, float]]:
+    """Allen's correlation script's inputs, fetched concurrently: the structures x experiments
+    ``expression_energy`` matrix and ``{structure_id: volume}``.
+
+    The structure graph's records (one query) give the rows (leaves sorted by id, unless
+    ``structure_ids``) and the records of ``structures.json``
+    (:func:`~napari_allen.analysis.correlation.script_structures`, kept in
+    ``matrix.attrs["structures"]``); StructureUnionize comes one experiment per query,
+    ``jobs`` at a time, with only the columns the script reads.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    # The structure graph is independent of the unionizes: fetch it alongside them (one
+    # round trip less on the critical path).
+    with ThreadPoolExecutor(1, thread_name_prefix="allen-structures") as pool:
+        structures = pool.submit(client.structure_records, cancel=cancel)
+        unionizes = client.structure_unionize_records(
+            experiment_ids, columns=UNIONIZE_ONLY, jobs=jobs, progress=progress, cancel=cancel)
+        structure_rows = structures.result()
+    check(cancel)
+    from napari_allen.analysis.correlation import script_matrix, script_structures
+
+    leaves, records = script_structures(structure_rows, unionizes.values())
+    rows = leaves if structure_ids is None else [int(s) for s in structure_ids]
+    matrix = script_matrix(unionizes, rows)
+    matrix.attrs["structures"] = records
+    volumes = {int(r["id"]): float(r["volume"]) for r in records
+               if r.get("volume") is not None}
+    return matrix, volumes
 
 
 def structure_acronyms(structure_ids: Sequence[int], ontology=None) -> list[str]:
