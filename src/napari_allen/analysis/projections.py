@@ -22,172 +22,27 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from napari_allen.analysis.streaming import (  # noqa: F401 - re-exported: the public API
+    HEMISPHERE_OUTPUTS,
+    SIDES,
+    Part,
+    RunningMean,
+    as_float_volume,
+    assemble,
+    injection_side,
+    mark_missing,
+    subtract_hemisphere,
+    volume_parts,
+)
 from napari_allen.atlas.ontology import Ontology
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
-from napari_allen.space import grid_midline_index
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "injection_volume")
 GROUPINGS: tuple[str, ...] = ("none", "ap", "dv", "ml", "regions")
 THRESHOLD_METHODS: tuple[str, ...] = ("percentile", "absolute", "zscore", "relative")
-SIDES: tuple[str, ...] = ("left", "right")
-#: What hemisphere subtraction keeps: brain_street_view's output (the injected half holds
-#: ``P - mirror(P)``, the other half is 0) or the full antisymmetric map (the other half holds
-#: the negative, mirrored).
-HEMISPHERE_OUTPUTS: tuple[str, ...] = ("injected_half", "antisymmetric")
 
 #: Injection coordinate column (µm) per grouping axis, in the API's PIR naming.
 _AXIS_COLUMN = {"ap": "injection_x", "dv": "injection_y", "ml": "injection_z"}
-
-
-# --- volumes -----------------------------------------------------------------------------
-def as_float_volume(volume, *, copy: bool = True) -> np.ndarray:
-    """A float32 ``[AP, DV, ML]`` array with Allen's no-data values (negative) set to NaN.
-
-    ``copy=False`` reuses ``volume``'s memory when it already is a writable float32 ndarray.
-    """
-    arr = np.asarray(volume)
-    if arr.ndim != 3:
-        raise ValueError(f"expected a 3-D [AP, DV, ML] volume, got shape {arr.shape}")
-    out = arr.astype(np.float32, copy=copy)
-    if not out.flags.writeable:
-        out = out.copy()
-    negative = np.less(out, 0)
-    if negative.any():  # skips the masked write on volumes without no-data voxels
-        np.copyto(out, np.float32(np.nan), where=negative)  # -1 = no data in Allen grids
-    return out
-
-
-def injection_side(ml_um: float, resolution: float, n_ml: int) -> str:
-    """``'right'`` or ``'left'``: the hemisphere of an ML coordinate (µm).
-
-    Allen's PIR axes put high ML (z) on the right. The boundary is the plane the grid is
-    mirrored about (index ``(n_ml - 1) / 2``), so side and mirroring always agree.
-    """
-    if not np.isfinite(ml_um):
-        raise ValueError("injection ML coordinate is missing (NaN)")
-    midline_um = grid_midline_index(n_ml) * float(resolution)
-    return "right" if float(ml_um) > midline_um else "left"
-
-
-def subtract_hemisphere(
-    volume: np.ndarray,
-    injection_ml_um: float,
-    resolution: float,
-    *,
-    ipsilateral: str | None = "right",
-    output: str = "antisymmetric",
-    inplace: bool = False,
-) -> np.ndarray:
-    """Ipsilateral minus contralateral signal, mirrored about the midline.
-
-    The volume is first flipped along ML when its injection (``injection_ml_um``, µm) is not
-    on the ``ipsilateral`` side (``'right'``, ``'left'``, or None to keep each experiment's own
-    side), so that every experiment's injection ends up on the same side. Then
-    ``D = P - mirror(P)``: positive where the injected side projects more than the other
-    hemisphere. With ``output='antisymmetric'`` ``D`` fills both halves and is antisymmetric
-    about the midline (``D[..., i] = -D[..., n-1-i]``, the midline plane itself is 0 on odd
-    grids); with ``output='injected_half'`` (brain_street_view's ``fetch_connectivity_data``)
-    only the injected half holds ``D`` and the other half is 0. NaN (no data) on either side
-    gives NaN in ``D``.
-
-    ``inplace=True`` overwrites ``volume`` (a writable float ndarray whose no-data voxels are
-    already NaN) to save memory; otherwise a float32 copy is made with -1 -> NaN.
-    """
-    if ipsilateral is not None and ipsilateral not in SIDES:
-        raise ValueError(f"ipsilateral must be 'left', 'right' or None, not {ipsilateral!r}")
-    if output not in HEMISPHERE_OUTPUTS:
-        raise ValueError(f"output must be one of {HEMISPHERE_OUTPUTS}, not {output!r}")
-    v = volume if inplace else as_float_volume(volume)
-    n_ml = v.shape[2]
-    side = injection_side(injection_ml_um, resolution, n_ml)
-    if ipsilateral is not None and side != ipsilateral:
-        v = v[:, :, ::-1]  # a view: writes below land in the caller's array
-    injected_left = (ipsilateral or side) == "left"
-    half = n_ml // 2
-    mirrored = v[:, :, ::-1]
-    diff = v[:, :, :half] - mirrored[:, :, :half]  # the only temporary: half a volume
-    if output == "injected_half":
-        if injected_left:
-            v[:, :, :half] = diff
-            mirrored[:, :, :half] = 0.0
-        else:
-            np.negative(diff, out=diff)
-            mirrored[:, :, :half] = diff
-            v[:, :, :half] = 0.0
-    else:
-        v[:, :, :half] = diff
-        np.negative(diff, out=diff)
-        mirrored[:, :, :half] = diff
-    if n_ml % 2:
-        v[:, :, half] = np.where(np.isnan(v[:, :, half]), np.nan, 0.0)
-    return v
-
-
-class RunningMean:
-    """Voxel-wise mean of a stream of equally shaped volumes in constant memory.
-
-    Holds one float64 sum (exact enough for thousands of volumes) and, only once a volume with
-    missing voxels (NaN) arrives, a per-voxel count of missing values (uint16, widened to
-    uint32 past 65,535 volumes). Peak memory: 2 float32 volumes for the sum, half a volume
-    for the counts, plus the volume being added.
-    """
-
-    def __init__(self, shape: Sequence[int]) -> None:
-        self.shape = tuple(int(s) for s in shape)
-        self._sum: np.ndarray | None = None  # created by the first add, in its memory order
-        self._order = "C"
-        self._missing: np.ndarray | None = None
-        self.n = 0
-
-    def add(self, volume: np.ndarray, *, consume: bool = False) -> None:
-        """Add one volume. ``consume=True`` allows overwriting ``volume`` (saves a copy)."""
-        v = np.asarray(volume)
-        if v.shape != self.shape:
-            raise ValueError(f"volume shape {v.shape} does not match the average's {self.shape}")
-        if self._sum is None:
-            # The sum takes the volumes' memory order (Fortran for Allen grids): adding
-            # arrays of different orders is several times slower than adding alike ones.
-            self._order = "F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C"
-            self._sum = np.zeros(self.shape, dtype=np.float64, order=self._order)
-        nan = np.isnan(v)
-        if nan.any():
-            if self._missing is None:
-                self._missing = np.zeros(self.shape, dtype=np.uint16, order=self._order)
-            elif self.n >= np.iinfo(self._missing.dtype).max:
-                self._missing = self._missing.astype(np.uint32)
-            self._missing += nan
-            v = v if consume and v.flags.writeable else v.copy(order="K")
-            v[nan] = 0.0
-        del nan
-        np.add(self._sum, v, out=self._sum)
-        self.n += 1
-
-    def counts(self) -> np.ndarray | int:
-        """Number of valid values per voxel (an int when no voxel was ever missing)."""
-        if self._missing is None:
-            return self.n
-        return self.n - self._missing.astype(np.int64)
-
-    def mean(self) -> np.ndarray:
-        """float32 mean; NaN where no volume had data (or nothing was added)."""
-        out = np.empty(self.shape, dtype=np.float32, order=self._order)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if self._missing is None:
-                if self.n == 0 or self._sum is None:
-                    out[...] = np.nan
-                else:
-                    np.divide(self._sum, self.n, out=out, casting="unsafe")
-                return out
-            # Turn the missing counts into valid counts in place (and back) to avoid
-            # full-size temporaries: n - (n - m) = m.
-            missing = self._missing
-            np.subtract(self.n, missing, out=missing, casting="unsafe")
-            try:
-                # Missing voxels were added as 0, so 0 / 0 gives NaN where nothing was valid.
-                np.divide(self._sum, missing, out=out, casting="unsafe")
-            finally:
-                np.subtract(self.n, missing, out=missing, casting="unsafe")
-        return out
 
 
 # --- grouping ----------------------------------------------------------------------------
@@ -438,6 +293,138 @@ def metadata_table(
     return table
 
 
+@dataclass(frozen=True)
+class Contribution:
+    """What one experiment adds to its group's sum: the :class:`Part` s of its processed
+    volume (missing voxels marked) and that volume's shape and memory order."""
+
+    experiment_id: int
+    group: int
+    parts: tuple[Part, ...]
+    shape: tuple[int, ...]
+    order: str = "F"
+
+    @property
+    def nbytes(self) -> int:
+        seen = {id(p.values): p.values.nbytes for p in self.parts if p.values is not None}
+        return sum(seen.values())
+
+
+class AveragingPlan:
+    """An average, planned from metadata before any volume arrives, then summed.
+
+    The constructor decides everything the experiments table, the options and the injection
+    summary decide: groups, the exported table, normalisation factors, the experiments left
+    out and why (``skipped``). Then, per experiment, :meth:`contribution` turns its volume
+    into what it adds (numpy only, never writes the volume, safe to call from several threads
+    at once: prefetch workers do it), :meth:`add` adds that to its group's running sum (one
+    thread, in a fixed order for reproducible sums) and :meth:`result` builds the means.
+
+    Memory: one float64 sum per group (plus a missing-value count once a volume has no-data
+    voxels); a contribution holds half a float32 volume with hemisphere subtraction (the part
+    that is not zero), a whole one without.
+    """
+
+    def __init__(self, experiments: pd.DataFrame, options: AveragingOptions, *,
+                 resolution: float, injection: pd.DataFrame | None = None,
+                 ontology: Ontology | None = None) -> None:
+        experiments = experiments.reset_index(drop=True)
+        self.options = options
+        self.resolution = float(resolution)
+        group_index, self.groups = assign_groups(experiments, options, ontology)
+        self._group = np.asarray(group_index, dtype=int)
+        self._ids = experiments["id"].astype("int64").to_numpy()
+        self._row = {int(e): i for i, e in enumerate(self._ids)}
+        self.table = metadata_table(experiments, group_index, self.groups, injection)
+        self._ml = self.table["InjectionML"].to_numpy(dtype=float)
+        n = len(self._ids)
+        self._scale = np.full(n, np.nan)
+        factor = np.ones(n)
+        self.skipped: dict[int, str] = {}
+        member = self._group >= 0
+        if options.normalization == "injection_volume":
+            if injection is None or "injection_volume" not in injection:
+                raise ValueError("normalization='injection_volume' needs injection volumes "
+                                 "(ProjectionStructureUnionize, structure 997, hemisphere 3)")
+            volume = pd.to_numeric(injection["injection_volume"].reindex(self._ids),
+                                   errors="coerce").to_numpy(dtype=float)
+            positive = volume > 0  # NaN is not
+            self._scale = np.where(positive, volume, np.nan)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                factor = np.where(positive, 1.0 / volume, np.nan)
+            for i in np.flatnonzero(member & ~positive):
+                self.skipped[int(self._ids[i])] = "no positive injection volume for normalisation"
+        if options.subtract_hemisphere:
+            for i in np.flatnonzero(member & ~np.isfinite(self._ml)):
+                self.skipped.setdefault(int(self._ids[i]), "no injection ML coordinate for "
+                                                           "hemisphere subtraction")
+        self.table["InjectionSide"] = ""
+        self.table["NormalizationFactor"] = np.where(member, factor, np.nan)
+        self._used = np.zeros(n, dtype=bool)
+        self._side = [""] * n
+        self._sums: dict[int, RunningMean] = {}
+        self._members: dict[int, list[int]] = {g.index: [] for g in self.groups}
+        self.individual: dict[int, np.ndarray] | None = {} if options.keep_individual else None
+
+    @property
+    def members(self) -> list[int]:
+        """Ids of the experiments in a group (skipped ones included), in table order."""
+        return [int(e) for e in self._ids[self._group >= 0]]
+
+    @property
+    def wanted(self) -> list[int]:
+        """Ids whose volumes the average needs (in a group, not skipped), in table order."""
+        return [e for e in self.members if e not in self.skipped]
+
+    def contribution(self, experiment_id: int, volume) -> Contribution | None:
+        """What ``volume`` (``[AP, DV, ML]``, raw values, -1 = no data; read only) adds to
+        its experiment's group, or None for an experiment the average leaves out."""
+        row = self._row.get(int(experiment_id))
+        if row is None:
+            raise KeyError(f"experiment {experiment_id} is not in the experiments table")
+        group = int(self._group[row])
+        if group < 0 or int(experiment_id) in self.skipped:
+            return None
+        opts = self.options
+        scale = float(self._scale[row]) if opts.normalization == "injection_volume" else None
+        arr = np.asarray(volume)
+        parts = volume_parts(arr, scale=scale, injection_ml_um=float(self._ml[row]),
+                             resolution=self.resolution, subtract=opts.subtract_hemisphere,
+                             ipsilateral=opts.ipsilateral, output=opts.hemisphere_output)
+        order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+        return Contribution(int(experiment_id), group, tuple(mark_missing(parts)), arr.shape,
+                            order)
+
+    def add(self, contribution: Contribution) -> None:
+        """Add one experiment's contribution to its group's sum."""
+        c = contribution
+        acc = self._sums.get(c.group)
+        if acc is None:
+            acc = self._sums[c.group] = RunningMean(c.shape)
+        acc.add_parts(c.parts, c.shape)
+        row = self._row[c.experiment_id]
+        self._members[c.group].append(c.experiment_id)
+        self._used[row] = True
+        if np.isfinite(self._ml[row]):
+            self._side[row] = injection_side(self._ml[row], self.resolution, c.shape[2])
+        if self.individual is not None:
+            self.individual[c.experiment_id] = assemble(c.parts, c.shape, c.order)
+
+    def result(self) -> AveragingResult:
+        """The group means (groups without any volume added are left out) and the table."""
+        table = self.table
+        table["InjectionSide"] = self._side
+        table["Used"] = self._used
+        out_groups = []
+        for g in self.groups:
+            if g.index in self._sums:
+                out_groups.append(AveragedGroup(g, self._sums[g.index].mean(),
+                                                self._members[g.index]))
+                del self._sums[g.index]  # the float64 sum is not needed any more
+        return AveragingResult(out_groups, table, self.resolution, self.options,
+                               self.individual, dict(self.skipped))
+
+
 def average_projections(
     volumes: Iterable[tuple[int, np.ndarray]],
     experiments: pd.DataFrame,
@@ -446,94 +433,37 @@ def average_projections(
     resolution: float,
     injection: pd.DataFrame | None = None,
     ontology: Ontology | None = None,
-    consume: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> AveragingResult:
-    """Average projection volumes per group in one streaming pass.
+    """Average projection volumes per group in one streaming pass (an :class:`AveragingPlan`
+    fed in the calling thread).
 
-    ``volumes`` yields ``(experiment_id, [AP, DV, ML] array)`` (any order, typically from
-    :func:`napari_allen.workflows.connectivity.iter_volumes`); only experiments in a group
-    are used, others are consumed and ignored. ``experiments`` has one row per experiment
-    (``id, structure_id, structure_abbrev, transgenic_line, injection_x/y/z`` µm, ...).
-    ``injection`` is indexed by experiment id with ``injection_volume`` (mm³), required for
-    ``normalization='injection_volume'``. Volumes of ``resolution`` µm.
-
-    ``consume=True`` lets the function overwrite float32 volumes it receives (streams of
-    freshly read volumes) instead of copying each one.
+    ``volumes`` yields ``(experiment_id, [AP, DV, ML] array)`` (any order); only experiments
+    in a group are used, others are consumed and ignored; the arrays are never modified.
+    ``experiments`` has one row per experiment (``id, structure_id, structure_abbrev,
+    transgenic_line, injection_x/y/z`` µm, ...). ``injection`` is indexed by experiment id
+    with ``injection_volume`` (mm³), required for ``normalization='injection_volume'``.
+    Volumes of ``resolution`` µm.
 
     Memory: one float64 sum per group (plus a missing-value count if a volume has no-data
     voxels) and the volume being processed, whatever the number of experiments.
     """
-    experiments = experiments.reset_index(drop=True)
-    group_index, groups = assign_groups(experiments, options, ontology)
-    by_id = {int(e): i for i, e in enumerate(experiments["id"].astype("int64"))}
-    table = metadata_table(experiments, group_index, groups, injection)
-    table["InjectionSide"] = ""
-    table["NormalizationFactor"] = np.nan
-    table["Used"] = False
-    accumulators: dict[int, RunningMean] = {}
-    members: dict[int, list[int]] = {g.index: [] for g in groups}
-    individual: dict[int, np.ndarray] | None = {} if options.keep_individual else None
-    skipped: dict[int, str] = {}
-    total = int((group_index >= 0).sum())
+    plan = AveragingPlan(experiments, options, resolution=resolution, injection=injection,
+                         ontology=ontology)
+    total = len(plan.members)
     done = 0
     report(progress, done=0, total=total, message="averaging projections")
     for exp_id, volume in volumes:
         check(cancel)
-        exp_id = int(exp_id)
-        row = by_id.get(exp_id)
-        if row is None:
-            raise KeyError(f"experiment {exp_id} is not in the experiments table")
-        group = int(group_index[row])
-        if group < 0:
+        contribution = plan.contribution(int(exp_id), volume)
+        if contribution is None:
+            done += int(exp_id) in plan.skipped
             continue
-        v = as_float_volume(volume, copy=not consume)
-        if options.normalization == "injection_volume":
-            inj_vol = _injection_volume(injection, exp_id)
-            if not inj_vol > 0:
-                skipped[exp_id] = "no positive injection volume for normalisation"
-                done += 1
-                continue
-            v /= np.float32(inj_vol)
-            table.loc[row, "NormalizationFactor"] = 1.0 / inj_vol
-        else:
-            table.loc[row, "NormalizationFactor"] = 1.0
-        ml = float(table.at[row, "InjectionML"])
-        if np.isfinite(ml):
-            table.loc[row, "InjectionSide"] = injection_side(ml, resolution, v.shape[2])
-        if options.subtract_hemisphere:
-            if not np.isfinite(ml):
-                skipped[exp_id] = "no injection ML coordinate for hemisphere subtraction"
-                done += 1
-                continue
-            v = subtract_hemisphere(v, ml, resolution, ipsilateral=options.ipsilateral,
-                                    output=options.hemisphere_output, inplace=True)
-        acc = accumulators.get(group)
-        if acc is None:
-            acc = accumulators[group] = RunningMean(v.shape)
-        acc.add(v, consume=individual is None)
-        members[group].append(exp_id)
-        table.loc[row, "Used"] = True
-        if individual is not None:
-            individual[exp_id] = v
+        plan.add(contribution)
         done += 1
         report(progress, done=done, total=total, message=f"averaged experiment {exp_id}")
-    v = volume = None  # noqa: F841 - drop the last volume before the means are built
-    out_groups = []
-    for g in groups:
-        if g.index in accumulators:
-            out_groups.append(AveragedGroup(g, accumulators[g.index].mean(), members[g.index]))
-            del accumulators[g.index]  # the float64 sum is not needed any more
-    return AveragingResult(out_groups, table, float(resolution), options, individual, skipped)
-
-
-def _injection_volume(injection: pd.DataFrame | None, exp_id: int) -> float:
-    if injection is None or "injection_volume" not in injection:
-        raise ValueError("normalization='injection_volume' needs injection volumes "
-                         "(ProjectionStructureUnionize, structure 997, hemisphere 3)")
-    value = injection["injection_volume"].get(exp_id, np.nan)
-    return float(value) if pd.notna(value) else float("nan")
+    return plan.result()
 
 
 def injection_summary(unionize: pd.DataFrame) -> pd.DataFrame:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..progress import CancelToken, ProgressCallback, report
+from ..concurrency import bounded_map
+from ..progress import CancelToken, ProgressCallback, check, report
 from . import rma
 from .base import ApiBase, checked_ids, chunks
 from .ontology import resolve_structure_ids
@@ -100,23 +101,37 @@ class ConnectivityApi(ApiBase):
     def projection_structure_unionize(self, experiment_ids, *, is_injection: bool | None = None,
                                       hemisphere_ids: Sequence[int] | None = None,
                                       structure_ids: Sequence[int] | None = None,
+                                      jobs: int = 8,
                                       progress: ProgressCallback | None = None,
                                       cancel: CancelToken | None = None) -> pd.DataFrame:
         """ProjectionStructureUnionize rows of connectivity experiments (volumes in mm³,
-        densities 0-1; hemisphere_id 1 left, 2 right, 3 both)."""
+        densities 0-1; hemisphere_id 1 left, 2 right, 3 both), in the order of
+        ``experiment_ids``' chunks of 20 (short URLs), ``jobs`` chunks at a time: 300
+        experiments cost one round trip per 8 x 20, not 15 in a row."""
         ids = checked_ids(experiment_ids)
+        filters: dict = {}
+        if is_injection is not None:
+            filters["is_injection"] = bool(is_injection)
+        if hemisphere_ids is not None:
+            filters["hemisphere_id__in"] = checked_ids(hemisphere_ids, "hemisphere id")
+        if structure_ids is not None:
+            filters["structure_id__in"] = resolve_structure_ids(structure_ids)
+
+        def fetch(chunk: list[int], token: CancelToken) -> list[dict]:
+            query = rma.RmaQuery("ProjectionStructureUnionize", order="id").where(
+                None, section_data_set_id__in=chunk, **filters)
+            return self.query_rows(query, cancel=token)
+
         records: list[dict] = []
-        for n, chunk in enumerate(chunks(ids, 20)):
-            filters: dict = {"section_data_set_id__in": chunk}
-            if is_injection is not None:
-                filters["is_injection"] = bool(is_injection)
-            if hemisphere_ids is not None:
-                filters["hemisphere_id__in"] = checked_ids(hemisphere_ids, "hemisphere id")
-            if structure_ids is not None:
-                filters["structure_id__in"] = resolve_structure_ids(structure_ids)
-            query = rma.RmaQuery("ProjectionStructureUnionize", order="id").where(None, **filters)
-            records.extend(self.query_rows(query, cancel=cancel))
-            report(progress, done=min(len(ids), (n + 1) * 20), total=len(ids))
+        done = 0
+        for outcome in bounded_map(fetch, list(chunks(ids, 20)), jobs=jobs, ordered=True,
+                                   cancel=cancel, thread_name="allen-projection-unionize"):
+            if outcome.error is not None:
+                raise outcome.error
+            records.extend(outcome.value or [])
+            done += len(outcome.item)
+            report(progress, done=done, total=len(ids))
+        check(cancel)
         from .frames import PROJECTION_UNIONIZE_COLUMNS, flat_frame
 
         return flat_frame(records, PROJECTION_UNIONIZE_COLUMNS)

@@ -11,9 +11,12 @@ All volumes are ``[AP, DV, ML]`` with µm spacing.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,9 +25,9 @@ import pandas as pd
 
 from napari_allen.analysis.projections import (
     AveragingOptions,
+    AveragingPlan,
     AveragingResult,
     assign_groups,
-    average_projections,
     injection_summary,
 )
 from napari_allen.concurrency import bounded_map
@@ -49,8 +52,6 @@ GRID_ZIP_MEMBERS: dict[str, str] = {
     "injection_fraction": "injection",
 }
 SOURCES: tuple[str, ...] = ("nrrd", "grid")
-#: Experiments per ProjectionStructureUnionize request (keeps URLs short).
-_UNIONIZE_CHUNK = 200
 
 
 #: Line filter choices besides a named Cre line.
@@ -392,16 +393,13 @@ def fetch_injection_summary(
     """Injection volume (mm³), intensity and densest voxel (µm) per experiment.
 
     From ProjectionStructureUnionize rows with ``is_injection`` true, structure 997 (root),
-    hemisphere 3 (both). Indexed by experiment id; experiments without such a row are absent.
+    hemisphere 3 (both), only those rows (requests run concurrently; answers are kept in the
+    client's metadata cache, so a repeated average asks nothing). Indexed by experiment id;
+    experiments without such a row are absent.
     """
     ids = sorted({int(e) for e in experiment_ids})
-    frames = []
-    for start in range(0, len(ids), _UNIONIZE_CHUNK):
-        check(cancel)
-        chunk = ids[start:start + _UNIONIZE_CHUNK]
-        frames.append(client.projection_structure_unionize(
-            chunk, is_injection=True, hemisphere_ids=[3], structure_ids=[997]))
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    rows = client.projection_structure_unionize(
+        ids, is_injection=True, hemisphere_ids=[3], structure_ids=[997], cancel=cancel)
     return injection_summary(rows)
 
 
@@ -448,40 +446,108 @@ def average_experiments(
 
     ``experiments`` is a search result (``id, structure_id, structure_abbrev,
     transgenic_line, injection_x/y/z`` µm, ``gender``, ``strain``). Injection volumes and
-    intensities come from ProjectionStructureUnionize (also filling a missing injection ML
+    intensities come from ProjectionStructureUnionize (also filling a missing injection
     coordinate from the densest injection voxel). Experiments outside every group are not
     downloaded; failed downloads are listed in ``result.skipped``.
+
+    Three stages overlap: the injection summary request, downloads and decodes (``prefetch``
+    ahead, :func:`iter_volumes`), and the per-volume arithmetic (normalise, subtract the other
+    hemisphere: :meth:`AveragingPlan.contribution`) in worker threads, up to a memory budget
+    of prepared volumes; the calling thread only adds them to the group sums, in input order.
     """
     experiments = experiments.reset_index(drop=True).copy()
     if experiments.empty:
         raise ValueError("no experiments to average")
     group_index, groups = assign_groups(experiments, options, ontology)
     check_average_memory(resolution, len(groups), max_bytes=max_memory_bytes)
-    wanted = experiments["id"].astype("int64").to_numpy()[group_index >= 0]
-    report(progress, done=0, total=len(wanted), message="fetching injection summaries")
-    try:
-        summary = fetch_injection_summary(client, experiments["id"], cancel=cancel)
-    except AllenApiError as exc:
-        if options.normalization == "injection_volume":
-            raise
-        # Only the exported table needs the summary here: average without it.
-        log.warning("injection summaries unavailable (%s); table columns left empty", exc)
-        summary = injection_summary(pd.DataFrame())
-    for axis, col in (("x", "injection_x"), ("y", "injection_y"), ("z", "injection_z")):
-        if col not in experiments:
-            experiments[col] = np.nan
-        coords = pd.to_numeric(experiments[col], errors="coerce")
-        fallback = experiments["id"].map(summary[f"max_voxel_{axis}"]) if len(summary) else None
-        if fallback is not None:
-            experiments[col] = coords.fillna(fallback)
+    candidates = _candidates(experiments, group_index, options)
+    report(progress, done=0, total=len(candidates), message="fetching injection summaries")
+
+    def make_plan() -> AveragingPlan:
+        summary = _summary(client, experiments, options, cancel)
+        return AveragingPlan(_fill_coordinates(experiments, summary), options,
+                             resolution=resolution, injection=summary, ontology=ontology)
+
+    def prepare(item: tuple[int, GridVolume], _token: CancelToken):
+        exp_id, volume = item
+        return planned.result().contribution(exp_id, volume.data)  # waits for the summary
+
     failures: dict[int, str] = {}
-    stream = ((exp_id, vol.data) for exp_id, vol in iter_volumes(
-        client, wanted, "projection_density", resolution, source=source, prefetch=prefetch,
-        failures=failures, progress=progress, cancel=cancel))
-    result = average_projections(stream, experiments, options, resolution=resolution,
-                                 injection=summary, ontology=ontology, consume=True,
-                                 cancel=cancel)
+    jobs, window = _prepare_window(resolution, options, prefetch)
+    with ThreadPoolExecutor(1, thread_name_prefix="connectivity-summary") as summary_pool:
+        planned = summary_pool.submit(contextvars.copy_context().run, make_plan)
+        volumes = iter_volumes(client, candidates, "projection_density", resolution,
+                               source=source, prefetch=prefetch, failures=failures,
+                               progress=progress, cancel=cancel)
+        for outcome in bounded_map(prepare, volumes, jobs=jobs, window=window, ordered=True,
+                                   cancel=cancel, thread_name="connectivity-average"):
+            plan = planned.result()  # the summary's own error first, if it failed
+            if outcome.error is not None:
+                raise outcome.error
+            if outcome.value is not None:
+                plan.add(outcome.value)
+        check(cancel)
+        plan = planned.result()
+    result = plan.result()
     result.skipped.update(failures)
     if failures:
         result.table.loc[result.table["ExperimentID"].isin(list(failures)), "Used"] = False
     return result
+
+
+#: Prepared volumes (float32, waiting to be summed) may hold this many bytes at once.
+PREPARED_BYTES = 64e6
+
+
+def _prepare_window(resolution: int, options: AveragingOptions, prefetch: int
+                    ) -> tuple[int, int]:
+    """``(threads, volumes in flight)`` for the per-volume arithmetic: all cores, and as many
+    prepared volumes as fit :data:`PREPARED_BYTES` (8 at 100 µm, 1 at 25 µm)."""
+    from napari_allen.space import GRID_SHAPES
+
+    voxels = float(np.prod(GRID_SHAPES.get(int(resolution), GRID_SHAPES[100])))
+    each = voxels * 4 / (2 if options.subtract_hemisphere else 1)
+    window = int(max(1, min(max(1, prefetch), PREPARED_BYTES // max(each, 1))))
+    return max(1, min(window, os.cpu_count() or 1)), window
+
+
+def _candidates(experiments: pd.DataFrame, group_index: np.ndarray,
+                options: AveragingOptions) -> list[int]:
+    """Experiments whose volume the average may need, known before the injection summary:
+    those in a group, or every one when a grouping coordinate is missing (the summary fills
+    it, and the bins may move)."""
+    ids = experiments["id"].astype("int64").to_numpy()
+    column = {"ap": "injection_x", "dv": "injection_y", "ml": "injection_z"}.get(
+        options.group_by)
+    if column is not None:
+        coords = pd.to_numeric(experiments.get(column, pd.Series(np.nan, index=experiments.index)),
+                               errors="coerce")
+        if coords.isna().any():
+            return ids.tolist()
+    return ids[np.asarray(group_index) >= 0].tolist()
+
+
+def _summary(client: AllenClient, experiments: pd.DataFrame, options: AveragingOptions,
+             cancel: CancelToken | None) -> pd.DataFrame:
+    """The injection summary; without normalisation an unavailable one only leaves the
+    exported table's columns empty."""
+    try:
+        return fetch_injection_summary(client, experiments["id"], cancel=cancel)
+    except AllenApiError as exc:
+        if options.normalization == "injection_volume":
+            raise
+        log.warning("injection summaries unavailable (%s); table columns left empty", exc)
+        return injection_summary(pd.DataFrame())
+
+
+def _fill_coordinates(experiments: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """``experiments`` with missing injection coordinates taken from the densest injection
+    voxel (``max_voxel_x/y/z`` µm of the summary)."""
+    out = experiments.copy()
+    for axis, col in (("x", "injection_x"), ("y", "injection_y"), ("z", "injection_z")):
+        if col not in out:
+            out[col] = np.nan
+        coords = pd.to_numeric(out[col], errors="coerce")
+        if len(summary):
+            out[col] = coords.fillna(out["id"].map(summary[f"max_voxel_{axis}"]))
+    return out
