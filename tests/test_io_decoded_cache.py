@@ -59,6 +59,29 @@ def test_damaged_entry_is_decoded_again(tmp_path):
     assert read_nrrd(path, cache_dir=cache).data[7, 4, 5] == 7
 
 
+@pytest.mark.parametrize("damage", ["truncate", "substitute", "same_size_same_mtime_swap"])
+def test_truncated_or_substituted_entry_is_never_read(tmp_path, damage):
+    """Decoded entries carry no hash: size, inode and mtime must still be the recorded ones,
+    else the entry is decoded again from its (verified) source."""
+    cache = tmp_path / "cache"
+    path = _big_nrrd(tmp_path / "projection_density_50.nrrd", 11)
+    read_nrrd(path, cache_dir=cache)
+    (raw,) = _raws(cache)
+    st = raw.stat()
+    if damage == "truncate":
+        with open(raw, "r+b") as fh:
+            fh.truncate(N_BYTES // 2)
+    else:  # another file of the same size put in its place (os.replace: a new inode)
+        other = raw.with_name("other.tmp")
+        other.write_bytes(b"\xff" * N_BYTES)
+        if damage == "same_size_same_mtime_swap":
+            os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(other, raw)
+    vol = read_nrrd(path, cache_dir=cache)
+    assert vol.data[11, 4, 5] == 11 and float(np.asarray(vol.data).max()) == 11
+    assert raw.stat().st_size == N_BYTES
+
+
 def test_cap_evicts_least_recently_used(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("NAPARI_ALLEN_CACHE_MAX", str(2 * N_BYTES + 100))

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from ..errors import AllenApiError, AllenFormatError
 from ..io import manifest
+from ..io._decode import remember_digest
 from ..io.provenance import SYNTHETIC_HEADER
 from ..progress import Cancelled, CancelToken
 from .http import HttpTransport, TransientError
@@ -418,6 +419,9 @@ def _attempt(transport: HttpTransport, url: str, part: Path, verify: Verifier,
     size = part.stat().st_size
     if expected is not None and size != expected:
         raise TransientError(f"{url}: got {size} of {expected} bytes (truncated)")
+    # The verifier (and later readers) key decoded payloads by this file's hash: the one
+    # computed while streaming, not a second read of the file.
+    remember_digest(part, digest)
     try:
         verify(part, url)
     except TransientError:

@@ -9,17 +9,21 @@ header) is rejected without being written out, and a short one is reported as tr
 
 The decoded cache cannot hurt the machine:
 
-- entries are keyed by the SHA-256 of the *compressed bytes* (plus type and shape), so touching
-  or copying a file reuses its entry instead of adding another copy;
+- entries are keyed by the SHA-256 of the *compressed file* (plus the payload's place in it,
+  type and shape), so touching or copying a file reuses its entry instead of adding another
+  copy; that hash is read once per file: from the download that streamed it, or from the
+  file's manifest entry while the file still matches it;
 - its size is capped: ``NAPARI_ALLEN_CACHE_MAX`` (``"2GB"``, ``"500MiB"``, bytes) or by default
   a quarter of the disk space available to it; least-recently-used entries are evicted first; a
   grid larger than the whole cap is decoded into an anonymous temporary file (freed when closed);
 - a decode that would not fit the free disk is refused up front with a clear error;
 - every entry has a record in the folder's manifest (:mod:`napari_allen.io.manifest`: size,
-  SHA-256 of the decoded bytes, source, synthetic flag), written before the entry appears
-  under its final name; an entry whose file changed since it was recorded is re-hashed and
-  decoded again if it no longer matches. The last use (for eviction) is the file's atime,
-  set explicitly on each use.
+  inode, mtime, source, synthetic flag), written before the entry appears under its final
+  name; an entry is used only while its size, inode and mtime are still the recorded ones,
+  and decoded again otherwise (a truncated, edited or swapped entry is never read). Its bytes
+  are not hashed: they are what the verified compressed payload inflates to (stream CRC and
+  exact size checked). The last use (for eviction) is the file's atime, set explicitly on
+  each use.
 
 ``napari-allen cache-info`` shows it (:func:`decoded_cache_info`), ``napari-allen cache-prune``
 trims it (:func:`prune_decoded_cache`).
@@ -43,10 +47,18 @@ from typing import BinaryIO
 
 import numpy as np
 
+try:  # zlib-ng inflates the same streams about 3x faster than zlib (the cold-read hot spot)
+    from zlib_ng import zlib_ng as _zlib
+
+    _ZLIB_ERRORS: tuple[type[Exception], ...] = (zlib.error, _zlib.error)
+except ImportError:  # pragma: no cover - an install without the dependency still works
+    _zlib = zlib
+    _ZLIB_ERRORS = (zlib.error,)
+
 from ..errors import AllenFormatError
 from ..progress import CancelToken, ProgressCallback, check, report
 from .atomic import atomic_path
-from .manifest import Manifest
+from .manifest import Manifest, check_file, sha256_file
 
 _IN_CHUNK = 1 << 20  # compressed bytes read per step
 _OUT_CHUNK = 16 << 20  # at most this many inflated bytes held at once
@@ -90,7 +102,7 @@ class _Bz2:
 
 
 def _decompressor(wbits):
-    return _Bz2() if wbits == BZIP2 else zlib.decompressobj(wbits)
+    return _Bz2() if wbits == BZIP2 else _zlib.decompressobj(wbits)
 
 
 def inflate(
@@ -139,7 +151,7 @@ def inflate(
                    bytes_total=n_bytes, message=f"decoding {Path(str(source)).name}")
         if not decomp.eof and not isinstance(decomp, _Bz2):
             emit(decomp.flush())
-    except (zlib.error, OSError, ValueError) as exc:
+    except (*_ZLIB_ERRORS, OSError, ValueError) as exc:
         if isinstance(exc, AllenFormatError):
             raise
         raise AllenFormatError(source, f"corrupt {what}: {exc}") from exc
@@ -199,36 +211,52 @@ def copy_capped(
 
 
 # --- content keys ------------------------------------------------------------------------
-_key_memo: dict[tuple, str] = {}
-_key_memo_lock = threading.Lock()
+_digests: dict[tuple, str] = {}
+_digests_lock = threading.Lock()
+
+
+def _identity(st: os.stat_result) -> tuple:
+    """What says a file is unchanged (the manifest's own test: same inode, size, mtime)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def remember_digest(path: str | os.PathLike, sha256: str) -> None:
+    """Note the SHA-256 of ``path``'s whole content, computed while it was written (a
+    download hashes the bytes it streams), so its content key needs no second read. Kept
+    per (device, inode, size, mtime): a rename keeps it, any change to the file drops it."""
+    st = os.stat(path)
+    with _digests_lock:
+        if len(_digests) > 4096:
+            _digests.clear()
+        _digests[_identity(st)] = str(sha256)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of ``path``'s whole content, read once per process and file version:
+    remembered (:func:`remember_digest`), or from the file's manifest entry while the file
+    still matches it (size, inode, mtime: the download cache's own reuse test), else hashed."""
+    st = os.stat(path)
+    ident = _identity(st)
+    with _digests_lock:
+        digest = _digests.get(ident)
+    if digest is None:
+        result = check_file(path)
+        if result.ok and result.entry is not None and result.entry.sha256:
+            digest = result.entry.sha256
+        else:
+            digest = sha256_file(path)
+        with _digests_lock:
+            if len(_digests) > 4096:
+                _digests.clear()
+            _digests[ident] = digest
+    return digest
 
 
 def content_key(path: str | os.PathLike, offset: int, length: int, *extra: object) -> str:
-    """A cache key from the SHA-256 of ``length`` bytes of ``path`` at ``offset`` plus
-    ``extra`` (type, shape...). The same bytes give the same key wherever the file lives and
-    whatever its mtime; hashes are remembered per (file identity, mtime) in this process."""
-    st = os.stat(path)
-    ident = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-             int(offset), int(length))
-    with _key_memo_lock:
-        digest = _key_memo.get(ident)
-    if digest is None:
-        sha = hashlib.sha256()
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            left = length
-            while left > 0:
-                block = fh.read(min(_IN_CHUNK * 4, left))
-                if not block:
-                    break
-                sha.update(block)
-                left -= len(block)
-        digest = sha.hexdigest()
-        with _key_memo_lock:
-            if len(_key_memo) > 1024:
-                _key_memo.clear()
-            _key_memo[ident] = digest
-    text = "|".join([digest, *map(str, extra)])
+    """A cache key for the ``length`` bytes of ``path`` at ``offset``, from the SHA-256 of
+    the whole file (:func:`file_digest`) plus ``offset``, ``length`` and ``extra`` (type,
+    shape...). The same file gives the same key wherever it lives and whatever its mtime."""
+    text = "|".join([file_digest(path), str(int(offset)), str(int(length)), *map(str, extra)])
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
@@ -365,24 +393,21 @@ def decoded_memmap(
             return _anonymous_memmap(target_folder, fill, n_bytes, dtype, shape, source)
         _evict(target_folder, n_bytes, cap)
         _check_disk(target_folder, n_bytes, source)
-        sha = hashlib.sha256()
         # atomic_path: a unique temporary name (two processes may decode the same grid at
         # once), removed on errors or cancel, renamed only when complete.
         with atomic_path(target) as part:
             with open(part, "wb") as out:
-                def write(chunk: bytes) -> None:
-                    sha.update(chunk)
-                    out.write(chunk)
-
-                fill(write)
+                fill(out.write)
             st = part.stat()
             if st.st_size != n_bytes:
                 raise AllenFormatError(source, f"decoded {st.st_size:,} bytes, expected "
                                                f"{n_bytes:,}")
             # The record first: an entry under its final name always has one (os.replace keeps
-            # the inode and mtime recorded here).
+            # the inode and mtime recorded here). No SHA-256 of the decoded bytes: they are
+            # what the verified compressed bytes (the key) inflate to, with the stream's own
+            # CRC and exact size checked; a changed entry is decoded again, not re-hashed.
             manifest.record(target.name, part, url=str(source), synthetic=bool(synthetic),
-                            sha256=sha.hexdigest())
+                            sha256="")
     return np.memmap(target, dtype=dtype, mode="r", shape=tuple(shape), order="F")
 
 

@@ -17,7 +17,10 @@ garbage line (a crash, an edit) is skipped.
 :meth:`Manifest.check` is the reuse test: the size always; the SHA-256 only when the file
 changed since it was recorded (other mtime or inode: touched, copied over, swapped by
 ``os.replace``) or when asked (``deep=True``). A bit flipped in place with the mtime restored
-by hand is only caught by a deep check (``napari-allen download --verify-all``).
+by hand is only caught by a deep check (``napari-allen download --verify-all``). Files derived
+from a verified file (the decoded cache's grids, inflated from a verified download) are
+recorded without a SHA-256: hashing them would only re-check their source; once their stat
+changes they are rebuilt from it.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ DAMAGED = "damaged"  # size or content differs from the entry: fetch again, neve
 @dataclass(frozen=True)
 class Entry:
     """A manifest line: the file's size (bytes), SHA-256 (hex), where it came from, and the
-    stat fields that let an unchanged file skip re-hashing."""
+    stat fields that let an unchanged file skip re-hashing. ``sha256`` is '' for a file
+    derived from another verified file (a decoded grid): it is trusted while its stat is
+    unchanged and rebuilt, never re-hashed, once it changed."""
 
     name: str
     size: int
@@ -65,7 +70,7 @@ class Entry:
         except KeyError:
             return None
         if not (isinstance(name, str) and name and isinstance(size, int) and size >= 0
-                and isinstance(digest, str) and len(digest) == 64):
+                and isinstance(digest, str) and len(digest) in (0, 64)):
             return None
         url = data.get("url", "")
         ints = [data.get(k, 0) for k in ("mtime_ns", "inode")]
@@ -175,11 +180,12 @@ class Manifest:
     def record(self, name: str, file: str | os.PathLike | None = None, *, url: str = "",
                synthetic: bool = False, sha256: str | None = None) -> Entry:
         """Record ``file`` (default: ``folder/name``) as ``name``: its size, SHA-256 (computed
-        unless given), mtime and inode. Pass the temporary file about to be renamed to
-        ``folder/name``; the rename keeps the recorded stat fields valid."""
+        when None; '' records a derived file without one), mtime and inode. Pass the
+        temporary file about to be renamed to ``folder/name``; the rename keeps the recorded
+        stat fields valid."""
         name = _norm(name)
         file = Path(file) if file is not None else self.folder / name
-        digest = sha256 or sha256_file(file)
+        digest = sha256_file(file) if sha256 is None else sha256
         st = os.stat(file)
         entry = Entry(name, st.st_size, digest, url, bool(synthetic), st.st_mtime_ns,
                       st.st_ino)
@@ -241,6 +247,9 @@ class Manifest:
             return Check(DAMAGED, f"has {st.st_size} bytes, {entry.size} were recorded", entry)
         if not deep and st.st_ino == entry.inode and st.st_mtime_ns == entry.mtime_ns:
             return Check(VERIFIED, entry=entry)
+        if not entry.sha256:  # a derived file: nothing to compare its bytes with
+            return Check(DAMAGED, "changed since it was written (a derived file: rebuilt, "
+                         "not trusted)", entry)
         try:
             digest = sha256_file(path)
         except OSError as exc:
