@@ -37,7 +37,6 @@ from urllib.parse import urlsplit
 
 from ..errors import AllenApiError, AllenFormatError
 from ..io import manifest
-from ..io._decode import remember_digest
 from ..io.provenance import SYNTHETIC_HEADER
 from ..progress import Cancelled, CancelToken
 from .http import HttpTransport, TransientError
@@ -421,7 +420,7 @@ def _attempt(transport: HttpTransport, url: str, part: Path, verify: Verifier,
         raise TransientError(f"{url}: got {size} of {expected} bytes (truncated)")
     # The verifier (and later readers) key decoded payloads by this file's hash: the one
     # computed while streaming, not a second read of the file.
-    remember_digest(part, digest)
+    manifest.remember_digest(part, digest)
     try:
         verify(part, url)
     except TransientError:

@@ -266,6 +266,49 @@ class Manifest:
         return Check(VERIFIED, entry=entry)
 
 
+# --- whole-file digests known without reading the file again ----------------------------
+_digests: dict[tuple, str] = {}
+_digests_lock = threading.Lock()
+
+
+def _identity(st: os.stat_result) -> tuple:
+    """What says a file is unchanged (the manifest's own test: same inode, size, mtime)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def remember_digest(path: str | os.PathLike, sha256: str) -> None:
+    """Note the SHA-256 of ``path``'s whole content, computed while it was written (a
+    download hashes the bytes it streams), so its content key needs no second read. Kept
+    per (device, inode, size, mtime): a rename keeps it, any change to the file drops it."""
+    st = os.stat(path)
+    with _digests_lock:
+        if len(_digests) > 4096:
+            _digests.clear()
+        _digests[_identity(st)] = str(sha256)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of ``path``'s whole content, read once per process and file version:
+    remembered (:func:`remember_digest`), or from the file's manifest entry while the file
+    still matches it (size, inode, mtime: the download cache's own reuse test), else hashed."""
+    st = os.stat(path)
+    ident = _identity(st)
+    with _digests_lock:
+        digest = _digests.get(ident)
+    if digest is None:
+        result = check_file(path)
+        if result.ok and result.entry is not None and result.entry.sha256:
+            digest = result.entry.sha256
+        else:
+            digest = sha256_file(path)
+        with _digests_lock:
+            if len(_digests) > 4096:
+                _digests.clear()
+            _digests[ident] = digest
+    return digest
+
+
+
 def _norm(name: str) -> str:
     pure = PurePosixPath(str(name).replace(os.sep, "/"))
     if pure.is_absolute() or ".." in pure.parts:
