@@ -78,7 +78,7 @@ def test_cursor_names_the_structure(widget):
     assert w.describe([100, 100, 100]) == "outside the brain"
 
 
-def test_orientation_is_on_when_the_dock_opens(widget):
+def test_orientation_is_on_when_the_dock_opens(widget, qtbot):
     from napari_allen.layers.meshes import ccf_reference_layers
     from napari_allen.widgets._common import add_layer_tuple
     from napari_allen.widgets._view import canonical_camera, show_orientation
@@ -87,7 +87,8 @@ def test_orientation_is_on_when_the_dock_opens(widget):
     from napari_allen.widgets._view import _overlays
 
     axes, scale_bar = _overlays(viewer)
-    assert axes.visible and axes.labels and scale_bar.visible
+    # Switched on in the turns after the dock opened (each overlay's first draw on its own).
+    qtbot.waitUntil(lambda: axes.visible and axes.labels and scale_bar.visible, timeout=5000)
     for layer_tuple in ccf_reference_layers():
         add_layer_tuple(viewer, layer_tuple)
     show_orientation(viewer)

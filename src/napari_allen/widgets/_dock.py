@@ -16,7 +16,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_allen.widgets._common import ApiPanel
-from napari_allen.widgets._view import show_orientation
+from napari_allen.widgets._view import show_orientation_stepwise
 
 if TYPE_CHECKING:
     import napari
@@ -45,7 +45,8 @@ class AllenDock(QWidget):
         outer.addWidget(scroll, 1)
         outer.addWidget(self.api_panel)
         self._tabbed = False
-        show_orientation(napari_viewer)  # AP/DV/ML axes, µm scale bar, coronal slicing
+        # AP/DV/ML axes, µm scale bar, coronal slicing (overlays in later event-loop turns)
+        show_orientation_stepwise(napari_viewer)
 
     def sizeHint(self):  # noqa: N802 - Qt override
         hint = super().sizeHint()

@@ -12,6 +12,13 @@ Long work shows determinate progress twice: in the widget's status row and in na
 activity dock (a :class:`napari.utils.progress` bar whose cancel button cancels the task).
 Errors are shown in the row (wrapped, never widening the dock) and as a napari notification.
 
+Everything a task sends back (progress, partial results, its result, its end) is delivered
+through one plugin-wide queue, one handler per event-loop turn and never inside another
+handler: napari's activity bar (and other Qt code) runs ``processEvents()``, which would otherwise
+deliver the next layer *inside* the current handler, chaining several layer additions and
+repaints into one long freeze. Widgets queue further main-thread steps with
+:meth:`TaskRunner.then` (e.g. one layer per turn); the runner counts as running until they ran.
+
 Each task runs inside the shared client's ``served_block``: when it ends, the row (and the
 widgets' summaries, through :meth:`TaskRunner.with_note`) say whether its results came from the
 metadata cache and how its file downloads went (downloaded / verified / re-fetched / failed).
@@ -22,11 +29,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
 
 from napari_allen.progress import Cancelled, CancelToken, Progress
@@ -51,6 +59,59 @@ def _shared_transport():
     except Exception:  # noqa: BLE001 - the task reports the real error
         logger.debug("no shared client", exc_info=True)
         return None
+
+
+#: Quick deliveries (e.g. progress text) run together in one turn while they take less than this
+#: (seconds); anything slower ends the turn so the event loop runs between two layer additions.
+TURN_BUDGET_S = 0.01
+
+
+class _Deliveries:
+    """The plugin-wide FIFO of main-thread handlers (see the module doc): drained by a zero
+    timer, one slow handler per event-loop turn, never while another handler runs (a nested
+    ``processEvents()`` inside a handler finds the queue parked until the handler returns)."""
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[TaskRunner, int, Callable, tuple]] = deque()
+        self.depth = 0  # handlers running (>0 inside a nested event loop)
+        self.scheduled = False
+
+    def post(self, runner: TaskRunner, generation: int, fn: Callable, *args: Any) -> None:
+        self.queue.append((runner, generation, fn, args))
+        self.schedule()
+
+    def pending(self, runner: TaskRunner) -> bool:
+        return any(r is runner and r._current(g) for r, g, _, _ in self.queue)
+
+    def schedule(self) -> None:
+        if self.queue and not self.scheduled and not self.depth:
+            self.scheduled = True
+            QTimer.singleShot(0, self.drain)
+
+    def drain(self) -> None:
+        self.scheduled = False
+        if self.depth:
+            return  # the running handler reschedules when it returns
+        start = time.perf_counter()
+        try:
+            while self.queue and time.perf_counter() - start < TURN_BUDGET_S:
+                _, _, fn, args = self.queue.popleft()
+                self.run(fn, *args)
+        finally:
+            self.schedule()
+
+    def run(self, fn: Callable, *args: Any) -> Any:
+        """Run a handler now, marking it as running (deliveries wait until it returns)."""
+        self.depth += 1
+        try:
+            return fn(*args)
+        finally:
+            self.depth -= 1
+            if not self.depth:
+                self.schedule()
+
+
+_deliveries = _Deliveries()
 
 
 class TaskRunner(QObject):
@@ -93,16 +154,33 @@ class TaskRunner(QObject):
         self._activity = None  # the napari activity-dock progress bar of the current task
         self._activity_at = 0.0  # when it was last updated (time.monotonic)
         self._in_activity = False
-        # Queued: emitted from the worker thread, handled on the thread owning this object.
-        self._progressed.connect(self._on_progress, Qt.ConnectionType.QueuedConnection)
-        self._partial.connect(self._on_partial, Qt.ConnectionType.QueuedConnection)
+        # Queued: emitted from the worker thread, received on the thread owning this object,
+        # then handled through the plugin-wide delivery queue (one per event-loop turn).
+        self._progressed.connect(lambda m: self._deliver(self._on_progress, m),
+                                 Qt.ConnectionType.QueuedConnection)
+        self._partial.connect(lambda m: self._deliver(self._on_partial, m),
+                              Qt.ConnectionType.QueuedConnection)
         if parent is not None:
             parent.destroyed.connect(self.cancel)
 
     # --- public API ---------------------------------------------------------------------
     @property
     def is_running(self) -> bool:
-        return self.worker is not None
+        """A task runs, or its results / :meth:`then` steps still wait for their turn."""
+        return self.worker is not None or _deliveries.pending(self)
+
+    def then(self, fn: Callable, *args: Any) -> None:
+        """Run ``fn(*args)`` on the main thread in a later event-loop turn, after everything
+        delivered or queued before it, unless a new task or a cancel makes it stale. Use it to
+        split main-thread work (e.g. adding several layers) so the GUI breathes in between."""
+        _deliveries.post(self, self._generation, self._if_current(self._generation, fn), *args)
+
+    def _if_current(self, generation: int, fn: Callable) -> Callable:
+        return lambda *args: fn(*args) if self._current(generation) else None
+
+    def _deliver(self, handler: Callable, message: Any) -> None:
+        """Queue a message from the worker (``message[0]`` is its generation)."""
+        _deliveries.post(self, message[0], handler, message)
 
     @property
     def status_text(self) -> str:
@@ -189,9 +267,12 @@ class TaskRunner(QObject):
 
         # Errors are ours to report (on_error or a notification), not to re-raise in Qt.
         worker = create_worker(job, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda value: self._on_returned(generation, value, served))
-        worker.errored.connect(lambda exc: self._on_errored(generation, exc, served))
-        worker.finished.connect(lambda: self._on_finished(generation))
+        worker.returned.connect(lambda value: _deliveries.post(
+            self, generation, self._on_returned, generation, value, served))
+        worker.errored.connect(lambda exc: _deliveries.post(
+            self, generation, self._on_errored, generation, exc, served))
+        worker.finished.connect(lambda: _deliveries.post(
+            self, generation, self._on_finished, generation))
         self.worker = worker
         self._description = description or "Working…"
         self._set_busy(True, self._description)

@@ -44,18 +44,20 @@ def _overlays(viewer: napari.Viewer):
     return viewer.axes, viewer.scale_bar
 
 
-def show_orientation(viewer: napari.Viewer) -> None:
+def show_orientation(viewer: napari.Viewer, *, overlays: bool = True) -> None:
     """Axes with AP/DV/ML labels and a µm scale bar; 2-D slicing coronal (slider over AP).
 
-    Idempotent: docks call it when they open. Axis labels are only set while the viewer has
-    (at least) the three CCF axes and still shows napari's default numeric labels.
+    Idempotent: docks call it (:func:`show_orientation_stepwise`) when they open. Axis labels
+    are only set while the viewer has (at least) the three CCF axes and still shows napari's
+    default numeric labels. ``overlays=False``: labels and slicing only.
     """
-    axes, scale_bar = _overlays(viewer)
-    axes.visible = True
-    axes.labels = True
-    axes.colored = True
-    # The scale bar reads its unit (µm) from the layers' ``units``.
-    scale_bar.visible = True
+    if overlays:
+        axes, scale_bar = _overlays(viewer)
+        axes.visible = True
+        axes.labels = True
+        axes.colored = True
+        # The scale bar reads its unit (µm) from the layers' ``units``.
+        scale_bar.visible = True
     dims = viewer.dims
     if dims.ndim >= 3:
         labels = list(dims.axis_labels)
@@ -63,6 +65,31 @@ def show_orientation(viewer: napari.Viewer) -> None:
         if all(str(label).lstrip("-").isdigit() for label in tail):
             dims.axis_labels = labels[:-3] + list(AXES)
         coronal(viewer)
+
+
+#: Delay (ms) between switching on the axes and the scale bar when a dock opens.
+OVERLAY_STEP_MS = 60
+
+
+def show_orientation_stepwise(viewer: napari.Viewer, step_ms: int = OVERLAY_STEP_MS) -> None:
+    """:func:`show_orientation` spread over event-loop turns, for docks opening: the axis
+    labels and slicing now, the axes overlay in the next turn and the scale bar ``step_ms``
+    later. The first draw of each overlay (shader builds, text glyphs rasterised on the CPU)
+    then is a repaint of its own instead of one long freeze added to the dock's own cost.
+    Calls on a closed viewer are ignored."""
+    from qtpy.QtCore import QTimer
+
+    show_orientation(viewer, overlays=False)
+    axes, scale_bar = _overlays(viewer)
+
+    def show_axes() -> None:
+        axes.visible = axes.labels = axes.colored = True
+
+    def show_scale_bar() -> None:
+        scale_bar.visible = True
+
+    QTimer.singleShot(0, show_axes)
+    QTimer.singleShot(step_ms, show_scale_bar)
 
 
 def coronal(viewer: napari.Viewer) -> None:

@@ -170,9 +170,11 @@ class PlaneStoreTab(QWidget):
         return None if index is None else experiment_at(self.store_layer.metadata, index)
 
     def _update_current_gene(self, event=None) -> None:
-        from napari_allen.layers.expression import describe_experiment
-
+        # Runs on every slider move: without a store, nothing to do (and nothing to import on
+        # the main thread - the expression layers module pulls in the analysis stack).
         if self.store_layer is not None:
+            from napari_allen.layers.expression import describe_experiment
+
             self.current_gene.setText(
                 f"current gene: {describe_experiment(self.current_experiment())}")
 

@@ -55,17 +55,26 @@ PARTIAL = "partial — cancelled"
 _SUFFIXES = ("lines", "lines (2-D)", "injection sites")
 
 
-def _show_all(viewer: napari.Viewer, layer_tuples: list, prefix: str) -> None:
-    """Show ``layer_tuples`` and remove the other layers of the same search (``prefix`` +
-    lines / lines (2-D) / injection sites, also a cancelled run's partial ones) that this
-    result no longer has, so an empty result never leaves the previous lines on screen."""
+def _show_all(runner: TaskRunner, viewer: napari.Viewer, layer_tuples: list, prefix: str,
+              then: Any = None) -> None:
+    """Show ``layer_tuples``, one per event-loop turn (``runner.then``: each insert is a
+    napari scene-graph update of its own, the GUI answers in between), then remove the other
+    layers of the same search (``prefix`` + lines / lines (2-D) / injection sites, also a
+    cancelled run's partial ones) that this result no longer has, so an empty result never
+    leaves the previous lines on screen; then call ``then()``."""
     for layer_tuple in layer_tuples:
-        add_layer_tuple(viewer, layer_tuple)
+        runner.then(add_layer_tuple, viewer, layer_tuple)
     kept = {layer_name(t) for t in layer_tuples}
-    for suffix in _SUFFIXES:
-        for stale in (f"{prefix} {suffix}", f"{prefix} {suffix} ({PARTIAL})"):
-            if stale not in kept and stale in viewer.layers:
-                viewer.layers.remove(stale)
+
+    def remove_stale() -> None:
+        for suffix in _SUFFIXES:
+            for stale in (f"{prefix} {suffix}", f"{prefix} {suffix} ({PARTIAL})"):
+                if stale not in kept and stale in viewer.layers:
+                    viewer.layers.remove(stale)
+        if then is not None:
+            then()
+
+    runner.then(remove_stale)
 
 
 class SpatialSearchWidget(AllenDock):
@@ -203,7 +212,11 @@ class SpatialSearchWidget(AllenDock):
     def _show_experiment(self, value: dict) -> None:
         self._partial = None
         search = value["search"]
-        _show_all(self.viewer, value["layers"], f"spatial search {search.experiment_id}")
+        _show_all(self.runner, self.viewer, value["layers"],
+                  f"spatial search {search.experiment_id}",
+                  then=lambda: self._summarise_experiment(search))
+
+    def _summarise_experiment(self, search: Any) -> None:
         result = search.result
         self.last_result = {"records": result.records(),
                             "injection_coordinates": search.injection_coordinates,
@@ -249,8 +262,11 @@ class SpatialSearchWidget(AllenDock):
 
     def _show_click(self, value: dict) -> None:
         search = value["search"]
+        _show_all(self.runner, self.viewer, value["layers"], CLICK_LAYER_NAME,
+                  then=lambda: self._summarise_click(search))
+
+    def _summarise_click(self, search: Any) -> None:
         result, seed = search.result, search.seed_um
-        _show_all(self.viewer, value["layers"], CLICK_LAYER_NAME)
         self.last_result = {"records": result.records(),
                             "injection_coordinates": np.empty((0, 3)),
                             "metadata": search.metadata}

@@ -297,9 +297,9 @@ class StructuresWidget(AllenDock):
             return ccf_reference_layers()
 
         def done(layers) -> None:
-            for layer_tuple in layers:
-                add_layer_tuple(self.viewer, layer_tuple)
-            show_orientation(self.viewer)
+            for layer_tuple in layers:  # one layer per event-loop turn
+                self.runner.then(add_layer_tuple, self.viewer, layer_tuple)
+            self.runner.then(show_orientation, self.viewer)
 
         self.runner.run(task, on_result=done, on_error=self._error,
                         description="Loading the 25 µm CCF reference…")
