@@ -107,6 +107,32 @@ def test_cached_grids_load_without_network(widget, qtbot, allen_api):
     assert not [r for r in allen_api.requests if "/grid_data/" in r["path"]]
 
 
+def test_loaded_grid_is_focused_without_scanning_it_on_the_main_thread(widget, qtbot,
+                                                                        monkeypatch):
+    """The expression peak the sliders move to is found in the worker that built the layer
+    (a whole-volume scan), and the sliders move there once the layer is shown."""
+    import threading
+
+    import napari_allen.layers.focus as focus
+
+    scanned_on: list = []
+    real_peak = focus.peak_um
+
+    def spy(*args, **kwargs):
+        scanned_on.append(threading.current_thread() is threading.main_thread())
+        return real_peak(*args, **kwargs)
+
+    monkeypatch.setattr(focus, "peak_um", spy)
+    _search(qtbot, widget, "Nrp1", plane="coronal")
+    widget.result_table.select_rows([0])
+    widget.load_selected()
+    _wait(qtbot, widget.runner)
+    assert scanned_on == [False]  # once, in the worker
+    layer = widget.viewer.layers[-1]
+    peak = np.asarray(layer.metadata[focus.FOCUS_KEY])
+    np.testing.assert_allclose(np.asarray(widget.viewer.dims.point)[-3:], peak, atol=200)
+
+
 def test_newer_search_wins(widget, qtbot, allen_api):
     allen_api.latency_ms = 300
     widget.gene_edit.setText("Pdyn")

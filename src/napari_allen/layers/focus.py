@@ -13,6 +13,8 @@ import numpy as np
 
 #: Larger in-memory volumes are not scanned for their peak (lazy 10 µm grids stay lazy).
 _MAX_PEAK_VOXELS = 40_000_000
+#: Layer-metadata key of a focus point computed ahead (in the worker that built the layer).
+FOCUS_KEY = "focus_um"
 
 
 def _finite_point(values) -> np.ndarray | None:
@@ -24,12 +26,14 @@ def _finite_point(values) -> np.ndarray | None:
 
 
 def metadata_focus_um(metadata: Mapping | None) -> np.ndarray | None:
-    """The injection site recorded in layer metadata: the measured injection centroid, else
-    the experiment's ``injection_x/y/z`` (CCF µm ``[AP, DV, ML]``), else None."""
+    """The point recorded in layer metadata: a focus point computed ahead
+    (:func:`with_focus_point`), else the measured injection centroid, else the experiment's
+    ``injection_x/y/z`` (CCF µm ``[AP, DV, ML]``), else None."""
     meta = dict(metadata or {})
-    point = _finite_point(meta.get("injection_centroid_um"))
-    if point is not None:
-        return point
+    for key in (FOCUS_KEY, "injection_centroid_um"):
+        point = _finite_point(meta.get(key))
+        if point is not None:
+            return point
     exp = meta.get("experiment")
     source = exp if isinstance(exp, Mapping) else meta
     if all(k in source for k in ("injection_x", "injection_y", "injection_z")):
@@ -71,6 +75,19 @@ def focus_point_um(layer_tuple: tuple) -> np.ndarray | None:
         verts = np.asarray(data[0], dtype=float)
         return _finite_point(verts.mean(axis=0)) if len(verts) else None
     return None
+
+
+def with_focus_point(layer_tuple: tuple) -> tuple:
+    """``layer_tuple`` with its :func:`focus_point_um` stored in the metadata (``FOCUS_KEY``).
+    Call it where the layer is built (a worker): finding an image's peak scans the whole
+    volume, which must not happen on the main thread when the layer is shown."""
+    data, kwargs, layer_type = (tuple(layer_tuple) + ({}, "image"))[:3]
+    kwargs = dict(kwargs or {})
+    point = focus_point_um((data, kwargs, layer_type))
+    if point is not None:
+        kwargs["metadata"] = {**dict(kwargs.get("metadata") or {}),
+                              FOCUS_KEY: [float(v) for v in point]}
+    return data, kwargs, layer_type
 
 
 def layer_focus_um(layer: Any) -> np.ndarray | None:

@@ -64,6 +64,11 @@ def _shared_transport():
 #: Quick deliveries (e.g. progress text) run together in one turn while they take less than this
 #: (seconds); anything slower ends the turn so the event loop runs between two layer additions.
 TURN_BUDGET_S = 0.01
+#: The queue is drained by a timer of this many ms, not a 0 ms one: Qt 6 turns a 0 ms single
+#: shot into a posted event, and posted events posted while posted events are being sent run
+#: in the same pass - the whole queue (and the repaints it causes) would run back to back
+#: without input or timer events in between.
+DRAIN_TIMER_MS = 1
 
 
 class _Deliveries:
@@ -86,7 +91,7 @@ class _Deliveries:
     def schedule(self) -> None:
         if self.queue and not self.scheduled and not self.depth:
             self.scheduled = True
-            QTimer.singleShot(0, self.drain)
+            QTimer.singleShot(DRAIN_TIMER_MS, self.drain)
 
     def drain(self) -> None:
         self.scheduled = False

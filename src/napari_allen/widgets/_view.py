@@ -15,7 +15,8 @@ as the user has it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -147,6 +148,29 @@ def focus_on(viewer: napari.Viewer, point_um) -> bool:
     viewer.dims.set_point(axes, tuple(float(np.clip(p, lo, hi))
                                       for p, lo, hi in zip(point, lows, highs, strict=True)))
     return True
+
+
+#: The layer each task runner added last (add_and_focus_later focuses on that one only).
+_LATEST_ADDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def add_and_focus_later(viewer: napari.Viewer, runner, layer) -> Any:
+    """Add ``layer`` (a LayerDataTuple or a ready layer) now and move the sliders to it in a
+    later event-loop turn (``runner.then``; moving them re-slices every layer), only if no
+    newer layer came in meanwhile: a burst of loads focuses once, on the last one. Build the
+    layer with :func:`napari_allen.layers.focus.with_focus_point` in the worker so no volume
+    is scanned here. Returns the added layer."""
+    from napari_allen.widgets._common import add_layer_tuple
+
+    added = add_layer_tuple(viewer, layer)
+    _LATEST_ADDED[runner] = added
+
+    def focus() -> None:
+        if _LATEST_ADDED.get(runner) is added:
+            focus_on_layer_tuple(viewer, added)
+
+    runner.then(focus)
+    return added
 
 
 def focus_on_layer_tuple(viewer: napari.Viewer, layer_tuple) -> bool:

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 from napari_allen.space import NRRD_RESOLUTIONS
 from napari_allen.widgets._common import WrappingLabel, add_layer_tuple, shared_client
 from napari_allen.widgets._tasks import TaskRunner
-from napari_allen.widgets._view import focus_on_layer_tuple
+from napari_allen.widgets._view import add_and_focus_later
 
 if TYPE_CHECKING:
     import napari
@@ -115,21 +115,25 @@ class LoadTab(QWidget):
                 injection_sites_layer,
                 injection_voxels_layer,
             )
+            from napari_allen.layers.focus import with_focus_point
             from napari_allen.layers.prebuilt import build_layer
             from napari_allen.workflows.connectivity import load_experiments
 
+            def build(layer_tuple):  # layer and focus point made here, not on the main thread
+                return build_layer(with_focus_point(layer_tuple))
+
             if sites:
-                emit(build_layer(injection_sites_layer(frame)))
+                emit(build(injection_sites_layer(frame)))
             n = 0
             if images:
                 for exp, image, vol in load_experiments(shared_client(), records, images,
                                                         resolution, source=source,
                                                         progress=progress, cancel=cancel):
                     if image != "injection_fraction" or show_fraction:
-                        emit(build_layer(experiment_volume_layer(vol, exp)))
+                        emit(build(experiment_volume_layer(vol, exp)))
                     if image == "injection_fraction" and want_voxels:
-                        emit(build_layer(injection_voxels_layer(vol, threshold=threshold,
-                                                                experiment=exp)))
+                        emit(build(injection_voxels_layer(vol, threshold=threshold,
+                                                          experiment=exp)))
                     n += 1
             return n
 
@@ -139,8 +143,7 @@ class LoadTab(QWidget):
                         description=f"Loading {len(records)} experiment(s)…")
 
     def _add_and_focus(self, layer) -> None:
-        add_layer_tuple(self.viewer, layer)
-        focus_on_layer_tuple(self.viewer, layer)  # sliders to the injection site
+        add_and_focus_later(self.viewer, self.runner, layer)  # sliders to the injection site
 
     def add_structure_meshes(self) -> None:
         """Meshes of the selected experiments' injection structures and their strongest

@@ -27,12 +27,11 @@ from napari_allen.widgets._common import (
     DataFrameTable,
     WrappingLabel,
     add_grid_annotation,
-    add_layer_tuple,
     shared_client,
     table_data,
 )
 from napari_allen.widgets._tasks import TaskRunner
-from napari_allen.widgets._view import focus_on_layer_tuple
+from napari_allen.widgets._view import add_and_focus_later
 from napari_allen.workflows.ish import SEARCH_COLUMNS
 
 if TYPE_CHECKING:
@@ -133,13 +132,14 @@ class IshSearchTab(QWidget):
             return
 
         def task(*, progress, cancel, emit):
+            from napari_allen.layers.focus import with_focus_point
             from napari_allen.layers.prebuilt import build_layer
             from napari_allen.layers.volumes import image_layer
             from napari_allen.workflows.ish import iter_grids
 
             for vol in iter_grids(shared_client(), rows, volumes, progress=progress,
                                   cancel=cancel):
-                emit(build_layer(image_layer(vol)))
+                emit(build_layer(with_focus_point(image_layer(vol))))
             return len(rows)
 
         self.runner.run(task, on_partial=self._add_and_focus,
@@ -148,8 +148,7 @@ class IshSearchTab(QWidget):
                         description=f"Loading {len(rows)} experiments…")
 
     def _add_and_focus(self, layer) -> None:
-        add_layer_tuple(self.viewer, layer)
-        focus_on_layer_tuple(self.viewer, layer)  # sliders to the expression peak
+        add_and_focus_later(self.viewer, self.runner, layer)  # sliders to the expression peak
 
     def add_annotation(self) -> Any:
         """The 200 µm gridAnnotation Labels (an existing one is reused)."""
