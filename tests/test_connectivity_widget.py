@@ -148,6 +148,8 @@ def test_load_and_average_wait_for_a_running_search(qtbot, widget, allen_api):
     w.search_panel.structures_edit.setText("VPM")
     w.search_panel.search_button.click()
     assert not w.load_tab.load_button.isEnabled()
+    assert not w.load_tab.meshes_button.isEnabled()  # it meshes the selected experiments too
     assert not w.average_tab.average_button.isEnabled()
     _wait(qtbot, w)
     assert w.load_tab.load_button.isEnabled() and w.average_tab.average_button.isEnabled()
+    assert w.load_tab.meshes_button.isEnabled()

@@ -88,6 +88,25 @@ def test_run_adds_lines_companion_injection_and_fibres(widget, qtbot, tmp_path):
         f"spatial search {EXPERIMENT} lines") == 1
 
 
+def test_meshes_button_meshes_injection_and_target_structures(widget, qtbot):
+    """Enabled once a result is shown (not while a search runs); meshes the structure holding
+    the injection and those holding most seeds, as Surface layers tagged with their role."""
+    assert not widget.meshes_button.isEnabled()  # no result yet
+    widget.form.seed_cap.setValue(6)
+    widget.run()
+    assert not widget.meshes_button.isEnabled()  # the result is about to change
+    _wait(qtbot, widget)
+    assert widget.meshes_button.isEnabled()
+    before = {layer.name for layer in widget.viewer.layers}
+    widget.meshes_button.click()
+    _wait(qtbot, widget, timeout=180_000)
+    meshes = [layer for layer in widget.viewer.layers
+              if layer.name not in before and layer._type_string == "surface"]
+    roles = [layer.metadata["role"] for layer in meshes]
+    assert roles.count("injection") == 1, roles
+    assert 1 <= roles.count("targets") <= 4, roles
+
+
 def test_click_searches_all_experiments(widget, qtbot):
     widget.click_button.setChecked(True)
     # Simulate napari's drag-callback protocol: press, then release without moving.

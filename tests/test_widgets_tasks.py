@@ -133,3 +133,56 @@ def test_errors_reach_on_error(qtbot, runner):
     qtbot.waitUntil(lambda: bool(errors), timeout=5000)
     assert "x.raw" in str(errors[0])
     assert "x.raw" in runner.status_text
+
+
+def test_deliveries_never_run_inside_another_handler(qtbot, runner):
+    """A handler that processes events (napari's activity bar calls processEvents on every
+    update) never receives the next partial or the result inside it: each is its own turn."""
+    from qtpy.QtWidgets import QApplication
+
+    depth = [0]
+    nested: list = []
+    order: list = []
+
+    def task(*, progress, cancel, emit):
+        emit("first")
+        for i in range(20):
+            progress(Progress(done=i + 1, total=20, message="step"))
+        return "done"
+
+    def handler(obj):
+        if depth[0]:
+            nested.append(obj)
+        depth[0] += 1
+        try:
+            order.append(obj)
+            for _ in range(10):  # like napari's progress bar: other events run in here
+                QApplication.processEvents()
+                time.sleep(0.01)
+        finally:
+            depth[0] -= 1
+
+    runner.run(task, on_partial=handler, on_result=handler)
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert order == ["first", "done"]
+    assert nested == []
+
+
+def test_then_steps_run_in_order_in_later_turns_and_count_as_running(qtbot, runner):
+    steps: list = []
+
+    def on_result(value):
+        runner.then(steps.append, f"{value}-1")
+        runner.then(steps.append, f"{value}-2")
+        assert steps == []  # not inside this handler
+        assert runner.is_running  # queued steps keep the runner busy
+
+    runner.run(lambda **_: "r", on_result=on_result)
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert steps == ["r-1", "r-2"]
+    # A cancelled or replaced task drops its queued steps.
+    runner.run(lambda **_: "s", on_result=lambda v: (runner.then(steps.append, v),
+                                                     runner.cancel()))
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    qtbot.wait(50)
+    assert steps == ["r-1", "r-2"]

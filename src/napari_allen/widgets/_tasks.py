@@ -295,6 +295,10 @@ class TaskRunner(QObject):
             self.worker = None
             self._set_busy(False, "Cancelled")
             self._end(self._callbacks.get("cancel"))
+        elif _deliveries.pending(self):
+            # The result is in; drop the steps it queued with then() (e.g. layers not yet
+            # added). The task itself completed, so no cancel callback.
+            self._generation += 1
 
     # --- slots (main thread) ------------------------------------------------------------
     def _current(self, generation: int) -> bool:

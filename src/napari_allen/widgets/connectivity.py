@@ -35,7 +35,8 @@ class ConnectivityWidget(AllenDock):
         self.tabs.addTab(self.average_tab, "Average")
         self.tabs.addTab(self.threshold_tab, "Threshold")
         # A running search is about to replace the results: Load/Average would use stale rows.
-        for button in (self.load_tab.load_button, self.average_tab.average_button):
+        for button in (self.load_tab.load_button, self.load_tab.meshes_button,
+                       self.average_tab.average_button):
             self.search_panel.runner.running_changed.connect(
                 lambda running, b=button: b.setEnabled(not running))
         self.body_layout.addWidget(self.search_panel, 1)
