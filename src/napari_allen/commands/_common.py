@@ -87,27 +87,32 @@ def importing_meanwhile(*modules: str) -> Iterator[None]:
     the error itself.
     """
 
+    interval = sys.getswitchinterval()
+
     def run() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception as exc:  # noqa: BLE001 - the block's own import reports it
-                logging.getLogger(__name__).debug("background import of %s failed: %s",
-                                                  name, exc)
-                return
+        try:
+            for name in modules:
+                try:
+                    importlib.import_module(name)
+                except Exception as exc:  # noqa: BLE001 - the block's own import reports it
+                    logging.getLogger(__name__).debug("background import of %s failed: %s",
+                                                      name, exc)
+                    return
+        finally:
+            # Only while importing: 16 download threads contending for the interpreter with
+            # a short interval hand it over several times more often (3.5x the futex calls).
+            sys.setswitchinterval(interval)
 
     thread = threading.Thread(target=run, name="napari-allen-imports", daemon=True)
     # The block's threads wait on sockets and files, each wait handing the interpreter to the
     # import thread: a short switch interval gives it back to them quickly (with the default
     # 5 ms, every return from the network could wait that long behind a busy import).
-    interval = sys.getswitchinterval()
     sys.setswitchinterval(min(interval, SWITCH_INTERVAL_S))
     thread.start()
     try:
         yield
     finally:
         thread.join()
-        sys.setswitchinterval(interval)
 
 
 def gene_pattern(text: str) -> str:

@@ -194,9 +194,13 @@ class Manifest:
 
     def _append(self, entry: Entry) -> None:
         line = (json.dumps(asdict(entry), separators=(",", ":")) + "\n").encode()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         with self._log.lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(self.path, flags, 0o666)
+            except FileNotFoundError:  # a new folder (usually it holds the file just written)
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, flags, 0o666)
             try:
                 os.write(fd, line)  # one write: atomic against other appenders
             finally:
