@@ -120,22 +120,23 @@ def test_network_first_commands_start_without_numpy_or_pandas():
     assert out.strip() == "[]"
 
 
-def test_importing_meanwhile_imports_in_the_background_and_joins():
+def test_importing_meanwhile_imports_in_the_background_and_joins(tmp_path, monkeypatch):
     import sys
     import threading
 
     from napari_allen.commands._common import importing_meanwhile
 
+    (tmp_path / "cli_probe_module.py").write_text(
+        "import threading\nTHREAD = threading.current_thread().name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     before = sys.getswitchinterval()
-    seen: list[str] = []
-    with importing_meanwhile("napari_allen.no_such_module", "colorsys"):
-        seen.extend(t.name for t in threading.enumerate())
-        assert sys.getswitchinterval() <= before
-    assert "napari-allen-imports" in seen
-    # A module that fails to import stops the list quietly: the block's own import raises.
-    assert "napari_allen.no_such_module" not in sys.modules
+    with importing_meanwhile("cli_probe_module"):
+        pass
+    assert sys.modules["cli_probe_module"].THREAD == "napari-allen-imports"
     assert not any(t.name == "napari-allen-imports" for t in threading.enumerate())
     assert sys.getswitchinterval() == before
-    with importing_meanwhile("colorsys"):
+    # A module that fails to import stops the list quietly: the block's own import raises.
+    with importing_meanwhile("napari_allen.no_such_module", "cli_probe_module"):
         pass
-    assert "colorsys" in sys.modules
+    assert "napari_allen.no_such_module" not in sys.modules
+    assert sys.getswitchinterval() == before
