@@ -283,7 +283,7 @@ def metadata_table(
     for out, key in (("InjectionVolume", "injection_volume"),
                      ("InjectionIntensity", "injection_intensity")):
         if key in inj:
-            table[out] = [float(inj[key].get(i, np.nan)) for i in ids]
+            table[out] = pd.to_numeric(inj[key], errors="coerce").reindex(ids).to_numpy(float)
         else:
             table[out] = np.nan
     table["Sex"] = col("gender", "")
@@ -491,6 +491,8 @@ def injection_summary(unionize: pd.DataFrame) -> pd.DataFrame:
     })
     for c in ("max_voxel_x", "max_voxel_y", "max_voxel_z"):
         out[c] = pd.to_numeric(rows[c], errors="coerce") if c in rows else np.nan
+    if not out["experiment_id"].duplicated().any():  # the usual case: one row each
+        return out.set_index("experiment_id")[cols]
     # Duplicated rows (re-processed experiments): keep the largest volume, as the seed does.
     out = out.sort_values("injection_volume").groupby("experiment_id").last()
     return out[cols]

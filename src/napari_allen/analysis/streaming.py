@@ -165,8 +165,8 @@ def mark_missing(parts: Sequence[Part]) -> list[Part]:
         key = id(part.values)
         if key not in masks:
             mask = None
-            # NaN anywhere makes the sum NaN (so may inf - inf: the mask then finds none).
-            if part.values.size and np.isnan(part.values.sum()):
+            # NaN anywhere makes the minimum NaN: one cheap reduction when nothing is missing.
+            if part.values.size and np.isnan(part.values.min()):
                 nan = np.isnan(part.values)
                 if nan.any():
                     part.values[nan] = 0.0
@@ -252,7 +252,7 @@ class RunningMean:
         v = np.asarray(volume)
         if v.shape != self.shape:
             raise ValueError(f"volume shape {v.shape} does not match the average's {self.shape}")
-        if not (consume and v.flags.writeable) and v.size and np.isnan(v.sum()):
+        if not (consume and v.flags.writeable) and v.size and np.isnan(v.min()):
             v = v.copy(order="K")  # its NaN are set to 0 below: not in the caller's array
         self.add_parts(mark_missing([Part(slice(None), v)]), self.shape)
 

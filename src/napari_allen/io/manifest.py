@@ -314,7 +314,10 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def _norm(name: str) -> str:
-    pure = PurePosixPath(str(name).replace(os.sep, "/"))
+    name = str(name)
+    if name and "/" not in name and os.sep not in name and name not in (".", ".."):
+        return name  # a plain file name (the usual case): nothing to normalise
+    pure = PurePosixPath(name.replace(os.sep, "/"))
     if pure.is_absolute() or ".." in pure.parts:
         raise ValueError(f"manifest names are relative paths inside the folder, got {name!r}")
     return pure.as_posix()

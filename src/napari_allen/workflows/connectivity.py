@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -320,6 +319,13 @@ def load_volume(
     return read_downloaded(path, experiment_id, image, source, client.cache_dir)
 
 
+class _Raised:
+    """An exception of ``prepare`` carried out of a worker (never a per-experiment failure)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 def iter_volumes(
     client: AllenClient,
     experiment_ids: Sequence[int],
@@ -329,9 +335,10 @@ def iter_volumes(
     source: str = "nrrd",
     prefetch: int = 8,
     failures: dict[int, str] | None = None,
+    prepare: Callable[[int, GridVolume], Any] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
-) -> Iterator[tuple[int, GridVolume]]:
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(experiment_id, GridVolume)`` in order, one decoded volume at a time.
 
     Up to ``prefetch`` downloads and decodes run ahead in threads (files go to the client's
@@ -339,6 +346,9 @@ def iter_volumes(
     memory holds no decoded copy whatever the count.
     With a ``failures`` dict, experiments that cannot be downloaded/read are recorded there
     (id -> message) and skipped; without one the first failure raises.
+    ``prepare(experiment_id, volume)`` runs in the same worker right after the read (numpy
+    work that releases the GIL) and its result is yielded instead of the volume; an exception
+    it raises ends the iteration (it is not an experiment's failure).
     """
     _check_request(image, resolution, source)
     ids = [int(e) for e in experiment_ids]
@@ -349,12 +359,18 @@ def iter_volumes(
 
     _drop_legacy_copies(client.cache_dir)
 
-    def fetch(exp_id: int, token: CancelToken) -> GridVolume:
+    def fetch(exp_id: int, token: CancelToken):
         path = download_volume(client, exp_id, image, resolution, source=source, cancel=token)
         check(token)
         # Decoded in the worker too (zlib and SHA-256 release the GIL): the volume arrives
         # memory-mapped from the decoded cache, so the window costs no volume-sized memory.
-        return read_downloaded(path, exp_id, image, source, client.cache_dir)
+        volume = read_downloaded(path, exp_id, image, source, client.cache_dir)
+        if prepare is None:
+            return volume
+        try:
+            return prepare(exp_id, volume)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer below
+            return _Raised(exc)
 
     done = 0
     # Downloads and decodes run ahead in input order (bounded: ``prefetch`` volumes); leaving
@@ -363,6 +379,8 @@ def iter_volumes(
                                cancel=cancel, thread_name="connectivity-load"):
         check(cancel)
         exp_id = outcome.item
+        if isinstance(outcome.value, _Raised):
+            raise outcome.value.error
         try:
             if outcome.error is not None:
                 raise outcome.error
@@ -450,10 +468,11 @@ def average_experiments(
     coordinate from the densest injection voxel). Experiments outside every group are not
     downloaded; failed downloads are listed in ``result.skipped``.
 
-    Three stages overlap: the injection summary request, downloads and decodes (``prefetch``
-    ahead, :func:`iter_volumes`), and the per-volume arithmetic (normalise, subtract the other
-    hemisphere: :meth:`AveragingPlan.contribution`) in worker threads, up to a memory budget
-    of prepared volumes; the calling thread only adds them to the group sums, in input order.
+    The injection summary request runs while the downloads start; each worker then downloads
+    (or finds cached), decodes and prepares one experiment (normalise, subtract the other
+    hemisphere: :meth:`AveragingPlan.contribution`, numpy that releases the GIL), ``prefetch``
+    at a time within a memory budget (:func:`_prepared_window`); the calling thread only adds
+    the prepared volumes to the group sums, in input order (reproducible sums).
     """
     experiments = experiments.reset_index(drop=True).copy()
     if experiments.empty:
@@ -468,26 +487,20 @@ def average_experiments(
         return AveragingPlan(_fill_coordinates(experiments, summary), options,
                              resolution=resolution, injection=summary, ontology=ontology)
 
-    def prepare(item: tuple[int, GridVolume], _token: CancelToken):
-        exp_id, volume = item
+    def prepare(exp_id: int, volume: GridVolume):
         return planned.result().contribution(exp_id, volume.data)  # waits for the summary
 
     failures: dict[int, str] = {}
-    jobs, window = _prepare_window(resolution, options, prefetch)
     with ThreadPoolExecutor(1, thread_name_prefix="connectivity-summary") as summary_pool:
         planned = summary_pool.submit(contextvars.copy_context().run, make_plan)
-        volumes = iter_volumes(client, candidates, "projection_density", resolution,
-                               source=source, prefetch=prefetch, failures=failures,
-                               progress=progress, cancel=cancel)
-        for outcome in bounded_map(prepare, volumes, jobs=jobs, window=window, ordered=True,
-                                   cancel=cancel, thread_name="connectivity-average"):
-            plan = planned.result()  # the summary's own error first, if it failed
-            if outcome.error is not None:
-                raise outcome.error
-            if outcome.value is not None:
-                plan.add(outcome.value)
+        for _exp_id, contribution in iter_volumes(
+                client, candidates, "projection_density", resolution, source=source,
+                prefetch=_prepared_window(resolution, prefetch), failures=failures,
+                prepare=prepare, progress=progress, cancel=cancel):
+            if contribution is not None:
+                planned.result().add(contribution)
         check(cancel)
-        plan = planned.result()
+        plan = planned.result()  # the summary's own error, if it failed
     result = plan.result()
     result.skipped.update(failures)
     if failures:
@@ -495,20 +508,19 @@ def average_experiments(
     return result
 
 
-#: Prepared volumes (float32, waiting to be summed) may hold this many bytes at once.
-PREPARED_BYTES = 64e6
+#: Volumes being prepared or waiting to be summed may hold this many bytes at once.
+PREPARED_BYTES = 256e6
 
 
-def _prepare_window(resolution: int, options: AveragingOptions, prefetch: int
-                    ) -> tuple[int, int]:
-    """``(threads, volumes in flight)`` for the per-volume arithmetic: all cores, and as many
-    prepared volumes as fit :data:`PREPARED_BYTES` (8 at 100 µm, 1 at 25 µm)."""
+def _prepared_window(resolution: int, prefetch: int) -> int:
+    """How many experiments run ahead (download, decode, per-volume arithmetic): ``prefetch``
+    while their float32 work (about one volume each: half a volume of result, half of
+    temporaries) fits :data:`PREPARED_BYTES`, down to one at a time (8 at 100 µm, 6 at 50,
+    1 at 25 µm)."""
     from napari_allen.space import GRID_SHAPES
 
-    voxels = float(np.prod(GRID_SHAPES.get(int(resolution), GRID_SHAPES[100])))
-    each = voxels * 4 / (2 if options.subtract_hemisphere else 1)
-    window = int(max(1, min(max(1, prefetch), PREPARED_BYTES // max(each, 1))))
-    return max(1, min(window, os.cpu_count() or 1)), window
+    each = 4.0 * float(np.prod(GRID_SHAPES.get(int(resolution), GRID_SHAPES[100])))
+    return int(max(1, min(max(1, int(prefetch)), PREPARED_BYTES // each)))
 
 
 def _candidates(experiments: pd.DataFrame, group_index: np.ndarray,
