@@ -228,3 +228,47 @@ def test_hints_from_name(name, hints):
     from napari_allen.io.dataset import hints_from_name
 
     assert hints_from_name(name) == hints
+
+
+def test_bad_member_finds_what_testzip_finds():
+    """The download verifier's CRC check (zlib-ng) agrees with zipfile's testzip: intact
+    members pass; a flipped bit, a cut stream or a wrong size names the member."""
+    import io
+    import random
+    import zipfile
+
+    from napari_allen.io.gridzip import bad_member
+
+    rng = random.Random(0)
+    payload = bytes(rng.randrange(8) for _ in range(200_000))  # compressible, not trivially
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("energy.raw", payload, compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("energy.mhd", b"NDims = 3\n", compress_type=zipfile.ZIP_STORED)
+    data = buf.getvalue()
+
+    def check(blob: bytes):
+        fh = io.BytesIO(blob)
+        with zipfile.ZipFile(fh) as zf:
+            return bad_member(fh, zf.infolist()), zf.testzip()
+
+    assert check(data) == (None, None)
+    infos = {i.filename: i for i in zipfile.ZipFile(io.BytesIO(data)).infolist()}
+    raw, mhd = infos["energy.raw"], infos["energy.mhd"]
+    for name, at in (("energy.raw", raw.header_offset + 30 + 10 + raw.compress_size // 2),
+                     ("energy.raw", raw.header_offset + 30 + 10 + raw.compress_size - 3),
+                     ("energy.mhd", mhd.header_offset + 30 + 10 + 2)):
+        flipped = bytearray(data)
+        flipped[at] ^= 0x10
+        ours, theirs = check(bytes(flipped))
+        assert ours == name and theirs == name
+    # A member whose recorded size is wrong (a cut download re-zipped) is named too.
+    short = zipfile.ZipInfo("energy.raw")
+    short.file_size, short.compress_size = raw.file_size + 1, raw.compress_size
+    short.header_offset, short.compress_type = raw.header_offset, raw.compress_type
+    short.CRC = raw.CRC
+    assert bad_member(io.BytesIO(data), [short]) == "energy.raw"
+    encrypted = zipfile.ZipInfo("x")
+    encrypted.flag_bits = 0x1
+    with pytest.raises(NotImplementedError):
+        bad_member(io.BytesIO(data), [encrypted])
