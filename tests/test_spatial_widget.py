@@ -172,11 +172,16 @@ def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
     def spy(viewer, layer):
         from napari.layers import Shapes, Vectors
 
-        # Lines layers arrive ready-built (in the worker), never as tuples; while the search
-        # runs only the Vectors companion is refreshed, the Shapes paths come with the result.
-        assert isinstance(layer, (Shapes, Vectors)) or layer_type_of(layer) not in (
-            "shapes", "vectors")
-        if isinstance(layer, (Shapes, Vectors)):
+        # Lines layers are never constructed on the main thread: they arrive ready-built (in
+        # the worker), or as plain arrays for a layer already shown (updated in place); while
+        # the search runs only the Vectors companion is refreshed, the Shapes paths come with
+        # the result.
+        if not isinstance(layer, (Shapes, Vectors)) and layer_type_of(layer) in (
+                "shapes", "vectors"):
+            assert layer[1]["name"] in viewer.layers, "a lines layer built on the main thread"
+            shown.append(("Vectors" if layer[2] == "vectors" else "Shapes",
+                          int(layer[1]["features"]["record_index"].nunique())))
+        elif isinstance(layer, (Shapes, Vectors)):
             shown.append((type(layer).__name__, int(layer.features["record_index"].nunique())))
         original(viewer, layer)
 
