@@ -18,6 +18,21 @@ folder is a temporary one (deleted at the end).
 
 Targets: every dock action <= 200 ms; opening files and samples <= the baseline.
 
+Where the remaining time goes (profiled on the main thread: napari 0.9, Xvfb + Mesa llvmpipe,
+2 cores). The plugin's own handlers now add no volume scans, imports or table work to a turn,
+and every layer insert is a turn of its own (``widgets/_tasks``: one delivery per event-loop
+turn, never nested in napari's activity-bar ``processEvents``). What is left is napari's:
+
+- each layer shown costs napari's insert (layer controls, vispy node, re-slicing; the dims
+  sliders when the viewer was empty) and its first repaint (shader builds, text glyphs drawn on
+  the CPU): the "one layer" row is that cost for a plain 132x80x114 image, the floor of any
+  dock action that shows a layer (the "/ layer" column);
+- the first dock also pays the first draw of the axes and scale bar overlays (switched on in
+  later turns, one each);
+- full garbage collections of the interpreter (150-400 ms with napari's ~330k objects before the
+  plugin does anything) happen at any allocation, in napari's own plain add as well;
+- other processes on the machine stretch all of it (report ``uptime`` with the numbers).
+
     PYTHONPATH=src python benchmarks/bench_gui_freeze.py [--repeat N] [--seeds 400]
 """
 
