@@ -72,9 +72,10 @@ DRAIN_TIMER_MS = 1
 
 
 class _Deliveries:
-    """The plugin-wide FIFO of main-thread handlers (see the module doc): drained by a zero
-    timer, one slow handler per event-loop turn, never while another handler runs (a nested
-    ``processEvents()`` inside a handler finds the queue parked until the handler returns)."""
+    """The plugin-wide FIFO of main-thread handlers (see the module doc): drained by a short
+    timer (``DRAIN_TIMER_MS``), one slow handler per event-loop turn, never while another
+    handler runs (a nested ``processEvents()`` inside a handler finds the queue parked until
+    the handler returns)."""
 
     def __init__(self) -> None:
         self.queue: deque[tuple[TaskRunner, int, Callable, tuple]] = deque()
