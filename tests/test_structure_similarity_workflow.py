@@ -62,3 +62,39 @@ def test_store_and_api_grids_give_the_same_matrix(client, tmp_path):
 def test_impossible_options_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         run_structure_similarity(None, **kwargs)
+
+
+def test_plane_listing_pages_stream_into_the_unionize_requests(allen_api, tmp_path):
+    """A plane's data sets are listed page by page, unionizes are requested as soon as the
+    first ids arrive, and the streamed job gives the matrix of the listed ids given at once."""
+    import time
+
+    from napari_allen.api.client import AllenClient
+
+    small_pages = AllenClient(allen_api.url, tmp_path / "cache", page_size=4)
+    pages = list(small_pages.ish_data_set_pages("coronal", columns=["id"], first=10))
+    assert [len(p) for p in pages] == [4, 4, 2]
+    flat = [int(r["id"]) for p in pages for r in p]
+    assert flat == [int(r["id"]) for r in small_pages.ish_data_set_records(
+        "coronal", columns=["id"], first=10)]
+
+    client = AllenClient(allen_api.url, tmp_path / "cache2")
+    started_early = []
+
+    def arriving():  # the first ids, then the rest only once a unionize request went out
+        yield from flat[:2]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+                "StructureUnionize" in r["path"] + r["query"] for r in allen_api.requests):
+            time.sleep(0.01)
+        started_early.append(time.monotonic() < deadline)
+        yield from flat[2:] + flat[:1]  # a repeated id is dropped, as from a list
+
+    records = client.structure_unionize_records(arriving(), columns=["structure_id"], jobs=2)
+    assert started_early == [True] and list(records) == flat
+
+    streamed = run_structure_similarity(client, plane="coronal", first=10, method="numpy_ma")
+    given = run_structure_similarity(client, experiments=flat, method="numpy_ma")
+    assert streamed.experiment_ids == flat
+    np.testing.assert_array_equal(streamed.similarity.corr, given.similarity.corr)
+    assert streamed.similarity.structure_ids == given.similarity.structure_ids

@@ -10,7 +10,7 @@ workers and batch download threads share one instance.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 
 from .. import config
@@ -114,30 +114,43 @@ class ApiBase:
         received; stops on an empty page or ``msg: {}``, or when ``total_rows`` is reached);
         with ``limit``, only the first ``limit`` records (pages no larger than needed: the
         first N of a listing are one request, not every page of it)."""
+        return [row for page in self.query_pages(query, page_size=page_size, limit=limit,
+                                                 progress=progress, cancel=cancel)
+                for row in page]
+
+    def query_pages(self, query: rma.RmaQuery, *, page_size: int | None = None,
+                    limit: int | None = None,
+                    progress: ProgressCallback | None = None,
+                    cancel: CancelToken | None = None) -> Iterator[list[dict]]:
+        """:meth:`query_rows` one page at a time, each as soon as it arrives (the next page is
+        requested when the caller asks for it): work on the first rows can start while the
+        listing goes on."""
         size = int(page_size or self.page_size)
-        rows: list[dict] = []
-        start = 0
+        received = 0  # rows the server sent (start_row advances by them)
+        yielded = 0
         while True:
             check(cancel)
             if limit is not None:
-                if len(rows) >= limit:
-                    break
-                size = min(size, int(limit) - len(rows))
-            url = self.rma_url(query.stages(start_row=start, num_rows=size))
+                if received >= limit:
+                    return
+                size = min(size, int(limit) - received)
+            url = self.rma_url(query.stages(start_row=received, num_rows=size))
             env = self.http.get_json(url, cancel=cancel)
             page = records_of(env, url)
             if not page:
-                break
-            rows.extend(page)
-            start += len(page)
+                return
+            received += len(page)
             total = int_or_none(env.get("total_rows"))
-            report(progress, done=len(rows), total=total,
-                   message=f"{query.model}: {len(rows)} rows")
-            if total is not None and start >= total:
-                break
+            report(progress, done=received, total=total,
+                   message=f"{query.model}: {received} rows")
+            kept = page if limit is None else page[:max(0, int(limit) - yielded)]
+            yielded += len(kept)
+            if kept:
+                yield kept
+            if total is not None and received >= total:
+                return
             if total is None and len(page) < size:
-                break
-        return rows if limit is None else rows[:limit]
+                return
 
     def service_rows(self, query: rma.ServiceQuery, *, page_size: int | None = None,
                      cancel: CancelToken | None = None) -> list[dict]:

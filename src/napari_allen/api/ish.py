@@ -3,7 +3,7 @@ StructureUnionize expression per structure (:class:`IshApi`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..concurrency import bounded_map
@@ -126,10 +126,16 @@ class IshApi(ApiBase):
         Allen's structure-correlation script asks), ``jobs`` at a time, with
         ``rma::options[only$eq...]`` when ``columns`` are given: the API serves a unionize per
         experiment from its table, one experiment's rows fit one page (about 1,300 rows), and
-        only the needed columns travel.
+        only the needed columns travel. ``experiment_ids`` may be an iterator (ids of listing
+        pages still arriving): requests start with its first ids.
         """
-        ids = checked_ids(experiment_ids)
         only = list(columns) if columns else []
+        if isinstance(experiment_ids, (int, str)) or hasattr(experiment_ids, "__len__"):
+            ids: Iterable[int] = checked_ids(experiment_ids)
+            order: list[int] = list(ids)
+        else:  # an iterator (e.g. ids from listing pages still arriving): consumed lazily
+            order = []
+            ids = _lazy_ids(experiment_ids, order)
 
         def fetch(experiment_id: int, token: CancelToken) -> list[dict]:
             query = rma.RmaQuery("StructureUnionize", only=only)
@@ -137,14 +143,14 @@ class IshApi(ApiBase):
             query.where("structure", graph_id=1)
             return self.query_rows(query, cancel=token)
 
-        out: dict[int, list[dict] | None] = dict.fromkeys(ids)
+        out: dict[int, list[dict]] = {}
         for outcome in bounded_map(fetch, ids, jobs=jobs, cancel=cancel, progress=progress,
                                    message="StructureUnionize", thread_name="allen-unionize"):
             if outcome.error is not None:
                 raise outcome.error
             out[outcome.item] = outcome.value
         check(cancel)
-        return out  # type: ignore[return-value]
+        return {i: out[i] for i in order}
 
     def ish_data_set_records(self, plane: str, *, columns: Sequence[str] | None = None,
                              first: int | None = None,
@@ -153,10 +159,30 @@ class IshApi(ApiBase):
         did not fail and show expression, in the API's order: the data sets Allen's
         correlation script takes its first N from (only ``columns`` when given; only the
         ``first`` N records when given: rows ``start_row=0..N-1`` of the same query)."""
+        return [r for page in self.ish_data_set_pages(plane, columns=columns, first=first,
+                                                      cancel=cancel)
+                for r in page]
+
+    def ish_data_set_pages(self, plane: str, *, columns: Sequence[str] | None = None,
+                           first: int | None = None,
+                           cancel: CancelToken | None = None) -> Iterator[list[dict]]:
+        """:meth:`ish_data_set_records` page by page, each as it arrives."""
         plane_id = PLANES[_check_plane(plane)]
         query = rma.RmaQuery("SectionDataSet", only=list(columns or []))
         query.where(None, failed=False, expression=True)
         query.where("products", id=1)
         query.where("plane_of_section", id=plane_id)
-        return self.query_rows(query, limit=first if first and first > 0 else None,
-                               cancel=cancel)
+        return self.query_pages(query, limit=first if first and first > 0 else None,
+                                cancel=cancel)
+
+
+def _lazy_ids(values: Iterable, order: list[int]) -> Iterator[int]:
+    """:func:`checked_ids` of an iterator, one id at a time (duplicates dropped), appending each
+    new id to ``order``."""
+    seen: set[int] = set()
+    for value in values:
+        (i,) = checked_ids([value])
+        if i not in seen:
+            seen.add(i)
+            order.append(i)
+            yield i

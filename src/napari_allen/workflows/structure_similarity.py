@@ -144,6 +144,20 @@ def run_structure_similarity(
     if int(top_n) < 1:
         raise ValueError(f"top_n must be >= 1, got {top_n}")
     report(progress, message="choosing experiments")
+    if source == "unionize" and plane and not experiments and not genes:
+        # The script's data sets of a plane: each listing page's unionizes are requested as
+        # soon as the page arrives, while the next pages are listed.
+        if plane not in SECTION_PLANES:
+            raise ValueError(f"plane must be one of {SECTION_PLANES} or None, got {plane!r}")
+        report(progress, message=f"listing the {plane} data sets and fetching their unionizes")
+        listed = (int(record["id"])
+                  for page in client.ish_data_set_pages(plane, columns=["id"], first=first,
+                                                        cancel=cancel)
+                  for record in page)
+        matrix, volumes = script_unionize_matrix(client, listed, jobs=jobs, progress=progress,
+                                                 cancel=cancel)
+        ids = [int(e) for e in matrix.columns]
+        return _correlated(matrix, volumes, ids, source, top_n, method, cancel, progress)
     ids = select_experiments(client, experiments=experiments, genes=genes, plane=plane,
                              store=store, first=first, cancel=cancel)
     if not ids:
@@ -160,6 +174,12 @@ def run_structure_similarity(
                                            ontology=ontology or Ontology.default(),
                                            store=store, scheduler=scheduler, jobs=jobs,
                                            progress=progress, cancel=cancel)
+    return _correlated(matrix, volumes, ids, source, top_n, method, cancel, progress)
+
+
+def _correlated(matrix, volumes, ids, source, top_n, method, cancel, progress
+                ) -> SimilarityOutcome:
+    """The correlation and top pairs of ``matrix`` (the last step of the job)."""
     check(cancel)
     report(progress, message="correlating structures")
     from napari_allen.analysis.correlation import structure_similarity
@@ -184,7 +204,8 @@ def script_unionize_matrix(
     ``structure_ids``) and the records of ``structures.json``
     (:func:`~napari_allen.analysis.correlation.script_structures`, kept in
     ``matrix.attrs["structures"]``); StructureUnionize comes one experiment per query,
-    ``jobs`` at a time, with only the columns the script reads.
+    ``jobs`` at a time, with only the columns the script reads. ``experiment_ids`` may be an
+    iterator (ids still being listed). ValueError when there is no experiment.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -196,6 +217,8 @@ def script_unionize_matrix(
             experiment_ids, columns=UNIONIZE_ONLY, jobs=jobs, progress=progress, cancel=cancel)
         structure_rows = structures.result()
     check(cancel)
+    if not unionizes:
+        raise ValueError("no experiments to correlate")
     from napari_allen.analysis.correlation import script_matrix, script_structures
 
     leaves, records = script_structures(structure_rows, unionizes.values())
