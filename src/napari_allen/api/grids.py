@@ -51,6 +51,17 @@ class GridApi(ApiBase):
             raise ValueError(f"resolution must be one of {NRRD_RESOLUTIONS} µm, got {resolution}")
         return self.files_url + ANNOTATION_PATH.format(res=int(resolution))
 
+    def grid_zip_path(self, experiment_id: int, volumes: Sequence[str] | str) -> Path:
+        """Where :meth:`grid_zip` keeps that zip in the cache (it may not be there yet; a file
+        there is still verified on use)."""
+        return self.store.grid_zip(self.api_host, int(experiment_id), check_volumes(volumes))
+
+    def grid_nrrd_path(self, experiment_id: int, image: str = "projection_density",
+                       resolution: int = 100) -> Path:
+        """Where :meth:`grid_nrrd` keeps that NRRD in the cache (it may not be there yet; a
+        file there is still verified on use)."""
+        return self.store.grid_nrrd(self.api_host, int(experiment_id), image, int(resolution))
+
     def grid_zip(self, experiment_id: int, volumes: Sequence[str] | str = ("energy",), *,
                  dest: str | os.PathLike | None = None,
                  progress: ProgressCallback | None = None,
@@ -60,8 +71,7 @@ class GridApi(ApiBase):
         cache, or at ``dest`` (a file path) when given. Returns the path."""
         vols = check_volumes(volumes)
         url = self.grid_zip_url(experiment_id, vols)
-        target = Path(dest) if dest is not None else self.store.grid_zip(
-            self.api_host, int(experiment_id), vols)
+        target = Path(dest) if dest is not None else self.grid_zip_path(experiment_id, vols)
         return self._download(url, target, lambda p, s: verify_grid_zip(p, vols, s),
                               progress, cancel)
 
@@ -97,8 +107,8 @@ class GridApi(ApiBase):
         verifying inflate also fills the decoded cache of ``cache_dir`` (for a caller about
         to read the grid; batch downloads leave it off)."""
         url = self.grid_nrrd_url(experiment_id, image, resolution)
-        target = Path(dest) if dest is not None else self.store.grid_nrrd(
-            self.api_host, int(experiment_id), image, int(resolution))
+        target = Path(dest) if dest is not None else self.grid_nrrd_path(
+            experiment_id, image, resolution)
         into = Path(self.cache_dir) if decode else None
         return self._download(
             url, target, lambda p, s: verify_nrrd(p, s, cancel=cancel, decode_into=into),

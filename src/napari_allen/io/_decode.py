@@ -58,7 +58,7 @@ except ImportError:  # pragma: no cover - an install without the dependency stil
 from ..errors import AllenFormatError
 from ..progress import CancelToken, ProgressCallback, check, report
 from .atomic import atomic_path
-from .manifest import Manifest, file_digest
+from .manifest import MISSING, Manifest, file_digest
 
 _IN_CHUNK = 1 << 20  # compressed bytes read per step
 _OUT_CHUNK = 16 << 20  # at most this many inflated bytes held at once
@@ -259,11 +259,13 @@ def _entries(folder: Path) -> list[tuple[float, int, Path]]:
     return out
 
 
-def _touch(raw: Path) -> None:
-    """Mark ``raw`` as just used (atime = now, mtime unchanged so the manifest still matches)."""
+def _touch(raw: Path, mtime_ns: int | None = None) -> None:
+    """Mark ``raw`` as just used (atime = now, mtime unchanged so the manifest still matches;
+    ``mtime_ns`` = its current mtime when the caller knows it)."""
     with contextlib.suppress(OSError):
-        st = raw.stat()
-        os.utime(raw, ns=(time.time_ns(), st.st_mtime_ns))
+        if mtime_ns is None:
+            mtime_ns = raw.stat().st_mtime_ns
+        os.utime(raw, ns=(time.time_ns(), mtime_ns))
 
 
 def cache_max_bytes(folder: Path) -> int:
@@ -337,16 +339,20 @@ def decoded_memmap(
     ``fill(write)`` writes exactly ``n_bytes`` of it first (``fill`` raises on bad data; nothing
     partial is kept). ``folder`` is the cache root (default: the configured one)."""
     target_folder = decoded_folder(folder)
-    target_folder.mkdir(parents=True, exist_ok=True)
     target = target_folder / f"{key}.raw"
     with _key_lock(key):
         manifest = Manifest(target_folder)
-        if target.exists():
-            # The manifest's reuse test: size always, SHA-256 when the file changed.
-            if manifest.check(target.name).ok and target.stat().st_size == n_bytes:
-                _touch(target)  # the LRU stamp
-                return np.memmap(target, dtype=dtype, mode="r", shape=tuple(shape), order="F")
+        # The manifest's reuse test: the recorded size, inode and mtime (a changed entry is
+        # decoded again: its bytes carry no hash of their own).
+        found = manifest.check(target.name)
+        if found.ok and found.entry is not None and found.entry.size == n_bytes:
+            _touch(target, found.entry.mtime_ns)  # the LRU stamp
+            # A str, not a Path: numpy resolves Path names (a syscall per folder level).
+            return np.memmap(str(target), dtype=dtype, mode="r", shape=tuple(shape),
+                             order="F")
+        if found.status != MISSING:
             _remove_entry(target)
+        target_folder.mkdir(parents=True, exist_ok=True)
         cap = cache_max_bytes(target_folder)
         if n_bytes > cap:
             return _anonymous_memmap(target_folder, fill, n_bytes, dtype, shape, source)
@@ -367,7 +373,7 @@ def decoded_memmap(
             # CRC and exact size checked; a changed entry is decoded again, not re-hashed.
             manifest.record(target.name, part, url=str(source), synthetic=bool(synthetic),
                             sha256="")
-    return np.memmap(target, dtype=dtype, mode="r", shape=tuple(shape), order="F")
+    return np.memmap(str(target), dtype=dtype, mode="r", shape=tuple(shape), order="F")
 
 
 def _anonymous_memmap(folder: Path, fill, n_bytes: int, dtype, shape, source) -> np.memmap:

@@ -101,7 +101,8 @@ class NrrdHeader:
                 raise AllenFormatError(source, "NRRD has no voxel spacing and its sizes are "
                                                "not an Allen grid")
             return float(res)
-        if not np.allclose(self.spacing, self.spacing[0]):
+        first = self.spacing[0]  # numpy.allclose's test, without numpy's per-call overhead
+        if not all(abs(v - first) <= 1e-8 + 1e-5 * abs(first) for v in self.spacing):
             raise AllenFormatError(source, f"anisotropic NRRD spacing {list(self.spacing)} "
                                            "unsupported")
         return float(self.spacing[0])
@@ -131,8 +132,8 @@ def _spacing(fields: dict, dimension: int, source) -> tuple[float, float, float]
                                                "is not numbers") from None
         if any(len(r) != len(rows[0]) for r in rows) or not rows[0]:
             raise AllenFormatError(source, "NRRD 'space directions' vectors differ in length")
-        norms = np.linalg.norm(np.asarray(rows, dtype=float), axis=1)
-        if not np.all(np.isfinite(norms)) or np.any(norms <= 0):
+        norms = [math.hypot(*row) for row in rows]  # vector lengths (µm)
+        if not all(math.isfinite(n) and n > 0 for n in norms):
             raise AllenFormatError(source, f"NRRD 'space directions' {directions[:80]!r} has a "
                                            "zero or non-finite vector")
         return tuple(float(n) for n in norms)  # type: ignore[return-value]

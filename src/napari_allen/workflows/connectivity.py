@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -336,6 +337,7 @@ def iter_volumes(
     prefetch: int = 8,
     failures: dict[int, str] | None = None,
     prepare: Callable[[int, GridVolume], Any] | None = None,
+    jobs: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> Iterator[tuple[int, Any]]:
@@ -348,7 +350,8 @@ def iter_volumes(
     (id -> message) and skipped; without one the first failure raises.
     ``prepare(experiment_id, volume)`` runs in the same worker right after the read (numpy
     work that releases the GIL) and its result is yielded instead of the volume; an exception
-    it raises ends the iteration (it is not an experiment's failure).
+    it raises ends the iteration (it is not an experiment's failure). ``jobs`` threads do
+    this (default ``prefetch``: one per download in flight).
     """
     _check_request(image, resolution, source)
     ids = [int(e) for e in experiment_ids]
@@ -375,7 +378,8 @@ def iter_volumes(
     done = 0
     # Downloads and decodes run ahead in input order (bounded: ``prefetch`` volumes); leaving
     # the loop stops them (concurrency.bounded_map).
-    for outcome in bounded_map(fetch, ids, jobs=ahead, window=ahead, ordered=True,
+    threads = ahead if jobs is None else max(1, min(ahead, int(jobs)))
+    for outcome in bounded_map(fetch, ids, jobs=threads, window=ahead, ordered=True,
                                cancel=cancel, thread_name="connectivity-load"):
         check(cancel)
         exp_id = outcome.item
@@ -491,12 +495,17 @@ def average_experiments(
         return planned.result().contribution(exp_id, volume.data)  # waits for the summary
 
     failures: dict[int, str] = {}
+    window = _prepared_window(resolution, prefetch)
+    # Threads: one per download in flight, or, when every file is already on disk (the work
+    # is then arithmetic only), one per core: more would only contend for the interpreter.
+    cached = _all_downloaded(client, candidates, "projection_density", resolution, source)
+    jobs = min(window, max(2, os.cpu_count() or 2)) if cached else window
     with ThreadPoolExecutor(1, thread_name_prefix="connectivity-summary") as summary_pool:
         planned = summary_pool.submit(contextvars.copy_context().run, make_plan)
         for _exp_id, contribution in iter_volumes(
                 client, candidates, "projection_density", resolution, source=source,
-                prefetch=_prepared_window(resolution, prefetch), failures=failures,
-                prepare=prepare, progress=progress, cancel=cancel):
+                prefetch=window, jobs=jobs, failures=failures, prepare=prepare,
+                progress=progress, cancel=cancel):
             if contribution is not None:
                 planned.result().add(contribution)
         check(cancel)
@@ -521,6 +530,17 @@ def _prepared_window(resolution: int, prefetch: int) -> int:
 
     each = 4.0 * float(np.prod(GRID_SHAPES.get(int(resolution), GRID_SHAPES[100])))
     return int(max(1, min(max(1, int(prefetch)), PREPARED_BYTES // each)))
+
+
+def _all_downloaded(client: AllenClient, experiment_ids: Sequence[int], image: str,
+                    resolution: int, source: str) -> bool:
+    """Are all these volumes' files in the client's cache (a cheap look: reuse still verifies
+    each one against its manifest entry)?"""
+    if source == "nrrd":
+        paths = (client.grid_nrrd_path(e, image, resolution) for e in experiment_ids)
+    else:
+        paths = (client.grid_zip_path(e, (GRID_ZIP_MEMBERS[image],)) for e in experiment_ids)
+    return all(os.path.exists(p) for p in paths)
 
 
 def _candidates(experiments: pd.DataFrame, group_index: np.ndarray,
