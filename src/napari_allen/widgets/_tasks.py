@@ -69,6 +69,9 @@ TURN_BUDGET_S = 0.01
 #: in the same pass - the whole queue (and the repaints it causes) would run back to back
 #: without input or timer events in between.
 DRAIN_TIMER_MS = 1
+#: After a slow handler (e.g. a layer insert) the next one waits this long (ms): the repaint the
+#: insert caused, input and timers get a pass of the event loop of their own first.
+AFTER_SLOW_MS = 20
 
 
 class _Deliveries:
@@ -81,6 +84,7 @@ class _Deliveries:
         self.queue: deque[tuple[TaskRunner, int, Callable, tuple]] = deque()
         self.depth = 0  # handlers running (>0 inside a nested event loop)
         self.scheduled = False
+        self.draining = False  # drain() schedules the next pass itself
 
     def post(self, runner: TaskRunner, generation: int, fn: Callable, *args: Any) -> None:
         self.queue.append((runner, generation, fn, args))
@@ -89,22 +93,25 @@ class _Deliveries:
     def pending(self, runner: TaskRunner) -> bool:
         return any(r is runner and r._current(g) for r, g, _, _ in self.queue)
 
-    def schedule(self) -> None:
+    def schedule(self, delay_ms: int = DRAIN_TIMER_MS) -> None:
         if self.queue and not self.scheduled and not self.depth:
             self.scheduled = True
-            QTimer.singleShot(DRAIN_TIMER_MS, self.drain)
+            QTimer.singleShot(delay_ms, self.drain)
 
     def drain(self) -> None:
         self.scheduled = False
         if self.depth:
             return  # the running handler reschedules when it returns
         start = time.perf_counter()
+        self.draining = True
         try:
             while self.queue and time.perf_counter() - start < TURN_BUDGET_S:
                 _, _, fn, args = self.queue.popleft()
                 self.run(fn, *args)
         finally:
-            self.schedule()
+            self.draining = False
+            slow = time.perf_counter() - start >= TURN_BUDGET_S
+            self.schedule(AFTER_SLOW_MS if slow else DRAIN_TIMER_MS)
 
     def run(self, fn: Callable, *args: Any) -> Any:
         """Run a handler now, marking it as running (deliveries wait until it returns)."""
@@ -113,7 +120,7 @@ class _Deliveries:
             return fn(*args)
         finally:
             self.depth -= 1
-            if not self.depth:
+            if not self.depth and not self.draining:
                 self.schedule()
 
 
