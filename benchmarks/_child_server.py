@@ -11,8 +11,13 @@ import sys
 
 _SERVER_CHILD = r"""
 import sys
+from allen_local_api import unionize
 from allen_local_api.server import LocalAllenServer
 server = LocalAllenServer(host="127.0.0.1", port=0, latency_ms=float(sys.argv[1]))
+if float(sys.argv[3]) > 0:  # room for every payload and unionize a benchmark warms up
+    server.app.store.cache.max_bytes = max(server.app.store.cache.max_bytes,
+                                           int(float(sys.argv[3]) * 2**20))
+    unionize.CACHE_BYTES = max(unionize.CACHE_BYTES, int(float(sys.argv[3]) * 2**20))
 server.warm(ccf=sys.argv[2] == "ccf")  # build its tables first: no first-request cost
 server.start()
 print(server.url, flush=True)
@@ -28,11 +33,16 @@ server.stop()
 
 
 class ChildServer:
-    """``napari-allen``'s local server with ``latency_ms`` per response, in a subprocess."""
+    """``napari-allen``'s local server with ``latency_ms`` per response, in a subprocess.
 
-    def __init__(self, latency_ms: float, *, ccf: bool = True) -> None:
+    ``cache_mb``: at least this much room in the server's payload and unionize caches (their
+    defaults hold about 80 experiments' NRRD + zip and 240 unionizes: a benchmark that warms
+    the server for more would otherwise time the server rebuilding what it evicted)."""
+
+    def __init__(self, latency_ms: float, *, ccf: bool = True, cache_mb: float = 0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER_CHILD, str(latency_ms), "ccf" if ccf else "-"],
+            [sys.executable, "-c", _SERVER_CHILD, str(latency_ms), "ccf" if ccf else "-",
+             str(float(cache_mb))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http"):

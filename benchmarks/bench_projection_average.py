@@ -14,13 +14,17 @@ Compares, in one run, against the local Allen API server in a child process with
   0), add to the group sum, then divide. ``load_all`` is bsv's default (False).
 - **ours**: ``napari_allen.workflows.connectivity.average_experiments`` with the same
   normalisation and hemisphere output (``ipsilateral=None``, ``hemisphere_output=
-  "injected_half"``): one summary request per 200 experiments, NRRD downloads and decodes
-  running ahead in threads into the bounded decoded cache, memory-mapped volumes, streaming
-  sums.
+  "injected_half"``): the injection summary (concurrent ProjectionStructureUnionize
+  requests of 20 experiments, served from the metadata cache when warm) overlapping the NRRD
+  downloads; each prefetch worker downloads (or finds cached and checks against the manifest
+  by size/inode/mtime), decodes once into the bounded decoded cache and prepares the
+  memory-mapped volume (normalised half-volume difference: the other half is 0); the calling
+  thread only adds to the float64 sum.
 
 **Cold** = both sides start from empty cache folders; **warm** = the same call again on those
 folders. The server is warmed first with a throwaway client (its unionize tables and grids,
-as Allen's servers have theirs ready), so both cold runs time the client side only. Two
+as Allen's servers have theirs ready; its caches sized to keep them all), so both cold runs
+time the client side only. Two
 deviations from bsv, both shared and neither favouring ours: the injected hemisphere comes from
 the injection ML µm (bsv compares ``max_voxel_z`` in µm with voxel 57) and the summary request
 is the root injection rows of the experiment (bsv's ``fetch_connectivity_summary`` is not in the
@@ -213,7 +217,8 @@ def _run(n: int, repeat: int, latency_ms: float, jobs: int, tmp: Path) -> int:
     options = AveragingOptions(normalization="injection_volume", subtract_hemisphere=True,
                                ipsilateral=None, hemisphere_output="injected_half")
     rows = []
-    with ChildServer(latency_ms) as server:
+    # Room for every warmed grid (NRRD + zip, ~1.6 MB each) and unionize (~0.8 MB) on the server.
+    with ChildServer(latency_ms, cache_mb=n * 4.5) as server:
         # --- server warm-up (not timed): a throwaway client asks for everything once ----
         t0 = time.perf_counter()
         warm = AllenClient(base_url=server.url, cache_dir=tmp / "server-warmup",

@@ -334,3 +334,62 @@ def test_injected_half_output_is_brain_street_views(ml_um):
     with pytest.raises(ValueError, match="hemisphere_output must be one of"):
         P.AveragingOptions(hemisphere_output="mirror")
     assert P.AveragingOptions().hemisphere_output == "injected_half"
+
+
+def _reference_processing(v, ml_um, res, ipsilateral, output, scale):
+    """The processed volume written plainly: -1 -> NaN, normalise, flip to the ipsilateral
+    side, subtract the mirror image, keep the injected half (other half 0) or both."""
+    v = np.asarray(v, dtype=np.float32).copy()
+    v[v < 0] = np.nan
+    if scale is not None:
+        v = v / np.float32(scale)
+    n = v.shape[2]
+    side = "right" if ml_um > (n - 1) / 2 * res else "left"
+    if ipsilateral is not None and side != ipsilateral:
+        v = v[:, :, ::-1]
+    d = v - v[:, :, ::-1]
+    if output == "injected_half":
+        if (ipsilateral or side) == "left":
+            d[:, :, n - n // 2:] = 0.0
+        else:
+            d[:, :, :n // 2] = 0.0
+    return d
+
+
+@pytest.mark.parametrize("n_ml", [6, 7])
+@pytest.mark.parametrize("output", P.HEMISPHERE_OUTPUTS)
+@pytest.mark.parametrize("ipsilateral", [None, "left", "right"])
+def test_volume_parts_and_plan_match_plain_processing(n_ml, output, ipsilateral):
+    """The fused half-volume arithmetic (parts computed from a read-only volume, summed by
+    the plan) equals the plain full-volume processing, missing values included."""
+    rng = np.random.default_rng(n_ml)
+    res = 100.0
+    vols, mls, scales = [], [], []
+    for i in range(6):
+        v = np.asfortranarray(rng.random((4, 3, n_ml)).astype(np.float32))
+        if i == 2:
+            v[1, 1, 0] = -1.0  # Allen's no data
+        if i == 4:
+            v[0, 2, n_ml // 2] = np.nan  # the midline plane of odd grids
+        v.setflags(write=False)  # a read-only memory map in real use
+        vols.append(v)
+        mls.append(50.0 if i % 2 else (n_ml - 1) * res)
+        scales.append(0.2 + 0.1 * i)
+    for v, ml, s in zip(vols, mls, scales, strict=True):
+        got = P.assemble(P.mark_missing(P.volume_parts(
+            v, scale=s, injection_ml_um=ml, resolution=res, subtract=True,
+            ipsilateral=ipsilateral, output=output)), v.shape)
+        np.testing.assert_array_equal(got, _reference_processing(v, ml, res, ipsilateral,
+                                                                 output, s))
+    exps = pd.DataFrame({"id": range(1, 7), "structure_id": 385, "injection_x": 1.0,
+                         "injection_y": 1.0, "injection_z": mls})
+    inj = pd.DataFrame({"injection_volume": scales}, index=exps["id"])
+    opts = P.AveragingOptions(normalization="injection_volume", subtract_hemisphere=True,
+                              ipsilateral=ipsilateral, hemisphere_output=output)
+    result = P.average_projections(zip(exps["id"], vols, strict=True), exps, opts,
+                                   resolution=res, injection=inj)
+    direct = np.stack([_reference_processing(v, ml, res, ipsilateral, output, s)
+                       for v, ml, s in zip(vols, mls, scales, strict=True)])
+    np.testing.assert_allclose(result.groups[0].mean, np.nanmean(direct, axis=0), rtol=1e-6)
+    assert result.table["Used"].all() and set(result.table["InjectionSide"]) <= {"left",
+                                                                                "right"}
