@@ -7,6 +7,8 @@ All commands honour ``NAPARI_ALLEN_API_URL`` and ``NAPARI_ALLEN_CACHE``.
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import importlib
 import logging
 import sqlite3
@@ -61,9 +63,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: The cyclic garbage collector's first-generation threshold while a command runs as its own
+#: process (CPython's default: 700 allocations).
+COMMAND_GC_THRESHOLD = 50_000
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command; ``argv=None`` means this process is that command (the console
+    script, ``python -m napari_allen.cli``): the garbage collector is then tuned for a short
+    process (:func:`_short_process_gc`). Returns the exit code."""
+    whole_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command_of(argv))
+    if whole_process:
+        _short_process_gc()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -94,6 +107,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if note:
         print(note, file=sys.stderr)
     return code
+
+
+def _short_process_gc() -> None:
+    """Cyclic GC for a process that runs one command and exits.
+
+    The commands hold large trees of API records (``correlate`` of 100 data sets: 130,000
+    unionize dicts) that the collector's default thresholds scan again and again, twice in
+    full, and the interpreter's exit scans once more: ~150 ms of a 1.6 s run. Objects alive
+    after the imports are frozen (never scanned; modules live until exit anyway), collections
+    stay on but run after 50,000 new objects instead of 700 (reference cycles are still
+    freed; few API records form any), and :func:`atexit` freezes what is left so the exit does
+    not scan it (memory is returned to the system with the process)."""
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(COMMAND_GC_THRESHOLD, gen1, gen2)
+    atexit.register(gc.freeze)
 
 
 def one_line(exc: BaseException) -> str:
