@@ -100,6 +100,32 @@ def test_cache_info_reports_the_given_cache_folder(tmp_path, capsys):
     assert f"cache folder: {tmp_path / 'mine'}" in capsys.readouterr().out
 
 
+def test_a_command_process_tunes_the_garbage_collector_and_main_argv_does_not(tmp_path):
+    """Run as the process's command (``main()`` reading ``sys.argv``), the objects alive after
+    the imports are frozen and collections come less often; ``main(argv)`` (tests, embedding)
+    leaves the interpreter's collector as it was."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, sys\n"
+        "from napari_allen import cli\n"
+        "before = gc.get_threshold()\n"
+        "assert cli.main(['cache-info']) == 0\n"
+        "print('gc', gc.get_threshold() == before, gc.get_freeze_count() == 0)\n"
+        "sys.argv = ['napari-allen', 'cache-info']\n"
+        "assert cli.main() == 0\n"
+        "print('gc', gc.get_threshold()[0] == cli.COMMAND_GC_THRESHOLD, "
+        "gc.get_freeze_count() > 0)\n"
+    )
+    env = dict(os.environ, NAPARI_ALLEN_CACHE=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    assert [line for line in out.splitlines() if line.startswith("gc ")] == [
+        "gc True True", "gc True True"]
+
+
 def test_network_first_commands_start_without_numpy_or_pandas():
     """``download`` and ``correlate`` begin with requests: their parsers, the client and the
     batch/unionize code must not import numpy or pandas (0.1-0.4 s of process start, imported
