@@ -9,6 +9,7 @@ taken from the file name (``Nrp1_P56_coronal_74272479_200um.zip``).
 
 from __future__ import annotations
 
+import csv
 import gzip
 import re
 import xml.etree.ElementTree as ET
@@ -87,26 +88,39 @@ def parse_data_set_xml(content: bytes | str, source) -> dict:
 
 
 @cache
-def _gene_table() -> dict[int, tuple[str, str]]:
-    """Experiment id -> (gene acronym, plane) from the bundled ABI_genes.csv.gz."""
-    import csv
-
+def _gene_text() -> tuple[str, int, int, int]:
+    """The bundled ABI_genes.csv.gz as text (2.7 MB, kept: smaller than a 26k-entry dict) and
+    the column indices of (Section_Data_ID, acronym, cutting_plane)."""
     ref = resources.files("napari_allen") / "data" / "ish" / "ABI_genes.csv.gz"
-    table: dict[int, tuple[str, str]] = {}
-    with ref.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            try:
-                exp = int(row["Section_Data_ID"])
-            except (KeyError, ValueError):
-                continue
-            # The table marks some acronyms with a trailing '*' (unconfirmed symbols).
-            table[exp] = (row["acronym"].rstrip("*"), row["cutting_plane"])
-    return table
+    with ref.open("rb") as raw:
+        text = gzip.decompress(raw.read()).decode("utf-8")
+    header = next(csv.reader([text[:text.find("\n")]]))
+    return (text, *(header.index(key) for key in ("Section_Data_ID", "acronym", "cutting_plane")))
 
 
 def lookup_experiment(experiment_id: int) -> dict:
-    """``{gene, plane}`` for an ISH experiment id from the bundled table ({} if unknown)."""
-    found = _gene_table().get(int(experiment_id))
+    """``{gene, plane}`` for an ISH experiment id from the bundled table ({} if unknown).
+
+    Only the rows holding the id as a field are parsed (a file opened from File > Open Sample
+    looks up one id on napari's GUI thread: parsing all 26k rows took ~50-100 ms there); the
+    last such row wins, as a table built row by row would have it."""
+    text, i_id, i_gene, i_plane = _gene_text()
+    needle = str(int(experiment_id))
+    found = None
+    start = text.find(needle)
+    while start >= 0:
+        after = start + len(needle)
+        if text[start - 1:start] not in ",\n" or text[after:after + 1] not in ",\r\n":
+            start = text.find(needle, after)  # part of a longer field
+            continue
+        first = text.rfind("\n", 0, start) + 1
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        row = next(csv.reader([text[first:end]]), [])
+        if len(row) > max(i_id, i_gene, i_plane) and row[i_id].strip() == needle:
+            # The table marks some acronyms with a trailing '*' (unconfirmed symbols).
+            found = (row[i_gene].rstrip("*"), row[i_plane])
+        start = text.find(needle, end)
     return {"gene": found[0], "plane": found[1]} if found else {}
 
 

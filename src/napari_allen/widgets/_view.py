@@ -74,8 +74,8 @@ OVERLAY_STEP_MS = 60
 
 def show_orientation_stepwise(viewer: napari.Viewer, step_ms: int = OVERLAY_STEP_MS) -> None:
     """:func:`show_orientation` spread over event-loop turns, for docks opening: the axis
-    labels and slicing now, the axes overlay in the next turn and the scale bar ``step_ms``
-    later. The first draw of each overlay (shader builds, text glyphs rasterised on the CPU)
+    labels and slicing now, the axes overlay ``step_ms`` later (after the dock's own layout
+    and first paint) and the scale bar ``2 * step_ms`` after that. The first draw of each overlay (shader builds, text glyphs rasterised on the CPU)
     then is a repaint of its own instead of one long freeze added to the dock's own cost.
     Calls on a closed viewer are ignored."""
     from qtpy.QtCore import QTimer
@@ -89,8 +89,9 @@ def show_orientation_stepwise(viewer: napari.Viewer, step_ms: int = OVERLAY_STEP
     def show_scale_bar() -> None:
         scale_bar.visible = True
 
-    QTimer.singleShot(0, show_axes)
-    QTimer.singleShot(step_ms, show_scale_bar)
+    # After the dock's own layout and first paint (a turn of ~150 ms on its own), then apart.
+    QTimer.singleShot(step_ms, show_axes)
+    QTimer.singleShot(3 * step_ms, show_scale_bar)
 
 
 def coronal(viewer: napari.Viewer) -> None:
