@@ -29,6 +29,18 @@ turn, never nested in napari's activity-bar ``processEvents``). What is left is 
   dock action that shows a layer (the "/ layer" column);
 - the first dock also pays the first draw of the axes and scale bar overlays (switched on in
   later turns, one each);
+- the first dock opened also pays the canvas's first redraw at its new size (text glyphs of the
+  axis labels rasterised on the CPU, shader builds: ~140 ms) and the axes overlay's creation
+  (~140 ms, shader source parsing) - napari's; whichever dock opens first pays them (Connectivity
+  in this script), the overlays are switched on in later turns than the dock's own layout;
+- while a task runs, napari's activity indicator repaints the whole window about 30 times a
+  second (20-50 ms each under llvmpipe with the GL canvas in the window), and every value or
+  description change of napari's activity bar runs ``processEvents`` (one more repaint): the
+  plugin updates that bar at most every 0.5 s (its own status row shows every step);
+- napari's layer insert switches the layer-controls page (``setCurrentWidget``), which repaints
+  the canvas synchronously inside the insert;
+- the interpreter compiles the plugin's sources on every import when ``PYTHONDONTWRITEBYTECODE``
+  is set (as on the development machine): ~30 ms more per first dock or sample than installed;
 - full garbage collections of the interpreter (150-400 ms with napari's ~330k objects before the
   plugin does anything) happen at any allocation, in napari's own plain add as well;
 - other processes on the machine stretch all of it (report ``uptime`` with the numbers).

@@ -272,3 +272,25 @@ def test_bad_member_finds_what_testzip_finds():
     encrypted.flag_bits = 0x1
     with pytest.raises(NotImplementedError):
         bad_member(io.BytesIO(data), [encrypted])
+
+
+def test_lookup_experiment_matches_the_bundled_table_row_by_row():
+    """The one-id lookup (rows holding the id only) equals a table built from every row,
+    for ids that are prefixes or suffixes of other numbers, unknown ids and a trailing '*'."""
+    import csv
+    import gzip
+
+    from napari_allen.io.dataset import lookup_experiment
+
+    ref = resources.files("napari_allen") / "data" / "ish" / "ABI_genes.csv.gz"
+    table = {}
+    with ref.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            table[int(row["Section_Data_ID"])] = (row["acronym"].rstrip("*"),
+                                                  row["cutting_plane"])
+    ids = sorted(table)
+    for exp in ids[:: max(1, len(ids) // 400)] + [74272479]:
+        assert lookup_experiment(exp) == {"gene": table[exp][0], "plane": table[exp][1]}
+    assert lookup_experiment(74272479) == {"gene": "Nrp1", "plane": "coronal"}
+    for unknown in (1, 7427247, 742724790, 18186):  # 18186: an entrez id, not an experiment
+        assert unknown in table or lookup_experiment(unknown) == {}

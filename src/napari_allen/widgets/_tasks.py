@@ -46,7 +46,9 @@ logger = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.1
 
 Task = Callable[..., Any]
-ACTIVITY_EVERY_S = 0.2  # napari activity-bar updates at most this often
+# napari activity-bar updates at most this often: each runs QApplication.processEvents(), a
+# repaint of the whole window (30-100 ms under Xvfb + llvmpipe with the GL canvas in it).
+ACTIVITY_EVERY_S = 0.5
 
 
 def _shared_transport():

@@ -75,8 +75,9 @@ OVERLAY_STEP_MS = 60
 def show_orientation_stepwise(viewer: napari.Viewer, step_ms: int = OVERLAY_STEP_MS) -> None:
     """:func:`show_orientation` spread over event-loop turns, for docks opening: the axis
     labels and slicing now, the axes overlay ``step_ms`` later (after the dock's own layout
-    and first paint) and the scale bar ``2 * step_ms`` after that. The first draw of each overlay (shader builds, text glyphs rasterised on the CPU)
-    then is a repaint of its own instead of one long freeze added to the dock's own cost.
+    and first paint) and the scale bar ``2 * step_ms`` after that. The first draw of each
+    overlay (shader builds, text glyphs rasterised on the CPU) then is a repaint of its own
+    instead of one long freeze added to the dock's own cost.
     Calls on a closed viewer are ignored."""
     from qtpy.QtCore import QTimer
 
