@@ -78,3 +78,23 @@ def test_10um_annotation_labels_stay_lazy(sparse_10um):
     row = kwargs["features"].iloc[value]
     assert row["acronym"] == "VPM" and row["structure_id"] == 733
     assert int(np.asarray(data[0, 0, 0])) == 0
+
+
+def test_small_memmapped_grid_becomes_a_plain_array(tmp_path):
+    """A 100 µm grid memory-mapped from the decoded cache reaches napari as an in-memory array,
+    not dask: napari's global dask cache is not thread-safe, and workers build layers while the
+    main thread slices others."""
+    from napari_allen.io.volume import GridVolume
+
+    shape = (132, 80, 114)
+    path = tmp_path / "density.f4"
+    mapped = np.memmap(path, dtype="<f4", mode="w+", shape=shape, order="F")
+    mapped[:] = 0.5
+    mapped[3, 4, 5] = -1  # no data
+    mapped.flush()
+    vol = GridVolume(data=np.memmap(path, dtype="<f4", mode="r", shape=shape, order="F"),
+                     resolution=100, kind="projection_density")
+    data, kwargs, _ = image_layer(vol)
+    assert isinstance(data, np.ndarray) and not isinstance(data, da.Array)
+    assert data.shape == shape and np.isnan(data[3, 4, 5]) and data[0, 0, 0] == 0.5
+    assert kwargs["scale"] == (100.0, 100.0, 100.0)

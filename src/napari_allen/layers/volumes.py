@@ -34,6 +34,11 @@ LayerDataTuple = tuple[Any, dict, str]
 log = logging.getLogger(__name__)
 
 #: Arrays with more voxels than this are handled lazily (10^7 voxels = 40 MB of float32).
+#: Smaller memory-mapped grids (100 and 50 µm) are read whole where the layer is built (a
+#: worker): a plain array costs napari nothing per slice, and it keeps dask out of layers that
+#: napari slices on the main thread while our workers build others - napari's one global dask
+#: cache is not thread-safe (its ``_finish`` clears the start times of a concurrent compute,
+#: which then fails with a ``KeyError`` naming a chunk).
 LAZY_VOXELS = 10_000_000
 NO_DATA = -1
 
@@ -42,8 +47,7 @@ _METADATA_KEYS = ("experiment_id", "gene", "plane", "resolution", "kind", "sourc
 
 
 def _is_lazy(data) -> bool:
-    return isinstance(data, np.memmap) or not isinstance(data, np.ndarray) or \
-        data.size > LAZY_VOXELS
+    return not isinstance(data, np.ndarray) or data.size > LAZY_VOXELS
 
 
 def _contrast_sample(data) -> np.ndarray:
