@@ -16,7 +16,11 @@ fresh cache, and a second open). The local Allen API server runs in a child proc
 synthetic-data work would hold this interpreter's GIL and count as plugin freezes. The cache
 folder is a temporary one (deleted at the end).
 
-Targets: every dock action <= 200 ms; opening files and samples <= the baseline.
+Targets: every dock action <= 200 ms (worst run); opening a file or sample no longer than napari
+adding the same layers as plain in-memory arrays of the same size and type (measured right after
+each open, in the same viewer: the "plain arrays" rows; median over runs). The big-image row
+stays as the issue's original reference point ("/ base"). Repeat runs (``--repeat``) matter:
+the first run of a process also pays napari's first-layer-ever costs (shader builds).
 
 Where the remaining time goes (profiled on the main thread: napari 0.9, Xvfb + Mesa llvmpipe,
 2 cores). The plugin's own handlers now add no volume scans, imports or table work to a turn,
@@ -230,23 +234,52 @@ def _one_run(app, beat, viewer, plain, annotation, seeds, record, groups) -> Non
         _spatial(app, beat, docks["Spatial search"], seeds, record, fresh)
 
 
+def _plain_twins(viewer) -> list[tuple[str, np.ndarray, tuple]]:
+    """The layers now in ``viewer`` as plain in-memory arrays (full resolution of multiscale
+    data), with their layer type and scale: what napari alone would be given to show the same
+    thing, without the plugin's colours, metadata or laziness."""
+    twins = []
+    for layer in viewer.layers:
+        kind = type(layer).__name__.lower()
+        if kind not in ("image", "labels"):
+            continue
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        twins.append((kind, np.array(data), tuple(layer.scale)))
+    return twins
+
+
+def _add_plain(viewer, twins) -> None:
+    for kind, data, scale in twins:
+        getattr(viewer, f"add_{kind}")(data, scale=scale)
+
+
+def _record_open(app, beat, viewer, record, fresh, name, start, label) -> None:
+    """Time an open action, then napari adding the same layers as plain arrays in one call
+    (the issue's baseline for opening: "napari's own cost of adding a plain layer of that
+    size"), in the same viewer state."""
+    record(name, "open", measure(app, beat, start))
+    twins = _plain_twins(viewer)
+    fresh()
+    record(f"  napari, same {len(twins)} layer(s) as plain arrays: {label}", "twin",
+           measure(app, beat, lambda: _add_plain(viewer, twins)))
+    fresh()
+
+
 def _open_files(app, beat, viewer, annotation, record, fresh) -> None:
     for key in ("nrp1", "connectivity_158375425"):
-        record(f"File > Open Sample: {key}", "open",
-               measure(app, beat, lambda k=key: viewer.open_sample("napari-allen", k) and None))
-        fresh()
+        _record_open(app, beat, viewer, record, fresh, f"File > Open Sample: {key}",
+                     lambda k=key: viewer.open_sample("napari-allen", k) and None, key)
     def first_open():
         viewer.open(str(annotation), plugin="napari-allen")
         # Until the background multiscale conversion (if any) has finished and the layer shows
         # the data: freezes while it runs count too.
         return _conversions_done
-    record("open annotation_25.nrrd (first, fresh cache, until shown)", "open",
-           measure(app, beat, first_open))
-    fresh()
-    record("open annotation_25.nrrd (again)", "open",
-           measure(app, beat, lambda: viewer.open(str(annotation), plugin="napari-allen")
-                   and None))
-    fresh()
+    _record_open(app, beat, viewer, record, fresh,
+                 "open annotation_25.nrrd (first, fresh cache, until shown)", first_open,
+                 "annotation first")
+    _record_open(app, beat, viewer, record, fresh, "open annotation_25.nrrd (again)",
+                 lambda: viewer.open(str(annotation), plugin="napari-allen") and None,
+                 "annotation again")
 
 
 def _conversions_done() -> bool:
@@ -329,22 +362,26 @@ def main(argv: list[str] | None = None) -> int:
             display.stop()
     baseline = max(statistics.median(f) for _, kind, f, _ in rows if kind == "baseline")
     floor = max(statistics.median(f) for _, kind, f, _ in rows if kind == "floor")
-    print(f"\n{'action':<52} {'freeze ms':>10} {'/ base':>7} {'/ layer':>8} {'target':>10}  ok")
-    failed = 0
-    for name, kind, freezes, _ in rows:
-        worst = max(freezes)
-        if kind in ("baseline", "floor"):
-            target, ok = "", True
-        elif kind == "open":
-            target, ok = f"<= {baseline:.0f}", worst <= baseline
-        else:
+    n_runs = len(next(iter(rows))[2])
+    print(f"\n{'action':<56} {'median':>7} {'worst':>6} {'/ base':>7} {'/ layer':>8} "
+          f"{'target':>10}  ok")
+    failed = checked = 0
+    for i, (name, kind, freezes, _) in enumerate(rows):
+        median, worst = statistics.median(freezes), max(freezes)
+        target, ok = "", True
+        if kind == "open":  # against napari adding the same layers plainly (the next row)
+            twin = statistics.median(rows[i + 1][2])
+            target, ok = f"<= {twin:.0f}", median <= twin
+        elif kind == "dock":
             target, ok = f"<= {DOCK_TARGET_MS:.0f}", worst <= DOCK_TARGET_MS
+        checked += kind in ("open", "dock")
         failed += not ok
         per_layer = f"{worst / floor:8.2f}" if kind == "dock" else " " * 8
-        print(f"{name:<52} {worst:10.0f} {worst / baseline:7.2f} {per_layer} {target:>10}  "
-              f"{'yes' if ok else 'NO'}")
-    print(f"\n{len(rows) - 2 - failed}/{len(rows) - 2} actions within target "
-          f"(freeze = worst of {len(next(iter(rows))[2])} run(s))")
+        print(f"{name:<56} {median:7.0f} {worst:6.0f} {median / baseline:7.2f} {per_layer} "
+              f"{target:>10}  {'yes' if ok else 'NO'}")
+    print(f"\n{checked - failed}/{checked} actions within target ({n_runs} run(s); dock actions "
+          "judged on the worst run, opening on the median run against napari adding the same "
+          "layers as plain arrays in the same runs)")
     return 0
 
 
