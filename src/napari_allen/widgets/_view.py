@@ -54,11 +54,8 @@ def show_orientation(viewer: napari.Viewer, *, overlays: bool = True) -> None:
     """
     if overlays:
         axes, scale_bar = _overlays(viewer)
-        axes.visible = True
-        axes.labels = True
-        axes.colored = True
-        # The scale bar reads its unit (µm) from the layers' ``units``.
-        scale_bar.visible = True
+        _show_axes(axes)
+        _show_scale_bar(scale_bar)
     dims = viewer.dims
     if dims.ndim >= 3:
         labels = list(dims.axis_labels)
@@ -83,16 +80,17 @@ def show_orientation_stepwise(viewer: napari.Viewer, step_ms: int = OVERLAY_STEP
 
     show_orientation(viewer, overlays=False)
     axes, scale_bar = _overlays(viewer)
-
-    def show_axes() -> None:
-        axes.visible = axes.labels = axes.colored = True
-
-    def show_scale_bar() -> None:
-        scale_bar.visible = True
-
     # After the dock's own layout and first paint (a turn of ~150 ms on its own), then apart.
-    QTimer.singleShot(step_ms, show_axes)
-    QTimer.singleShot(3 * step_ms, show_scale_bar)
+    QTimer.singleShot(step_ms, lambda: _show_axes(axes))
+    QTimer.singleShot(3 * step_ms, lambda: _show_scale_bar(scale_bar))
+
+
+def _show_axes(axes) -> None:
+    axes.visible = axes.labels = axes.colored = True
+
+
+def _show_scale_bar(scale_bar) -> None:
+    scale_bar.visible = True  # its unit (µm) comes from the layers' ``units``
 
 
 def coronal(viewer: napari.Viewer) -> None:
