@@ -179,6 +179,13 @@ def mark_missing(parts: Sequence[Part]) -> list[Part]:
 def assemble(parts: Sequence[Part], shape: Sequence[int], order: str = "F") -> np.ndarray:
     """The whole float32 volume the parts describe (0 outside them, NaN where missing)."""
     out = np.zeros(tuple(shape), dtype=np.float32, order=order)
+    _write_parts(out, parts)
+    return out
+
+
+def _write_parts(out: np.ndarray, parts: Sequence[Part]) -> None:
+    """Write ``parts`` into ``out`` (zero where no part writes): values (negated for sign -1),
+    then NaN where missing."""
     for part in parts:
         region = out[:, :, part.ml]
         if part.values is not None:
@@ -188,7 +195,6 @@ def assemble(parts: Sequence[Part], shape: Sequence[int], order: str = "F") -> n
                 region[...] = part.values
         if part.missing is not None:
             region[np.broadcast_to(part.missing, region.shape)] = np.nan
-    return out
 
 
 def subtract_hemisphere(
@@ -220,14 +226,7 @@ def subtract_hemisphere(
     parts = volume_parts(v, injection_ml_um=injection_ml_um, resolution=resolution,
                          subtract=True, ipsilateral=ipsilateral, output=output)
     v[...] = 0.0
-    for part in parts:
-        region = v[:, :, part.ml]
-        if part.values is None:
-            region[part.missing] = np.nan
-        elif part.sign < 0:
-            np.negative(part.values, out=region)
-        else:
-            region[...] = part.values
+    _write_parts(v, parts)
     return v
 
 
