@@ -260,3 +260,29 @@ def test_dock_widget_from_the_manifest(make_napari_viewer):
     assert widget._on_mouse in viewer.mouse_drag_callbacks
     widget.close_search()
     assert widget._on_mouse not in viewer.mouse_drag_callbacks
+
+
+def test_dock_from_the_manifest_updates_its_layers_in_place(make_napari_viewer, allen_api,
+                                                             qtbot, monkeypatch):
+    """napari hands a plugin dock a proxied viewer (its layers wrapped in ``PublicOnlyProxy``):
+    the growing partial lines and a second run still update the same three layers instead of
+    piling up ``name [1]`` duplicates."""
+    from napari_allen.widgets import spatial_search as module
+
+    monkeypatch.setattr(module, "PARTIAL_EVERY_S", 0.0)  # a partial after every seed
+    reset_shared_client()
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-allen", "Spatial search")
+    widget.form.seed_cap.setValue(6)
+    widget.form.skip_fibers.setChecked(False)
+    widget.form.jobs.setValue(1)
+    expected = {f"spatial search {EXPERIMENT} {suffix}"
+                for suffix in ("lines", "lines (2-D)", "injection sites")}
+    try:
+        for _ in range(2):
+            widget.run()
+            _wait(qtbot, widget)
+            assert {layer.name for layer in viewer.layers} == expected
+    finally:
+        widget.close_search()
+        reset_shared_client()

@@ -36,5 +36,9 @@ def build_layers(layer_tuples: Iterable[LayerDataTuple]) -> list[Layer]:
 
 def layer_type_name(layer: Any) -> str:
     """``"image"``, ``"labels"``, ``"shapes"``... for a napari layer (public API only: the
-    class name, as napari's own ``layer_type`` strings are the lower-cased class names)."""
-    return type(layer).__name__.lower()
+    class name, as napari's own ``layer_type`` strings are the lower-cased class names).
+
+    ``__class__``, not ``type()``: a plugin dock's viewer hands out its layers wrapped in
+    napari's ``PublicOnlyProxy``, whose ``type()`` is the proxy (a same-named layer would then
+    never match and each update would add a duplicate ``name [1]``)."""
+    return layer.__class__.__name__.lower()
