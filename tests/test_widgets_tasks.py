@@ -186,3 +186,37 @@ def test_then_steps_run_in_order_in_later_turns_and_count_as_running(qtbot, runn
     qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
     qtbot.wait(50)
     assert steps == ["r-1", "r-2"]
+
+
+def test_own_turn_steps_end_their_turn_and_finishing_steps_survive_a_cancel(qtbot, runner):
+    """``own_turn``: nothing else runs in the step's turn (its cost is the repaint after it);
+    ``even_if_cancelled``: it runs even after a cancel, and counts as running until then."""
+    from qtpy.QtCore import QTimer
+
+    order: list = []
+    turns = [0]
+    beat = QTimer()
+    beat.setInterval(0)
+    beat.timeout.connect(lambda: turns.__setitem__(0, turns[0] + 1))
+
+    def on_result(value):
+        beat.start()
+        runner.then(lambda: order.append(("show", turns[0])), own_turn=True,
+                    even_if_cancelled=True)
+        runner.then(lambda: order.append(("quick", turns[0])))
+        runner.then(lambda: order.append(("finish", turns[0])), even_if_cancelled=True)
+
+    runner.run(lambda **_: "r", on_result=on_result)
+    qtbot.waitUntil(lambda: len(order) == 3, timeout=5000)
+    beat.stop()
+    assert [name for name, _ in order] == ["show", "quick", "finish"]
+    assert order[1][1] > order[0][1]  # the timer ran between: "quick" waited for a new turn
+
+    order.clear()
+    runner.run(lambda **_: "s", on_result=lambda v: (
+        runner.then(order.append, "finish", even_if_cancelled=True),
+        runner.then(order.append, "stale"), runner.cancel(),
+        order.append(runner.is_running)))
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    qtbot.wait(50)
+    assert order == [True, "finish"]

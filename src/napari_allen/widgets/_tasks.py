@@ -80,20 +80,24 @@ class _Deliveries:
     """The plugin-wide FIFO of main-thread handlers (see the module doc): drained by a short
     timer (``DRAIN_TIMER_MS``), one slow handler per event-loop turn, never while another
     handler runs (a nested ``processEvents()`` inside a handler finds the queue parked until
-    the handler returns)."""
+    the handler returns). A handler posted ``own_turn`` ends its turn however quick it was:
+    its cost is the repaint it causes (e.g. showing a layer), which Qt runs right after the
+    turn, before any timer."""
 
     def __init__(self) -> None:
-        self.queue: deque[tuple[TaskRunner, int, Callable, tuple]] = deque()
+        # (runner, generation or None = never stale, handler, args, own turn)
+        self.queue: deque[tuple[TaskRunner, int | None, Callable, tuple, bool]] = deque()
         self.depth = 0  # handlers running (>0 inside a nested event loop)
         self.scheduled = False
         self.draining = False  # drain() schedules the next pass itself
 
-    def post(self, runner: TaskRunner, generation: int, fn: Callable, *args: Any) -> None:
-        self.queue.append((runner, generation, fn, args))
+    def post(self, runner: TaskRunner, generation: int | None, fn: Callable, *args: Any,
+             own_turn: bool = False) -> None:
+        self.queue.append((runner, generation, fn, args, own_turn))
         self.schedule()
 
     def pending(self, runner: TaskRunner) -> bool:
-        return any(r is runner and r._current(g) for r, g, _, _ in self.queue)
+        return any(r is runner and (g is None or r._current(g)) for r, g, _, _, _ in self.queue)
 
     def schedule(self, delay_ms: int = DRAIN_TIMER_MS) -> None:
         if self.queue and not self.scheduled and not self.depth:
@@ -106,13 +110,15 @@ class _Deliveries:
             return  # the running handler reschedules when it returns
         start = time.perf_counter()
         self.draining = True
+        own_turn = False
         try:
-            while self.queue and time.perf_counter() - start < TURN_BUDGET_S:
-                _, _, fn, args = self.queue.popleft()
+            while (self.queue and not own_turn
+                   and time.perf_counter() - start < TURN_BUDGET_S):
+                _, _, fn, args, own_turn = self.queue.popleft()
                 self.run(fn, *args)
         finally:
             self.draining = False
-            slow = time.perf_counter() - start >= TURN_BUDGET_S
+            slow = own_turn or time.perf_counter() - start >= TURN_BUDGET_S
             self.schedule(AFTER_SLOW_MS if slow else DRAIN_TIMER_MS)
 
     def run(self, fn: Callable, *args: Any) -> Any:
@@ -184,11 +190,19 @@ class TaskRunner(QObject):
         """A task runs, or its results / :meth:`then` steps still wait for their turn."""
         return self.worker is not None or _deliveries.pending(self)
 
-    def then(self, fn: Callable, *args: Any) -> None:
+    def then(self, fn: Callable, *args: Any, own_turn: bool = False,
+             even_if_cancelled: bool = False) -> None:
         """Run ``fn(*args)`` on the main thread in a later event-loop turn, after everything
         delivered or queued before it, unless a new task or a cancel makes it stale. Use it to
-        split main-thread work (e.g. adding several layers) so the GUI breathes in between."""
-        _deliveries.post(self, self._generation, self._if_current(self._generation, fn), *args)
+        split main-thread work (e.g. adding several layers) so the GUI breathes in between.
+
+        ``own_turn``: nothing else runs in ``fn``'s turn, however quick ``fn`` is (for steps
+        whose cost is the repaint they cause, e.g. showing a layer). ``even_if_cancelled``:
+        run it even if the task is cancelled or replaced meanwhile (to finish what a step
+        started, e.g. show a layer inserted hidden); it still counts as running."""
+        generation = None if even_if_cancelled else self._generation
+        step = fn if even_if_cancelled else self._if_current(self._generation, fn)
+        _deliveries.post(self, generation, step, *args, own_turn=own_turn)
 
     def _if_current(self, generation: int, fn: Callable) -> Callable:
         return lambda *args: fn(*args) if self._current(generation) else None

@@ -16,6 +16,7 @@ as the user has it.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,24 +66,52 @@ def show_orientation(viewer: napari.Viewer, *, overlays: bool = True) -> None:
         coronal(viewer)
 
 
-#: Delay (ms) between switching on the axes and the scale bar when a dock opens.
+#: Delay (ms) before each overlay step when a dock opens, counted from the end of the step
+#: before (so each step and the repaint it causes are an event-loop turn of their own).
 OVERLAY_STEP_MS = 60
 
 
 def show_orientation_stepwise(viewer: napari.Viewer, step_ms: int = OVERLAY_STEP_MS) -> None:
     """:func:`show_orientation` spread over event-loop turns, for docks opening: the axis
-    labels and slicing now, the axes overlay ``step_ms`` later (after the dock's own layout
-    and first paint) and the scale bar ``2 * step_ms`` after that. The first draw of each
-    overlay (shader builds, text glyphs rasterised on the CPU) then is a repaint of its own
-    instead of one long freeze added to the dock's own cost.
-    Calls on a closed viewer are ignored."""
-    from qtpy.QtCore import QTimer
-
+    labels and slicing now, then, each ``step_ms`` after the previous step has run (a chain,
+    not timers started together: a dock that takes longer to build than the delays would
+    otherwise get them all in one turn), the axes overlay without its text, its AP/DV/ML
+    labels, and the scale bar. The first draw of each (shader builds, text glyphs
+    rasterised on the CPU) then is a repaint of its own instead of one long freeze added to
+    the dock's own cost and the canvas's first redraw at its new size. Steps with nothing
+    to change (a second dock) cost nothing. Calls on a closed viewer are ignored."""
     show_orientation(viewer, overlays=False)
     axes, scale_bar = _overlays(viewer)
-    # After the dock's own layout and first paint (a turn of ~150 ms on its own), then apart.
-    QTimer.singleShot(step_ms, lambda: _show_axes(axes))
-    QTimer.singleShot(3 * step_ms, lambda: _show_scale_bar(scale_bar))
+
+    def axes_lines() -> None:
+        if not axes.visible:
+            axes.labels = False  # its text (glyphs) in the next step
+            axes.colored = True
+            axes.visible = True
+
+    steps = [axes_lines, lambda: _show_axes(axes), lambda: _show_scale_bar(scale_bar)]
+    run_in_turns(steps, step_ms)
+
+
+def run_in_turns(steps: list[Callable[[], Any]], step_ms: int) -> None:
+    """Run ``steps`` one per event-loop turn, each ``step_ms`` after the previous one ran
+    (``QTimer``; the repaint a step causes runs before the next step's timer). A step that
+    raises ``RuntimeError`` (its Qt object was deleted, e.g. the viewer closed) ends the
+    chain."""
+    from qtpy.QtCore import QTimer
+
+    remaining = list(steps)
+
+    def next_step() -> None:
+        if not remaining:
+            return
+        try:
+            remaining.pop(0)()
+        except RuntimeError:
+            return
+        QTimer.singleShot(step_ms, next_step)
+
+    QTimer.singleShot(step_ms, next_step)
 
 
 def _show_axes(axes) -> None:
@@ -154,22 +183,115 @@ def focus_on(viewer: napari.Viewer, point_um) -> bool:
 _LATEST_ADDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = None) -> Any:
+    """Add ``item`` (a LayerDataTuple or a ready layer) to ``viewer`` spread over event-loop
+    turns (``runner.then``), so napari's per-layer work never lands in one freeze:
+
+    1. now, only if the viewer is empty and the layer has more dims: the dims sliders
+       (napari rebuilds them, and the canvas shrinks, when the first layer raises ``ndim``);
+    2. insert the layer hidden and not selected (napari's insert: layer controls, vispy
+       node, dims range; nothing sliced or drawn);
+    3. select it (napari shows its controls page: a synchronous canvas repaint, then the
+       first paint of the new controls);
+    4. show it (slicing, texture upload and repaint), then ``then(layer)`` if given.
+
+    Steps 2-4 run even if the task is cancelled meanwhile: the user ends with the layer
+    visible and selected, as napari's own ``add_layer`` leaves it. A layer whose name is
+    already in the viewer is updated or replaced in one step (:func:`add_layer_tuple`).
+    Returns the layer (inserted by step 2)."""
+    from napari.layers import Layer
+
+    from napari_allen.widgets._common import add_layer_tuple, layer_name
+
+    name = layer_name(item)
+    if name is not None and name in viewer.layers:
+        layer = add_layer_tuple(viewer, item)
+        if then is not None:
+            then(layer)
+        return layer
+    if isinstance(item, Layer):
+        layer = item
+    else:
+        data, kwargs, layer_type = (tuple(item) + ({}, "image"))[:3]
+        layer = Layer.create(data, dict(kwargs or {}), layer_type)
+    visible = layer.visible
+
+    def insert() -> None:
+        if layer.name in viewer.layers:  # a same-named one came first meanwhile
+            layer.visible = visible
+            add_layer_tuple(viewer, layer)
+            finish()
+            return
+        layer.visible = False
+        _insert_unselected(viewer, layer)
+        runner.then(select, own_turn=True, even_if_cancelled=True)
+
+    def select() -> None:
+        if layer in viewer.layers:
+            viewer.layers.selection.active = layer
+        runner.then(show, own_turn=True, even_if_cancelled=True)
+
+    def show() -> None:
+        layer.visible = visible
+        finish()
+
+    def finish() -> None:
+        if then is not None and layer in viewer.layers:
+            then(layer)
+
+    if not len(viewer.layers) and viewer.dims.ndim < layer.ndim:
+        _prepare_dims(viewer, layer)
+        runner.then(insert, own_turn=True, even_if_cancelled=True)
+    else:
+        insert()
+    return layer
+
+
+def _prepare_dims(viewer: napari.Viewer, layer) -> None:
+    """Give the empty ``viewer`` the dims ``layer`` will set when inserted (number, world
+    range): napari then keeps the sliders built here instead of rebuilding them in the
+    insert."""
+    extent = layer.extent
+    viewer.dims.ndim = layer.ndim
+    viewer.dims.range = tuple(zip(extent.world[0], extent.world[1], extent.step, strict=True))
+
+
+def _insert_unselected(viewer: napari.Viewer, layer) -> None:
+    """``viewer.add_layer(layer)`` without napari selecting it in the same turn.
+
+    napari's layer list selects every inserted layer unless its ``_activate_on_insert`` is
+    off: private, so it is switched off on the list itself (plugins get the viewer through
+    napari's ``PublicOnlyProxy``, a ``wrapt`` proxy whose ``__wrapped__`` is the object)
+    for this one insert only. Without that attribute (another napari) the layer is inserted
+    and selected as napari does; ``tests/test_widgets_view.py`` says when that happens."""
+    layers = getattr(viewer.layers, "__wrapped__", viewer.layers)
+    previous = vars(layers).get("_activate_on_insert")
+    if previous is None:
+        viewer.add_layer(layer)
+        return
+    layers._activate_on_insert = False
+    try:
+        viewer.add_layer(layer)
+    finally:
+        layers._activate_on_insert = previous
+
+
 def add_and_focus_later(viewer: napari.Viewer, runner, layer) -> Any:
-    """Add ``layer`` (a LayerDataTuple or a ready layer) now and move the sliders to it in a
-    later event-loop turn (``runner.then``; moving them re-slices every layer), only if no
+    """Add ``layer`` (a LayerDataTuple or a ready layer) in turns (:func:`add_in_turns`) and
+    move the sliders to it in a later turn (moving them re-slices every layer), only if no
     newer layer came in meanwhile: a burst of loads focuses once, on the last one. Build the
     layer with :func:`napari_allen.layers.focus.with_focus_point` in the worker so no volume
-    is scanned here. Returns the added layer."""
-    from napari_allen.widgets._common import add_layer_tuple
+    is scanned here. Returns the layer."""
 
-    added = add_layer_tuple(viewer, layer)
-    _LATEST_ADDED[runner] = added
-
-    def focus() -> None:
+    def focus(added) -> None:
         if _LATEST_ADDED.get(runner) is added:
             focus_on_layer_tuple(viewer, added)
 
-    runner.then(focus)
+    def shown(added) -> None:
+        runner.then(focus, added, own_turn=True)
+
+    added = add_in_turns(viewer, runner, layer, then=shown)
+    _LATEST_ADDED[runner] = added
     return added
 
 

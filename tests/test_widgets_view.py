@@ -1,0 +1,134 @@
+"""Viewer helpers of the docks (widgets/_view.py): a layer added in turns ends up as napari's
+own add_layer leaves it, and the orientation overlays switch on one step per turn."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from napari.layers import Image
+from napari.utils._proxies import PublicOnlyProxy
+from qtpy.QtWidgets import QWidget
+
+from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.widgets._view import (
+    _overlays,
+    add_and_focus_later,
+    add_in_turns,
+    run_in_turns,
+    show_orientation_stepwise,
+)
+
+
+@pytest.fixture
+def runner(qtbot):
+    parent = QWidget()
+    qtbot.addWidget(parent)
+    runner = TaskRunner(parent)
+    runner.test_parent = parent
+    yield runner
+    runner.cancel()
+
+
+def _volume(name: str, shape=(20, 12, 16), scale=(100.0, 100.0, 100.0)) -> Image:
+    return Image(np.zeros(shape, np.float32), name=name, scale=scale)
+
+
+def test_layer_added_in_turns_ends_visible_selected_and_sliced(make_napari_viewer, qtbot,
+                                                               runner):
+    viewer = make_napari_viewer()
+    seen: list = []
+    layer = _volume("vol")
+
+    def then(added):
+        seen.append((added.visible, viewer.layers.selection.active, viewer.dims.ndim))
+
+    returned = add_in_turns(viewer, runner, layer, then=then)
+    assert returned is layer
+    # The empty viewer got its 3 dims (sliders) first; the insert is a later turn.
+    assert viewer.dims.ndim == 3 and "vol" not in viewer.layers
+    assert runner.is_running  # the queued steps keep the runner busy
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert seen == [(True, layer, 3)]
+    assert list(viewer.layers) == [layer]
+    assert layer.visible and viewer.layers.selection.active is layer
+    assert viewer.dims.range[0].stop == pytest.approx(1900.0)  # napari's own extent
+
+
+def test_insert_step_does_not_select_and_hides_until_its_own_turns(make_napari_viewer,
+                                                                   qtbot, runner):
+    """Also through napari's PublicOnlyProxy (what docks get): the layer list's private
+    switch is reached without napari's private-access warning, and it still exists in this
+    napari (otherwise the insert would select the layer at once)."""
+    real = make_napari_viewer()
+    viewer = PublicOnlyProxy(real)
+    first = real.add_layer(_volume("first"))
+    states: list = []
+    layer = _volume("second")
+    original_then = runner.then
+
+    def spy(fn, *args, **kwargs):  # record the state each queued step finds
+        def step(*a):
+            states.append((layer in real.layers, layer.visible,
+                           real.layers.selection.active is layer))
+            return fn(*a)
+        return original_then(step, *args, **kwargs)
+
+    runner.then = spy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        add_in_turns(viewer, runner, layer)
+    # Viewer not empty: inserted now, hidden, the previous layer still selected.
+    assert layer in real.layers and not layer.visible
+    assert real.layers.selection.active is first
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    # select step, then show step
+    assert states == [(True, False, False), (True, False, True)]
+    assert layer.visible and real.layers.selection.active is layer
+
+
+def test_cancel_between_steps_still_finishes_the_layer(make_napari_viewer, qtbot, runner):
+    viewer = make_napari_viewer()
+    layer = _volume("vol")
+    add_in_turns(viewer, runner, (layer.data, {"name": "vol", "scale": (100.0,) * 3}))
+    runner.cancel()  # e.g. the user cancels while the layer is half added
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert [lay.name for lay in viewer.layers] == ["vol"]
+    assert viewer.layers["vol"].visible
+    assert viewer.layers.selection.active is viewer.layers["vol"]
+
+
+def test_same_name_updates_in_place_and_focus_goes_to_the_last(make_napari_viewer, qtbot,
+                                                              runner):
+    viewer = make_napari_viewer()
+    add_and_focus_later(viewer, runner, _volume("vol"))
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    data = np.ones((20, 12, 16), np.float32)
+    updated = add_and_focus_later(viewer, runner, (data, {"name": "vol"}, "image"))
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert len(viewer.layers) == 1 and updated is viewer.layers["vol"]
+    assert np.array_equal(viewer.layers["vol"].data, data)
+
+
+def test_run_in_turns_runs_each_step_after_the_previous_one(qtbot):
+    order: list = []
+    steps = [lambda i=i: order.append(i) for i in range(3)]
+    run_in_turns(steps, 5)
+    assert order == []  # nothing inside the caller's turn
+    qtbot.waitUntil(lambda: len(order) == 3, timeout=2000)
+    assert order == [0, 1, 2]
+
+
+def test_orientation_overlays_switch_on_stepwise(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    axes, scale_bar = _overlays(viewer)
+    axes.visible = scale_bar.visible = False
+    show_orientation_stepwise(viewer, step_ms=5)
+    assert not axes.visible and not scale_bar.visible
+    seen: list = []
+    axes.events.visible.connect(lambda e: seen.append(("axes", axes.labels)))
+    qtbot.waitUntil(lambda: scale_bar.visible, timeout=3000)
+    # The axes came first, without their text (drawn in a turn of its own), then the labels.
+    assert seen == [("axes", False)]
+    assert axes.visible and axes.labels and axes.colored
