@@ -32,7 +32,8 @@ def runner(qtbot):
 
 
 def _volume(name: str, shape=(20, 12, 16), scale=(100.0, 100.0, 100.0)) -> Image:
-    return Image(np.zeros(shape, np.float32), name=name, scale=scale)
+    return Image(np.zeros(shape, np.float32), name=name, scale=scale,
+                 axis_labels=("AP", "DV", "ML"))
 
 
 def test_layer_added_in_turns_ends_visible_selected_and_sliced(make_napari_viewer, qtbot,
@@ -40,6 +41,8 @@ def test_layer_added_in_turns_ends_visible_selected_and_sliced(make_napari_viewe
     viewer = make_napari_viewer()
     seen: list = []
     layer = _volume("vol")
+    labelled: list = []  # layers in the viewer when the dims got their labels
+    viewer.dims.events.axis_labels.connect(lambda e: labelled.append(len(viewer.layers)))
 
     def then(added):
         seen.append((added.visible, viewer.layers.selection.active, viewer.dims.ndim))
@@ -54,6 +57,8 @@ def test_layer_added_in_turns_ends_visible_selected_and_sliced(make_napari_viewe
     assert list(viewer.layers) == [layer]
     assert layer.visible and viewer.layers.selection.active is layer
     assert viewer.dims.range[0].stop == pytest.approx(1900.0)  # napari's own extent
+    # The labels came before the insert (their glyphs drawn in a turn of their own).
+    assert set(labelled) == {0} and viewer.dims.axis_labels == ("AP", "DV", "ML")
 
 
 def test_insert_step_does_not_select_and_hides_until_its_own_turns(make_napari_viewer,
@@ -132,3 +137,18 @@ def test_orientation_overlays_switch_on_stepwise(make_napari_viewer, qtbot):
     # The axes came first, without their text (drawn in a turn of its own), then the labels.
     assert seen == [("axes", False)]
     assert axes.visible and axes.labels and axes.colored
+
+
+def test_orientation_steps_leave_overlays_someone_else_changed(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    axes, scale_bar = _overlays(viewer)
+    axes.visible = scale_bar.visible = False
+    show_orientation_stepwise(viewer, step_ms=5)
+    scale_bar.visible = True  # e.g. the user, before the chain reached the scale bar
+    scale_bar.visible = False  # ... and off again: stays off
+    qtbot.waitUntil(lambda: axes.visible and axes.labels, timeout=3000)
+    qtbot.wait(100)
+    assert not scale_bar.visible
+    axes.visible = False  # after the chain: nothing switches it back on
+    qtbot.wait(50)
+    assert not axes.visible

@@ -78,19 +78,52 @@ def show_orientation_stepwise(viewer: napari.Viewer, step_ms: int = OVERLAY_STEP
     otherwise get them all in one turn), the axes overlay without its text, its AP/DV/ML
     labels, and the scale bar. The first draw of each (shader builds, text glyphs
     rasterised on the CPU) then is a repaint of its own instead of one long freeze added to
-    the dock's own cost and the canvas's first redraw at its new size. Steps with nothing
-    to change (a second dock) cost nothing. Calls on a closed viewer are ignored."""
+    the dock's own cost and the canvas's first redraw at its new size. An overlay shown or
+    hidden by anyone else meanwhile (the user, :func:`show_orientation`) is left as they
+    set it; steps with nothing to change (a second dock) cost nothing."""
     show_orientation(viewer, overlays=False)
     axes, scale_bar = _overlays(viewer)
+    touched: set[str] = set()  # overlays whose visibility someone else changed meanwhile
+    ours = [False]
+    did_axes = [False]
+
+    def watcher(name: str) -> Callable:
+        def changed(_event=None) -> None:
+            if not ours[0]:
+                touched.add(name)
+        return changed
+
+    watchers = {"axes": watcher("axes"), "scale bar": watcher("scale bar")}
+    axes.events.visible.connect(watchers["axes"])
+    scale_bar.events.visible.connect(watchers["scale bar"])
+
+    def set_ours(overlay, **values) -> None:
+        ours[0] = True
+        try:
+            for key, value in values.items():
+                setattr(overlay, key, value)
+        finally:
+            ours[0] = False
 
     def axes_lines() -> None:
-        if not axes.visible:
-            axes.labels = False  # its text (glyphs) in the next step
-            axes.colored = True
-            axes.visible = True
+        if "axes" not in touched and not axes.visible:
+            # labels False: their text (glyphs) is drawn in the next step
+            set_ours(axes, labels=False, colored=True, visible=True)
+            did_axes[0] = True
 
-    steps = [axes_lines, lambda: _show_axes(axes), lambda: _show_scale_bar(scale_bar)]
-    run_in_turns(steps, step_ms)
+    def axes_labels() -> None:
+        if did_axes[0] and "axes" not in touched:
+            set_ours(axes, labels=True)
+
+    def scale_bar_step() -> None:
+        try:
+            if "scale bar" not in touched and not scale_bar.visible:
+                set_ours(scale_bar, visible=True)  # its unit (µm) comes from the layers
+        finally:
+            axes.events.visible.disconnect(watchers["axes"])
+            scale_bar.events.visible.disconnect(watchers["scale bar"])
+
+    run_in_turns([axes_lines, axes_labels, scale_bar_step], step_ms)
 
 
 def run_in_turns(steps: list[Callable[[], Any]], step_ms: int) -> None:
@@ -188,7 +221,9 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
     turns (``runner.then``), so napari's per-layer work never lands in one freeze:
 
     1. now, only if the viewer is empty and the layer has more dims: the dims sliders
-       (napari rebuilds them, and the canvas shrinks, when the first layer raises ``ndim``);
+       (napari rebuilds them, and the canvas shrinks, when the first layer raises ``ndim``),
+       then, in a turn of its own, the layer's axis labels (the axes overlay draws the
+       glyphs of new labels, e.g. AP/DV/ML, on the CPU at its next repaint);
     2. insert the layer hidden and not selected (napari's insert: layer controls, vispy
        node, dims range; nothing sliced or drawn);
     3. select it (napari shows its controls page: a synchronous canvas repaint, then the
@@ -241,6 +276,7 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
 
     if not len(viewer.layers) and viewer.dims.ndim < layer.ndim:
         _prepare_dims(viewer, layer)
+        runner.then(_prepare_axis_labels, viewer, layer, own_turn=True, even_if_cancelled=True)
         runner.then(insert, own_turn=True, even_if_cancelled=True)
     else:
         insert()
@@ -254,6 +290,20 @@ def _prepare_dims(viewer: napari.Viewer, layer) -> None:
     extent = layer.extent
     viewer.dims.ndim = layer.ndim
     viewer.dims.range = tuple(zip(extent.world[0], extent.world[1], extent.step, strict=True))
+
+
+def _prepare_axis_labels(viewer: napari.Viewer, layer) -> None:
+    """The dims axis labels napari will set when ``layer`` is inserted in the viewer whose
+    dims :func:`_prepare_dims` set (napari's merge: a layer label replaces the dims label
+    unless it is the layer's default, its axis index from the end)."""
+    if len(viewer.layers) or viewer.dims.ndim != layer.ndim:
+        return  # something else was added meanwhile: napari merges as usual
+    labels = list(viewer.dims.axis_labels)
+    for pos, label in enumerate(layer.axis_labels):
+        if label != str(pos - layer.ndim):
+            labels[pos] = label
+    if tuple(labels) != tuple(viewer.dims.axis_labels):
+        viewer.dims.axis_labels = labels
 
 
 def _insert_unselected(viewer: napari.Viewer, layer) -> None:
