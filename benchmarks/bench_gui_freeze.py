@@ -24,25 +24,27 @@ the first run of a process also pays napari's first-layer-ever costs (shader bui
 
 Where the remaining time goes (profiled on the main thread: napari 0.9, Xvfb + Mesa llvmpipe,
 2 cores). The plugin's own handlers now add no volume scans, imports or table work to a turn,
-and every layer insert is a turn of its own (``widgets/_tasks``: one delivery per event-loop
-turn, never nested in napari's activity-bar ``processEvents``). What is left is napari's:
+and napari's work for each layer a dock adds is split over event-loop turns
+(``widgets/_view.add_in_turns``, through ``widgets/_tasks``' delivery queue: one step per turn,
+never nested in napari's activity-bar ``processEvents``, each step followed by the repaint it
+causes before the next): the dims sliders and then the axis labels (glyphs) when the viewer was
+empty, the insert (hidden and unselected: layer controls, vispy node, scene graph), its
+selection (napari's layer-controls page switch repaints the canvas synchronously, then the new
+controls' first paint), showing it (slicing, texture upload, shader builds), the focus. What is
+left is napari's:
 
-- each layer shown costs napari's insert (layer controls, vispy node, re-slicing; the dims
-  sliders when the viewer was empty) and its first repaint (shader builds, text glyphs drawn on
-  the CPU): the "one layer" row is that cost for a plain 132x80x114 image, the floor of any
-  dock action that shows a layer (the "/ layer" column);
-- the first dock also pays the first draw of the axes and scale bar overlays (switched on in
-  later turns, one each);
-- the first dock opened also pays the canvas's first redraw at its new size (text glyphs of the
-  axis labels rasterised on the CPU, shader builds: ~140 ms) and the axes overlay's creation
-  (~140 ms, shader source parsing) - napari's; whichever dock opens first pays them (Connectivity
-  in this script), the overlays are switched on in later turns than the dock's own layout;
+- each of those steps is napari's (the insert ~50-120 ms, each repaint of the canvas 30-130 ms
+  under llvmpipe); the "one layer" row is napari adding a plain 132x80x114 image in one call,
+  all of it in one turn (the "/ layer" column);
+- the first dock opened also pays the canvas's first redraw at its new size and then, each in
+  a later turn of its own (a chain: ``show_orientation_stepwise``), the axes overlay's creation
+  and first draw (shader source parsing and builds), its labels' glyphs (rasterised on the
+  CPU) and the scale bar's creation and first draw - whichever dock opens first pays them
+  (Connectivity in this script);
 - while a task runs, napari's activity indicator repaints the whole window about 30 times a
   second (20-50 ms each under llvmpipe with the GL canvas in the window), and every value or
   description change of napari's activity bar runs ``processEvents`` (one more repaint): the
   plugin updates that bar at most every 0.5 s (its own status row shows every step);
-- napari's layer insert switches the layer-controls page (``setCurrentWidget``), which repaints
-  the canvas synchronously inside the insert;
 - the interpreter compiles the plugin's sources on every import when ``PYTHONDONTWRITEBYTECODE``
   is set (as on the development machine): ~30 ms more per first dock or sample than installed;
 - full garbage collections of the interpreter (150-400 ms with napari's ~330k objects before the

@@ -68,7 +68,7 @@ def test_insert_step_does_not_select_and_hides_until_its_own_turns(make_napari_v
     napari (otherwise the insert would select the layer at once)."""
     real = make_napari_viewer()
     viewer = PublicOnlyProxy(real)
-    first = real.add_layer(_volume("first"))
+    real.add_layer(_volume("first"))
     states: list = []
     layer = _volume("second")
     original_then = runner.then
@@ -84,12 +84,12 @@ def test_insert_step_does_not_select_and_hides_until_its_own_turns(make_napari_v
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         add_in_turns(viewer, runner, layer)
-    # Viewer not empty: inserted now, hidden, the previous layer still selected.
-    assert layer in real.layers and not layer.visible
-    assert real.layers.selection.active is first
-    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
-    # select step, then show step
-    assert states == [(True, False, False), (True, False, True)]
+        assert layer not in real.layers  # never inserted in the caller's turn
+        qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    # insert step, then select step (inserted hidden, the previous layer still selected),
+    # then show step
+    assert states == [(False, True, False), (True, False, False), (True, False, True)]
+    assert real.layers.selection.active is layer
     assert layer.visible and real.layers.selection.active is layer
 
 

@@ -224,8 +224,9 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
        (napari rebuilds them, and the canvas shrinks, when the first layer raises ``ndim``),
        then, in a turn of its own, the layer's axis labels (the axes overlay draws the
        glyphs of new labels, e.g. AP/DV/ML, on the CPU at its next repaint);
-    2. insert the layer hidden and not selected (napari's insert: layer controls, vispy
-       node, dims range; nothing sliced or drawn);
+    2. in a later turn (never the caller's: a handler adding several layers gets one insert
+       per turn), insert the layer hidden and not selected (napari's insert: layer
+       controls, vispy node, dims range; nothing sliced or drawn);
     3. select it (napari shows its controls page: a synchronous canvas repaint, then the
        first paint of the new controls);
     4. show it (slicing, texture upload and repaint), then ``then(layer)`` if given.
@@ -233,7 +234,7 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
     Steps 2-4 run even if the task is cancelled meanwhile: the user ends with the layer
     visible and selected, as napari's own ``add_layer`` leaves it. A layer whose name is
     already in the viewer is updated or replaced in one step (:func:`add_layer_tuple`).
-    Returns the layer (inserted by step 2)."""
+    Returns the layer (in the viewer from step 2 on)."""
     from napari.layers import Layer
 
     from napari_allen.widgets._common import add_layer_tuple, layer_name
@@ -277,9 +278,7 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
     if not len(viewer.layers) and viewer.dims.ndim < layer.ndim:
         _prepare_dims(viewer, layer)
         runner.then(_prepare_axis_labels, viewer, layer, own_turn=True, even_if_cancelled=True)
-        runner.then(insert, own_turn=True, even_if_cancelled=True)
-    else:
-        insert()
+    runner.then(insert, own_turn=True, even_if_cancelled=True)
     return layer
 
 

@@ -24,11 +24,11 @@ from napari_allen.parsing import parse_region_groups
 from napari_allen.widgets._common import (
     DataFrameTable,
     WrappingLabel,
-    add_layer_tuple,
     shared_client,
     table_data,
 )
 from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.widgets._view import add_in_turns
 
 if TYPE_CHECKING:
     import napari
@@ -137,8 +137,8 @@ class AverageTab(QWidget):
     def _show(self, value) -> None:
         result, layers, table = value
         self.average_result = result
-        for layer_tuple in layers:
-            add_layer_tuple(self.viewer, layer_tuple)
+        for layer_tuple in layers:  # one napari step per event-loop turn
+            add_in_turns(self.viewer, self.runner, layer_tuple)
         self.average_table.set_frame(table)
         text = f"{len(result.groups)} group(s) from {len(result.table)} experiment(s)"
         if result.skipped:

@@ -20,9 +20,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_allen.space import NRRD_RESOLUTIONS
-from napari_allen.widgets._common import WrappingLabel, add_layer_tuple, shared_client
+from napari_allen.widgets._common import WrappingLabel, shared_client
 from napari_allen.widgets._tasks import TaskRunner
-from napari_allen.widgets._view import add_and_focus_later
+from napari_allen.widgets._view import add_and_focus_later, add_in_turns
 
 if TYPE_CHECKING:
     import napari
@@ -165,7 +165,8 @@ class LoadTab(QWidget):
 
         from napari_allen.widgets._meshes import mesh_task
 
-        self.runner.run(mesh_task(pick), on_partial=lambda t: add_layer_tuple(self.viewer, t),
+        self.runner.run(mesh_task(pick),
+                        on_partial=lambda t: add_in_turns(self.viewer, self.runner, t),
                         on_result=lambda names: self.status.setText(
                             "meshes: " + ", ".join(names)),
                         description="Meshing injection and target structures…")

@@ -22,10 +22,10 @@ from napari_allen.parsing import split_list
 from napari_allen.widgets._common import (
     DataFrameTable,
     WrappingLabel,
-    add_layer_tuple,
     table_data,
 )
 from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.widgets._view import add_in_turns
 
 if TYPE_CHECKING:
     import napari
@@ -122,6 +122,6 @@ class ThresholdTab(QWidget):
     def _show(self, value) -> None:
         result, layer_tuple, table = value
         self.result = result
-        add_layer_tuple(self.viewer, layer_tuple)
+        add_in_turns(self.viewer, self.runner, layer_tuple)  # napari's steps in later turns
         self.structure_table.set_frame(table)
         self.status.setText(result.summary())

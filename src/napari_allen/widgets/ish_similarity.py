@@ -29,10 +29,10 @@ from napari_allen.parsing import split_list
 from napari_allen.widgets._common import (
     WrappingLabel,
     add_grid_annotation,
-    add_layer_tuple,
     shared_client,
 )
 from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.widgets._view import add_in_turns
 from napari_allen.widgets.ish_search import PLANE_CHOICES, plane_choice
 
 if TYPE_CHECKING:
@@ -217,7 +217,7 @@ class SimilarityTab(QWidget):
         self.similarity = outcome
         self.heatmap.set_matrix(values, acronyms, rgba)
         add_grid_annotation(self.viewer)
-        add_layer_tuple(self.viewer, layer_tuple)
+        add_in_turns(self.viewer, self.runner, layer_tuple)  # napari's steps in later turns
         self.status.setText(self.runner.with_note(outcome.summary()))
         self.save_button.setEnabled(True)
 
