@@ -85,11 +85,11 @@ def build_engine(catalog: Catalog, store: GridStore) -> Engine:
     structure_assoc = AssocSpec(
         lambda r: [catalog.structure_by_id[r["structure_id"]]]
         if r.get("structure_id") in catalog.structure_by_id else [],
-        False, "structures", "Structure")
+        False, "structures", "Structure", via="structure_id")
     sds_assoc = AssocSpec(
         lambda r: [catalog.section_data_set_by_id[r["section_data_set_id"]]]
         if r.get("section_data_set_id") in catalog.section_data_set_by_id else [],
-        False, "data_sets", "SectionDataSet")
+        False, "data_sets", "SectionDataSet", via="section_data_set_id")
 
     def flat(name: str, table: str, element: str, rows: list[dict[str, Any]]) -> Model:
         return Model(name, table, element, lambda q: rows)

@@ -36,13 +36,22 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from napari_allen.analysis.methods import DEFAULT_METHOD, DEFAULT_TOP_N, METHODS
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported where a DataFrame is made (top_pairs, script_matrix, the CSVs,
+# Similarity.connections), not here: ``napari-allen correlate`` writes the script's JSON
+# files without it (its import is ~0.2 s of CPU, a tenth of the command).
+
+#: The script's top pairs as three aligned arrays: source ids, target ids, r.
+PairArrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 #: numpy's ``_DomainSafeDivide`` masks ``a / b`` where ``|a| * tiny >= |b|``.
 _TINY = np.finfo(np.float64).tiny
@@ -274,6 +283,18 @@ def top_pairs(
 
     Returns a DataFrame ``source, target, corr`` (ids from ``structure_ids``).
     """
+    import pandas as pd
+
+    source, target, r = top_pair_arrays(corr, structure_ids, top_n)
+    return pd.DataFrame({"source": source, "target": target, "corr": r})
+
+
+def top_pair_arrays(
+    corr: np.ndarray,
+    structure_ids: Sequence[int],
+    top_n: int = DEFAULT_TOP_N,
+) -> PairArrays:
+    """:func:`top_pairs` as arrays ``(source ids, target ids, r)``, in the same order."""
     corr = np.asarray(corr, dtype=np.float64)
     ids = np.asarray(structure_ids)
     if corr.ndim != 2 or corr.shape[0] != corr.shape[1] or corr.shape[0] != len(ids):
@@ -287,15 +308,13 @@ def top_pairs(
     finite = ~np.isnan(values)
     candidates = values[finite]
     if candidates.size == 0:
-        return pd.DataFrame({"source": ids[:0], "target": ids[:0], "corr": np.zeros(0)})
+        return ids[:0], ids[:0], np.zeros(0)
     idx = candidates.size - top_n if candidates.size > top_n else 0
     # The value at index idx of the sorted candidates (the script sorts them all): one
     # selection, no full sort of the ~540,000 pairs.
     threshold = np.partition(candidates, idx)[idx]
     keep = finite & (values > threshold)
-    return pd.DataFrame(
-        {"source": ids[iu[keep]], "target": ids[ju[keep]], "corr": values[keep]}
-    ).reset_index(drop=True)
+    return ids[iu[keep]], ids[ju[keep]], values[keep]
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,6 +390,22 @@ def script_matrix(
     """The script's structures x data sets matrix: NaN, then each record's ``value`` at
     (its ``structure_id``, its ``section_data_set_id``) when both are rows/columns (the last
     record wins; null -> NaN). Columns are the data sets in ``unionizes``' order."""
+    import pandas as pd
+
+    out = script_matrix_array(unionizes, structure_ids, value)
+    rows = list(dict.fromkeys(int(s) for s in structure_ids))
+    cols = list(dict.fromkeys(int(e) for e in unionizes))
+    return pd.DataFrame(out, index=pd.Index(rows, name="structure_id"),
+                        columns=pd.Index(cols, name="experiment_id"))
+
+
+def script_matrix_array(
+    unionizes: dict[int, Sequence[dict[str, Any]]],
+    structure_ids: Sequence[int],
+    value: str = "expression_energy",
+) -> np.ndarray:
+    """:func:`script_matrix` as a plain float64 array (rows ``structure_ids``, columns the
+    data sets of ``unionizes``)."""
     rows = {int(s): i for i, s in enumerate(structure_ids)}
     cols = {int(e): j for j, e in enumerate(unionizes)}
     out = np.full((len(rows), len(cols)), np.nan)
@@ -390,8 +425,7 @@ def script_matrix(
         values = np.array([np.nan if v is None else v for v in cells.values()],
                           dtype=np.float64)
         out.ravel()[flat] = values
-    return pd.DataFrame(out, index=pd.Index(list(rows), name="structure_id"),
-                        columns=pd.Index(list(cols), name="experiment_id"))
+    return out
 
 
 def structure_records(
@@ -433,14 +467,29 @@ def json_matrix(matrix: np.ndarray) -> str:
     values = np.ascontiguousarray(matrix, dtype=np.float64)
     if values.ndim != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {values.shape}")
-    inverse, bits = pd.factorize(values.ravel().view(np.int64))  # hashing, no sort
-    distinct = np.asarray(bits).view(np.float64)
+    inverse, distinct = _distinct_bits(values.ravel())
     cells = np.array(list(map(float.__repr__, distinct.tolist())), dtype=object)
     for k in np.flatnonzero(~np.isfinite(distinct)).tolist():
         v = distinct[k]
         cells[k] = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
     rows = cells[inverse.reshape(values.shape)].tolist()
     return "[" + ", ".join(["[" + ", ".join(row) + "]" for row in rows]) + "]"
+
+
+def _distinct_bits(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(inverse, distinct)`` with ``distinct[inverse] == values`` bit for bit (NaNs and
+    ±0.0 by their bit patterns): one sort of the 64-bit patterns (~40 ms for a million)."""
+    bits = values.view(np.int64)
+    if bits.size == 0:
+        return np.zeros(0, dtype=np.intp), values[:0]
+    order = np.argsort(bits, kind="stable")  # timsort: fast on long runs of one value
+    ordered = bits[order]
+    starts = np.empty(ordered.size, dtype=bool)
+    starts[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    inverse = np.empty(ordered.size, dtype=np.intp)
+    inverse[order] = np.cumsum(starts) - 1
+    return inverse, ordered[starts].view(np.float64)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -452,7 +501,7 @@ def write_outputs(
     prefix: str | os.PathLike,
     corr: np.ndarray,
     structure_ids: Sequence[int],
-    connections: pd.DataFrame,
+    connections: pd.DataFrame | PairArrays,
     ontology=None,
     *,
     volumes: dict[int, float] | None = None,
@@ -465,7 +514,8 @@ def write_outputs(
 
     - ``structures.json``: ``structures`` (the script's records, :func:`script_structures`)
       or, without them, :func:`structure_records` from the ontology;
-    - ``connections.json``: ``[{"source": id, "target": id, "corr": r}, ...]``;
+    - ``connections.json``: ``[{"source": id, "target": id, "corr": r}, ...]`` (``connections``
+      a ``source, target, corr`` DataFrame or :func:`top_pair_arrays`' arrays);
     - ``correlations.json``: the full matrix as a list of rows, as the script writes it
       (``NaN``/``Infinity`` tokens where numpy left them, as Python's json writes them);
     - ``connections.csv``: source, target, their acronyms, corr;
@@ -481,9 +531,10 @@ def write_outputs(
 
             ontology = Ontology.default()
         structures = structure_records(ids, ontology, volumes)
+    source, target, r = _pair_columns(connections)
     conn_records = [
         {"source": int(s), "target": int(t), "corr": float(c)}
-        for s, t, c in connections[["source", "target", "corr"]].itertuples(index=False)
+        for s, t, c in zip(source.tolist(), target.tolist(), r.tolist(), strict=True)
     ]
     _write_text(paths["connections"], json.dumps(conn_records))
     _write_text(paths["structures"], json.dumps(list(structures)))
@@ -499,7 +550,9 @@ def write_outputs(
             return acronyms[sid]
         return ontology.acronym(sid) if ontology is not None and sid in ontology else str(sid)
 
-    table = connections[["source", "target", "corr"]].copy()
+    import pandas as pd
+
+    table = pd.DataFrame({"source": source, "target": target, "corr": r})
     table.insert(2, "source_acronym", [acr(int(s)) for s in table["source"]])
     table.insert(3, "target_acronym", [acr(int(t)) for t in table["target"]])
     table.to_csv(paths["connections_csv"], index=False)
@@ -508,6 +561,13 @@ def write_outputs(
         paths["correlations_csv"]
     )
     return paths
+
+
+def _pair_columns(connections) -> PairArrays:
+    """(source, target, corr) arrays of a DataFrame or of :func:`top_pair_arrays`' tuple."""
+    if isinstance(connections, tuple):
+        return tuple(np.asarray(c) for c in connections)  # type: ignore[return-value]
+    return tuple(connections[k].to_numpy() for k in ("source", "target", "corr"))  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -599,19 +659,38 @@ class Similarity:
     ``numpy_ma*`` methods numpy's data, values under its mask included, as the script writes
     them), ``masked`` (numpy's mask, or the NaNs of ``pairwise``), ``structure_ids``,
     ``connections`` (:func:`top_pairs`), ``n_experiments``, ``method`` and ``structures``
-    (the script's structure records when the matrix came from the API, else None)."""
+    (the script's structure records when the matrix came from the API, else None).
+
+    ``connections`` may be given as :func:`top_pair_arrays`' tuple: the DataFrame is then made
+    when first asked for (writing the JSON files needs no pandas)."""
 
     def __init__(self, corr: np.ndarray, structure_ids: Sequence[int],
-                 connections: pd.DataFrame, n_experiments: int, method: str,
+                 connections: pd.DataFrame | PairArrays, n_experiments: int, method: str,
                  masked: np.ndarray | None = None,
                  structures: list[dict[str, Any]] | None = None) -> None:
         self.corr = corr
         self.structure_ids = [int(s) for s in structure_ids]
-        self.connections = connections
+        self._connections = connections
         self.n_experiments = int(n_experiments)
         self.method = method
         self.masked = np.isnan(corr) if masked is None else masked
         self.structures = structures
+
+    @property
+    def connections(self) -> pd.DataFrame:
+        """The top pairs, ``source, target, corr`` (:func:`top_pairs`)."""
+        if isinstance(self._connections, tuple):
+            import pandas as pd
+
+            source, target, r = self._connections
+            self._connections = pd.DataFrame({"source": source, "target": target, "corr": r})
+        return self._connections
+
+    @property
+    def n_connections(self) -> int:
+        """How many top pairs (without making the DataFrame)."""
+        return len(self._connections[0] if isinstance(self._connections, tuple)
+                   else self._connections)
 
     @property
     def values(self) -> np.ndarray:
@@ -621,8 +700,8 @@ class Similarity:
     def write(self, prefix: str | os.PathLike, ontology=None, volumes=None, *,
               csv: bool = True) -> dict[str, Path]:
         """The script's three JSON files plus (``csv``) CSVs (:func:`write_outputs`)."""
-        return write_outputs(prefix, self.corr, self.structure_ids, self.connections, ontology,
-                             volumes=volumes, structures=self.structures, csv=csv)
+        return write_outputs(prefix, self.corr, self.structure_ids, self._connections,
+                             ontology, volumes=volumes, structures=self.structures, csv=csv)
 
 
 def structure_similarity(
@@ -642,16 +721,33 @@ def structure_similarity(
     experiments: with 2, every such pair has r = ±1 exactly, and a pile of ties at 1.0 would
     push the script's strict ``> threshold`` rule to drop all the best pairs.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown correlation method {method!r}; use one of {METHODS}")
     if structures is None:
         structures = matrix.attrs.get("structures")
-    x = matrix.to_numpy(dtype=np.float64)
+    return array_similarity(matrix.to_numpy(dtype=np.float64), matrix.index, top_n=top_n,
+                            method=method, min_periods=min_periods, structures=structures)
+
+
+def array_similarity(
+    x: np.ndarray,
+    structure_ids: Sequence[int],
+    *,
+    top_n: int = DEFAULT_TOP_N,
+    method: str = DEFAULT_METHOD,
+    min_periods: int = 3,
+    structures: list[dict[str, Any]] | None = None,
+) -> Similarity:
+    """:func:`structure_similarity` of a plain structures x experiments array whose rows are
+    ``structure_ids`` (no pandas needed)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown correlation method {method!r}; use one of {METHODS}")
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != len(structure_ids):
+        raise ValueError(f"matrix {x.shape} does not match {len(structure_ids)} structure ids")
     if method == "pairwise":
         corr = correlation_matrix(x, method=method, min_periods=min_periods)
         masked = np.isnan(corr)
     else:
         corr, masked = masked_correlation(x, method)
-    ids = [int(s) for s in matrix.index]
-    return Similarity(corr, ids, top_pairs(corr, ids, top_n), matrix.shape[1], method,
+    ids = [int(s) for s in structure_ids]
+    return Similarity(corr, ids, top_pair_arrays(corr, ids, top_n), x.shape[1], method,
                       masked=masked, structures=structures)

@@ -171,7 +171,8 @@ def _correlate(args: argparse.Namespace) -> int:
     client = client_from_args(args)
     # While the experiments and their unionizes are fetched: what the matrix, the correlation
     # and the files need, and the metadata cache's module first (the first query needs it).
-    later = ("requests_cache", "numpy", "pandas", "napari_allen.analysis.correlation")
+    # Not pandas: the script's JSON files are written without it (only --csv imports it).
+    later = ("requests_cache", "numpy", "napari_allen.analysis.correlation")
     with cancel_on_sigint(CancelToken()) as token, importing_meanwhile(*later):
         try:
             outcome = run_structure_similarity(

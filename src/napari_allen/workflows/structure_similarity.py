@@ -26,6 +26,7 @@ from napari_allen.space import SECTION_PLANES
 from napari_allen.workflows import MATRIX_SOURCES as SOURCES
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from napari_allen.analysis.correlation import Similarity
@@ -57,7 +58,7 @@ class SimilarityOutcome:
     def summary(self) -> str:
         s = self.similarity
         return (f"{len(s.structure_ids)} structures × {s.n_experiments} experiments "
-                f"({self.source}, {s.method}); {len(s.connections)} connections")
+                f"({self.source}, {s.method}); {s.n_connections} connections")
 
 
 def select_experiments(
@@ -154,37 +155,42 @@ def run_structure_similarity(
                   for page in client.ish_data_set_pages(plane, columns=["id"], first=first,
                                                         cancel=cancel)
                   for record in page)
-        matrix, volumes = script_unionize_matrix(client, listed, jobs=jobs, progress=progress,
-                                                 cancel=cancel)
-        ids = [int(e) for e in matrix.columns]
-        return _correlated(matrix, volumes, ids, source, top_n, method, cancel, progress)
+        table = _script_unionize_table(client, listed, jobs=jobs, progress=progress,
+                                       cancel=cancel)
+        return _correlated(table, table.volumes, table.experiment_ids, source, top_n, method,
+                           cancel, progress)
     ids = select_experiments(client, experiments=experiments, genes=genes, plane=plane,
                              store=store, first=first, cancel=cancel)
     if not ids:
         raise ValueError("no experiments to correlate")
     report(progress, message=f"{len(ids)} experiments: building the {source} matrix")
     if source == "unionize":  # structures from the API: no ontology, no grids
-        matrix, volumes = script_unionize_matrix(client, ids, jobs=jobs, progress=progress,
-                                                 cancel=cancel)
-    else:
-        from napari_allen.atlas.ontology import Ontology
-        from napari_allen.workflows.plane_download import structure_matrix
+        table = _script_unionize_table(client, ids, jobs=jobs, progress=progress,
+                                       cancel=cancel)
+        return _correlated(table, table.volumes, ids, source, top_n, method, cancel, progress)
+    from napari_allen.atlas.ontology import Ontology
+    from napari_allen.workflows.plane_download import structure_matrix
 
-        matrix, volumes = structure_matrix(client, ids, source=source,
-                                           ontology=ontology or Ontology.default(),
-                                           store=store, scheduler=scheduler, jobs=jobs,
-                                           progress=progress, cancel=cancel)
+    matrix, volumes = structure_matrix(client, ids, source=source,
+                                       ontology=ontology or Ontology.default(),
+                                       store=store, scheduler=scheduler, jobs=jobs,
+                                       progress=progress, cancel=cancel)
     return _correlated(matrix, volumes, ids, source, top_n, method, cancel, progress)
 
 
 def _correlated(matrix, volumes, ids, source, top_n, method, cancel, progress
                 ) -> SimilarityOutcome:
-    """The correlation and top pairs of ``matrix`` (the last step of the job)."""
+    """The correlation and top pairs of ``matrix`` (a DataFrame or a
+    :class:`_UnionizeTable`; the last step of the job)."""
     check(cancel)
     report(progress, message="correlating structures")
-    from napari_allen.analysis.correlation import structure_similarity
+    from napari_allen.analysis.correlation import array_similarity, structure_similarity
 
-    result = structure_similarity(matrix, top_n=int(top_n), method=method)
+    if isinstance(matrix, _UnionizeTable):
+        result = array_similarity(matrix.values, matrix.structure_ids, top_n=int(top_n),
+                                  method=method, structures=matrix.structures)
+    else:
+        result = structure_similarity(matrix, top_n=int(top_n), method=method)
     return SimilarityOutcome(result, volumes, ids, source)
 
 
@@ -207,6 +213,40 @@ def script_unionize_matrix(
     ``jobs`` at a time, with only the columns the script reads. ``experiment_ids`` may be an
     iterator (ids still being listed). ValueError when there is no experiment.
     """
+    import pandas as pd
+
+    table = _script_unionize_table(client, experiment_ids, structure_ids=structure_ids,
+                                   jobs=jobs, progress=progress, cancel=cancel)
+    matrix = pd.DataFrame(table.values,
+                          index=pd.Index(table.structure_ids, name="structure_id"),
+                          columns=pd.Index(table.experiment_ids, name="experiment_id"))
+    matrix.attrs["structures"] = table.structures
+    return matrix, table.volumes
+
+
+@dataclass
+class _UnionizeTable:
+    """:func:`script_unionize_matrix`'s result without pandas: ``values`` (structures x
+    experiments, float64), their ids, the script's structure records and volumes."""
+
+    values: np.ndarray
+    structure_ids: list[int]
+    experiment_ids: list[int]
+    structures: list[dict]
+    volumes: dict[int, float]
+
+
+def _script_unionize_table(
+    client,
+    experiment_ids: Sequence[int],
+    *,
+    structure_ids: Sequence[int] | None = None,
+    jobs: int = 8,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> _UnionizeTable:
+    """:func:`script_unionize_matrix` as a :class:`_UnionizeTable` (the correlate job needs no
+    DataFrame: its import alone is a tenth of ``napari-allen correlate``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     # The structure graph is independent of the unionizes: fetch it alongside them (one
@@ -219,15 +259,15 @@ def script_unionize_matrix(
     check(cancel)
     if not unionizes:
         raise ValueError("no experiments to correlate")
-    from napari_allen.analysis.correlation import script_matrix, script_structures
+    from napari_allen.analysis.correlation import script_matrix_array, script_structures
 
     leaves, records = script_structures(structure_rows, unionizes.values())
     rows = leaves if structure_ids is None else [int(s) for s in structure_ids]
-    matrix = script_matrix(unionizes, rows)
-    matrix.attrs["structures"] = records
+    values = script_matrix_array(unionizes, rows)
     volumes = {int(r["id"]): float(r["volume"]) for r in records
                if r.get("volume") is not None}
-    return matrix, volumes
+    return _UnionizeTable(values, list(dict.fromkeys(int(s) for s in rows)),
+                          list(dict.fromkeys(int(e) for e in unionizes)), records, volumes)
 
 
 def structure_acronyms(structure_ids: Sequence[int], ontology=None) -> list[str]:
