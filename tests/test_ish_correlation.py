@@ -12,6 +12,7 @@ import pytest
 from napari_allen.analysis.correlation import (
     correlation_matrix,
     dask_gene_correlation,
+    json_matrix,
     output_paths,
     top_pairs,
     write_outputs,
@@ -220,3 +221,19 @@ def test_dask_gene_correlation_on_a_distributed_cluster():
     ) as cluster:
         got = dask_gene_correlation(stack, scheduler=cluster.scheduler_address, min_periods=2)
     assert np.nanmax(np.abs(got - reference_pairwise_correlation(flat))) < 1e-9
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0), (1, 1), (6, 5), (40, 40)])
+def test_json_matrix_is_json_dumps_of_the_rows(shape):
+    """Byte for byte what the script writes (``json.dumps`` of the rows): repeated rows (the
+    masked rows of structures without data), ±0.0, NaN, ±Infinity, subnormals, huge values."""
+    rng = np.random.default_rng(sum(shape))
+    m = rng.normal(size=shape)
+    if m.size:
+        specials = [np.nan, np.inf, -np.inf, -0.0, 0.0, 5e-324, 1e300, 1.0, 1 / 3]
+        flat = m.ravel()
+        flat[rng.integers(0, flat.size, size=flat.size // 2 + 1)] = rng.choice(specials)
+        m[len(m) // 2:] = -0.0  # identical rows, written once
+        m[0, 0] = np.float64("-nan")  # NaN with the sign bit: json still writes NaN
+    assert json_matrix(m) == json.dumps(m.tolist())
+    assert json_matrix(m.T) == json.dumps(m.T.tolist())  # not C-contiguous

@@ -460,20 +460,26 @@ def json_matrix(matrix: np.ndarray) -> str:
     """``json.dumps(matrix.tolist())``, byte for byte, several times faster.
 
     Formatting floats dominates; a correlation matrix is symmetric and repeats values (NaN,
-    ±0.0), so each distinct bit pattern is formatted once (``float.__repr__``, mapped in C, then
-    ``NaN`` / ``Infinity`` / ``-Infinity`` written over the few non-finite ones as :mod:`json`
-    writes them) and the rows are joined.
+    ±0.0) and whole rows (every structure without data has the same row of masked values), so
+    each distinct row is written once and, within those, each distinct bit pattern is
+    formatted once (``float.__repr__``, mapped in C, then ``NaN`` / ``Infinity`` /
+    ``-Infinity`` written over the few non-finite ones as :mod:`json` writes them).
     """
     values = np.ascontiguousarray(matrix, dtype=np.float64)
     if values.ndim != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {values.shape}")
-    inverse, distinct = _distinct_bits(values.ravel())
+    first_of: dict[bytes, int] = {}  # a row's bytes -> the index of its first occurrence
+    row_of = [first_of.setdefault(row.tobytes(), i) for i, row in enumerate(values)]
+    firsts = list(first_of.values())
+    unique = values[firsts] if len(firsts) < len(values) else values
+    position = {first: k for k, first in enumerate(firsts)}
+    inverse, distinct = _distinct_bits(unique.ravel())
     cells = np.array(list(map(float.__repr__, distinct.tolist())), dtype=object)
     for k in np.flatnonzero(~np.isfinite(distinct)).tolist():
         v = distinct[k]
         cells[k] = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
-    rows = cells[inverse.reshape(values.shape)].tolist()
-    return "[" + ", ".join(["[" + ", ".join(row) + "]" for row in rows]) + "]"
+    texts = ["[" + ", ".join(row) + "]" for row in cells[inverse.reshape(unique.shape)].tolist()]
+    return "[" + ", ".join([texts[position[k]] for k in row_of]) + "]"
 
 
 def _distinct_bits(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
