@@ -98,3 +98,36 @@ def test_plane_listing_pages_stream_into_the_unionize_requests(allen_api, tmp_pa
     assert streamed.experiment_ids == flat
     np.testing.assert_array_equal(streamed.similarity.corr, given.similarity.corr)
     assert streamed.similarity.structure_ids == given.similarity.structure_ids
+
+
+def test_correlate_writes_the_script_files_without_pandas(client, tmp_path):
+    """``napari-allen correlate`` on the script's data sets needs no pandas (its import is a
+    tenth of the command): the matrix, the correlation and the three JSON files are numpy and
+    json; the same files come out of the workflow, whose DataFrame of pairs is made on demand."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_allen.cli import main\n"
+        f"code = main(['correlate', '--plane', 'coronal', '--first', '6', '--method', "
+        f"'numpy_ma', '--out', {str(tmp_path / 'cli.json')!r}])\n"
+        "print(code, 'pandas' in sys.modules)\n"
+    )
+    env = dict(os.environ, NAPARI_ALLEN_CACHE=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    assert out.split()[-2:] == ["0", "False"]
+
+    outcome = run_structure_similarity(client, plane="coronal", first=6, method="numpy_ma")
+    outcome.write(tmp_path / "api.json", csv=False)
+    for kind in ("structures", "connections", "correlations"):
+        assert (tmp_path / f"cli.{kind}.json").read_bytes() == \
+            (tmp_path / f"api.{kind}.json").read_bytes()
+    pairs = json.loads((tmp_path / "cli.connections.json").read_text())
+    frame = outcome.similarity.connections
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns) == ["source", "target", "corr"]
+    assert [tuple(p.values()) for p in pairs] == list(frame.itertuples(index=False, name=None))
+    assert outcome.similarity.n_connections == len(frame) > 0
