@@ -249,3 +249,35 @@ def test_independent_servers_and_lifecycle():
         assert len(a.requests) == len(b.requests) == 1
     with pytest.raises(RuntimeError, match="not running"):
         _ = a.url
+
+
+def test_filters_decided_per_distinct_value_match_per_record_evaluation(allen_api):
+    """The engine tests a plain filter once per distinct (type, value) and an association
+    filter once per value of its foreign key (``AssocSpec.via``): the rows are those of
+    testing every record, and a missing attribute is still an error."""
+    from allen_local_api.query import Engine, Filter, _filtered, matches
+    from allen_local_api.rma import parse_stages
+
+    engine: Engine = allen_api.app.engine
+    model = engine.model("StructureUnionize")
+    text = ("model::StructureUnionize,rma::criteria,[section_data_set_id$in{}],"
+            "structure[acronym$il'*p*'][graph_id$eq1]")
+    ids = [d["id"] for d in get(allen_api, "/api/v2/data/query.json?q=model::SectionDataSet,"
+                                "rma::criteria,[failed$eqfalse],rma::options[num_rows$eq3]"
+                                "[only$eqid]").json()["msg"]]
+    query = parse_stages(text.format(",".join(map(str, ids))))
+    fast, _ = engine._select(model, query)
+    spec = model.associations["structure"]
+    assert spec.via == "structure_id"
+    rows = model.records(query)
+    slow = [r for r in rows if all(matches(r, f, model) for f in query.filters)
+            and all(engine._assoc_matches(model, r, a) for a in query.associations)]
+    assert fast == slow and 0 < len(fast) < len(rows)
+    # (type, value): 1 and 1.0 are equal and hash alike, but the filter text is read as the
+    # value's type (int("1.5") -> 1 matches 1, float 1.5 does not match 1.0)
+    records = [{"v": 1}, {"v": 1.0}, {"v": 1}, {"v": None}, {"v": [1]}]
+    flt = Filter("v", "$eq", "1.5")
+    assert _filtered(records, flt, model) == [records[0], records[2]]
+    assert _filtered(records, flt, model) == [r for r in records if matches(r, flt, model)]
+    with pytest.raises(ValueError, match="no attribute"):
+        _filtered([{"v": 1}, {}], Filter("v", "$eq", "1"), model)

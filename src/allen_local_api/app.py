@@ -28,7 +28,7 @@ from .query import (
     QueryError,
     attr_list,
     page_bounds,
-    shape_record,
+    shape_records,
     tabular_rows,
 )
 from .rma import RmaSyntaxError, parse_shortcut, parse_stages
@@ -194,8 +194,7 @@ class App:
                 only = attr_list(options["only"]) if options.get("only") else None
                 excpt = attr_list(options["except"]) if options.get("except") else None
                 includes = [] if fmt == "csv" else query.includes
-                rows = [shape_record(self.engine, model, r, includes, only, excpt)
-                        for r in page]
+                rows = shape_records(self.engine, model, page, includes, only, excpt)
             element = model.element
             msg = rows
         if fmt == "json":

@@ -408,6 +408,26 @@ def _kept_keys(table: str, keys: tuple[str, ...], only: tuple[str, ...] | None,
     return tuple(k for k in sorted(keys) if keep(k))
 
 
+def shape_records(engine: Engine, model: Model, records: Iterable[Record],
+                  includes: list[Association], only: list[str] | None,
+                  excpt: list[str] | None) -> list[Record]:
+    """:func:`shape_record` of each record; without includes, the kept keys are worked out
+    once per key set (a page's records share theirs) instead of once per record."""
+    if includes:
+        return [shape_record(engine, model, r, includes, only, excpt) for r in records]
+    only_t = tuple(only) if only else None
+    excpt_t = tuple(excpt) if excpt else None
+    out = []
+    keys: Any = None
+    kept: tuple[str, ...] = ()
+    for record in records:
+        if keys is None or record.keys() != keys:  # as sets: the kept keys are sorted
+            keys = record.keys()
+            kept = _kept_keys(model.table, tuple(record), only_t, excpt_t)
+        out.append({k: record[k] for k in kept})
+    return out
+
+
 def shape_record(engine: Engine, model: Model, record: Record, includes: list[Association],
                  only: list[str] | None, excpt: list[str] | None) -> Record:
     """Public attributes (alphabetical), ``only``/``except`` applied, includes appended."""
