@@ -125,3 +125,60 @@ def test_script_matrix_from_records():
     assert list(m.index) == [10, 20, 30] and list(m.columns) == [6, 5]  # data-set order kept
     assert m.loc[10, 6] == 3.0 and m.loc[20, 5] == 2.0
     assert np.isnan(m.loc[30, 6]) and np.isnan(m.loc[20, 6])  # null and missing -> NaN
+
+
+def _script_loop(unionizes, rows, value="expression_energy"):
+    """The script's own fill, record by record (a later record overwrites)."""
+    out = np.full((len(rows), len(unionizes)), np.nan)
+    cols = list(unionizes)
+    for records in unionizes.values():
+        for u in records:
+            if u.get("structure_id") in rows and u.get("section_data_set_id") in cols:
+                v = u.get(value)
+                out[rows.index(u["structure_id"]), cols.index(u["section_data_set_id"])] = \
+                    np.nan if v is None else v
+    return out
+
+
+@pytest.mark.parametrize("case", ["plain", "foreign", "twice", "text"])
+@pytest.mark.parametrize("rows_first", [True, False])
+def test_script_matrix_builder_matches_the_script_in_any_arrival_order(case, rows_first):
+    """Columns reduced as each data set arrives (in any order, before or after the rows are
+    known) give the script's matrix cell for cell; so do the record-by-record cases: a record
+    naming another data set (it lands in that column, later data sets overwriting), one
+    structure twice in a data set (the last wins), a value given as text."""
+    from napari_allen.analysis.correlation import ScriptMatrixBuilder, script_matrix_array
+
+    rng = np.random.default_rng(1)
+    rows = [10, 20, 30, 40]
+    unionizes = {e: [{"section_data_set_id": e, "structure_id": s, "sum_pixels": float(e + s),
+                      "expression_energy": float(rng.random())} for s in (10, 20, 30, 99)]
+                 for e in (7, 5, 6)}
+    unionizes[5][1]["expression_energy"] = None
+    if case == "foreign":
+        unionizes[7].append({"section_data_set_id": 6, "structure_id": 40, "sum_pixels": 1.0,
+                             "expression_energy": -1.0})  # into data set 6's column
+        unionizes[6].append({"section_data_set_id": 5, "structure_id": 10, "sum_pixels": 2.0,
+                             "expression_energy": -2.0})  # 6 comes after 5: it wins
+    elif case == "twice":
+        unionizes[6].append({"section_data_set_id": 6, "structure_id": 20, "sum_pixels": 3.0,
+                             "expression_energy": -3.0})
+    elif case == "text":
+        unionizes[7][0]["expression_energy"] = "0.25"
+    expected = _script_loop(unionizes, rows)
+
+    builder = ScriptMatrixBuilder()
+    if rows_first:
+        builder.set_rows(rows)
+    for e in (6, 7, 5):  # arrival order is not the script's order
+        builder.add(e, unionizes[e])
+    builder.set_rows(rows)
+    got = builder.matrix(list(unionizes))
+    np.testing.assert_array_equal(got, expected)
+    # the plain case is the columns' fast path, the others go record by record
+    reduced = [part.index is not None for part in builder._parts.values()]
+    assert all(reduced) == (case == "plain")
+    np.testing.assert_array_equal(script_matrix_array(unionizes, rows), expected)
+    last = {u["structure_id"]: u["sum_pixels"] for recs in unionizes.values() for u in recs}
+    assert builder.last_sum_pixels(list(unionizes)) == last
+    assert list(builder.last_sum_pixels(list(unionizes))) == list(last)  # same key order

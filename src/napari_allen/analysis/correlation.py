@@ -345,17 +345,43 @@ def _json_number(value: float) -> float | None:
 def script_structures(
     structure_rows: Sequence[dict[str, Any]],
     unionizes: Iterable[Sequence[dict[str, Any]]] = (),
+    *,
+    last_sum_pixels: dict[Any, Any] | None = None,
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """The script's structure table: ``(sorted leaf ids, records)``.
 
     ``structure_rows`` are the API's Structure records of graph 1 in the API's order;
-    ``unionizes`` the StructureUnionize records per data set, data sets in the script's order.
+    ``unionizes`` the StructureUnionize records per data set, data sets in the script's order
+    (or, instead, ``last_sum_pixels``: :meth:`ScriptMatrixBuilder.last_sum_pixels`).
     As the script does: ``structure_id_path`` becomes a list of ints; ``num_children`` counts
     each structure's direct children; ``volume`` is the ``sum_pixels`` of the structure's row
     in the *last* data set that has one (each data set overwrites it; structures without any
     row get no ``volume`` key); values are kept exactly as the API sent them. Leaves are the
     structures without children, sorted by id (the script's row order).
     """
+    by_id = _structure_records_by_id(structure_rows)
+    # The last data set's row wins, as the script overwrites: a dict keeps the last value.
+    last = last_sum_pixels if last_sum_pixels is not None else {
+        u.get("structure_id"): u.get("sum_pixels") for rows in unionizes for u in rows}
+    for sid, volume in last.items():
+        record = by_id.get(sid)
+        if record is not None:
+            record["volume"] = volume
+    return _leaves(by_id), list(by_id.values())
+
+
+def script_leaves(structure_rows: Sequence[dict[str, Any]]) -> list[int]:
+    """The script's matrix rows: the structures without children, sorted by id."""
+    return _leaves(_structure_records_by_id(structure_rows))
+
+
+def _leaves(by_id: dict[Any, dict[str, Any]]) -> list[int]:
+    return sorted(int(sid) for sid, r in by_id.items() if r["num_children"] == 0)
+
+
+def _structure_records_by_id(structure_rows: Sequence[dict[str, Any]]
+                             ) -> dict[Any, dict[str, Any]]:
+    """The script's records by id (copies): ``structure_id_path`` as ints, ``num_children``."""
     by_id: dict[Any, dict[str, Any]] = {}
     for row in structure_rows:
         record = dict(row)
@@ -372,14 +398,7 @@ def script_structures(
                 raise ValueError(f"structure {sid}: parent {path[-2]} of its "
                                  "structure_id_path is not among the structures")
             parent["num_children"] += 1
-    # The last data set's row wins, as the script overwrites: a dict keeps the last value.
-    last = {u.get("structure_id"): u.get("sum_pixels") for rows in unionizes for u in rows}
-    for sid, volume in last.items():
-        record = by_id.get(sid)
-        if record is not None:
-            record["volume"] = volume
-    leaves = sorted(int(sid) for sid, r in by_id.items() if r["num_children"] == 0)
-    return leaves, list(by_id.values())
+    return by_id
 
 
 def script_matrix(
@@ -406,26 +425,115 @@ def script_matrix_array(
 ) -> np.ndarray:
     """:func:`script_matrix` as a plain float64 array (rows ``structure_ids``, columns the
     data sets of ``unionizes``)."""
-    rows = {int(s): i for i, s in enumerate(structure_ids)}
-    cols = {int(e): j for j, e in enumerate(unionizes)}
-    out = np.full((len(rows), len(cols)), np.nan)
-    # One cell per (row, column) pair, the last record winning: a dict keyed by the flat cell
-    # index keeps the last value, then one vectorised assignment (130,000 records: a Python
-    # loop of numpy scalar writes cost ~0.2 s).
-    n_cols = len(cols)
-    cells: dict[int, Any] = {}
-    for records in unionizes.values():
-        for u in records:
-            i = rows.get(u.get("structure_id"))
-            j = cols.get(u.get("section_data_set_id"))
-            if i is not None and j is not None:
-                cells[i * n_cols + j] = u.get(value)
-    if cells:
-        flat = np.fromiter(cells.keys(), dtype=np.int64, count=len(cells))
-        values = np.array([np.nan if v is None else v for v in cells.values()],
-                          dtype=np.float64)
-        out.ravel()[flat] = values
-    return out
+    builder = ScriptMatrixBuilder(value)
+    builder.set_rows(structure_ids)
+    for data_set, records in unionizes.items():
+        builder.add(data_set, records)
+    return builder.matrix(list(unionizes))
+
+
+class ScriptMatrixBuilder:
+    """The script's matrix (:func:`script_matrix`) and volumes (:func:`script_structures`),
+    reduced one data set at a time as its unionize arrives, so that little is left to do when
+    the last one does (``napari-allen correlate`` waits for the network meanwhile).
+
+    ``add(data_set, records)`` keeps each structure's ``sum_pixels`` and, once the rows are
+    known (:meth:`set_rows`), the data set's column as (row indices, values). The result is the
+    script's, cell for cell: a record fills (its ``structure_id``'s row, its
+    ``section_data_set_id``'s column), data sets in the script's order, the last record
+    winning (a data set whose records name another data set, or one structure twice, or hold
+    a value that is no number, sends the whole matrix down the record-by-record path).
+    """
+
+    def __init__(self, value: str = "expression_energy") -> None:
+        self.value = value
+        self.rows: dict[int, int] | None = None
+        self._parts: dict[Any, _Column] = {}
+
+    def set_rows(self, structure_ids: Sequence[int]) -> None:
+        """The matrix rows (structure ids, in order)."""
+        rows = {int(s): i for i, s in enumerate(structure_ids)}
+        if rows != self.rows:
+            self.rows = rows
+            for data_set, part in self._parts.items():
+                part.reduce(data_set, rows, self.value)
+
+    def add(self, data_set: Any, records: Sequence[dict[str, Any]]) -> None:
+        """One data set's StructureUnionize records (in any order of arrival)."""
+        part = _Column(records)
+        if self.rows is not None:
+            part.reduce(data_set, self.rows, self.value)
+        self._parts[data_set] = part
+
+    def last_sum_pixels(self, order: Iterable[Any]) -> dict[Any, Any]:
+        """``{structure_id: sum_pixels}`` of the last data set of ``order`` that has it."""
+        last: dict[Any, Any] = {}
+        for data_set in order:
+            last.update(self._parts[data_set].sum_pixels)
+        return last
+
+    def matrix(self, order: Sequence[Any]) -> np.ndarray:
+        """The structures x data sets matrix, columns the data sets of ``order``."""
+        if self.rows is None:
+            raise ValueError("the matrix rows are not set (set_rows)")
+        rows = self.rows
+        cols = {int(e): j for j, e in enumerate(order)}
+        out = np.full((len(rows), len(cols)), np.nan)
+        parts = [self._parts[data_set] for data_set in order]
+        if all(part.index is not None for part in parts):
+            for data_set, part in zip(order, parts, strict=True):
+                out[part.index, cols[int(data_set)]] = part.values
+            return out
+        # Some data set's records name other data sets or a structure twice: every record, in
+        # the script's order, one cell each, the last record winning (a dict keyed by the flat
+        # cell index keeps the last value), then one vectorised assignment.
+        n_cols = len(cols)
+        cells: dict[int, Any] = {}
+        for part in parts:
+            for u in part.records:
+                i = rows.get(u.get("structure_id"))
+                j = cols.get(u.get("section_data_set_id"))
+                if i is not None and j is not None:
+                    cells[i * n_cols + j] = u.get(self.value)
+        if cells:
+            flat = np.fromiter(cells.keys(), dtype=np.int64, count=len(cells))
+            values = np.array([np.nan if v is None else v for v in cells.values()],
+                              dtype=np.float64)
+            out.ravel()[flat] = values
+        return out
+
+
+class _Column:
+    """One data set's share of :class:`ScriptMatrixBuilder`: its ``sum_pixels`` per structure,
+    its records and, when reduced, its own column's ``index`` (rows) and ``values``."""
+
+    __slots__ = ("sum_pixels", "records", "index", "values")
+
+    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
+        self.sum_pixels = {u.get("structure_id"): u.get("sum_pixels") for u in records}
+        self.records = records
+        self.index: np.ndarray | None = None  # None: written record by record
+        self.values: np.ndarray | None = None
+
+    def reduce(self, data_set: Any, rows: dict[int, int], value: str) -> None:
+        """Rows and values of the data set's own column, when every record is of this data set
+        and names a distinct structure (else it stays on the record-by-record path)."""
+        self.index = self.values = None
+        records = self.records
+        if not all(u.get("section_data_set_id") == data_set for u in records):
+            return
+        index = [rows.get(u.get("structure_id")) for u in records]
+        kept = [k for k, i in enumerate(index) if i is not None]
+        rows_of = [index[k] for k in kept]
+        if len(set(rows_of)) != len(rows_of):
+            return
+        try:
+            values = np.array([np.nan if v is None else v
+                               for v in (records[k].get(value) for k in kept)], dtype=np.float64)
+        except (TypeError, ValueError):
+            return
+        self.index = np.array(rows_of, dtype=np.intp)
+        self.values = values
 
 
 def structure_records(

@@ -3,8 +3,8 @@ StructureUnionize expression per structure (:class:`IshApi`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..concurrency import bounded_map
 from ..progress import CancelToken, ProgressCallback, check, report
@@ -118,7 +118,8 @@ class IshApi(ApiBase):
     def structure_unionize_records(
         self, experiment_ids, *, columns: Sequence[str] | None = None, jobs: int = 8,
         progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-    ) -> dict[int, list[dict]]:
+        convert: Callable[[int, list[dict]], Any] | None = None,
+    ) -> dict[int, Any]:
         """``{experiment_id: StructureUnionize records}`` in the order of ``experiment_ids``,
         records as the API sent them (no type conversion).
 
@@ -127,7 +128,9 @@ class IshApi(ApiBase):
         ``rma::options[only$eq...]`` when ``columns`` are given: the API serves a unionize per
         experiment from its table, one experiment's rows fit one page (about 1,300 rows), and
         only the needed columns travel. ``experiment_ids`` may be an iterator (ids of listing
-        pages still arriving): requests start with its first ids.
+        pages still arriving): requests start with its first ids. ``convert(id, records)``,
+        when given, runs on the calling thread as each experiment's records arrive (while the
+        others are still on the way) and the dict holds what it returns.
         """
         only = list(columns) if columns else []
         if isinstance(experiment_ids, (int, str)) or hasattr(experiment_ids, "__len__"):
@@ -148,7 +151,8 @@ class IshApi(ApiBase):
                                    message="StructureUnionize", thread_name="allen-unionize"):
             if outcome.error is not None:
                 raise outcome.error
-            out[outcome.item] = outcome.value
+            out[outcome.item] = (outcome.value if convert is None
+                                 else convert(outcome.item, outcome.value))
         check(cancel)
         return {i: out[i] for i in order}
 

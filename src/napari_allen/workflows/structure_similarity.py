@@ -249,25 +249,55 @@ def _script_unionize_table(
     DataFrame: its import alone is a tenth of ``napari-allen correlate``)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    builders: list = []  # the ScriptMatrixBuilder, made with the first response
+
+    def builder():
+        if not builders:
+            # numpy and the matrix code: imported once requests are on their way, never
+            # before the first one (napari-allen correlate imports them meanwhile).
+            from napari_allen.analysis.correlation import ScriptMatrixBuilder
+
+            builders.append(ScriptMatrixBuilder())
+            if structure_ids is not None:
+                builders[0].set_rows(structure_ids)
+        return builders[0]
+
     # The structure graph is independent of the unionizes: fetch it alongside them (one
     # round trip less on the critical path).
     with ThreadPoolExecutor(1, thread_name_prefix="allen-structures") as pool:
         structures = pool.submit(client.structure_records, cancel=cancel)
+
+        def reduce(experiment_id: int, records: list[dict]) -> int:
+            # Each experiment's column is made as it arrives, while the others are on the
+            # way: the rows (the leaves) are known once the structure graph is in.
+            matrix = builder()
+            if matrix.rows is None and structures.done() and structures.exception() is None:
+                from napari_allen.analysis.correlation import script_leaves
+
+                matrix.set_rows(script_leaves(structures.result()))
+            matrix.add(experiment_id, records)
+            return len(records)
+
         unionizes = client.structure_unionize_records(
-            experiment_ids, columns=UNIONIZE_ONLY, jobs=jobs, progress=progress, cancel=cancel)
+            experiment_ids, columns=UNIONIZE_ONLY, jobs=jobs, progress=progress, cancel=cancel,
+            convert=reduce)
         structure_rows = structures.result()
     check(cancel)
     if not unionizes:
         raise ValueError("no experiments to correlate")
-    from napari_allen.analysis.correlation import script_matrix_array, script_structures
+    from napari_allen.analysis.correlation import script_structures
 
-    leaves, records = script_structures(structure_rows, unionizes.values())
+    order = list(unionizes)
+    matrix = builder()
+    leaves, records = script_structures(structure_rows,
+                                        last_sum_pixels=matrix.last_sum_pixels(order))
     rows = leaves if structure_ids is None else [int(s) for s in structure_ids]
-    values = script_matrix_array(unionizes, rows)
+    matrix.set_rows(rows)
+    values = matrix.matrix(order)
     volumes = {int(r["id"]): float(r["volume"]) for r in records
                if r.get("volume") is not None}
     return _UnionizeTable(values, list(dict.fromkeys(int(s) for s in rows)),
-                          list(dict.fromkeys(int(e) for e in unionizes)), records, volumes)
+                          list(dict.fromkeys(int(e) for e in order)), records, volumes)
 
 
 def structure_acronyms(structure_ids: Sequence[int], ontology=None) -> list[str]:
