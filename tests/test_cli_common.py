@@ -156,9 +156,12 @@ def test_importing_meanwhile_imports_in_the_background_and_joins(tmp_path, monke
         "import threading\nTHREAD = threading.current_thread().name\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     before = sys.getswitchinterval()
-    with importing_meanwhile("cli_probe_module"):
+    called: list[str] = []
+    with importing_meanwhile("cli_probe_module",
+                             lambda: called.append(threading.current_thread().name)):
         pass
     assert sys.modules["cli_probe_module"].THREAD == "napari-allen-imports"
+    assert called == ["napari-allen-imports"]  # a callable runs there too, in its turn
     assert not any(t.name == "napari-allen-imports" for t in threading.enumerate())
     assert sys.getswitchinterval() == before
     # A module that fails to import stops the list quietly: the block's own import raises.
@@ -166,3 +169,20 @@ def test_importing_meanwhile_imports_in_the_background_and_joins(tmp_path, monke
         pass
     assert "napari_allen.no_such_module" not in sys.modules
     assert sys.getswitchinterval() == before
+
+
+def test_metacache_warm_up_leaves_the_cache_working(client):
+    """The warm-up ``correlate`` runs on its import thread (cattrs' response functions, the
+    URL normaliser) leaves the real cache as it was: a query is stored, then served from the
+    cache, identical."""
+    from napari_allen.api import metacache, rma
+
+    metacache.warm_up()
+    metacache.warm_up()  # harmless twice
+    url = client.rma_url(rma.RmaQuery("Structure").where(None, id=385).stages())
+    with client.http.served_block() as first:
+        fresh = client.http.get_json(url)
+    with client.http.served_block() as again:
+        cached = client.http.get_json(url)
+    assert (first.network, again.cache) == (1, 1)
+    assert cached == fresh and fresh["msg"][0]["acronym"] == "VISp"

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from napari_allen import config
@@ -74,8 +74,10 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 @contextlib.contextmanager
-def importing_meanwhile(*modules: str) -> Iterator[None]:
+def importing_meanwhile(*modules: str | Callable[[], object]) -> Iterator[None]:
     """Import ``modules`` on a background thread while the block runs; joined at its end.
+    A callable among them is called there, in its turn (a warm-up of what the block will
+    use, e.g. :func:`napari_allen.api.metacache.warm_up`).
 
     Process start is on the critical path of the short commands: numpy, pandas and the
     analysis modules take 0.1-0.4 s to import, time in which a command that starts with
@@ -93,7 +95,10 @@ def importing_meanwhile(*modules: str) -> Iterator[None]:
         try:
             for name in modules:
                 try:
-                    importlib.import_module(name)
+                    if callable(name):
+                        name()
+                    else:
+                        importlib.import_module(name)
                 except Exception as exc:  # noqa: BLE001 - the block's own import reports it
                     logging.getLogger(__name__).debug("background import of %s failed: %s",
                                                       name, exc)

@@ -169,10 +169,13 @@ def _correlate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     client = client_from_args(args)
+    from napari_allen.api import metacache
+
     # While the experiments and their unionizes are fetched: what the matrix, the correlation
     # and the files need, and the metadata cache's module first (the first query needs it).
     # Not pandas: the script's JSON files are written without it (only --csv imports it).
-    later = ("requests_cache", "numpy", "napari_allen.analysis.correlation")
+    # The cache's first-use costs are paid while the first requests are on their way.
+    later = ("requests_cache", metacache.warm_up, "numpy", "napari_allen.analysis.correlation")
     with cancel_on_sigint(CancelToken()) as token, importing_meanwhile(*later):
         try:
             outcome = run_structure_similarity(
