@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         with ChildServer(args.latency_ms, ccf=False) as server:
             warm_unionizes(server.url, n)
             print(f"{n} coronal data sets, server latency {args.latency_ms:g} ms, "
-                  f"our jobs {args.jobs}")
+                  f"our jobs {args.jobs}; load average {os.getloadavg()[0]:.2f} "
+                  f"on {os.cpu_count()} CPUs (other work slows both sides)")
             t_script = run_script(correlation_script(server.url), tmp / "script",
                                   ["out.json", str(n)])
             print(f"baseline: the seed script (ported on the fly)   {t_script:8.2f} s")
