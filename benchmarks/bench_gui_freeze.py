@@ -36,11 +36,11 @@ left is napari's:
 - each of those steps is napari's (the insert ~50-120 ms, each repaint of the canvas 30-130 ms
   under llvmpipe); the "one layer" row is napari adding a plain 132x80x114 image in one call,
   all of it in one turn (the "/ layer" column);
-- the first dock opened also pays the canvas's first redraw at its new size and then, each in
-  a later turn of its own (a chain: ``show_orientation_stepwise``), the axes overlay's creation
-  and first draw (shader source parsing and builds), its labels' glyphs (rasterised on the
-  CPU) and the scale bar's creation and first draw - whichever dock opens first pays them
-  (Connectivity in this script);
+- the first dock opened pays the canvas's first redraw at its new size; the axes overlay's
+  creation and first draw (shader source parsing and builds), its labels' glyphs (rasterised
+  on the CPU) and the scale bar's creation and first draw come each in a later turn of its own
+  (``show_orientation_stepwise``, through the same delivery queue), on an empty viewer (as
+  here) when the first layer comes: in this script among the steps of "load 3 experiments";
 - while a task runs, napari's activity indicator repaints the whole window about 30 times a
   second (20-50 ms each under llvmpipe with the GL canvas in the window), and every value or
   description change of napari's activity bar runs ``processEvents`` (one more repaint): the

@@ -87,10 +87,11 @@ def test_orientation_is_on_when_the_dock_opens(widget, qtbot):
     from napari_allen.widgets._view import _overlays
 
     axes, scale_bar = _overlays(viewer)
-    # Switched on in the turns after the dock opened (each overlay's first draw on its own).
-    qtbot.waitUntil(lambda: axes.visible and axes.labels and scale_bar.visible, timeout=5000)
     for layer_tuple in ccf_reference_layers():
         add_layer_tuple(viewer, layer_tuple)
+    # Switched on in the turns after the first layer came (each overlay's first draw on its
+    # own; the dock opened on an empty viewer).
+    qtbot.waitUntil(lambda: axes.visible and axes.labels and scale_bar.visible, timeout=5000)
     show_orientation(viewer)
     assert tuple(viewer.dims.axis_labels)[-3:] == ("AP", "DV", "ML")
     assert tuple(viewer.dims.order) == (0, 1, 2)  # 2-D: coronal, slider over AP

@@ -11,12 +11,11 @@ from napari.layers import Image
 from napari.utils._proxies import PublicOnlyProxy
 from qtpy.QtWidgets import QWidget
 
-from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.widgets._tasks import TaskRunner, run_in_turns
 from napari_allen.widgets._view import (
     _overlays,
     add_and_focus_later,
     add_in_turns,
-    run_in_turns,
     show_orientation_stepwise,
 )
 
@@ -116,31 +115,54 @@ def test_same_name_updates_in_place_and_focus_goes_to_the_last(make_napari_viewe
     assert np.array_equal(viewer.layers["vol"].data, data)
 
 
-def test_run_in_turns_runs_each_step_after_the_previous_one(qtbot):
+def test_run_in_turns_runs_each_step_in_a_later_turn_of_its_own(qtbot):
+    from qtpy.QtCore import QTimer
+
     order: list = []
-    steps = [lambda i=i: order.append(i) for i in range(3)]
+    turns = [0]
+    beat = QTimer()
+    beat.setInterval(0)
+    beat.timeout.connect(lambda: turns.__setitem__(0, turns[0] + 1))
+    beat.start()
+    steps = [lambda i=i: order.append((i, turns[0])) for i in range(3)]
     run_in_turns(steps, 5)
     assert order == []  # nothing inside the caller's turn
     qtbot.waitUntil(lambda: len(order) == 3, timeout=2000)
-    assert order == [0, 1, 2]
+    beat.stop()
+    assert [i for i, _ in order] == [0, 1, 2]
+    assert order[0][1] < order[1][1] < order[2][1]
 
 
-def test_orientation_overlays_switch_on_stepwise(make_napari_viewer, qtbot):
+def test_orientation_overlays_wait_for_a_layer_then_switch_on_stepwise(make_napari_viewer,
+                                                                      qtbot):
     viewer = make_napari_viewer()
     axes, scale_bar = _overlays(viewer)
     axes.visible = scale_bar.visible = False
     show_orientation_stepwise(viewer, step_ms=5)
-    assert not axes.visible and not scale_bar.visible
+    qtbot.wait(100)
+    assert not axes.visible and not scale_bar.visible  # nothing to orient yet
     seen: list = []
     axes.events.visible.connect(lambda e: seen.append(("axes", axes.labels)))
+    viewer.add_layer(_volume("vol"))
     qtbot.waitUntil(lambda: scale_bar.visible, timeout=3000)
     # The axes came first, without their text (drawn in a turn of its own), then the labels.
     assert seen == [("axes", False)]
     assert axes.visible and axes.labels and axes.colored
+    assert viewer.dims.axis_labels == ("AP", "DV", "ML")
+
+
+def test_orientation_steps_start_at_once_on_a_viewer_with_layers(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_layer(_volume("vol"))
+    axes, scale_bar = _overlays(viewer)
+    axes.visible = scale_bar.visible = False
+    show_orientation_stepwise(viewer, step_ms=5)
+    qtbot.waitUntil(lambda: scale_bar.visible and axes.visible and axes.labels, timeout=3000)
 
 
 def test_orientation_steps_leave_overlays_someone_else_changed(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
+    viewer.add_layer(_volume("vol"))
     axes, scale_bar = _overlays(viewer)
     axes.visible = scale_bar.visible = False
     show_orientation_stepwise(viewer, step_ms=5)
@@ -150,5 +172,6 @@ def test_orientation_steps_leave_overlays_someone_else_changed(make_napari_viewe
     qtbot.wait(100)
     assert not scale_bar.visible
     axes.visible = False  # after the chain: nothing switches it back on
-    qtbot.wait(50)
+    viewer.add_layer(_volume("other"))
+    qtbot.wait(100)
     assert not axes.visible

@@ -85,13 +85,13 @@ class _Deliveries:
     turn, before any timer."""
 
     def __init__(self) -> None:
-        # (runner, generation or None = never stale, handler, args, own turn)
-        self.queue: deque[tuple[TaskRunner, int | None, Callable, tuple, bool]] = deque()
+        # (runner or None, generation or None = never stale, handler, args, own turn)
+        self.queue: deque[tuple[TaskRunner | None, int | None, Callable, tuple, bool]] = deque()
         self.depth = 0  # handlers running (>0 inside a nested event loop)
         self.scheduled = False
         self.draining = False  # drain() schedules the next pass itself
 
-    def post(self, runner: TaskRunner, generation: int | None, fn: Callable, *args: Any,
+    def post(self, runner: TaskRunner | None, generation: int | None, fn: Callable, *args: Any,
              own_turn: bool = False) -> None:
         self.queue.append((runner, generation, fn, args, own_turn))
         self.schedule()
@@ -133,6 +133,31 @@ class _Deliveries:
 
 
 _deliveries = _Deliveries()
+
+
+def run_in_turns(steps: list[Callable[[], Any]], delay_ms: int = 0) -> None:
+    """Run ``steps`` on the main thread through the plugin-wide delivery queue, one per
+    event-loop turn (each ``own_turn``, the next queued when the previous one has run), the
+    first ``delay_ms`` from now: main-thread work that belongs to no task (e.g. switching
+    overlays on) then never shares a turn with a task's steps. A step that raises
+    ``RuntimeError`` (its Qt object was deleted, e.g. the viewer closed) ends the chain."""
+    remaining = list(steps)
+
+    def next_step() -> None:
+        if not remaining:
+            return
+        try:
+            remaining.pop(0)()
+        except RuntimeError:
+            logger.debug("step chain ended", exc_info=True)
+            return
+        post()
+
+    def post() -> None:
+        if remaining:
+            _deliveries.post(None, None, next_step, own_turn=True)
+
+    QTimer.singleShot(delay_ms, post)
 
 
 class TaskRunner(QObject):

@@ -66,21 +66,25 @@ def show_orientation(viewer: napari.Viewer, *, overlays: bool = True) -> None:
         coronal(viewer)
 
 
-#: Delay (ms) before each overlay step when a dock opens, counted from the end of the step
-#: before (so each step and the repaint it causes are an event-loop turn of their own).
+#: Delay (ms) before the first overlay step, after the dock's own layout and first paint
+#: (or after the first layer's insert); the steps then follow one per event-loop turn.
 OVERLAY_STEP_MS = 60
 
 
 def show_orientation_stepwise(viewer: napari.Viewer, step_ms: int = OVERLAY_STEP_MS) -> None:
     """:func:`show_orientation` spread over event-loop turns, for docks opening: the axis
-    labels and slicing now, then, each ``step_ms`` after the previous step has run (a chain,
-    not timers started together: a dock that takes longer to build than the delays would
-    otherwise get them all in one turn), the axes overlay without its text, its AP/DV/ML
-    labels, and the scale bar. The first draw of each (shader builds, text glyphs
-    rasterised on the CPU) then is a repaint of its own instead of one long freeze added to
-    the dock's own cost and the canvas's first redraw at its new size. An overlay shown or
-    hidden by anyone else meanwhile (the user, :func:`show_orientation`) is left as they
-    set it; steps with nothing to change (a second dock) cost nothing."""
+    labels and slicing now; then, one step per turn through the plugin's delivery queue
+    (``widgets/_tasks.run_in_turns``: never in the same turn as a task's layer steps), the
+    axes overlay without its text, its labels, and the scale bar. The first draw of each
+    (shader builds, text glyphs rasterised on the CPU) then is a repaint of its own instead
+    of one long freeze added to the dock's own cost and the canvas's first redraw at its new
+    size. On an empty viewer the steps wait for the first layer (axes and a scale bar
+    over nothing tell nothing; with the layer they draw its AP/DV/ML labels and µm at once
+    instead of napari's numeric placeholders first). An overlay shown or hidden by anyone
+    else meanwhile (the user, :func:`show_orientation`) is left as they set it; steps with
+    nothing to change (a second dock) cost nothing."""
+    from napari_allen.widgets._tasks import run_in_turns
+
     show_orientation(viewer, overlays=False)
     axes, scale_bar = _overlays(viewer)
     touched: set[str] = set()  # overlays whose visibility someone else changed meanwhile
@@ -123,28 +127,13 @@ def show_orientation_stepwise(viewer: napari.Viewer, step_ms: int = OVERLAY_STEP
             axes.events.visible.disconnect(watchers["axes"])
             scale_bar.events.visible.disconnect(watchers["scale bar"])
 
-    run_in_turns([axes_lines, axes_labels, scale_bar_step], step_ms)
+    def start(_event=None) -> None:
+        viewer.layers.events.inserted.disconnect(start)
+        run_in_turns([axes_lines, axes_labels, scale_bar_step], step_ms)
 
-
-def run_in_turns(steps: list[Callable[[], Any]], step_ms: int) -> None:
-    """Run ``steps`` one per event-loop turn, each ``step_ms`` after the previous one ran
-    (``QTimer``; the repaint a step causes runs before the next step's timer). A step that
-    raises ``RuntimeError`` (its Qt object was deleted, e.g. the viewer closed) ends the
-    chain."""
-    from qtpy.QtCore import QTimer
-
-    remaining = list(steps)
-
-    def next_step() -> None:
-        if not remaining:
-            return
-        try:
-            remaining.pop(0)()
-        except RuntimeError:
-            return
-        QTimer.singleShot(step_ms, next_step)
-
-    QTimer.singleShot(step_ms, next_step)
+    viewer.layers.events.inserted.connect(start)
+    if len(viewer.layers):
+        start()
 
 
 def _show_axes(axes) -> None:
