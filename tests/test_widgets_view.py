@@ -92,6 +92,17 @@ def test_insert_step_does_not_select_and_hides_until_its_own_turns(make_napari_v
     assert layer.visible and real.layers.selection.active is layer
 
 
+def test_a_layer_without_extent_is_added_as_napari_does(make_napari_viewer, qtbot, runner):
+    from napari.layers import Points
+
+    viewer = make_napari_viewer()
+    empty = Points(np.empty((0, 3)), name="no sites")
+    add_in_turns(viewer, runner, empty)
+    assert viewer.dims.ndim == 2  # no dims prepared from a NaN extent
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert list(viewer.layers) == [empty] and empty.visible and viewer.dims.ndim == 3
+
+
 def test_cancel_between_steps_still_finishes_the_layer(make_napari_viewer, qtbot, runner):
     viewer = make_napari_viewer()
     layer = _volume("vol")
@@ -151,21 +162,23 @@ def test_orientation_overlays_wait_for_a_layer_then_switch_on_stepwise(make_napa
     assert viewer.dims.axis_labels == ("AP", "DV", "ML")
 
 
-def test_orientation_steps_start_at_once_on_a_viewer_with_layers(make_napari_viewer, qtbot):
+def _stepwise_on_a_viewer_with_a_layer(make_napari_viewer):
+    """A viewer with one layer and both overlays off, its orientation steps started."""
     viewer = make_napari_viewer()
     viewer.add_layer(_volume("vol"))
     axes, scale_bar = _overlays(viewer)
     axes.visible = scale_bar.visible = False
     show_orientation_stepwise(viewer, step_ms=5)
+    return viewer, axes, scale_bar
+
+
+def test_orientation_steps_start_at_once_on_a_viewer_with_layers(make_napari_viewer, qtbot):
+    viewer, axes, scale_bar = _stepwise_on_a_viewer_with_a_layer(make_napari_viewer)
     qtbot.waitUntil(lambda: scale_bar.visible and axes.visible and axes.labels, timeout=3000)
 
 
 def test_orientation_steps_leave_overlays_someone_else_changed(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    viewer.add_layer(_volume("vol"))
-    axes, scale_bar = _overlays(viewer)
-    axes.visible = scale_bar.visible = False
-    show_orientation_stepwise(viewer, step_ms=5)
+    viewer, axes, scale_bar = _stepwise_on_a_viewer_with_a_layer(make_napari_viewer)
     scale_bar.visible = True  # e.g. the user, before the chain reached the scale bar
     scale_bar.visible = False  # ... and off again: stays off
     qtbot.waitUntil(lambda: axes.visible and axes.labels, timeout=3000)

@@ -264,20 +264,24 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
         if then is not None and layer in viewer.layers:
             then(layer)
 
-    if not len(viewer.layers) and viewer.dims.ndim < layer.ndim:
-        _prepare_dims(viewer, layer)
+    if not len(viewer.layers) and viewer.dims.ndim < layer.ndim and _prepare_dims(viewer, layer):
         runner.then(_prepare_axis_labels, viewer, layer, own_turn=True, even_if_cancelled=True)
     runner.then(insert, own_turn=True, even_if_cancelled=True)
     return layer
 
 
-def _prepare_dims(viewer: napari.Viewer, layer) -> None:
+def _prepare_dims(viewer: napari.Viewer, layer) -> bool:
     """Give the empty ``viewer`` the dims ``layer`` will set when inserted (number, world
     range): napari then keeps the sliders built here instead of rebuilding them in the
-    insert."""
+    insert. False (nothing changed) for a layer without a finite extent (e.g. no points):
+    napari's insert decides."""
     extent = layer.extent
+    world = np.asarray(extent.world, dtype=float)
+    if not np.isfinite(world).all():
+        return False
     viewer.dims.ndim = layer.ndim
-    viewer.dims.range = tuple(zip(extent.world[0], extent.world[1], extent.step, strict=True))
+    viewer.dims.range = tuple(zip(world[0], world[1], extent.step, strict=True))
+    return True
 
 
 def _prepare_axis_labels(viewer: napari.Viewer, layer) -> None:
