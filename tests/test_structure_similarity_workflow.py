@@ -131,3 +131,11 @@ def test_correlate_writes_the_script_files_without_pandas(client, tmp_path):
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == ["source", "target", "corr"]
     assert [tuple(p.values()) for p in pairs] == list(frame.itertuples(index=False, name=None))
     assert outcome.similarity.n_connections == len(frame) > 0
+
+
+def test_unionize_workers_and_the_structure_graph_each_have_a_pooled_connection(client):
+    """``jobs`` unionize requests plus the structure graph alongside: the pool keeps
+    ``jobs + 1`` connections, so none is dropped (urllib3 warns 'Connection pool is full' and
+    a later request connects again)."""
+    run_structure_similarity(client, plane="coronal", first=3, method="numpy_ma", jobs=20)
+    assert client.http._pool_size == 21

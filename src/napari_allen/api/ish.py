@@ -146,7 +146,8 @@ class IshApi(ApiBase):
             query.where("structure", graph_id=1)
             return self.query_rows(query, cancel=token)
 
-        out: dict[int, list[dict]] = {}
+        self.http.ensure_pool(jobs)  # one kept-alive connection per worker
+        out: dict[int, Any] = {}
         for outcome in bounded_map(fetch, ids, jobs=jobs, cancel=cancel, progress=progress,
                                    message="StructureUnionize", thread_name="allen-unionize"):
             if outcome.error is not None:

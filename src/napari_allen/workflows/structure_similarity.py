@@ -263,7 +263,11 @@ def _script_unionize_table(
         return builders[0]
 
     # The structure graph is independent of the unionizes: fetch it alongside them (one
-    # round trip less on the critical path).
+    # round trip less on the critical path), on a connection of its own (a full pool would
+    # drop one, with a warning, and a later request would connect again).
+    ensure_pool = getattr(getattr(client, "http", None), "ensure_pool", None)
+    if ensure_pool is not None:
+        ensure_pool(jobs + 1)
     with ThreadPoolExecutor(1, thread_name_prefix="allen-structures") as pool:
         structures = pool.submit(client.structure_records, cancel=cancel)
 
