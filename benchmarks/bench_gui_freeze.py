@@ -45,6 +45,11 @@ left is napari's:
   second (20-50 ms each under llvmpipe with the GL canvas in the window), and every value or
   description change of napari's activity bar runs ``processEvents`` (one more repaint): the
   plugin updates that bar at most every 0.5 s (its own status row shows every step);
+- the spatial search adds its layers in turns too (``add_in_turns``); what is left per turn is
+  napari's: a Shapes insert (vispy node ~80 ms, controls ~40 ms) and the first draw of each
+  new layer type (shader builds, ~50-100 ms). Its queries pause while a partial result is
+  shown (``emit(wait=True)``): four query threads taking the GIL back after each of napari's
+  Qt calls made the same first insert about 3x longer;
 - the interpreter compiles the plugin's sources on every import when ``PYTHONDONTWRITEBYTECODE``
   is set (as on the development machine): ~30 ms more per first dock or sample than installed;
 - full garbage collections of the interpreter (150-400 ms with napari's ~330k objects before the

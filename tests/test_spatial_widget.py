@@ -167,25 +167,33 @@ def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
 
     monkeypatch.setattr(module, "PARTIAL_EVERY_S", 0.0)  # show after every seed
     shown: list[int] = []
-    original = module.add_layer_tuple
 
-    def spy(viewer, layer):
-        from napari.layers import Shapes, Vectors
+    def spying(original):
+        def spy(viewer, layer):
+            from napari.layers import Shapes, Vectors
 
-        # Lines layers are never constructed on the main thread: they arrive ready-built (in
-        # the worker), or as plain arrays for a layer already shown (updated in place); while
-        # the search runs only the Vectors companion is refreshed, the Shapes paths come with
-        # the result.
-        if not isinstance(layer, (Shapes, Vectors)) and layer_type_of(layer) in (
-                "shapes", "vectors"):
-            assert layer[1]["name"] in viewer.layers, "a lines layer built on the main thread"
-            shown.append(("Vectors" if layer[2] == "vectors" else "Shapes",
-                          int(layer[1]["features"]["record_index"].nunique())))
-        elif isinstance(layer, (Shapes, Vectors)):
-            shown.append((type(layer).__name__, int(layer.features["record_index"].nunique())))
-        original(viewer, layer)
+            # Lines layers are never constructed on the main thread: they arrive ready-built
+            # (in the worker), or as plain arrays for a layer already shown (updated in place);
+            # while the search runs only the Vectors companion is refreshed, the Shapes paths
+            # come with the result.
+            if not isinstance(layer, (Shapes, Vectors)) and layer_type_of(layer) in (
+                    "shapes", "vectors"):
+                assert layer[1]["name"] in viewer.layers, "a lines layer built on the main thread"
+                shown.append(("Vectors" if layer[2] == "vectors" else "Shapes",
+                              int(layer[1]["features"]["record_index"].nunique())))
+            elif isinstance(layer, (Shapes, Vectors)):
+                shown.append((type(layer).__name__,
+                              int(layer.features["record_index"].nunique())))
+            return original(viewer, layer)
+        return spy
 
-    monkeypatch.setattr(module, "add_layer_tuple", spy)
+    from napari_allen.widgets import _common, _view
+
+    # Partial arrays go to add_layer_tuple; ready layers are added in turns (_view.add_in_turns:
+    # inserted by _insert_unselected, or updating a same-named layer with add_layer_tuple).
+    monkeypatch.setattr(module, "add_layer_tuple", spying(module.add_layer_tuple))
+    monkeypatch.setattr(_common, "add_layer_tuple", spying(_common.add_layer_tuple))
+    monkeypatch.setattr(_view, "_insert_unselected", spying(_view._insert_unselected))
     widget.form.seed_cap.setValue(6)
     widget.form.skip_fibers.setChecked(False)
     widget.form.jobs.setValue(1)

@@ -220,3 +220,67 @@ def test_own_turn_steps_end_their_turn_and_finishing_steps_survive_a_cancel(qtbo
     qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
     qtbot.wait(50)
     assert order == [True, "finish"]
+
+
+def test_next_partial_waits_for_the_steps_its_handler_queued(qtbot, runner):
+    """The worker sends its next partial only once the steps queued by the previous one's
+    handler, and the steps those queue (as ``add_in_turns`` chains them), have run: its
+    threads do not compete with them for the GIL."""
+    sent: list = []
+    seen_by_step: list = []
+
+    def task(*, progress, cancel, emit):
+        for i in range(3):
+            emit(i)
+            sent.append(i)
+        return "done"
+
+    def step(i: int, chained: bool) -> None:
+        time.sleep(0.1)  # the worker would hand over the next partial meanwhile
+        seen_by_step.append((i, chained, len(sent)))
+        if not chained:
+            runner.then(step, i, True, own_turn=True)
+
+    runner.run(task, on_partial=lambda i: runner.then(step, i, False))
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert [(i, chained) for i, chained, _ in seen_by_step] == [
+        (0, False), (0, True), (1, False), (1, True), (2, False), (2, True)]
+    # While partial i's steps run, the worker has come back from emit(i) at most.
+    assert all(n <= i + 1 for i, _, n in seen_by_step), seen_by_step
+
+
+def test_emit_wait_returns_once_the_partial_and_its_steps_were_handled(qtbot, runner):
+    handled: list = []
+    seen_by_worker: list = []
+
+    def task(*, progress, cancel, emit):
+        emit("a", wait=True)
+        seen_by_worker.append(list(handled))
+        return "done"
+
+    def on_partial(obj):
+        runner.then(lambda: (time.sleep(0.05), handled.append(f"{obj} step")))
+
+    runner.run(task, on_partial=on_partial)
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert seen_by_worker == [["a step"]]
+
+
+def test_activity_description_is_set_only_when_it_changes(qtbot, runner, monkeypatch):
+    """Each napari activity-bar description change repaints the whole window
+    (processEvents): an unchanged message must not set it again (tqdm stores it as
+    'text: ')."""
+    from napari.utils import progress as napari_progress
+
+    calls: list = []
+    original = napari_progress.set_description
+    monkeypatch.setattr(napari_progress, "set_description",
+                        lambda self, desc: (calls.append(desc), original(self, desc)))
+    bar = napari_progress(total=10, desc="spatial search of 156394513")
+    calls.clear()
+    try:
+        for done in range(1, 4):
+            TaskRunner._set_activity(bar, Progress(done=done, total=10, message="spatial search"))
+    finally:
+        bar.close()
+    assert calls == ["spatial search"]

@@ -42,6 +42,7 @@ from napari_allen.widgets._common import (
 )
 from napari_allen.widgets._dock import AllenDock
 from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.widgets._view import add_in_turns
 from napari_allen.widgets.spatial_form import SpatialSearchForm
 from napari_allen.workflows.spatial_search import run_experiment_search
 
@@ -57,13 +58,14 @@ _SUFFIXES = ("lines", "lines (2-D)", "injection sites")
 
 def _show_all(runner: TaskRunner, viewer: napari.Viewer, layer_tuples: list, prefix: str,
               then: Any = None) -> None:
-    """Show ``layer_tuples``, one per event-loop turn (``runner.then``: each insert is a
-    napari scene-graph update of its own, the GUI answers in between), then remove the other
+    """Show ``layer_tuples`` (ready layers), each over several event-loop turns
+    (:func:`~napari_allen.widgets._view.add_in_turns`: dims, hidden insert, selection, first
+    draw; the GUI answers in between), then remove the other
     layers of the same search (``prefix`` + lines / lines (2-D) / injection sites, also a
     cancelled run's partial ones) that this result no longer has, so an empty result never
     leaves the previous lines on screen; then call ``then()``."""
     for layer_tuple in layer_tuples:
-        runner.then(add_layer_tuple, viewer, layer_tuple)
+        add_in_turns(viewer, runner, layer_tuple)
     kept = {layer_name(t) for t in layer_tuples}
 
     def remove_stale() -> None:
@@ -156,9 +158,11 @@ class SpatialSearchWidget(AllenDock):
                     layers = lines_layers(shown, name=name, paths=False)
                     if not inserted[0]:
                         layers, inserted[0] = build_layers(layers), True
+                    # wait: the queries pause while napari shows the lines (the GIL is
+                    # napari's meanwhile; a first insert took 3x as long against 4 threads).
                     emit({"layers": layers,
                           "records": [line.record for line in shown],
-                          "metadata": {"experiment": params["experiment_id"]}})
+                          "metadata": {"experiment": params["experiment_id"]}}, wait=True)
 
             search = run_experiment_search(shared_client(), progress=progress, cancel=cancel,
                                            on_lines=on_lines, **params)
@@ -193,7 +197,10 @@ class SpatialSearchWidget(AllenDock):
             while self._pending is not None:
                 current, self._pending = self._pending, None
                 for layer_tuple in current["layers"]:
-                    add_layer_tuple(self.viewer, layer_tuple)
+                    if isinstance(layer_tuple, tuple):  # plain arrays for the layer shown
+                        add_layer_tuple(self.viewer, layer_tuple)
+                    else:  # the first partial: a ready layer, inserted over several turns
+                        add_in_turns(self.viewer, self.runner, layer_tuple)
                 self._partial = current
         finally:
             self._drawing = False
@@ -202,7 +209,9 @@ class SpatialSearchWidget(AllenDock):
         """A cancelled search: keep the lines shown so far, labelled as partial everywhere
         (layer names and metadata, summary, Save JSON); nothing shown -> nothing kept."""
         partial, self._partial = self._partial, None
-        if partial is None:
+        # (The cancel may have dropped a first partial's insert steps: then nothing is shown.)
+        if partial is None or not any(layer_name(t) in self.viewer.layers
+                                      for t in partial["layers"]):
             return
         for layer_tuple in partial["layers"]:
             name = layer_name(layer_tuple)
