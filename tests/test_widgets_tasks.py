@@ -284,3 +284,15 @@ def test_activity_description_is_set_only_when_it_changes(qtbot, runner, monkeyp
     finally:
         bar.close()
     assert calls == ["spatial search"]
+
+
+def test_releases_queued_together_do_not_wait_for_each_other(qtbot, runner):
+    """A partial's release waits for the runner's queued steps, not for another partial's
+    release (e.g. a cancelled task's, queued with the next task's): both end."""
+    first, second = threading.Event(), threading.Event()
+    runner.then(lambda: None)  # a step still to run
+    runner._release_when_steps_ran(first)
+    runner._release_when_steps_ran(second)
+    assert not first.is_set() and not second.is_set()
+    qtbot.waitUntil(lambda: first.is_set() and second.is_set(), timeout=5000)
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)

@@ -390,13 +390,17 @@ class TaskRunner(QObject):
 
     def _release_when_steps_ran(self, consumed: threading.Event) -> None:
         """Let the worker send its next partial once the steps this runner has queued (with
-        :meth:`then`, e.g. a layer added in turns, whose steps queue the next) have run:
+        :meth:`then`, e.g. a layer added in turns, whose steps queue the next) and the
+        runner-less ones (``run_in_turns``) have run:
         meanwhile the task's threads wait instead of competing with those steps for the GIL
         (PyQt releases it in every Qt call and taking it back from a busy thread costs up to
         5 ms: a first insert with a spatial search's four query threads running took 3x as
         long)."""
-        if any(item[0] is self for item in _deliveries.queue):
-            _deliveries.post(self, None, self._release_when_steps_ran, consumed)
+        release = self._release_when_steps_ran
+        # This runner's steps and runner-less ones (e.g. the overlays' first draws), not other
+        # releases (two of them waiting for each other would never end).
+        if any(item[0] in (self, None) and item[2] != release for item in _deliveries.queue):
+            _deliveries.post(self, None, release, consumed)
         else:
             consumed.set()
 
