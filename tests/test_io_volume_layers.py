@@ -50,7 +50,7 @@ def test_labels_compact_values_map_back():
     assert feats.loc[int(data[0, 0, 1]), "acronym"] == "VISp"
     assert feats.loc[int(data[0, 1, 0]), "name"] == onto.name(733)
     assert feats.loc[int(data[0, 1, 1]), "acronym"] == "?"  # not in the ontology
-    colors = kwargs["colormap"]
+    colors = kwargs["colormap"].color_dict
     np.testing.assert_allclose(colors[int(data[0, 0, 1])][:3], np.array(onto.rgb(385)) / 255)
     assert colors[0][3] == 0 and max(k for k in colors if k is not None) < 2 ** 16
 

@@ -72,7 +72,7 @@ def test_annotation_zip_becomes_labels():
     present = np.unique(data)
     rows = features.set_index("index").loc[present]
     assert (rows.loc[present[1:], "acronym"] != "?").all()
-    assert all(v in kwargs["colormap"] for v in present)
+    assert all(int(v) in kwargs["colormap"].color_dict for v in present)
 
 
 def test_nrrd_hit():

@@ -496,15 +496,21 @@ _JOBS_LOCK = threading.Lock()
 
 
 def start_pyramid_job(path: str | os.PathLike, open_volume: Callable[..., GridVolume], *,
-                      cache_root: str | os.PathLike | None = None) -> PyramidJob:
+                      cache_root: str | os.PathLike | None = None,
+                      before: Callable[[], object] | None = None) -> PyramidJob:
     """Convert ``path`` in a daemon thread (or return the job already doing it).
-    ``open_volume(progress=, cancel=)`` returns the grid (it may decode the file first)."""
+    ``open_volume(progress=, cancel=)`` returns the grid (it may decode the file first);
+    ``before()``, if given, runs first in that thread (e.g. waiting until the GUI has shown
+    the layer, so the conversion does not compete with it for the interpreter)."""
     key = pyramid_key(path)
     target = pyramid_folder(cache_root) / f"{key}.zarr"
     identity = source_identity(path)
     with _JOBS_LOCK:
         job = _JOBS.get(key)
-        if job is not None and not (job.done.is_set() and job.error is not None):
+        # Reuse a running job, or a finished one whose store still exists in this cache
+        # folder (the cache may have been moved or cleared since: then convert again).
+        if job is not None and job.target == target and (
+                not job.done.is_set() or (job.error is None and target.exists())):
             return job
         job = PyramidJob(key=key, target=target)
         _JOBS[key] = job
@@ -519,6 +525,8 @@ def start_pyramid_job(path: str | os.PathLike, open_volume: Callable[..., GridVo
 
     def run() -> None:
         try:
+            if before is not None:
+                before()
             vol = open_volume(progress=progress, cancel=job.cancel_token)
             job.pyramid = build_pyramid(vol, target, identity=identity, progress=progress,
                                         cancel=job.cancel_token)

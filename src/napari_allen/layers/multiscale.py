@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,13 @@ from ..progress import Cancelled, main_thread_caller
 from ..space import layer_space_kwargs
 from .activity import show_job_progress
 from .prebuilt import layer_type_name
-from .volumes import _colormap, _minus_one_to_nan, compact_dtype, label_tables, layer_metadata
+from .volumes import (
+    _colormap,
+    _minus_one_to_nan,
+    compact_dtype,
+    label_tables,
+    layer_metadata,
+)
 
 LayerDataTuple = tuple
 log = logging.getLogger(__name__)
@@ -204,11 +211,15 @@ def multiscale_layer(vol: GridVolume, levels: list, *, stats: dict | None = None
     meta.update(multiscale=True, level_shapes=[tuple(lv.shape) for lv in levels])
     space = layer_space_kwargs(vol.resolution)
     if vol.kind in LABEL_KINDS:
-        structure_ids, colors, features = label_tables(ontology or Ontology.default())
+        from .atlas_colormap import atlas_colormap  # imports napari
+
+        onto = ontology or Ontology.default()
+        structure_ids, _, features = label_tables(onto)
         relabel = _relabel(structure_ids)
         data = [_wrap(lv, relabel, compact_dtype(len(structure_ids))) for lv in levels]
         meta.update(structure_ids=structure_ids, label_values="compact")
-        kwargs = {"name": vol.name, "colormap": dict(colors), "features": features.copy(),
+        kwargs = {"name": vol.name, "colormap": atlas_colormap(onto),
+                  "features": features.copy(),
                   "opacity": 0.6, "metadata": meta, "multiscale": True, **space}
         kwargs.update(overrides)
         return data, kwargs, "labels"
@@ -261,18 +272,49 @@ def multiscale_layer_for_file(path: str | os.PathLike, describe, open_volume
     info = describe(path)
     if info is None or int(np.prod(info.shape)) < MULTISCALE_VOXELS:
         return None
-    job = start_pyramid_job(path, lambda **kw: open_volume(path, **kw))
+    caller = main_thread_caller()
+    job = start_pyramid_job(path, lambda **kw: open_volume(path, **kw),
+                            before=None if caller is None else lambda: _gui_turns(caller))
     levels = [PyramidLevel(shape, info.dtype, lambda b: b, info.dtype, job=job, level=k)
               for k, shape in enumerate(level_shapes(info.shape))]
     layer = multiscale_layer(info, levels)
     layer[1]["metadata"]["pyramid"] = "converting"
     job.add_done_callback(_refresh_layers_when_done)
-    caller = main_thread_caller()
     if caller is not None:  # a GUI: napari's activity dock shows it, cancelable
         show_job_progress(job, caller, f"{path.name}: multiscale cache")
     _notify(f"{path.name}: building a multiscale cache in the background (once; progress in "
             "the activity dock); the layer fills in when it is ready")
     return layer
+
+
+#: A new conversion starts once the GUI thread answers this many queued calls in a row within
+#: ``_GUI_QUIET_S`` each (idle), or after ``_GUI_WAIT_S`` at most.
+_GUI_QUIET_PROBES = 3
+_GUI_QUIET_S = 0.02
+_GUI_WAIT_S = 3.0
+
+
+def _gui_turns(caller, timeout_s: float = _GUI_WAIT_S) -> None:
+    """Block (in the conversion thread) until the GUI thread is idle, or ``timeout_s``.
+
+    The reader runs on the GUI thread, and napari inserts and first draws the layer right
+    after it returns (~0.3 s); a conversion starting at once shares the interpreter (one GIL,
+    2 cores) with that insert and doubles it. Idle means: ``_GUI_QUIET_PROBES`` calls queued
+    one after the other each ran within ``_GUI_QUIET_S`` (napari's activity bar runs nested
+    event loops inside the open, so one answered call alone does not mean the insert is
+    over)."""
+    import threading
+
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    while quiet < _GUI_QUIET_PROBES:
+        ran = threading.Event()
+        sent = time.monotonic()
+        caller(ran.set)
+        if not ran.wait(max(0.0, deadline - sent)):
+            return
+        quiet = quiet + 1 if time.monotonic() - sent <= _GUI_QUIET_S else 0
+        time.sleep(0.01)
 
 
 def _notify(text: str) -> None:

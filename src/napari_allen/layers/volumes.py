@@ -2,7 +2,8 @@
 
 - :func:`image_layer`: ``-1`` (no data) becomes NaN, contrast limits come from the valid voxels,
   magma (ISH) / inferno (connectivity) colormap, additive blending, MIP in 3-D.
-- :func:`labels_layer`: structure ids coloured by the ontology (a ``DirectLabelColormap`` dict)
+- :func:`labels_layer`: structure ids coloured by the ontology (a napari ``DirectLabelColormap``
+  with its lookup tables built once per ontology, :mod:`.atlas_colormap`)
   with ``features`` (``index, structure_id, acronym, name``) so hovering shows the structure;
   values are compacted to uint16 (see :func:`labels_layer`).
 - :func:`volume_layer`: picks one from the volume kind.
@@ -76,12 +77,41 @@ def valid_contrast_limits(data) -> tuple[float, float]:
     lo = float(valid.min())
     # The 99.9th percentile, not the max: a few saturated voxels (projection density reaches
     # 1.0 while 99.9 % of voxels are below 0.25) would otherwise leave the volume dark.
-    hi = float(np.percentile(valid, 99.9))
+    hi = high_percentile(valid, 99.9)
     if hi <= lo:
         hi = float(valid.max())
     if hi <= lo:
         hi = lo + 1.0
     return lo, hi
+
+
+def high_percentile(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation) of an array without NaNs, for
+    ``q`` near 100, without partitioning the whole array: the two order statistics needed
+    lie above a threshold read from a strided subsample, so only the few values above it
+    are partitioned (~2 ms instead of ~20 ms for a 100 µm grid; opening a file runs on
+    napari's main thread). The threshold is checked to leave enough values above it (else
+    ``np.percentile`` itself runs), so the result never depends on the sample."""
+    values = np.asarray(values).ravel()
+    n = values.size
+    pos = (n - 1) * (q / 100.0)  # numpy's virtual index for 'linear'
+    below = int(np.floor(pos))
+    above = min(below + 1, n - 1)
+    if n >= 65_536 and 90.0 <= q < 100.0:
+        sample = values[::max(1, n // 16_384)]
+        # Well under the sample's q-th percentile (5x the tail, minus 1 %): enough values
+        # reach it unless the sample is very unrepresentative (then the check below fails).
+        k = int((q - 5.0 * (100.0 - q) - 1.0) / 100.0 * (sample.size - 1))
+        threshold = np.partition(sample, k)[k]
+        top = values[values >= threshold]
+        offset = n - top.size  # how many values lie below the threshold
+        if offset <= below:
+            top = np.partition(top, (below - offset, above - offset))
+            a, b = top[below - offset], top[above - offset]  # numpy scalars: numpy's dtype
+            t = pos - below
+            # numpy's own interpolation (``_lerp``), in the same dtype: the same bits
+            return float(b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t)
+    return float(np.percentile(values, q))
 
 
 def _minus_one_to_nan(block: np.ndarray) -> np.ndarray:
@@ -249,11 +279,12 @@ _TABLES_LOCK = threading.Lock()
 
 def label_tables(onto: Ontology, extra_ids: tuple[int, ...] = ()
                  ) -> tuple[np.ndarray, dict, pd.DataFrame]:
-    """``(structure_ids, colormap dict, features)`` of the compact labelling of ``onto``'s ids
+    """``(structure_ids, colour dict, features)`` of the compact labelling of ``onto``'s ids
     plus ``extra_ids`` (ids not in the ontology), built once per ontology and id set and
     cached: a 1,327-structure ontology costs ~0.2 s to tabulate, which every annotation layer
     would otherwise pay on the main thread. Treat the returned objects as read-only
-    (napari copies the colormap dict and the features when it builds a layer).
+    (layers get a copy of the features and their own colormap object,
+    :func:`napari_allen.layers.atlas_colormap.atlas_colormap`).
 
     Compact value ``k`` (1-based) is ``structure_ids[k-1]``; ``len(structure_ids)+1`` is
     "unknown"; ``features`` row ``k`` describes value ``k``."""
@@ -332,13 +363,15 @@ def labels_layer(
         extra = tuple(present[~np.isin(present, onto.table.index.to_numpy())].tolist())
         if not _direct_colormap_ok(len(onto.table) + len(extra)):
             return _id_labels_layer(vol, onto, name, **overrides)
-    structure_ids, colors, features = label_tables(onto, extra)
+    from .atlas_colormap import atlas_colormap  # imports napari: only when a layer is built
+
+    structure_ids, _, features = label_tables(onto, extra)
     data = compact_labels(vol.data, structure_ids)
     meta = layer_metadata(vol)
     meta.update(structure_ids=structure_ids, label_values="compact")
     kwargs: dict = {
         "name": name or vol.name,
-        "colormap": dict(colors),
+        "colormap": atlas_colormap(onto, extra),  # napari's object, lookup tables ready
         "features": features.copy(),
         "opacity": 0.6,
         "metadata": meta,
