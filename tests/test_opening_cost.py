@@ -1,0 +1,164 @@
+"""What keeps opening a file or sample cheap on napari's main thread (issue #13 item 2), tested
+for what it does, never timed: ready atlas colormaps built once, an exact fast percentile,
+conversions that wait for the GUI, no volume scans in the reader."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from napari_allen.atlas.ontology import Ontology
+from napari_allen.layers.volumes import high_percentile, labels_layer
+
+
+def test_atlas_colormap_template_is_built_once_and_shared_read_only():
+    from napari_allen.layers import atlas_colormap as ac
+
+    onto = Ontology.default()
+    first = labels_layer(np.zeros((2, 2, 2), dtype=np.uint32), resolution=25)[1]["colormap"]
+    built = ac.template_count()
+    second = labels_layer(np.zeros((3, 2, 2), dtype=np.uint32), resolution=25)[1]["colormap"]
+    assert ac.template_count() == built  # the same ontology and ids: no new template
+    assert first is not second  # each layer keeps its own selection on its own object
+    key = (np.dtype(np.uint16), np.dtype(np.uint16))
+    table = ac._TEMPLATES[onto][()]._cache_mapping[key]
+    # napari's lookup table arrives ready (napari would otherwise build it value by value),
+    # shared and read-only.
+    assert first._cache_mapping[key] is table and second._cache_mapping[key] is table
+    assert not table.flags.writeable
+    # The table is napari's own mapping of the colour dict.
+    fresh = ac.AtlasLabelColormap(color_dict=dict(first.color_dict))
+    np.testing.assert_array_equal(fresh._map_without_cache(np.arange(2000, dtype=np.uint16)),
+                                  table[:2000])
+    assert len(repr(first)) < 200  # napari formats every returned layer tuple's repr
+
+
+def test_layers_with_atlas_colormaps_select_independently(make_napari_viewer):
+    viewer = make_napari_viewer()
+    data = np.zeros((4, 5, 6), dtype=np.uint32)
+    data[1:3] = 385  # VISp
+    a = _add(viewer, labels_layer(data, resolution=25, name="a"))
+    b = _add(viewer, labels_layer(data, resolution=25, name="b"))
+    value = int(np.asarray(a.data)[1, 0, 0])
+    np.testing.assert_allclose(a.get_color(value)[:3], np.array(Ontology.default().rgb(385)) / 255)
+    a.show_selected_label = True
+    a.selected_label = value
+    assert a.colormap.use_selection and not b.colormap.use_selection
+    np.testing.assert_allclose(b.get_color(value), a.get_color(value))
+
+
+def _add(viewer, layer_tuple):
+    data, kwargs, _ = layer_tuple
+    return viewer.add_labels(data, **kwargs)
+
+
+@pytest.mark.parametrize("values", [
+    np.random.default_rng(0).random(300_000, dtype=np.float32),
+    np.concatenate([np.zeros(200_000, np.float32), np.random.default_rng(1).random(9_000)
+                    .astype(np.float32)]),  # mostly zeros, like a projection density
+    np.sort(np.random.default_rng(2).random(100_000))[::-1],  # sorted: an unlucky sample
+    np.arange(70_000, dtype=np.int32),
+    np.full(80_000, 3.0),
+    np.random.default_rng(3).random(500),  # small: numpy's own path
+])
+def test_high_percentile_is_numpys(values):
+    for q in (99.9, 99.5, 95.0):
+        assert high_percentile(values, q) == float(np.percentile(values, q))
+
+
+def test_conversion_waits_for_the_gui_until_idle():
+    from napari_allen.layers.multiscale import _gui_turns
+
+    queue: list = []
+    done = threading.Event()
+
+    def caller(fn):  # a GUI thread that is busy for a while, then answers at once
+        queue.append(fn)
+
+    def gui():
+        time.sleep(0.3)
+        while not done.is_set():
+            while queue:
+                queue.pop(0)()
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=gui, daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    _gui_turns(caller, timeout_s=5.0)
+    waited = time.monotonic() - t0
+    done.set()
+    assert 0.3 <= waited < 5.0
+
+    t0 = time.monotonic()  # no GUI answering: the conversion starts anyway after the timeout
+    _gui_turns(lambda fn: None, timeout_s=0.2)
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_job_runs_its_before_hook_first_and_restarts_when_its_store_is_gone(tmp_path):
+    import shutil
+
+    from napari_allen.io import read_volumes
+    from napari_allen.io.pyramid import start_pyramid_job
+
+    data = np.arange(40 * 30 * 70, dtype=np.float32).reshape((40, 30, 70))
+    path = tmp_path / "projection_density_100.raw"
+    path.write_bytes(data.tobytes(order="F"))
+    (tmp_path / "projection_density_100.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+        "ElementSpacing = 100 100 100\nDimSize = 40 30 70\nElementType = MET_FLOAT\n"
+        "ElementDataFile = projection_density_100.raw\n")
+    mhd = tmp_path / "projection_density_100.mhd"
+    order: list[str] = []
+
+    def open_volume(**kw):
+        order.append("read")
+        return read_volumes(mhd, **kw)[0]
+
+    cache = tmp_path / "cache"
+    job = start_pyramid_job(mhd, open_volume, cache_root=cache,
+                            before=lambda: order.append("before"))
+    assert job.done.wait(60) and job.error is None and order == ["before", "read"]
+    assert start_pyramid_job(mhd, open_volume, cache_root=cache) is job  # done and on disk
+    shutil.rmtree(job.target)  # the cache folder was cleared: convert again
+    again = start_pyramid_job(mhd, open_volume, cache_root=cache)
+    assert again is not job and again.done.wait(60) and again.error is None
+    assert again.target.exists()
+
+
+def test_reader_of_a_large_grid_reads_no_voxel_on_the_calling_thread(tmp_path, monkeypatch):
+    """Opening a compressed 10/25 µm grid reads only its header where napari calls the reader
+    (the main thread); the payload is decoded by the background conversion."""
+    import nrrd
+
+    from napari_allen import _reader
+    from napari_allen import io as nio
+    from napari_allen.io import pyramid
+    from napari_allen.layers import multiscale
+
+    monkeypatch.setattr(multiscale, "MULTISCALE_VOXELS", 1000)
+    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(tmp_path / "cache"))
+    data = np.zeros((40, 30, 70), dtype=np.uint32)
+    data[10:20] = 385
+    path = tmp_path / "annotation_25.nrrd"
+    nrrd.write(str(path), data, {"encoding": "gzip", "space directions": np.diag([25.0] * 3),
+                                 "space": "left-posterior-superior"})
+    threads: list[str] = []
+    original = nio.read_volumes
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(nio, "read_volumes", spy)
+    (layer,) = _reader.get_reader(str(path))(str(path))
+    assert layer[2] == "labels" and layer[1]["multiscale"]
+    job = pyramid._JOBS[pyramid.pyramid_path(path).stem]
+    assert job.done.wait(60) and job.error is None
+    assert threads and all(name.startswith("napari-allen pyramid") for name in threads)
+    level0 = layer[0][0]
+    value = int(np.asarray(level0[15, 0, 0]))
+    assert layer[1]["features"].iloc[value]["acronym"] == "VISp"
