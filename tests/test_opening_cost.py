@@ -120,7 +120,7 @@ def test_job_runs_its_before_hook_first_and_restarts_when_its_store_is_gone(tmp_
 
     cache = tmp_path / "cache"
     job = start_pyramid_job(mhd, open_volume, cache_root=cache,
-                            before=lambda: order.append("before"))
+                            before=lambda job: order.append("before"))
     assert job.done.wait(60) and job.error is None and order == ["before", "read"]
     assert start_pyramid_job(mhd, open_volume, cache_root=cache) is job  # done and on disk
     shutil.rmtree(job.target)  # the cache folder was cleared: convert again
@@ -162,3 +162,26 @@ def test_reader_of_a_large_grid_reads_no_voxel_on_the_calling_thread(tmp_path, m
     level0 = layer[0][0]
     value = int(np.asarray(level0[15, 0, 0]))
     assert layer[1]["features"].iloc[value]["acronym"] == "VISp"
+
+
+def test_samples_decode_their_bundled_files_once(monkeypatch):
+    from napari_allen import _sample_data
+    from napari_allen.io import gridzip
+
+    calls: list[str] = []
+    original = gridzip.read_grid_zip
+
+    def spy(path, **kw):
+        calls.append(str(path))
+        return original(path, **kw)
+
+    monkeypatch.setattr(gridzip, "read_grid_zip", spy)
+    _sample_data._read_bundled.cache_clear()
+    first = _sample_data.nrp1_expression()
+    second = _sample_data.nrp1_expression()
+    assert len([c for c in calls if "Nrp1" in c]) == 1
+    # Each open still gets its own arrays (napari layers may be edited in place).
+    for (a, _, _), (b, _, _) in zip(first, second, strict=True):
+        assert a is not b and not np.shares_memory(a, b) and a.flags.writeable
+        np.testing.assert_array_equal(a, b)
+    assert first[0][1]["metadata"] is not second[0][1]["metadata"]

@@ -14,33 +14,61 @@ Brain Science, available from brain-map.org (Lein et al. 2007; Oh et al. 2014).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import threading
 from importlib import resources
 
+import numpy as np
+
+from .io.volume import GridVolume
 from .layers.volumes import LayerDataTuple, image_layer, labels_layer
+
+_LOCK = threading.Lock()
 
 
 def _data(*parts: str):
     return resources.files("napari_allen").joinpath("data", *parts)
 
 
+@functools.cache
+def _read_bundled(*parts: str) -> tuple[GridVolume, ...]:
+    from .io.gridzip import read_grid_zip
+    from .io.nrrd import read_nrrd
+
+    path = _data(*parts)
+    vols = read_grid_zip(path) if parts[-1].endswith(".zip") else [read_nrrd(path)]
+    for vol in vols:
+        if isinstance(vol.data, np.ndarray):
+            vol.data.setflags(write=False)
+    return tuple(vols)
+
+
+def _bundled(*parts: str, **metadata) -> list[GridVolume]:
+    """The grids of a bundled file, decoded once per process (package data never change, and
+    opening a sample runs on napari's main thread; the 200 µm grid annotation is kept the
+    same way). Their arrays are read-only: every layer gets its own converted copy (NaN for
+    no data, compact labels). ``metadata`` is added to each grid's (a fresh dict)."""
+    with _LOCK:
+        vols = _read_bundled(*parts)
+    return [dataclasses.replace(vol, metadata={**vol.metadata, **metadata}) for vol in vols]
+
+
 def nrp1_expression() -> list[LayerDataTuple]:
     """[Nrp1 energy Image, 200 µm grid annotation Labels], both [AP, DV, ML] at 200 µm."""
     from .atlas.annotation import grid_annotation
-    from .io.gridzip import read_grid_zip
 
-    (energy,) = read_grid_zip(_data("ish", "Nrp1_P56_coronal_74272479_200um.zip"))
+    (energy,) = _bundled("ish", "Nrp1_P56_coronal_74272479_200um.zip")
     return [image_layer(energy), labels_layer(grid_annotation(), name="grid annotation (200 µm)",
                                               visible=True)]
 
 
 def connectivity_158375425() -> list[LayerDataTuple]:
     """[projection density Image, injection density Image] of experiment 158375425, 100 µm."""
-    from .io.nrrd import read_nrrd
-
     folder = ("connectivity", "158375425")
     meta = {"experiment_id": 158375425, "injection_structure": "VPM"}
-    projection = read_nrrd(_data(*folder, "projection_density_100.nrrd"), metadata=dict(meta))
-    injection = read_nrrd(_data(*folder, "injection_density_100.nrrd"), metadata=dict(meta))
+    (projection,) = _bundled(*folder, "projection_density_100.nrrd", **meta)
+    (injection,) = _bundled(*folder, "injection_density_100.nrrd", **meta)
     # A distinct colour so the injection site stands out over the projections (additive).
     return [image_layer(projection), image_layer(injection, colormap="green")]
 

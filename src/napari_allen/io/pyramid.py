@@ -497,11 +497,11 @@ _JOBS_LOCK = threading.Lock()
 
 def start_pyramid_job(path: str | os.PathLike, open_volume: Callable[..., GridVolume], *,
                       cache_root: str | os.PathLike | None = None,
-                      before: Callable[[], object] | None = None) -> PyramidJob:
+                      before: Callable[[PyramidJob], object] | None = None) -> PyramidJob:
     """Convert ``path`` in a daemon thread (or return the job already doing it).
     ``open_volume(progress=, cancel=)`` returns the grid (it may decode the file first);
-    ``before()``, if given, runs first in that thread (e.g. waiting until the GUI has shown
-    the layer, so the conversion does not compete with it for the interpreter)."""
+    ``before(job)``, if given, runs first in that thread (e.g. waiting until the GUI has
+    shown the layer, so the conversion does not compete with it for the interpreter)."""
     key = pyramid_key(path)
     target = pyramid_folder(cache_root) / f"{key}.zarr"
     identity = source_identity(path)
@@ -526,7 +526,7 @@ def start_pyramid_job(path: str | os.PathLike, open_volume: Callable[..., GridVo
     def run() -> None:
         try:
             if before is not None:
-                before()
+                before(job)
             vol = open_volume(progress=progress, cancel=job.cancel_token)
             job.pyramid = build_pyramid(vol, target, identity=identity, progress=progress,
                                         cancel=job.cancel_token)

@@ -40,10 +40,16 @@ def show_job_progress(job: PyramidJob, caller: Caller, title: str) -> None:
     def open_bar() -> None:
         if not state["closed"]:
             state["bar"] = _bar_class()(total=100, desc=title, cancel_callback=job.cancel)
+            pending = state.pop("pending", None)
+            if pending is not None:
+                advance(*pending)
 
     def advance(percent: int, message: str) -> None:
         bar = state["bar"]
-        if bar is None or state["closed"]:
+        if state["closed"]:
+            return
+        if bar is None:  # still being created: napari runs nested event loops in there
+            state["pending"] = (percent, message)
             return
         if percent > bar.n:
             bar.update(percent - bar.n)

@@ -273,17 +273,26 @@ def multiscale_layer_for_file(path: str | os.PathLike, describe, open_volume
     if info is None or int(np.prod(info.shape)) < MULTISCALE_VOXELS:
         return None
     caller = main_thread_caller()
+    note = (f"{path.name}: building a multiscale cache in the background (once; progress in "
+            "the activity dock); the layer fills in when it is ready")
+
+    def before(job: PyramidJob) -> None:
+        # With a GUI, the conversion, its activity-dock bar (cancelable) and the note all
+        # start once napari has inserted and drawn the layer: each in a later event-loop
+        # turn than the open, none competing with it.
+        _gui_turns(caller)
+        show_job_progress(job, caller, f"{path.name}: multiscale cache")
+        caller(lambda: _notify(note))
+
     job = start_pyramid_job(path, lambda **kw: open_volume(path, **kw),
-                            before=None if caller is None else lambda: _gui_turns(caller))
+                            before=None if caller is None else before)
     levels = [PyramidLevel(shape, info.dtype, lambda b: b, info.dtype, job=job, level=k)
               for k, shape in enumerate(level_shapes(info.shape))]
     layer = multiscale_layer(info, levels)
     layer[1]["metadata"]["pyramid"] = "converting"
     job.add_done_callback(_refresh_layers_when_done)
-    if caller is not None:  # a GUI: napari's activity dock shows it, cancelable
-        show_job_progress(job, caller, f"{path.name}: multiscale cache")
-    _notify(f"{path.name}: building a multiscale cache in the background (once; progress in "
-            "the activity dock); the layer fills in when it is ready")
+    if caller is None:
+        _notify(note)
     return layer
 
 
