@@ -185,3 +185,63 @@ def test_samples_decode_their_bundled_files_once(monkeypatch):
         assert a is not b and not np.shares_memory(a, b) and a.flags.writeable
         np.testing.assert_array_equal(a, b)
     assert first[0][1]["metadata"] is not second[0][1]["metadata"]
+
+
+def test_conversion_progress_reaches_napari_a_few_times_a_second(tmp_path):
+    """Each change of napari's activity bar repaints the window: steps are coalesced to at
+    most one per ``UPDATE_EVERY_S``, and the last one is still shown."""
+    from napari_allen.io.pyramid import PyramidJob
+    from napari_allen.layers import activity
+
+    job = PyramidJob(key="test-throttle", target=tmp_path / "x.zarr")
+    posted: list = []
+    activity.show_job_progress(job, posted.append, "x")
+    for step in range(1, 60):  # 59 steps within a few ms
+        job.fraction = step / 100
+        for fn in job.progress_callbacks:
+            fn(job)
+    assert len(posted) <= 3  # open the bar, the first step, nothing more yet
+    time.sleep(activity.UPDATE_EVERY_S + 0.3)
+    assert len(posted) <= 4  # the latest step, once the interval is over
+    for fn in posted:
+        fn()
+    bar = next(b for b in __import__("napari").utils.progress._all_instances
+               if b.desc.startswith("x"))
+    assert bar.n == 59
+    bar.close()
+
+
+def test_layers_of_one_store_share_recent_slices(tmp_path):
+    """Opening a converted grid again shows the planes already read without decoding their
+    chunks again; a layer shown another way (other labels) does not share them."""
+    from napari_allen.io.pyramid import build_pyramid
+    from napari_allen.io.volume import GridVolume
+    from napari_allen.layers.multiscale import pyramid_layer
+
+    data = np.zeros((300, 20, 30), dtype=np.uint32)
+    data[:, 5:] = 385
+    pyr = build_pyramid(GridVolume(data=data, resolution=25.0, kind="annotation"),
+                        tmp_path / "p.zarr")
+    first = pyramid_layer(pyr.store)[0][0]
+    plane = np.asarray(first[150])
+
+    class Counting:
+        def __init__(self, array):
+            self.array, self.reads = array, 0
+
+        def __getitem__(self, index):
+            self.reads += 1
+            return self.array[index]
+
+    again = pyramid_layer(pyr.store)[0][0]
+    again._array = Counting(again._source())
+    np.testing.assert_array_equal(np.asarray(again[150]), plane)
+    assert again._array.reads == 0
+    np.asarray(again[151])  # another plane is read
+    assert again._array.reads == 1
+    other = Ontology.from_graph_response([{"id": 385, "acronym": "VISp", "name": "V",
+                                           "children": []}])
+    own = pyramid_layer(pyr.store, ontology=other)[0][0]
+    own._array = Counting(own._source())
+    np.asarray(own[150])
+    assert own._array.reads == 1

@@ -3,13 +3,20 @@
 napari's ``progress`` bars are plain (non-Qt) objects that its activity dock watches; the dock's
 widgets are Qt, so every bar is created, advanced and closed on the GUI thread through the
 main-thread caller (``caller(fn)``) the widgets package installs. Steps arriving from the
-conversion thread are coalesced to whole percents (at most 100 GUI calls per conversion).
+conversion thread are coalesced to whole percents, at most two a second (each change of napari's
+bar repaints the whole window).
 """
 
 from __future__ import annotations
 
+import threading
+import time
+
 from ..io.pyramid import PyramidJob
 from ..progress import MainThreadCaller as Caller
+
+#: Least time between two updates of a bar (s).
+UPDATE_EVERY_S = 0.5
 
 #: The job each pyramid key's bar shows (a failed or cancelled job restarts as a new job).
 _SHOWN: dict[str, PyramidJob] = {}
@@ -35,7 +42,9 @@ def show_job_progress(job: PyramidJob, caller: Caller, title: str) -> None:
     if _SHOWN.get(job.key) is job:  # the same file opened twice: one bar
         return
     _SHOWN[job.key] = job
-    state: dict = {"bar": None, "percent": -1, "closed": False}
+    state: dict = {"bar": None, "percent": -1, "closed": False, "at": -UPDATE_EVERY_S,
+                   "timer": None}
+    lock = threading.Lock()
 
     def open_bar() -> None:
         if not state["closed"]:
@@ -53,7 +62,8 @@ def show_job_progress(job: PyramidJob, caller: Caller, title: str) -> None:
             return
         if percent > bar.n:
             bar.update(percent - bar.n)
-        if message:
+        if message and message != state.get("message"):
+            state["message"] = message
             bar.set_description(f"{title}: {message}")
 
     def close() -> None:
@@ -62,12 +72,30 @@ def show_job_progress(job: PyramidJob, caller: Caller, title: str) -> None:
             state["bar"].close()
             state["bar"] = None
 
+    def send() -> None:
+        with lock:
+            state["timer"], state["at"] = None, time.monotonic()
+            percent, message = state["percent"], job.message
+        caller(lambda: advance(percent, message))
+
     def on_progress(job: PyramidJob) -> None:
         percent = min(int(job.fraction * 100), 99)  # 100 % is the finished pyramid
-        if percent > state["percent"]:
+        # Each change of napari's bar runs QApplication.processEvents(): a repaint of the
+        # whole window (30-100 ms under llvmpipe), so a few per second at most; a step
+        # arriving sooner is shown when the interval is over (never lost).
+        with lock:
+            if percent <= state["percent"]:
+                return
             state["percent"] = percent
-            message = job.message
-            caller(lambda: advance(percent, message))
+            if state["timer"] is not None:
+                return
+            wait = state["at"] + UPDATE_EVERY_S - time.monotonic()
+            if wait > 0:
+                state["timer"] = threading.Timer(wait, send)
+                state["timer"].daemon = True
+                state["timer"].start()
+                return
+        send()
 
     caller(open_bar)
     job.add_progress_callback(on_progress)
