@@ -245,3 +245,25 @@ def test_layers_of_one_store_share_recent_slices(tmp_path):
     own._array = Counting(own._source())
     np.asarray(own[150])
     assert own._array.reads == 1
+
+
+def test_opening_images_imports_neither_pandas_nor_zarr():
+    """pandas (~0.7 s) and zarr (~0.8 s) are imported on first use on napari's main thread:
+    an image sample or a small grid needs neither (pandas serves the labels' hover table,
+    zarr the 10/25 µm pyramids)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_allen import _sample_data\n"
+        "from napari_allen._reader import get_reader\n"
+        "_sample_data.connectivity_158375425()\n"
+        "p = str(_sample_data._data('connectivity', '158375425',"
+        " 'projection_density_100.nrrd'))\n"
+        "get_reader(p)(p)\n"
+        "print(sorted(m for m in ('pandas', 'zarr') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -54,6 +54,8 @@ def _lines_layers(path: Path) -> list[LayerDataTuple]:
 
 
 def _sniff_plane_store(path: Path) -> bool:
+    if not path.is_dir():  # stores are folders; importing their module costs pandas (~0.3 s)
+        return False
     from .io.plane_store import looks_like_plane_store
 
     return looks_like_plane_store(path)

@@ -113,11 +113,10 @@ class Pyramid:
 
 def open_pyramid(store: str | os.PathLike) -> Pyramid | None:
     """Open a complete, verified pyramid store; None if absent, partial or inconsistent."""
-    import zarr
-
     store = Path(store)
     if store.suffix == ".part" or not (store / "zarr.json").is_file():
-        return None
+        return None  # before importing zarr (~0.8 s): every small grid opened asks this
+    import zarr
     try:
         group = zarr.open_group(str(store), mode="r")
         attrs = dict(group.attrs.get(ATTRS_KEY) or {})

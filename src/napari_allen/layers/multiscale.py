@@ -25,10 +25,10 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..atlas.ontology import Ontology
 from ..io.pyramid import (
     PyramidJob,
     level_shapes,
@@ -48,6 +48,9 @@ from .volumes import (
     label_tables,
     layer_metadata,
 )
+
+if TYPE_CHECKING:
+    from ..atlas.ontology import Ontology
 
 LayerDataTuple = tuple
 log = logging.getLogger(__name__)
@@ -239,6 +242,7 @@ def multiscale_layer(vol: GridVolume, levels: list, *, stats: dict | None = None
     meta.update(multiscale=True, level_shapes=[tuple(lv.shape) for lv in levels])
     space = layer_space_kwargs(vol.resolution)
     if vol.kind in LABEL_KINDS:
+        from ..atlas.ontology import Ontology  # pandas: only for labels
         from .atlas_colormap import atlas_colormap  # imports napari
 
         onto = ontology or Ontology.default()

@@ -21,15 +21,22 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from ..atlas.ontology import Ontology
 from ..io.planes import plane_reader_for
 from ..io.volume import GridVolume
 from ..space import ISH_VOLUMES, layer_space_kwargs
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..atlas.ontology import Ontology
+
+# pandas and the ontology (which needs pandas) are imported where labels are built: an image
+# never needs them, and importing pandas costs ~0.7 s on napari's main thread (napari itself
+# imports it only for its first Labels layer), paid by the first sample or file opened.
 
 LayerDataTuple = tuple[Any, dict, str]
 log = logging.getLogger(__name__)
@@ -256,6 +263,8 @@ def _id_labels_layer(vol: GridVolume, onto: Ontology, name: str | None,
     known = onto.table.reindex(ids)
     background = ids == 0
     acronyms = np.where(background, "", known["acronym"].fillna("?").astype(str).to_numpy())
+    import pandas as pd
+
     names = np.where(background, "background",
                      known["name"].fillna("structure not in the ontology").astype(str)
                      .to_numpy())
@@ -316,6 +325,8 @@ def _build_label_tables(onto: Ontology, extra: tuple[int, ...]
     acronyms = np.where(in_onto, rows["acronym"].astype(object).to_numpy(), "?")
     names = np.where(in_onto, rows["name"].astype(object).to_numpy(),
                      [f"unknown structure {s}" for s in structure_ids])
+    import pandas as pd
+
     n = len(structure_ids)
     features = pd.DataFrame({
         "index": np.arange(n + 2),
@@ -356,6 +367,8 @@ def labels_layer(
         if resolution is None:
             raise ValueError("labels_layer needs the resolution (µm) for a bare array")
         vol = GridVolume(data=vol_or_array, resolution=resolution, kind="annotation")
+    from ..atlas.ontology import Ontology
+
     onto = ontology or Ontology.default()
     extra: tuple[int, ...] = ()
     if not _is_lazy(vol.data):
