@@ -267,3 +267,29 @@ def test_opening_images_imports_neither_pandas_nor_zarr():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_store_opened_before_is_not_opened_again(tmp_path, monkeypatch):
+    """Opening a converted grid again reuses the opened store (zarr's metadata reads are
+    round trips through its I/O thread); a rewritten or removed store is not reused."""
+    import shutil
+
+    import zarr
+
+    from napari_allen.io.pyramid import build_pyramid, open_pyramid
+    from napari_allen.io.volume import GridVolume
+
+    data = np.arange(300 * 20 * 30, dtype=np.float32).reshape((300, 20, 30))
+    pyr = build_pyramid(GridVolume(data=data, resolution=25.0), tmp_path / "p.zarr")
+    opened = open_pyramid(pyr.store)
+    calls: list = []
+    real = zarr.open_group
+    monkeypatch.setattr(zarr, "open_group", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert open_pyramid(pyr.store) is opened and calls == []
+    group = real(str(pyr.store), mode="r+")
+    attrs = dict(group.attrs["napari_allen"])
+    attrs["complete"] = False  # zarr.json rewritten: opened (and rejected) again
+    group.attrs["napari_allen"] = attrs
+    assert open_pyramid(pyr.store) is None and len(calls) == 1
+    shutil.rmtree(pyr.store)
+    assert open_pyramid(pyr.store) is None

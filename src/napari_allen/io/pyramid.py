@@ -111,11 +111,29 @@ class Pyramid:
         return [self.resolution * 2 ** k for k in range(len(self.levels))]
 
 
+#: Stores opened in this process: path -> (zarr.json's mtime and size, the opened pyramid).
+_OPENED: dict[str, tuple[tuple[int, int], Pyramid]] = {}
+
+
 def open_pyramid(store: str | os.PathLike) -> Pyramid | None:
-    """Open a complete, verified pyramid store; None if absent, partial or inconsistent."""
+    """Open a complete, verified pyramid store; None if absent, partial or inconsistent.
+
+    A store opened before (and whose ``zarr.json`` is unchanged) is not opened again:
+    opening reads a dozen metadata documents through zarr's I/O thread, a round trip each
+    that napari's main thread waits for (tens of ms each on a loaded machine)."""
     store = Path(store)
-    if store.suffix == ".part" or not (store / "zarr.json").is_file():
+    if store.suffix == ".part":
+        return None
+    try:
+        st = (store / "zarr.json").stat()
+    except OSError:
         return None  # before importing zarr (~0.8 s): every small grid opened asks this
+    stamp = (int(st.st_mtime_ns), int(st.st_size))
+    known = _OPENED.get(str(store))
+    if known is not None and known[0] == stamp:
+        with contextlib.suppress(OSError):
+            os.utime(store)  # least-recently-used eviction reads this
+        return known[1]
     import zarr
     try:
         group = zarr.open_group(str(store), mode="r")
@@ -131,7 +149,9 @@ def open_pyramid(store: str | os.PathLike) -> Pyramid | None:
         return None
     with contextlib.suppress(OSError):
         os.utime(store)  # least-recently-used eviction reads this
-    return Pyramid(store=store, levels=levels, attrs=attrs)
+    pyramid = Pyramid(store=store, levels=levels, attrs=attrs)
+    _OPENED[str(store)] = (stamp, pyramid)
+    return pyramid
 
 
 def _ome_attrs(resolution: float, n_levels: int, name: str) -> dict:
