@@ -177,6 +177,7 @@ def test_samples_decode_their_bundled_files_once(monkeypatch):
 
     monkeypatch.setattr(gridzip, "read_grid_zip", spy)
     _sample_data._read_bundled.cache_clear()
+    _sample_data._nrp1_layers.cache_clear()
     first = _sample_data.nrp1_expression()
     second = _sample_data.nrp1_expression()
     assert len([c for c in calls if "Nrp1" in c]) == 1
@@ -185,6 +186,9 @@ def test_samples_decode_their_bundled_files_once(monkeypatch):
         assert a is not b and not np.shares_memory(a, b) and a.flags.writeable
         np.testing.assert_array_equal(a, b)
     assert first[0][1]["metadata"] is not second[0][1]["metadata"]
+    assert first[1][1]["features"] is not second[1][1]["features"]
+    assert first[1][1]["colormap"] is not second[1][1]["colormap"]
+    assert first[0][1]["contrast_limits"] == second[0][1]["contrast_limits"]
 
 
 def test_conversion_progress_reaches_napari_a_few_times_a_second(tmp_path):

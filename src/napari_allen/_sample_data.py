@@ -24,7 +24,7 @@ import numpy as np
 from .io.volume import GridVolume
 from .layers.volumes import LayerDataTuple, image_layer, labels_layer
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 
 
 def _data(*parts: str):
@@ -54,23 +54,57 @@ def _bundled(*parts: str, **metadata) -> list[GridVolume]:
     return [dataclasses.replace(vol, metadata={**vol.metadata, **metadata}) for vol in vols]
 
 
-def nrp1_expression() -> list[LayerDataTuple]:
-    """[Nrp1 energy Image, 200 µm grid annotation Labels], both [AP, DV, ML] at 200 µm."""
+def _fresh(layers: tuple[LayerDataTuple, ...]) -> list[LayerDataTuple]:
+    """New copies of cached layer tuples: napari may edit a layer's data (painting labels),
+    metadata, features and colormap (its selected label) in place."""
+    out = []
+    for data, kwargs, layer_type in layers:
+        fresh = {}
+        for key, value in kwargs.items():
+            if key == "colormap" and not isinstance(value, str):
+                from .layers.atlas_colormap import fresh_copy
+
+                value = fresh_copy(value)
+            elif hasattr(value, "copy") and not isinstance(value, (str, tuple)):
+                value = value.copy()  # metadata dicts, features tables
+            fresh[key] = value
+        out.append((np.array(data), fresh, layer_type))
+    return out
+
+
+@functools.cache
+def _nrp1_layers() -> tuple[LayerDataTuple, ...]:
     from .atlas.annotation import grid_annotation
 
     (energy,) = _bundled("ish", "Nrp1_P56_coronal_74272479_200um.zip")
-    return [image_layer(energy), labels_layer(grid_annotation(), name="grid annotation (200 µm)",
-                                              visible=True)]
+    return (image_layer(energy),
+            labels_layer(grid_annotation(), name="grid annotation (200 µm)", visible=True))
 
 
-def connectivity_158375425() -> list[LayerDataTuple]:
-    """[projection density Image, injection density Image] of experiment 158375425, 100 µm."""
+def nrp1_expression() -> list[LayerDataTuple]:
+    """[Nrp1 energy Image, 200 µm grid annotation Labels], both [AP, DV, ML] at 200 µm.
+    Built once per process (conversion, contrast limits, labels); each open gets copies."""
+    with _LOCK:
+        layers = _nrp1_layers()
+    return _fresh(layers)
+
+
+@functools.cache
+def _connectivity_layers() -> tuple[LayerDataTuple, ...]:
     folder = ("connectivity", "158375425")
     meta = {"experiment_id": 158375425, "injection_structure": "VPM"}
     (projection,) = _bundled(*folder, "projection_density_100.nrrd", **meta)
     (injection,) = _bundled(*folder, "injection_density_100.nrrd", **meta)
     # A distinct colour so the injection site stands out over the projections (additive).
-    return [image_layer(projection), image_layer(injection, colormap="green")]
+    return (image_layer(projection), image_layer(injection, colormap="green"))
+
+
+def connectivity_158375425() -> list[LayerDataTuple]:
+    """[projection density Image, injection density Image] of experiment 158375425, 100 µm.
+    Built once per process; each open gets copies."""
+    with _LOCK:
+        layers = _connectivity_layers()
+    return _fresh(layers)
 
 
 def ccf_reference_25() -> list[LayerDataTuple]:

@@ -46,9 +46,14 @@ def atlas_colormap(onto: Ontology, extra_ids: tuple[int, ...] = ()) -> AtlasLabe
         built = _build_template(onto, key)
         with _TABLES_LOCK:
             template = _TEMPLATES[onto].setdefault(key, built)
-    cmap = copy.deepcopy(template)  # ~2 ms; napari's caches come back empty from a copy
-    cmap._cache_mapping.update(template._cache_mapping)
-    return cmap
+    return fresh_copy(template)
+
+
+def fresh_copy(cmap: AtlasLabelColormap) -> AtlasLabelColormap:
+    """A new colormap object equal to ``cmap``, sharing its lookup tables (read-only)."""
+    out = copy.deepcopy(cmap)  # ~2 ms; napari's caches come back empty from a copy
+    out._cache_mapping.update(cmap._cache_mapping)
+    return out
 
 
 def template_count() -> int:
