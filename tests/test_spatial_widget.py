@@ -189,9 +189,8 @@ def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
 
     from napari_allen.widgets import _common, _view
 
-    # Partial arrays go to add_layer_tuple; ready layers are added in turns (_view.add_in_turns:
-    # inserted by _insert_unselected, or updating a same-named layer with add_layer_tuple).
-    monkeypatch.setattr(module, "add_layer_tuple", spying(module.add_layer_tuple))
+    # Everything goes through _view.add_in_turns: partial arrays update the layer shown with
+    # add_layer_tuple, ready layers are inserted by _insert_unselected.
     monkeypatch.setattr(_common, "add_layer_tuple", spying(_common.add_layer_tuple))
     monkeypatch.setattr(_view, "_insert_unselected", spying(_view._insert_unselected))
     widget.form.seed_cap.setValue(6)

@@ -226,6 +226,7 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
     Returns the layer (in the viewer from step 2 on)."""
     from napari.layers import Layer
 
+    from napari_allen.layers.prebuilt import build_layer
     from napari_allen.widgets._common import add_layer_tuple, layer_name
 
     name = layer_name(item)
@@ -234,11 +235,7 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
         if then is not None:
             then(layer)
         return layer
-    if isinstance(item, Layer):
-        layer = item
-    else:
-        data, kwargs, layer_type = (tuple(item) + ({}, "image"))[:3]
-        layer = Layer.create(data, dict(kwargs or {}), layer_type)
+    layer = item if isinstance(item, Layer) else build_layer(item)
     visible = layer.visible
 
     def insert() -> None:

@@ -36,7 +36,6 @@ from qtpy.QtWidgets import (
 from napari_allen.io.lines_json import write_lines_json
 from napari_allen.widgets._common import (
     WrappingLabel,
-    add_layer_tuple,
     layer_name,
     shared_client,
 )
@@ -196,11 +195,10 @@ class SpatialSearchWidget(AllenDock):
         try:
             while self._pending is not None:
                 current, self._pending = self._pending, None
+                # The first partial: a ready layer, inserted over several turns; later ones:
+                # plain arrays put into the layer shown (add_in_turns does that in one step).
                 for layer_tuple in current["layers"]:
-                    if isinstance(layer_tuple, tuple):  # plain arrays for the layer shown
-                        add_layer_tuple(self.viewer, layer_tuple)
-                    else:  # the first partial: a ready layer, inserted over several turns
-                        add_in_turns(self.viewer, self.runner, layer_tuple)
+                    add_in_turns(self.viewer, self.runner, layer_tuple)
                 self._partial = current
         finally:
             self._drawing = False
@@ -338,7 +336,8 @@ class SpatialSearchWidget(AllenDock):
 
         from napari_allen.widgets._meshes import mesh_task
 
-        self.runner.run(mesh_task(pick), on_partial=lambda t: add_layer_tuple(self.viewer, t),
+        self.runner.run(mesh_task(pick),
+                        on_partial=lambda t: add_in_turns(self.viewer, self.runner, t),
                         description="meshing injection and target structures")
 
     def save_json(self, path: str | None = None) -> str | None:
