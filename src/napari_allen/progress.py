@@ -16,6 +16,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+#: Least time (s) between two updates of one napari activity-dock bar: each change of such a
+#: bar runs ``processEvents()``, a repaint of the whole window (30-100 ms under Xvfb + llvmpipe
+#: with the GL canvas in it). Task bars (widgets) and conversion bars (layers) both keep to it.
+ACTIVITY_BAR_EVERY_S = 0.5
+
 
 class Cancelled(Exception):
     """Raised inside a task when its :class:`CancelToken` was cancelled."""

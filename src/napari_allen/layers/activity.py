@@ -13,10 +13,11 @@ import threading
 import time
 
 from ..io.pyramid import PyramidJob
+from ..progress import ACTIVITY_BAR_EVERY_S
 from ..progress import MainThreadCaller as Caller
 
 #: Least time between two updates of a bar (s).
-UPDATE_EVERY_S = 0.5
+UPDATE_EVERY_S = ACTIVITY_BAR_EVERY_S
 
 #: The job each pyramid key's bar shows (a failed or cancelled job restarts as a new job).
 _SHOWN: dict[str, PyramidJob] = {}

@@ -92,7 +92,9 @@ def with_focus_point(layer_tuple: tuple) -> tuple:
 
 def layer_focus_um(layer: Any) -> np.ndarray | None:
     """:func:`focus_point_um` of a napari layer (duck-typed: data, metadata, scale)."""
-    kind = type(layer).__name__.lower()  # Image -> "image": napari's public class names
+    from .prebuilt import layer_type_name
+
+    kind = layer_type_name(layer)  # "image"... also through napari's PublicOnlyProxy
     kwargs = {"metadata": getattr(layer, "metadata", {}), "scale": getattr(layer, "scale", None),
               "translate": getattr(layer, "translate", None)}
     return focus_point_um((layer.data, kwargs, kind))

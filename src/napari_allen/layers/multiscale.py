@@ -355,8 +355,6 @@ def _gui_turns(caller, timeout_s: float = _GUI_WAIT_S) -> None:
     one after the other each ran within ``_GUI_QUIET_S`` (napari's activity bar runs nested
     event loops inside the open, so one answered call alone does not mean the insert is
     over)."""
-    import threading
-
     deadline = time.monotonic() + timeout_s
     quiet = 0
     while quiet < _GUI_QUIET_PROBES:

@@ -39,7 +39,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
 
-from napari_allen.progress import Cancelled, CancelToken, Progress
+from napari_allen.progress import ACTIVITY_BAR_EVERY_S, Cancelled, CancelToken, Progress
 from napari_allen.widgets._common import WrappingLabel
 
 logger = logging.getLogger(__name__)
@@ -48,9 +48,7 @@ logger = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.1
 
 Task = Callable[..., Any]
-# napari activity-bar updates at most this often: each runs QApplication.processEvents(), a
-# repaint of the whole window (30-100 ms under Xvfb + llvmpipe with the GL canvas in it).
-ACTIVITY_EVERY_S = 0.5
+ACTIVITY_EVERY_S = ACTIVITY_BAR_EVERY_S  # napari activity-bar updates at most this often
 
 
 def _shared_transport():
