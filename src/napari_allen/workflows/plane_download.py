@@ -27,7 +27,7 @@ from napari_allen.progress import CancelToken, Progress, ProgressCallback, check
 from napari_allen.workflows import MATRIX_SOURCES
 from napari_allen.workflows.structure_similarity import (  # noqa: F401 (UNIONIZE_ONLY: API)
     UNIONIZE_ONLY,
-    script_unionize_matrix,
+    script_unionize_table,
 )
 
 STATUS_COLUMNS = ["experiment_id", "gene", "status", "error"]
@@ -236,7 +236,7 @@ def structure_matrix(
     """The structures x experiments expression matrix and each structure's volume.
 
     ``source='unionize'``: StructureUnionize ``expression_energy`` fetched and arranged as
-    Allen's correlation script does (:func:`script_unionize_matrix`): rows the leaves of the
+    Allen's correlation script does (:func:`script_unionize_table`): rows the leaves of the
     API's structure graph sorted by id (unless ``structure_ids``), columns the experiments in
     the given order, volume = the last experiment's ``sum_pixels``; the script's structure
     records ride along in ``matrix.attrs["structures"]`` for its ``structures.json``.
@@ -254,8 +254,8 @@ def structure_matrix(
     if not ids:
         raise ValueError("no experiments to correlate")
     if source == "unionize":
-        return script_unionize_matrix(client, ids, structure_ids=structure_ids, jobs=jobs,
-                                      progress=progress, cancel=cancel)
+        return script_unionize_table(client, ids, structure_ids=structure_ids, jobs=jobs,
+                                     progress=progress, cancel=cancel).frame()
     ontology = ontology or Ontology.default()
     rows = list(structure_ids) if structure_ids is not None else ontology.leaves()
 

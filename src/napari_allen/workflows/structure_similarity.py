@@ -155,7 +155,7 @@ def run_structure_similarity(
                   for page in client.ish_data_set_pages(plane, columns=["id"], first=first,
                                                         cancel=cancel)
                   for record in page)
-        table = _script_unionize_table(client, listed, jobs=jobs, progress=progress,
+        table = script_unionize_table(client, listed, jobs=jobs, progress=progress,
                                        cancel=cancel)
         return _correlated(table, table.volumes, table.experiment_ids, source, top_n, method,
                            cancel, progress)
@@ -165,7 +165,7 @@ def run_structure_similarity(
         raise ValueError("no experiments to correlate")
     report(progress, message=f"{len(ids)} experiments: building the {source} matrix")
     if source == "unionize":  # structures from the API: no ontology, no grids
-        table = _script_unionize_table(client, ids, jobs=jobs, progress=progress,
+        table = script_unionize_table(client, ids, jobs=jobs, progress=progress,
                                        cancel=cancel)
         return _correlated(table, table.volumes, ids, source, top_n, method, cancel, progress)
     from napari_allen.atlas.ontology import Ontology
@@ -181,12 +181,12 @@ def run_structure_similarity(
 def _correlated(matrix, volumes, ids, source, top_n, method, cancel, progress
                 ) -> SimilarityOutcome:
     """The correlation and top pairs of ``matrix`` (a DataFrame or a
-    :class:`_UnionizeTable`; the last step of the job)."""
+    :class:`UnionizeTable`; the last step of the job)."""
     check(cancel)
     report(progress, message="correlating structures")
     from napari_allen.analysis.correlation import array_similarity, structure_similarity
 
-    if isinstance(matrix, _UnionizeTable):
+    if isinstance(matrix, UnionizeTable):
         result = array_similarity(matrix.values, matrix.structure_ids, top_n=int(top_n),
                                   method=method, structures=matrix.structures)
     else:
@@ -194,40 +194,11 @@ def _correlated(matrix, volumes, ids, source, top_n, method, cancel, progress
     return SimilarityOutcome(result, volumes, ids, source)
 
 
-def script_unionize_matrix(
-    client,
-    experiment_ids: Sequence[int],
-    *,
-    structure_ids: Sequence[int] | None = None,
-    jobs: int = 8,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-) -> tuple[pd.DataFrame, dict[int, float]]:
-    """Allen's correlation script's inputs, fetched concurrently: the structures x experiments
-    ``expression_energy`` matrix and ``{structure_id: volume}``.
-
-    The structure graph's records (one query) give the rows (leaves sorted by id, unless
-    ``structure_ids``) and the records of ``structures.json``
-    (:func:`~napari_allen.analysis.correlation.script_structures`, kept in
-    ``matrix.attrs["structures"]``); StructureUnionize comes one experiment per query,
-    ``jobs`` at a time, with only the columns the script reads. ``experiment_ids`` may be an
-    iterator (ids still being listed). ValueError when there is no experiment.
-    """
-    import pandas as pd
-
-    table = _script_unionize_table(client, experiment_ids, structure_ids=structure_ids,
-                                   jobs=jobs, progress=progress, cancel=cancel)
-    matrix = pd.DataFrame(table.values,
-                          index=pd.Index(table.structure_ids, name="structure_id"),
-                          columns=pd.Index(table.experiment_ids, name="experiment_id"))
-    matrix.attrs["structures"] = table.structures
-    return matrix, table.volumes
-
-
 @dataclass
-class _UnionizeTable:
-    """:func:`script_unionize_matrix`'s result without pandas: ``values`` (structures x
-    experiments, float64), their ids, the script's structure records and volumes."""
+class UnionizeTable:
+    """Allen's correlation script's inputs without pandas: ``values`` (structures x
+    experiments ``expression_energy``, float64), their ids, the script's structure records
+    (``structures.json``) and ``{structure_id: volume}``."""
 
     values: np.ndarray
     structure_ids: list[int]
@@ -235,8 +206,19 @@ class _UnionizeTable:
     structures: list[dict]
     volumes: dict[int, float]
 
+    def frame(self) -> tuple[pd.DataFrame, dict[int, float]]:
+        """``(matrix, volumes)``: the matrix as a DataFrame (rows ``structure_id``, columns
+        ``experiment_id``), the script's records in ``matrix.attrs["structures"]``."""
+        import pandas as pd
 
-def _script_unionize_table(
+        matrix = pd.DataFrame(self.values,
+                              index=pd.Index(self.structure_ids, name="structure_id"),
+                              columns=pd.Index(self.experiment_ids, name="experiment_id"))
+        matrix.attrs["structures"] = self.structures
+        return matrix, self.volumes
+
+
+def script_unionize_table(
     client,
     experiment_ids: Sequence[int],
     *,
@@ -244,9 +226,18 @@ def _script_unionize_table(
     jobs: int = 8,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
-) -> _UnionizeTable:
-    """:func:`script_unionize_matrix` as a :class:`_UnionizeTable` (the correlate job needs no
-    DataFrame: its import alone is a tenth of ``napari-allen correlate``)."""
+) -> UnionizeTable:
+    """Allen's correlation script's inputs, fetched concurrently, as a :class:`UnionizeTable`
+    (the correlate job needs no DataFrame: pandas' import alone is a tenth of ``napari-allen
+    correlate``; :meth:`UnionizeTable.frame` makes one).
+
+    The structure graph's records (one query) give the rows (leaves sorted by id, unless
+    ``structure_ids``) and the records of ``structures.json``
+    (:func:`~napari_allen.analysis.correlation.script_structures`); StructureUnionize comes
+    one experiment per query, ``jobs`` at a time, with only the columns the script reads.
+    ``experiment_ids`` may be an iterator (ids still being listed). ValueError when there is
+    no experiment.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     builders: list = []  # the ScriptMatrixBuilder, made with the first response
@@ -300,7 +291,7 @@ def _script_unionize_table(
     values = matrix.matrix(order)
     volumes = {int(r["id"]): float(r["volume"]) for r in records
                if r.get("volume") is not None}
-    return _UnionizeTable(values, list(dict.fromkeys(int(s) for s in rows)),
+    return UnionizeTable(values, list(dict.fromkeys(int(s) for s in rows)),
                           list(dict.fromkeys(int(e) for e in order)), records, volumes)
 
 
