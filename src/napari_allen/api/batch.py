@@ -48,7 +48,7 @@ class GridRequest:
 
     def plan(self, client: AllenClient) -> tuple[str, Path, Verifier]:
         vols = check_volumes(self.volumes)
-        target = self.dest or client.store.grid_zip(client.api_host, self.experiment_id, vols)
+        target = self.dest or client.grid_zip_path(self.experiment_id, vols)
         return (client.grid_zip_url(self.experiment_id, vols), Path(target),
                 lambda p, s: verify_grid_zip(p, vols, s))
 
@@ -69,8 +69,8 @@ class NrrdRequest:
 
     def plan(self, client: AllenClient) -> tuple[str, Path, Verifier]:
         url = client.grid_nrrd_url(self.experiment_id, self.image, self.resolution)
-        target = self.dest or client.store.grid_nrrd(client.api_host, self.experiment_id,
-                                                     self.image, self.resolution)
+        target = self.dest or client.grid_nrrd_path(self.experiment_id, self.image,
+                                                    self.resolution)
         return url, Path(target), lambda p, s: verify_nrrd(p, s)
 
     def describe(self) -> dict:
