@@ -176,7 +176,6 @@ def test_samples_decode_their_bundled_files_once(monkeypatch):
         return original(path, **kw)
 
     monkeypatch.setattr(gridzip, "read_grid_zip", spy)
-    _sample_data._read_bundled.cache_clear()
     _sample_data._nrp1_layers.cache_clear()
     first = _sample_data.nrp1_expression()
     second = _sample_data.nrp1_expression()

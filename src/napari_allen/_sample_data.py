@@ -24,33 +24,22 @@ import numpy as np
 from .io.volume import GridVolume
 from .layers.volumes import LayerDataTuple, image_layer, labels_layer
 
-_LOCK = threading.RLock()
+_LOCK = threading.Lock()  # one builder per sample, once
 
 
 def _data(*parts: str):
     return resources.files("napari_allen").joinpath("data", *parts)
 
 
-@functools.cache
-def _read_bundled(*parts: str) -> tuple[GridVolume, ...]:
+def _bundled(*parts: str, **metadata) -> list[GridVolume]:
+    """The grids of a bundled file, ``metadata`` added to each grid's. Read by the layer
+    builders below, which run once per process (package data never change, and opening a
+    sample runs on napari's main thread); every open gets copies of their layers."""
     from .io.gridzip import read_grid_zip
     from .io.nrrd import read_nrrd
 
     path = _data(*parts)
     vols = read_grid_zip(path) if parts[-1].endswith(".zip") else [read_nrrd(path)]
-    for vol in vols:
-        if isinstance(vol.data, np.ndarray):
-            vol.data.setflags(write=False)
-    return tuple(vols)
-
-
-def _bundled(*parts: str, **metadata) -> list[GridVolume]:
-    """The grids of a bundled file, decoded once per process (package data never change, and
-    opening a sample runs on napari's main thread; the 200 µm grid annotation is kept the
-    same way). Their arrays are read-only: every layer gets its own converted copy (NaN for
-    no data, compact labels). ``metadata`` is added to each grid's (a fresh dict)."""
-    with _LOCK:
-        vols = _read_bundled(*parts)
     return [dataclasses.replace(vol, metadata={**vol.metadata, **metadata}) for vol in vols]
 
 
