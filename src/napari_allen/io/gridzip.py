@@ -124,12 +124,10 @@ def bad_member(fh, infos: list[zipfile.ZipInfo]) -> str | None:
         if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED,
                                                              zipfile.ZIP_DEFLATED):
             raise NotImplementedError(f"{info.filename}: compression {info.compress_type}")
-        fh.seek(info.header_offset)
-        local = fh.read(30)
-        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        offset = _data_offset(fh, info)
+        if offset is None:
             raise zipfile.BadZipFile(f"bad local file header of {info.filename!r}")
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        fh.seek(name_len + extra_len, os.SEEK_CUR)
+        fh.seek(offset)
         try:
             if not _member_intact(fh, info):
                 return info.filename
@@ -166,15 +164,24 @@ def _member_intact(fh, info: zipfile.ZipInfo) -> bool:
     return size == info.file_size and crc == info.CRC
 
 
+def _data_offset(fh, info: zipfile.ZipInfo) -> int | None:
+    """Byte offset of a member's data (after its local file header) in the zip ``fh``, or
+    None when that header is damaged."""
+    fh.seek(info.header_offset)
+    local = fh.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
 def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
     """Byte offset of a stored member's data (after its local file header)."""
     with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        local = fh.read(30)
-    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        offset = _data_offset(fh, info)
+    if offset is None:
         raise AllenFormatError(path, f"corrupt local header for member {info.filename!r}")
-    name_len, extra_len = struct.unpack("<HH", local[26:30])
-    return info.header_offset + 30 + name_len + extra_len
+    return offset
 
 
 def _grid_members(zf: zipfile.ZipFile, source) -> tuple[list[tuple[zipfile.ZipInfo,
