@@ -19,7 +19,7 @@ import weakref
 from napari.utils.colormaps import DirectLabelColormap
 
 from ..atlas.ontology import Ontology
-from .volumes import _TABLES_LOCK, compact_dtype, label_tables
+from .volumes import _TABLES_LOCK, compact_dtype, extra_ids_key, label_tables
 
 
 class AtlasLabelColormap(DirectLabelColormap):
@@ -39,7 +39,7 @@ _TEMPLATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def atlas_colormap(onto: Ontology, extra_ids: tuple[int, ...] = ()) -> AtlasLabelColormap:
     """The colormap of :func:`~napari_allen.layers.volumes.label_tables`' compact labelling of
     ``onto`` (plus ``extra_ids``): a new object sharing the template's lookup table."""
-    key = tuple(sorted({int(i) for i in extra_ids} - {0}))
+    key = extra_ids_key(extra_ids)
     with _TABLES_LOCK:
         template = _TEMPLATES.setdefault(onto, {}).get(key)
     if template is None:

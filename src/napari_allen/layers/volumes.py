@@ -297,12 +297,18 @@ def label_tables(onto: Ontology, extra_ids: tuple[int, ...] = ()
 
     Compact value ``k`` (1-based) is ``structure_ids[k-1]``; ``len(structure_ids)+1`` is
     "unknown"; ``features`` row ``k`` describes value ``k``."""
-    key = tuple(sorted({int(i) for i in extra_ids} - {0}))
+    key = extra_ids_key(extra_ids)
     with _TABLES_LOCK:
         per_onto = _TABLES.setdefault(onto, {})
         if key not in per_onto:
             per_onto[key] = _build_label_tables(onto, key)
         return per_onto[key]
+
+
+def extra_ids_key(extra_ids) -> tuple[int, ...]:
+    """The cache key of an extra-id set (sorted, without the background 0): label tables and
+    their colormaps (``layers/atlas_colormap``) must agree on it."""
+    return tuple(sorted({int(i) for i in extra_ids} - {0}))
 
 
 def _build_label_tables(onto: Ontology, extra: tuple[int, ...]
