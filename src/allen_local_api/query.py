@@ -141,21 +141,29 @@ def matches(record: Record, flt: Filter, model: Model) -> bool:
 def _filtered(rows: list[Record], flt: Filter, model: Model) -> list[Record]:
     """The ``rows`` that match one plain filter (:func:`matches`), each distinct value (and
     type) tested once: one experiment's 1,300 unionize rows are one test of
-    ``section_data_set_id``, not 1,300."""
+    ``section_data_set_id``, not 1,300. A row without the attribute raises the error naming
+    it (:func:`matches`)."""
     attr = flt.attr.split(".")[-1]
-    decided: dict[tuple[type, Any], bool] = {}
+
+    def key_of(r: Record) -> tuple[type, Any]:
+        value = r.get(attr, _MISSING)
+        return value.__class__, value
+
+    return _kept_by_key(rows, key_of, lambda r: matches(r, flt, model), {})
+
+
+def _kept_by_key(rows: list[Record], key_of, test, decided: dict) -> list[Record]:
+    """The ``rows`` passing ``test``, decided once per ``key_of(row)`` and remembered in
+    ``decided``; a row whose key is unhashable (a list) is tested alone."""
     kept = []
     for r in rows:
-        value = r.get(attr, _MISSING)
-        if value is _MISSING:
-            matches(r, flt, model)  # raises the error naming the attribute
-        key = (value.__class__, value)
         try:
+            key = key_of(r)
             hit = decided[key]
         except KeyError:
-            hit = decided[key] = matches(r, flt, model)
-        except TypeError:  # an unhashable value (a list): test it as it is
-            hit = matches(r, flt, model)
+            hit = decided[key] = test(r)
+        except TypeError:
+            hit = test(r)
         if hit:
             kept.append(r)
     return kept
@@ -277,19 +285,9 @@ class Engine:
         """The ``rows`` whose association ``assoc`` matches, decided once per distinct value
         of their ``via`` attribute (the association's targets depend on it alone: 100
         experiments' unionize rows name the same 1,300 structures)."""
-        decided = memo.setdefault(("via", model.name, via), {})
-        kept = []
-        for r in rows:
-            key = r.get(via)
-            try:
-                hit = decided[key]
-            except KeyError:
-                hit = decided[key] = self._assoc_matches(model, r, assoc, memo)
-            except TypeError:  # an unhashable value: decide for this record alone
-                hit = self._assoc_matches(model, r, assoc, memo)
-            if hit:
-                kept.append(r)
-        return kept
+        return _kept_by_key(rows, lambda r: r.get(via),
+                            lambda r: self._assoc_matches(model, r, assoc, memo),
+                            memo.setdefault(("via", model.name, via), {}))
 
     # -- ordering and paging ----------------------------------------------------------
     def order(self, model: Model, rows: list[Record], order: str) -> list[Record]:
