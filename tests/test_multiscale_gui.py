@@ -20,11 +20,14 @@ def _write_mhd(folder, name: str, data: np.ndarray, res: int = 100):
 
 @pytest.fixture
 def gated_build(monkeypatch):
-    """Conversions report 25 % and then wait for ``gate.set()`` before building."""
+    """Conversions run in a thread (the fallback when no converter process can start), report
+    25 % and then wait for ``gate.set()`` before building."""
     import threading
 
-    from napari_allen.io import pyramid
+    from napari_allen.io import pyramid, pyramid_process
     from napari_allen.progress import report
+
+    monkeypatch.setattr(pyramid_process, "converter_command", lambda: None)
 
     gate = threading.Event()
     real_build = pyramid.build_pyramid
@@ -54,21 +57,29 @@ def fresh_activation(monkeypatch):
     return pm
 
 
-def test_layer_fills_in_without_a_dock(make_napari_viewer, qtbot, tmp_path, fresh_activation,
-                                       gated_build):
+def _conversion_lock(path):
+    """Holding it keeps a converter process waiting before it builds anything."""
+    from napari_allen.io import pyramid
+
+    target = pyramid.pyramid_path(path)
+    return pyramid._file_lock(target.with_name(target.name + ".lock"))
+
+
+def test_layer_fills_in_without_a_dock(make_napari_viewer, qtbot, tmp_path, fresh_activation):
     from napari_allen.io import pyramid
     from napari_allen.progress import main_thread_caller
 
     data = (np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE) % 97) + 3.0
     path = _write_mhd(tmp_path, "projection_density_100", data)
     viewer = make_napari_viewer()
-    (layer,) = viewer.open(str(path), plugin="napari-allen")
-    assert layer.multiscale and layer.metadata["pyramid"] == "converting"
-    assert main_thread_caller() is not None  # installed by npe2's on_activate
-    job = pyramid._JOBS[pyramid.pyramid_path(path).stem]
-    assert float(np.asarray(layer._slice.image.raw).max()) == 0  # empty while converting
-    gated_build.set()
+    with _conversion_lock(path):
+        (layer,) = viewer.open(str(path), plugin="napari-allen")
+        assert layer.multiscale and layer.metadata["pyramid"] == "converting"
+        assert main_thread_caller() is not None  # installed by npe2's on_activate
+        job = pyramid._JOBS[pyramid.pyramid_path(path).stem]
+        assert float(np.asarray(layer._slice.image.raw).max()) == 0  # empty while converting
     assert job.done.wait(60) and job.error is None
+    assert job.mode == "process"
     # No slider moved, no zoom: only the event loop runs.
     qtbot.waitUntil(lambda: layer.metadata.get("pyramid") == "ready", timeout=20_000)
     assert layer.contrast_limits[0] == pytest.approx(3.0)
@@ -100,3 +111,36 @@ def test_conversion_shows_in_activity_dock_and_cancels(make_napari_viewer, qtbot
     assert job.done.wait(60) and job.error is not None
     qtbot.waitUntil(lambda: layer.metadata.get("pyramid") == "cancelled", timeout=20_000)
     qtbot.waitUntil(lambda: bar() is None, timeout=20_000)  # the bar closed
+
+
+def test_converter_process_cancelled_from_the_activity_dock(make_napari_viewer, qtbot, tmp_path,
+                                                          fresh_activation, monkeypatch):
+    """The activity dock's Cancel stops a converter process (terminated when it cannot stop by
+    itself: here it waits for a lock), the layer says so and the bar closes."""
+    import os
+
+    from napari.utils import progress
+
+    from napari_allen.io import pyramid, pyramid_process
+    from napari_allen.progress import Cancelled
+
+    monkeypatch.setattr(pyramid_process, "CANCEL_GRACE_S", 0.5)
+    path = _write_mhd(tmp_path, "projection_density_100", np.ones(SHAPE, dtype=np.float32))
+    viewer = make_napari_viewer()
+
+    def bar():
+        bars = [b for b in progress._all_instances if "multiscale cache" in (b.desc or "")]
+        return bars[0] if bars else None
+
+    with _conversion_lock(path):
+        (layer,) = viewer.open(str(path), plugin="napari-allen")
+        job = pyramid._JOBS[pyramid.pyramid_path(path).stem]
+        qtbot.waitUntil(lambda: bar() is not None and job.pid is not None, timeout=30_000)
+        pid = job.pid
+        bar().cancel()  # what the activity dock's Cancel button calls
+        qtbot.waitUntil(job.done.is_set, timeout=30_000)
+    assert isinstance(job.error, Cancelled) and job.mode == "process"
+    qtbot.waitUntil(lambda: layer.metadata.get("pyramid") == "cancelled", timeout=20_000)
+    qtbot.waitUntil(lambda: bar() is None, timeout=20_000)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -91,16 +91,12 @@ def _grid_layers(path: Path) -> list[LayerDataTuple]:
 
 def _multiscale_layer(path: Path) -> LayerDataTuple | None:
     """10/25 µm grids open as multiscale layers over the chunked pyramid cache (built once, in
-    the background): any plane along any axis then reads fast (io/pyramid.py)."""
-    from .io import read_volumes
+    a background converter process): any plane along any axis then reads fast
+    (io/pyramid.py)."""
     from .io.pyramid import describe_grid
     from .layers.multiscale import multiscale_layer_for_file
 
-    def open_volume(p, **kwargs):
-        (vol,) = read_volumes(p, **kwargs)
-        return vol
-
-    return multiscale_layer_for_file(path, describe_grid, open_volume)
+    return multiscale_layer_for_file(path, describe_grid)
 
 
 def _is_allen_shape_or_name(shape: Sequence[int], name: str) -> bool:

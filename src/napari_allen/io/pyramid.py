@@ -15,8 +15,11 @@ identity, shape, dtype, kind, metadata and value statistics of the coarsest leve
 
 Conversion streams the source ML slab by ML slab (contiguous on disk: a single sequential
 read), writing every level from each slab; it runs in ``<key>.zarr.part`` and records after
-each slab how far it got, so a cancelled or killed conversion resumes where it stopped; only a
-complete store is renamed to its final name and trusted. The cache is kept under a size cap
+each slab how far it got, so an interrupted conversion (killed, napari closed) resumes where it
+stopped; only a complete store is renamed to its final name and trusted. Background
+conversions (:func:`start_pyramid_job`) run in a converter process of their own
+(:mod:`.pyramid_process`; a thread where no process can be started); cancelling one removes
+its partial store. The cache is kept under a size cap
 (``NAPARI_ALLEN_CACHE_MAX`` as for decoded grids; least recently used pyramids go first).
 
 Arrays are ``[AP, DV, ML]``; no Qt or napari here.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -55,6 +59,7 @@ NO_DATA = -1
 #: Threads compressing and writing chunks (Blosc releases the GIL).
 _WRITE_THREADS = 2
 ATTRS_KEY = "napari_allen"
+log = logging.getLogger(__name__)
 
 
 def level_shapes(shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -266,19 +271,35 @@ def _slab_reader(data) -> Callable[[int, int], np.ndarray]:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive advisory lock (another process converting the same grid waits)."""
+def _file_lock(path: Path, *, wait: bool = True):
+    """An exclusive advisory lock (another process converting the same grid waits). With
+    ``wait=False`` it yields False at once when someone else holds it (True when taken)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: threads are still serialised per key
-        yield
+        yield True
         return
     with open(path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def discard_partial(target: str | os.PathLike) -> bool:
+    """Remove the partial store of ``target`` (a cancelled conversion) unless a conversion
+    holds its lock now (another process converting the same grid). True if nothing is left."""
+    target = Path(target)
+    part = target.with_name(target.name + ".part")
+    with _file_lock(target.with_name(target.name + ".lock"), wait=False) as locked:
+        if locked:
+            shutil.rmtree(part, ignore_errors=True)
+    return not part.exists()
 
 
 def _shuffle_name(dtype: np.dtype) -> str:
@@ -480,7 +501,10 @@ def enforce_cap(folder: Path, keep: set[Path] = frozenset()) -> None:
 # --- background conversion, one job per source file -------------------------------------
 @dataclass
 class PyramidJob:
-    """A background conversion. ``done`` is set when it ends (``pyramid`` or ``error``)."""
+    """A background conversion. ``done`` is set when it ends (``pyramid`` or ``error``).
+
+    ``mode`` is ``"process"`` (a converter process: :mod:`.pyramid_process`) or ``"thread"``
+    once the conversion has started; ``pid`` is the converter process's id while it runs."""
 
     key: str
     target: Path
@@ -489,11 +513,14 @@ class PyramidJob:
     error: BaseException | None = None
     fraction: float = 0.0
     message: str = ""
+    mode: str = ""
+    pid: int | None = None
     cancel_token: CancelToken = field(default_factory=CancelToken)
     callbacks: list = field(default_factory=list)
     progress_callbacks: list = field(default_factory=list)
 
     def cancel(self) -> None:
+        """Stop the conversion; its partial store is removed (nothing of it is kept)."""
         self.cancel_token.cancel()
 
     def add_done_callback(self, fn: Callable[[PyramidJob], object]) -> None:
@@ -514,13 +541,32 @@ _JOBS: dict[str, PyramidJob] = {}
 _JOBS_LOCK = threading.Lock()
 
 
-def start_pyramid_job(path: str | os.PathLike, open_volume: Callable[..., GridVolume], *,
+def read_single_grid(path: str | os.PathLike, **kwargs) -> GridVolume:
+    """The one grid of ``path`` (the package's reader; ``kwargs``: ``progress``, ``cancel``)."""
+    from . import read_volumes
+
+    vols = read_volumes(path, **kwargs)
+    if len(vols) != 1:
+        from ..errors import AllenFormatError
+
+        raise AllenFormatError(path, f"holds {len(vols)} grids; a multiscale cache is built "
+                                     "for single-grid files")
+    return vols[0]
+
+
+def start_pyramid_job(path: str | os.PathLike,
+                      open_volume: Callable[..., GridVolume] | None = None, *,
                       cache_root: str | os.PathLike | None = None,
                       before: Callable[[PyramidJob], object] | None = None) -> PyramidJob:
-    """Convert ``path`` in a daemon thread (or return the job already doing it).
-    ``open_volume(progress=, cancel=)`` returns the grid (it may decode the file first);
-    ``before(job)``, if given, runs first in that thread (e.g. waiting until the GUI has
-    shown the layer, so the conversion does not compete with it for the interpreter)."""
+    """Convert ``path`` in the background (or return the job already doing it).
+
+    Without ``open_volume`` the file is read by the package's reader in a converter process
+    of its own (:mod:`.pyramid_process`: the conversion never holds this interpreter's GIL,
+    which napari's event loop needs); when no process can be started the same runs in a
+    thread, with a logged warning. A given ``open_volume(progress=, cancel=)`` (which returns
+    the grid; it may decode the file first) cannot cross to another interpreter and runs in
+    the thread. ``before(job)``, if given, runs first in the job's thread (e.g. waiting until
+    the GUI has shown the layer, so starting the conversion does not compete with it)."""
     key = pyramid_key(path)
     target = pyramid_folder(cache_root) / f"{key}.zarr"
     identity = source_identity(path)
@@ -542,16 +588,43 @@ def start_pyramid_job(path: str | os.PathLike, open_volume: Callable[..., GridVo
             with contextlib.suppress(Exception):  # a display must never break the conversion
                 fn(job)
 
+    def in_thread(read: Callable[..., GridVolume]) -> Pyramid:
+        job.mode = "thread"
+        vol = read(progress=progress, cancel=job.cancel_token)
+        return build_pyramid(vol, target, identity=identity, progress=progress,
+                             cancel=job.cancel_token)
+
+    def in_process() -> Pyramid:
+        from .pyramid_process import ConverterUnavailable, convert_in_process
+
+        job.mode = "process"
+        try:
+            convert_in_process(path, target, identity, progress=progress,
+                               cancel=job.cancel_token,
+                               on_started=lambda pid: setattr(job, "pid", pid))
+        except ConverterUnavailable as exc:
+            log.warning("%s: cannot start the multiscale-cache converter process (%s); "
+                        "converting in a thread of this process instead", path, exc)
+            return in_thread(lambda **kw: read_single_grid(path, **kw))
+        finally:
+            job.pid = None
+        done = open_pyramid(target)
+        if done is None:
+            raise RuntimeError(f"{path}: the converter process reported the multiscale cache "
+                               f"{target} complete but it does not verify")
+        return done
+
     def run() -> None:
         try:
             if before is not None:
                 before(job)
-            vol = open_volume(progress=progress, cancel=job.cancel_token)
-            job.pyramid = build_pyramid(vol, target, identity=identity, progress=progress,
-                                        cancel=job.cancel_token)
+            job.cancel_token.check()
+            job.pyramid = in_process() if open_volume is None else in_thread(open_volume)
             job.fraction = 1.0
         except (Exception, Cancelled) as exc:  # noqa: BLE001 - reported through the job
             job.error = exc
+            if isinstance(exc, Cancelled):
+                discard_partial(target)
         finally:
             with _JOBS_LOCK:
                 job.done.set()

@@ -3,9 +3,10 @@
 :func:`multiscale_layer_for_file` is what the reader returns for a large grid file:
 
 - pyramid already in the cache: a multiscale Image/Labels over its levels, instantly;
-- not yet: the conversion starts in a background thread and the same layer is returned at
-  once, its levels reading as empty (0) until the pyramid is complete; then the layer is
-  refreshed on napari's main thread (when a Qt event loop runs) and shows the data.
+- not yet: the conversion starts in the background (a converter process of its own, so it
+  never holds the GUI's interpreter lock) and the same layer is returned at once, its levels
+  reading as empty (0) until the pyramid is complete; then the layer is refreshed on
+  napari's main thread (when a Qt event loop runs) and shows the data.
 
 Either way napari never scans the volume: contrast limits come from the pyramid's statistics
 (or the kind's natural range while converting), label colours and features from the cached
@@ -300,13 +301,14 @@ def pyramid_layer(store: str | os.PathLike, **overrides) -> LayerDataTuple | Non
                             **overrides)
 
 
-def multiscale_layer_for_file(path: str | os.PathLike, describe, open_volume
+def multiscale_layer_for_file(path: str | os.PathLike, describe, open_volume=None
                               ) -> LayerDataTuple | None:
     """The reader's multiscale layer for a large grid file, or None for small grids.
 
     ``describe(path) -> GridVolume`` must be cheap (header only: its ``data`` only needs
-    ``shape``/``dtype``); ``open_volume(path, progress=, cancel=)`` reads the grid (it may
-    decode it) and runs in the background conversion thread.
+    ``shape``/``dtype``). The grid is read and converted in a converter process (the
+    package's reader: :func:`napari_allen.io.pyramid.start_pyramid_job`); a given
+    ``open_volume(path, progress=, cancel=)`` reads it instead, in a background thread.
     """
     path = Path(path)
     done = pyramid_layer(pyramid_path(path))
@@ -327,7 +329,8 @@ def multiscale_layer_for_file(path: str | os.PathLike, describe, open_volume
         show_job_progress(job, caller, f"{path.name}: multiscale cache")
         caller(lambda: _notify(note))
 
-    job = start_pyramid_job(path, lambda **kw: open_volume(path, **kw),
+    job = start_pyramid_job(path, None if open_volume is None else
+                            (lambda **kw: open_volume(path, **kw)),
                             before=None if caller is None else before)
     levels = [PyramidLevel(shape, info.dtype, lambda b: b, info.dtype, job=job, level=k)
               for k, shape in enumerate(level_shapes(info.shape))]
@@ -347,11 +350,12 @@ _GUI_WAIT_S = 3.0
 
 
 def _gui_turns(caller, timeout_s: float = _GUI_WAIT_S) -> None:
-    """Block (in the conversion thread) until the GUI thread is idle, or ``timeout_s``.
+    """Block (in the conversion's job thread) until the GUI thread is idle, or ``timeout_s``.
 
     The reader runs on the GUI thread, and napari inserts and first draws the layer right
-    after it returns (~0.3 s); a conversion starting at once shares the interpreter (one GIL,
-    2 cores) with that insert and doubles it. Idle means: ``_GUI_QUIET_PROBES`` calls queued
+    after it returns (~0.3 s); a conversion starting at once competes with that insert for
+    the cores (2 here; in the thread fallback also for the interpreter lock, which doubled
+    the insert). Idle means: ``_GUI_QUIET_PROBES`` calls queued
     one after the other each ran within ``_GUI_QUIET_S`` (napari's activity bar runs nested
     event loops inside the open, so one answered call alone does not mean the insert is
     over)."""
