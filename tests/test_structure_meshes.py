@@ -3,6 +3,8 @@ annotation (placed in CCF µm, inside the brain), the disk cache, Surface layers
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -86,7 +88,18 @@ def test_read_obj_missing_file(tmp_path):
 
 
 # --- meshes from the annotation -----------------------------------------------------------
-def test_outline_mesh_covers_the_brain_and_is_cached(shared_cache, brain):
+@pytest.fixture
+def no_bundled_meshes(tmp_path, monkeypatch):
+    """Meshes are built, not taken from the copies shipped with the package."""
+    from napari_allen.atlas import meshes
+
+    empty = tmp_path / "no-bundled-meshes"
+    empty.mkdir()
+    monkeypatch.setattr(meshes, "bundled_meshes_dir", lambda: empty)
+    return empty
+
+
+def test_outline_mesh_covers_the_brain_and_is_cached(shared_cache, brain, no_bundled_meshes):
     from napari_allen.atlas.meshes import brain_outline
 
     mesh = brain_outline()
@@ -103,6 +116,50 @@ def test_outline_mesh_covers_the_brain_and_is_cached(shared_cache, brain):
     again = brain_outline()
     assert again.metadata["cached"] is True
     np.testing.assert_array_equal(again.faces, mesh.faces)
+
+
+def _nearest_um(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    return cKDTree(b).query(a)[0]
+
+
+def test_bundled_outline_is_what_the_code_builds(shared_cache, brain, no_bundled_meshes,
+                                                 monkeypatch, tmp_path):
+    """The outline shipped in ``data/meshes`` (tools/build_bundled_meshes.py) must be the mesh
+    the current code builds from the bundled annotation: same file name (mesh version and
+    parameters), same size, the same surface to well under a voxel."""
+    from napari_allen.atlas import meshes
+
+    built = meshes.brain_outline()  # from the module's cache (built by the test above) or now
+    monkeypatch.undo()  # the shipped copies again
+    fresh = tmp_path / "fresh-cache"
+    shipped = meshes.brain_outline(cache_dir=fresh)
+    assert shipped.metadata.get("bundled") is True, "no bundled outline for this mesh version"
+    assert Path(shipped.metadata["cache_file"]).name == Path(built.metadata["cache_file"]).name
+    assert abs(shipped.n_faces - built.n_faces) <= 0.01 * built.n_faces
+    for a, b in ((shipped.vertices, built.vertices), (built.vertices, shipped.vertices)):
+        assert np.percentile(_nearest_um(a, b), 99) < 0.2 * brain.resolution
+    assert not fresh.exists() or not any(fresh.rglob("*.npz"))  # read in place, no copy
+
+
+def test_damaged_bundled_outline_is_ignored_and_built(tmp_path, monkeypatch, caplog):
+    import shutil
+
+    from napari_allen.atlas import meshes
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(meshes.bundled_meshes_dir(), shipped)
+    (npz,) = shipped.rglob("*.npz")
+    raw = bytearray(npz.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    npz.write_bytes(bytes(raw))
+    monkeypatch.setattr(meshes, "bundled_meshes_dir", lambda: shipped)
+    with caplog.at_level("WARNING", logger="napari_allen.atlas.meshes"):
+        mesh = meshes.brain_outline(cache_dir=tmp_path / "cache")
+    assert not mesh.metadata.get("bundled") and mesh.metadata["cached"] is False
+    assert "does not match" in caplog.text and str(npz) in caplog.text
+    assert 5_000 < mesh.n_faces <= 40_000
 
 
 def test_vpm_mesh_sits_in_the_thalamus(shared_cache, brain):
@@ -155,14 +212,42 @@ def test_structure_mesh_layer_has_the_atlas_colour(shared_cache):
     assert len(values) == len(verts) and faces.max() < len(verts)
 
 
-def test_reference_sample_is_annotation_and_outline(shared_cache):
-    from napari_allen._sample_data import ccf_reference_25
+def test_reference_sample_is_annotation_and_outline(tmp_path, monkeypatch):
+    """File > Open Sample > CCF reference runs on napari's main thread: on a first run (fresh
+    cache) it decodes nothing and meshes nothing there; its annotation is the reader's layer of
+    the same file (multiscale, converted in the background) and the outline the bundled one."""
+    import time
 
-    (labels, lkw, ltype), (surface, skw, stype) = ccf_reference_25()
-    assert (ltype, stype) == ("labels", "surface")
-    assert tuple(lkw["scale"]) == (25, 25, 25) and labels.shape == (528, 320, 456)
+    from napari_allen import _reader
+    from napari_allen._sample_data import ccf_reference_25
+    from napari_allen.atlas import annotation, meshes
+    from napari_allen.io.pyramid import conversions_running
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("decoded or meshed on the calling thread")
+
+    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(tmp_path))
+    monkeypatch.setattr(annotation, "_ccf_annotation_25", forbidden)
+    monkeypatch.setattr(meshes, "mesh_from_mask", forbidden)
+    try:
+        (labels, lkw, ltype), (surface, skw, stype) = ccf_reference_25()
+        path = annotation.ccf_annotation_25_path()
+        ((rlabels, rkw, rtype),) = _reader.get_reader(str(path))(str(path))
+    finally:
+        deadline = time.monotonic() + 120
+        while conversions_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert (ltype, stype) == ("labels", "surface") and rtype == "labels"
+    assert lkw["multiscale"] and tuple(lkw["scale"]) == (25, 25, 25)
+    assert labels[0].shape == (528, 320, 456) and len(labels) == len(rlabels)
+    assert {k: v for k, v in lkw.items() if k not in ("opacity", "colormap", "features",
+                                                      "metadata")} == \
+        {k: v for k, v in rkw.items() if k not in ("opacity", "colormap", "features",
+                                                   "metadata")}
+    assert lkw["opacity"] == 0.5 and lkw["metadata"]["structure_ids"] is not None
     assert set(lkw["features"].columns) >= {"index", "acronym", "name"}
     assert skw["name"] == "brain outline (CCFv3)" and len(surface[0]) > 1000
+    assert skw["metadata"]["bundled"] is True
 
 
 # --- focus ----------------------------------------------------------------------------------

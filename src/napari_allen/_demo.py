@@ -133,6 +133,18 @@ def _settle(n: int = 30) -> None:
         QApplication.processEvents()
 
 
+def _settle_conversions(timeout_s: float = 120.0) -> None:
+    """Run the event loop until the background multiscale conversions (the 25 µm annotation's
+    on a first run) have ended and their layers show the data."""
+    from napari_allen.io.pyramid import conversions_running
+
+    deadline = time.monotonic() + timeout_s
+    while conversions_running() and time.monotonic() < deadline:
+        _settle(5)
+        time.sleep(0.02)
+    _settle()
+
+
 def readme_images(demo: Demo, folder: Path) -> list[Path]:
     """The README's images: 3-D view, coronal view with the annotation, one per dock."""
     from napari_allen.widgets._view import canonical_camera, focus_on
@@ -149,6 +161,7 @@ def readme_images(demo: Demo, folder: Path) -> list[Path]:
     viewer.screenshot(str(tmp), canvas_only=True, flash=False)
     written.append(_save_small(tmp, folder / "demo-3d.png", indexed=True))
     # Coronal slice through the injection site, annotation on.
+    _settle_conversions()
     viewer.layers["annotation (25 µm)"].visible = True
     viewer.dims.ndisplay = 2
     viewer.reset_view()

@@ -68,35 +68,9 @@ def _plane_store_layers(path: Path) -> list[LayerDataTuple]:
 
 
 def _grid_layers(path: Path) -> list[LayerDataTuple]:
-    from .io import check_exists, read_volumes
-    from .layers.volumes import volume_layer
+    from .layers.grid_files import grid_file_layers
 
-    check_exists(path)  # symlink loops, dangling links: a clear error before anything else
-    try:
-        big = _multiscale_layer(path)
-    except AllenFormatError:
-        raise
-    except (OSError, ValueError, RuntimeError) as exc:
-        # The multiscale cache is an optimisation: if it cannot start, read directly (which
-        # gives the data or the clear error).
-        import logging
-
-        logging.getLogger(__name__).warning("%s: multiscale cache unavailable (%s); reading "
-                                            "directly", path, exc)
-        big = None
-    if big is not None:
-        return [big]
-    return [volume_layer(vol) for vol in read_volumes(path)]
-
-
-def _multiscale_layer(path: Path) -> LayerDataTuple | None:
-    """10/25 µm grids open as multiscale layers over the chunked pyramid cache (built once, in
-    a background converter process): any plane along any axis then reads fast
-    (io/pyramid.py)."""
-    from .io.pyramid import describe_grid
-    from .layers.multiscale import multiscale_layer_for_file
-
-    return multiscale_layer_for_file(path, describe_grid)
+    return grid_file_layers(path)
 
 
 def _is_allen_shape_or_name(shape: Sequence[int], name: str) -> bool:

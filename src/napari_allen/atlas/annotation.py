@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -49,8 +50,23 @@ def grid_annotation() -> GridVolume:
 def _ccf_annotation_25() -> GridVolume:
     from ..io.nrrd import read_nrrd
 
-    vol = read_nrrd(_data_path("annotation", "annotation_25.nrrd"), kind="annotation")
+    vol = read_nrrd(ccf_annotation_25_path(), kind="annotation")
     vol.metadata["atlas"] = "CCFv3 2017"
+    return vol
+
+
+def ccf_annotation_25_path() -> Path:
+    """The bundled CCFv3 2017 annotation NRRD (25 µm, gzip)."""
+    return Path(str(_data_path("annotation", "annotation_25.nrrd")))
+
+
+def ccf_annotation_25_header() -> GridVolume:
+    """The bundled 25 µm annotation's shape, dtype, resolution and source without decoding it
+    (``data`` has only ``shape`` and ``dtype``): enough to find its caches."""
+    from ..io.pyramid import describe_grid
+
+    vol = describe_grid(ccf_annotation_25_path())
+    assert vol is not None  # one grid per NRRD
     return vol
 
 

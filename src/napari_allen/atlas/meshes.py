@@ -10,12 +10,20 @@ smoothing, :func:`skimage.measure.marching_cubes` at 0.5, quadric decimation
 Cache: ``<cache>/meshes/<annotation key>/`` with the annotation index (compact uint16 labels,
 structure ids, bounding boxes) and one ``.npz`` per (structure, parameters). The key is a hash
 of the annotation file's bytes, so a changed annotation never reuses old meshes.
+
+Bundled meshes: the package ships the brain outline built in advance from its own 25 µm
+annotation (``data/meshes/<same folder>/<same file>``, by ``tools/build_bundled_meshes.py``),
+a read-only layer under the cache: the CCF reference then opens without decoding the
+annotation (~1 s) or marching cubes (~3 s) on a first run. Each bundled file is used only
+when its SHA-256 matches ``data/meshes/SHA256SUMS``; a damaged one is ignored (logged) and the
+mesh is built as usual.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +42,7 @@ _VERSION = 1
 _COARSEN_VOXELS = 6_000_000
 _LOCK = threading.Lock()
 _INDEXES: dict[Path, AnnotationIndex] = {}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -232,17 +241,20 @@ def structure_mesh(structure_id: int, *, annotation: GridVolume | None = None,
     """
     import time
 
-    from .annotation import ccf_annotation_25
+    from .annotation import ccf_annotation_25, ccf_annotation_25_header
 
     onto = ontology or Ontology.default()
     sid = onto.id_of(structure_id)
-    vol = annotation if annotation is not None else ccf_annotation_25()
+    # The bundled annotation's header finds the caches; its voxels are decoded only to build.
+    vol = annotation if annotation is not None else ccf_annotation_25_header()
     params = params or (OUTLINE_PARAMS if sid == ROOT_ID else MeshParams())
     if sid == ROOT_ID:
         # The outline needs no index: every labelled voxel is brain.
         index, box = None, tuple(slice(0, n) for n in vol.shape)
         folder = _cache_folder(annotation_key(vol), vol.resolution, cache_dir)
     else:
+        if annotation is None:
+            vol = ccf_annotation_25()
         index = annotation_index(vol, cache_dir=cache_dir, progress=progress, cancel=cancel)
         box = index.bbox_of(np.asarray(onto.descendants(sid), dtype=np.int64))
         if box is None:
@@ -257,11 +269,15 @@ def structure_mesh(structure_id: int, *, annotation: GridVolume | None = None,
     meta = {"structure_id": sid, "acronym": onto.acronym(sid), "source": source,
             "resolution_um": float(vol.resolution)}
     if cached.is_file():
-        with np.load(cached) as npz:
-            return Mesh(npz["vertices"], npz["faces"], npz["normals"],
-                        {**meta, "cached": True, "cache_file": str(cached)})
+        return _load_mesh(cached, {**meta, "cached": True, "cache_file": str(cached)})
+    bundled = _bundled_mesh(folder.name, cached.name)
+    if bundled is not None:
+        return _load_mesh(bundled, {**meta, "cached": True, "bundled": True,
+                                    "cache_file": str(bundled)})
     check(cancel)
     t0 = time.perf_counter()
+    if annotation is None:
+        vol = ccf_annotation_25()
     if index is None:
         mask, origin = np.asarray(vol.data) != 0, (0, 0, 0)
     else:
@@ -279,6 +295,50 @@ def structure_mesh(structure_id: int, *, annotation: GridVolume | None = None,
                          build_seconds=round(time.perf_counter() - t0, 3))
     report(progress, done=1, total=1, message=f"meshed {onto.acronym(sid)}")
     return mesh
+
+
+def _load_mesh(path: Path, metadata: dict) -> Mesh:
+    with np.load(path) as npz:
+        return Mesh(npz["vertices"], npz["faces"], npz["normals"], metadata)
+
+
+def bundled_meshes_dir() -> Path:
+    """Meshes shipped with the package: ``<annotation cache folder name>/<mesh file>``."""
+    from importlib import resources
+
+    return Path(str(resources.files("napari_allen").joinpath("data", "meshes")))
+
+
+def _bundled_mesh(folder: str, name: str) -> Path | None:
+    """The bundled copy of cache file ``folder/name``, if there is one whose SHA-256 matches
+    ``SHA256SUMS`` (a damaged copy is logged and ignored: the mesh is then built)."""
+    root = bundled_meshes_dir()
+    path = root / folder / name
+    if not path.is_file():
+        return None
+    from ..io.manifest import sha256_file
+
+    expected = _bundled_sums(root).get(f"{folder}/{name}")
+    actual = sha256_file(path)
+    if expected != actual:
+        log.warning("%s: SHA-256 %s does not match %s in %s; ignoring it (the mesh is built "
+                    "instead)", path, actual, expected, root / "SHA256SUMS")
+        return None
+    return path
+
+
+def _bundled_sums(root: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` from ``root/SHA256SUMS`` (``sha256sum`` format)."""
+    try:
+        text = (root / "SHA256SUMS").read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    sums = {}
+    for line in text.splitlines():
+        digest, _, rel = line.strip().partition("  ")
+        if digest and rel:
+            sums[rel.strip()] = digest.lower()
+    return sums
 
 
 def brain_outline(**kwargs) -> Mesh:

@@ -541,6 +541,12 @@ _JOBS: dict[str, PyramidJob] = {}
 _JOBS_LOCK = threading.Lock()
 
 
+def conversions_running() -> bool:
+    """Whether any background conversion of this process has not ended yet."""
+    with _JOBS_LOCK:
+        return any(not job.done.is_set() for job in _JOBS.values())
+
+
 def read_single_grid(path: str | os.PathLike, **kwargs) -> GridVolume:
     """The one grid of ``path`` (the package's reader; ``kwargs``: ``progress``, ``cancel``)."""
     from . import read_volumes

@@ -78,14 +78,16 @@ def outline_layer(mesh: Mesh, *, opacity: float = 0.2) -> LayerDataTuple:
 def ccf_reference_layers(*, outline: bool = True, labels_opacity: float = 0.5
                          ) -> list[LayerDataTuple]:
     """The offline CCF reference: the bundled 25 µm CCFv3 annotation as Labels (atlas
-    colours, acronym/name on hover; memory-mapped, relabelled lazily per slice) and the
-    brain outline Surface (built once with marching cubes, then read from the cache)."""
-    from napari_allen.atlas.annotation import ccf_annotation_25
+    colours, acronym/name on hover), opened exactly as the reader opens that file (a
+    multiscale layer over the pyramid cache, built once in the background), and the brain
+    outline Surface (shipped with the package, else from the mesh cache, else built once).
+    Decodes nothing on a warm cache or from the bundled meshes: fast enough for napari's main
+    thread (File > Open Sample)."""
+    from napari_allen.atlas.annotation import ccf_annotation_25_path
     from napari_allen.atlas.meshes import brain_outline
-    from napari_allen.layers.volumes import labels_layer
+    from napari_allen.layers.grid_files import grid_file_layers
 
-    vol = ccf_annotation_25()
-    layers = [labels_layer(vol, opacity=labels_opacity)]
+    layers = grid_file_layers(ccf_annotation_25_path(), opacity=labels_opacity)
     if outline:
-        layers.append(outline_layer(brain_outline(annotation=vol)))
+        layers.append(outline_layer(brain_outline()))
     return layers

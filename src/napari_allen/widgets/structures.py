@@ -34,7 +34,7 @@ from napari_allen.atlas.ontology import ROOT_ID, Ontology
 from napari_allen.widgets._common import add_layer_tuple, shared_client
 from napari_allen.widgets._dock import AllenDock
 from napari_allen.widgets._tasks import TaskRunner
-from napari_allen.widgets._view import show_orientation
+from napari_allen.widgets._view import add_in_turns, show_orientation
 
 if TYPE_CHECKING:
     import napari
@@ -293,12 +293,13 @@ class StructuresWidget(AllenDock):
         """Add the 25 µm CCF annotation and the brain outline (first time: a few seconds)."""
         def task(*, progress, cancel, emit):
             from napari_allen.layers.meshes import ccf_reference_layers
+            from napari_allen.layers.prebuilt import build_layers
 
-            return ccf_reference_layers()
+            return build_layers(ccf_reference_layers())  # napari layers built here, too
 
         def done(layers) -> None:
-            for layer_tuple in layers:  # one layer per event-loop turn
-                self.runner.then(add_layer_tuple, self.viewer, layer_tuple)
+            for layer in layers:  # napari's steps for each, one per event-loop turn
+                add_in_turns(self.viewer, self.runner, layer)
             self.runner.then(show_orientation, self.viewer)
 
         self.runner.run(task, on_result=done, on_error=self._error,
