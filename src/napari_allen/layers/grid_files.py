@@ -1,11 +1,12 @@
 """The layers of one Allen grid file (NRRD, MetaImage, ``.raw``, grid zip or folder): the one
 path the reader, the CCF reference sample and the Structures dock share.
 
-Large grids (10/25 µm) open as multiscale layers over the chunked pyramid cache, built once in
-a background converter process (:func:`napari_allen.layers.multiscale.multiscale_layer_for_file`): opening
-decodes nothing on the calling thread (napari's main thread for a reader or a sample). Small
-grids, and large ones when the cache cannot start (read-only cache folder, full disk), are read
-directly. Arrays ``[AP, DV, ML]``, µm. No Qt here.
+Large grids (10/25 µm) open as multiscale layers over the chunked pyramid cache, built once
+in a background converter process
+(:func:`~napari_allen.layers.multiscale.multiscale_layer_for_file`): opening decodes nothing
+on the calling thread (napari's main thread for a reader or a sample). Small grids, and large
+ones when the cache cannot start (read-only cache folder, full disk), are read directly.
+Arrays ``[AP, DV, ML]``, µm. No Qt here.
 """
 
 from __future__ import annotations
