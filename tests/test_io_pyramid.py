@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_allen.io import read_volumes
+from napari_allen.io import pyramid, read_volumes
 from napari_allen.io.pyramid import (
     CHUNK,
     build_pyramid,
@@ -212,3 +212,50 @@ def test_levels_slice_lazily_like_napari(image, tmp_path, monkeypatch):
     np.testing.assert_array_equal(plane, expected)
     assert reads == [(17, slice(5, 40, 1), slice(20, 130, 1))]
     assert np.asarray(levels[1][..., 3]).shape == (150, 35)
+
+
+INDICES = [
+    (Ellipsis,), (0,), (-1,), (slice(None), 7), (Ellipsis, 50),
+    (slice(3, 290, 3), slice(None, None, -2), -1), (slice(10, 20), slice(60, 70), slice(120, 130)),
+    (slice(None, None, -1), 0, slice(5, 100, 7)), (slice(5, 5), 3), (np.int64(64), slice(63, 65)),
+    (slice(-70, None), slice(None, -3), slice(129, 200)),
+]
+
+
+def test_levels_read_without_zarr_equal_zarrs_reading(labels, tmp_path):
+    """Complete stores are read by the package's own chunk reader (no zarr import on napari's
+    main thread): the same values as zarr reads, for every kind of basic index."""
+    import zarr
+
+    from napari_allen.io.pyramid_chunks import ChunkedLevel
+
+    vol, data = labels
+    pyr = build_pyramid(vol, tmp_path / "p.zarr")
+    opened = pyramid._OPENED.pop(str(pyr.store))  # open from disk again
+    pyr = open_pyramid(opened[1].store)
+    group = zarr.open_group(str(pyr.store), mode="r")
+    for k, level in enumerate(pyr.levels):
+        assert isinstance(level, ChunkedLevel) and level.dtype == np.dtype(np.uint32)
+        full = np.asarray(group[str(k)][...])
+        np.testing.assert_array_equal(full, data[::2 ** k, ::2 ** k, ::2 ** k])
+        for index in INDICES:
+            np.testing.assert_array_equal(level[index], full[index], err_msg=str(index))
+    with pytest.raises(IndexError):
+        pyr.levels[0][SHAPE[0]]
+
+
+def test_stores_of_another_layout_are_read_with_zarr(image, tmp_path):
+    import zarr
+
+    from napari_allen.io.pyramid_chunks import ChunkedLevel
+
+    vol, data = image
+    pyr = build_pyramid(vol, tmp_path / "p.zarr")
+    group = zarr.open_group(str(pyr.store), mode="r+")
+    values = np.asarray(group["0"][...])
+    del group["0"]  # level 0 rewritten by zarr itself, with its default codecs
+    group.create_array("0", data=values, chunks=(32, 32, 32))
+    pyramid._OPENED.clear()
+    reopened = open_pyramid(pyr.store)
+    assert not isinstance(reopened.levels[0], ChunkedLevel)
+    np.testing.assert_array_equal(np.asarray(reopened.levels[0][5]), data[5])

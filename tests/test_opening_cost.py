@@ -274,12 +274,16 @@ def test_opening_images_imports_neither_pandas_nor_zarr():
 
 
 def test_a_store_opened_before_is_not_opened_again(tmp_path, monkeypatch):
-    """Opening a converted grid again reuses the opened store (zarr's metadata reads are
-    round trips through its I/O thread); a rewritten or removed store is not reused."""
+    """Opening a converted grid again reuses the opened store (no metadata read again); a
+    rewritten or removed store is not reused. Opening imports no zarr."""
+    import os
     import shutil
+    import subprocess
+    import sys
 
     import zarr
 
+    from napari_allen.io import pyramid
     from napari_allen.io.pyramid import build_pyramid, open_pyramid
     from napari_allen.io.volume import GridVolume
 
@@ -287,13 +291,24 @@ def test_a_store_opened_before_is_not_opened_again(tmp_path, monkeypatch):
     pyr = build_pyramid(GridVolume(data=data, resolution=25.0), tmp_path / "p.zarr")
     opened = open_pyramid(pyr.store)
     calls: list = []
-    real = zarr.open_group
-    monkeypatch.setattr(zarr, "open_group", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = pyramid._open_levels
+    monkeypatch.setattr(pyramid, "_open_levels",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
     assert open_pyramid(pyr.store) is opened and calls == []
-    group = real(str(pyr.store), mode="r+")
+    group = zarr.open_group(str(pyr.store), mode="r+")
     attrs = dict(group.attrs["napari_allen"])
-    attrs["complete"] = False  # zarr.json rewritten: opened (and rejected) again
+    attrs["complete"] = False  # zarr.json rewritten: read (and rejected) again
     group.attrs["napari_allen"] = attrs
-    assert open_pyramid(pyr.store) is None and len(calls) == 1
+    assert open_pyramid(pyr.store) is None
+    attrs["complete"] = True
+    group.attrs["napari_allen"] = attrs
+    again = open_pyramid(pyr.store)
+    assert again is not None and again is not opened and len(calls) == 1
+    code = ("import sys; from napari_allen.io.pyramid import open_pyramid; "
+            f"p = open_pyramid({str(pyr.store)!r}); p.levels[0][5]; "
+            "sys.exit(0 if p and 'zarr' not in sys.modules else 1)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+                          ).returncode == 0
     shutil.rmtree(pyr.store)
     assert open_pyramid(pyr.store) is None

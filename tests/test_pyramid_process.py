@@ -215,3 +215,21 @@ def test_the_converter_imports_no_gui_or_table_library(image, tmp_path):
     assert events[0] == "started" and "progress" in events and events[-1] == "done"
     assert "LOADED=\n" in stderr
     assert open_pyramid(tmp_path / "p.zarr") is not None
+
+
+def test_the_child_starts_while_the_before_hook_waits(image):
+    """``before`` (the reader's wait for napari to finish showing the layer) does not delay
+    the converter's interpreter start-up: the child is up while the hook still runs."""
+    path, data = image
+    seen: list = []
+
+    def before(job) -> None:
+        deadline = time.monotonic() + 60
+        while job.pid is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(job.pid)
+
+    job = start_pyramid_job(path, before=before)
+    assert job.done.wait(120) and job.error is None and job.mode == "process"
+    assert seen and seen[0] is not None
+    np.testing.assert_array_equal(job.pyramid.levels[0][:, 3], data[:, 3])

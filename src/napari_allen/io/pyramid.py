@@ -96,7 +96,8 @@ def pyramid_path(path: str | os.PathLike, cache_root: str | os.PathLike | None =
 
 @dataclass
 class Pyramid:
-    """An opened, complete pyramid: ``levels[k]`` are read-only Zarr arrays ``[AP, DV, ML]``."""
+    """An opened, complete pyramid: ``levels[k]`` are read-only arrays ``[AP, DV, ML]``
+    (``shape``, ``dtype``, basic indexing; :mod:`.pyramid_chunks`)."""
 
     store: Path
     levels: list
@@ -123,32 +124,31 @@ _OPENED: dict[str, tuple[tuple[int, int], Pyramid]] = {}
 def open_pyramid(store: str | os.PathLike) -> Pyramid | None:
     """Open a complete, verified pyramid store; None if absent, partial or inconsistent.
 
-    A store opened before (and whose ``zarr.json`` is unchanged) is not opened again:
-    opening reads a dozen metadata documents through zarr's I/O thread, a round trip each
-    that napari's main thread waits for (tens of ms each on a loaded machine)."""
+    A store opened before (and whose ``zarr.json`` is unchanged) is not opened again
+    (opening reads a metadata document per level)."""
     store = Path(store)
     if store.suffix == ".part":
         return None
     try:
         st = (store / "zarr.json").stat()
     except OSError:
-        return None  # before importing zarr (~0.8 s): every small grid opened asks this
+        return None  # every small grid opened asks this: a stat only
     stamp = (int(st.st_mtime_ns), int(st.st_size))
     known = _OPENED.get(str(store))
     if known is not None and known[0] == stamp:
         with contextlib.suppress(OSError):
             os.utime(store)  # least-recently-used eviction reads this
         return known[1]
-    import zarr
     try:
-        group = zarr.open_group(str(store), mode="r")
-        attrs = dict(group.attrs.get(ATTRS_KEY) or {})
+        group = json.loads((store / "zarr.json").read_text())
+        attrs = dict((group.get("attributes") or {}).get(ATTRS_KEY) or {})
         if not attrs.get("complete") or attrs.get("version") != PYRAMID_VERSION:
             return None
         shapes = level_shapes(tuple(attrs["shape"]))
-        levels = [group[str(k)] for k in range(len(shapes))]
-        if [tuple(a.shape) for a in levels] != shapes or \
-                any(np.dtype(a.dtype) != np.dtype(attrs["dtype"]) for a in levels):
+        levels = _open_levels(store, len(shapes))
+        if [tuple(a.shape) for a in levels] != shapes or any(
+                np.dtype(a.dtype) != np.dtype(attrs["dtype"]).newbyteorder("=")
+                for a in levels):
             return None
     except (KeyError, ValueError, OSError, TypeError):
         return None
@@ -157,6 +157,21 @@ def open_pyramid(store: str | os.PathLike) -> Pyramid | None:
     pyramid = Pyramid(store=store, levels=levels, attrs=attrs)
     _OPENED[str(store)] = (stamp, pyramid)
     return pyramid
+
+
+def _open_levels(store: Path, n_levels: int) -> list:
+    """The levels as read-only arrays: read directly when they have the layout this module
+    writes (no zarr import, no I/O-thread round trips on napari's main thread), else with
+    zarr."""
+    from .pyramid_chunks import direct_level
+
+    levels = [direct_level(store / str(k)) for k in range(n_levels)]
+    if all(level is not None for level in levels):
+        return levels
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r")
+    return [group[str(k)] for k in range(n_levels)]
 
 
 def _ome_attrs(resolution: float, n_levels: int, name: str) -> dict:
@@ -310,7 +325,7 @@ class _ChunkWriter:
     """Writes whole chunks of one level straight into the Zarr v3 store: AP-fastest bytes
     (the array's transpose filter), Blosc-LZ4 like the array's codecs, key ``c/i/j/k``.
     Going around zarr's array writer avoids its per-slab transposition and bookkeeping (3-5x
-    faster here); reading goes through zarr and the tests compare every value."""
+    faster here); zarr reads the result, and the tests compare every value."""
 
     def __init__(self, folder: Path, shape, dtype: np.dtype, pool) -> None:
         import numcodecs
@@ -571,8 +586,10 @@ def start_pyramid_job(path: str | os.PathLike,
     which napari's event loop needs); when no process can be started the same runs in a
     thread, with a logged warning. A given ``open_volume(progress=, cancel=)`` (which returns
     the grid; it may decode the file first) cannot cross to another interpreter and runs in
-    the thread. ``before(job)``, if given, runs first in the job's thread (e.g. waiting until
-    the GUI has shown the layer, so starting the conversion does not compete with it)."""
+    the thread. ``before(job)``, if given, runs in the job's thread before the conversion
+    starts (e.g. waiting until the GUI has shown the layer, so a conversion in a thread does
+    not compete with it for the interpreter); a converter process is launched first and
+    starts its interpreter meanwhile."""
     key = pyramid_key(path)
     target = pyramid_folder(cache_root) / f"{key}.zarr"
     identity = source_identity(path)
@@ -600,17 +617,28 @@ def start_pyramid_job(path: str | os.PathLike,
         return build_pyramid(vol, target, identity=identity, progress=progress,
                              cancel=job.cancel_token)
 
+    pending_before = [before] if before is not None else []
+
+    def run_before() -> None:  # once, whichever way the conversion goes
+        while pending_before:
+            pending_before.pop()(job)
+        job.cancel_token.check()
+
     def in_process() -> Pyramid:
         from .pyramid_process import ConverterUnavailable, convert_in_process
 
         job.mode = "process"
         try:
+            # The child starts its interpreter while ``before`` waits (it has no GIL to share
+            # and runs at a lower priority).
             convert_in_process(path, target, identity, progress=progress,
                                cancel=job.cancel_token,
-                               on_started=lambda pid: setattr(job, "pid", pid))
+                               on_started=lambda pid: setattr(job, "pid", pid),
+                               meanwhile=run_before)
         except ConverterUnavailable as exc:
             log.warning("%s: cannot start the multiscale-cache converter process (%s); "
                         "converting in a thread of this process instead", path, exc)
+            run_before()
             return in_thread(lambda **kw: read_single_grid(path, **kw))
         finally:
             job.pid = None
@@ -622,10 +650,11 @@ def start_pyramid_job(path: str | os.PathLike,
 
     def run() -> None:
         try:
-            if before is not None:
-                before(job)
-            job.cancel_token.check()
-            job.pyramid = in_process() if open_volume is None else in_thread(open_volume)
+            if open_volume is None:
+                job.pyramid = in_process()
+            else:
+                run_before()
+                job.pyramid = in_thread(open_volume)
             job.fraction = 1.0
         except (Exception, Cancelled) as exc:  # noqa: BLE001 - reported through the job
             job.error = exc

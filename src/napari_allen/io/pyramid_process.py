@@ -6,7 +6,8 @@ machine, and the user feels each as a freeze. Here the same :func:`build_pyramid
 fresh interpreter started with :mod:`subprocess` (fork + exec: *spawn* semantics, safe in a
 process running Qt and other threads; ``multiprocessing``'s spawn would also re-import the
 GUI's ``__main__``, i.e. napari). The child imports only what converting needs (numpy, zarr,
-this package's ``io``; no napari, Qt or pandas), runs at a lower CPU priority and talks to the
+this package's ``io``; no napari, Qt or pandas), runs at a lower CPU priority (niceness
+:data:`CHILD_NICENESS`: napari's event loop and renderer come first) and talks to the
 parent through its standard streams:
 
 - parent -> child, stdin: one JSON request line (source, target, identity), then ``cancel``
@@ -47,9 +48,11 @@ PROGRESS_EVERY_S = 0.1
 #: CPU niceness added in the child: napari's event loop (and its renderer) come first.
 CHILD_NICENESS = 10
 
-#: The child's entry: the package root is put on ``sys.path`` only when it is not there yet
-#: (a source tree run with PYTHONPATH keeps its place; an installed package is found as usual).
+#: The child's entry: first a lower CPU priority (its start-up and imports too), then the
+#: package root goes on ``sys.path`` only when it is not there yet (a source tree run with
+#: PYTHONPATH keeps its place; an installed package is found as usual).
 _BOOT = ("import sys, os; r = sys.argv[1]\n"
+         f"if hasattr(os, 'nice'): os.nice({CHILD_NICENESS})\n"
          "if not any(os.path.abspath(p or '.') == r for p in sys.path): sys.path.insert(0, r)\n"
          "from napari_allen.io.pyramid_process import child_main; sys.exit(child_main())")
 
@@ -76,14 +79,16 @@ def converter_command() -> list[str] | None:
 def convert_in_process(source: str | os.PathLike, target: str | os.PathLike, identity: dict,
                        *, progress: ProgressCallback | None = None,
                        cancel: CancelToken | None = None,
-                       on_started=None) -> None:
+                       on_started=None, meanwhile=None) -> None:
     """Build the pyramid of ``source`` (one grid; read with the package's reader) at
     ``target`` in a child process; returns once the child reports the complete store.
 
     ``progress`` receives the child's steps (in the calling thread); ``on_started(pid)`` is
-    called once the child has started. Raises :class:`Cancelled` (``cancel`` set),
-    :class:`AllenFormatError` (bad input), :class:`ConverterError` (any other failure, or the
-    child died) or :class:`ConverterUnavailable` (no child could be started)."""
+    called once the child has started; ``meanwhile()``, in the calling thread, as soon as the
+    child was launched (it starts its interpreter in parallel). Raises :class:`Cancelled`
+    (``cancel`` set), :class:`AllenFormatError` (bad input), :class:`ConverterError` (any
+    other failure, or the child died) or :class:`ConverterUnavailable` (no child could be
+    started)."""
     command = converter_command()
     if command is None:
         raise ConverterUnavailable("this application cannot start a Python interpreter")
@@ -95,14 +100,15 @@ def convert_in_process(source: str | os.PathLike, target: str | os.PathLike, ide
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             raise ConverterUnavailable(f"{command[0]}: {exc}") from exc
         try:
-            result = _talk(proc, source, target, identity, progress, cancel, on_started)
+            result = _talk(proc, source, target, identity, progress, cancel, on_started,
+                           meanwhile)
         finally:
             _stop(proc)
         _raise_for(result, proc, source, errors, cancel)
 
 
 def _talk(proc: subprocess.Popen, source, target, identity, progress, cancel,
-          on_started) -> dict:
+          on_started, meanwhile) -> dict:
     """Send the request, relay the child's lines until it ends; returns what it said last
     (``started`` noted under that key)."""
     request = {"source": str(source), "target": str(target), "identity": identity}
@@ -136,6 +142,8 @@ def _talk(proc: subprocess.Popen, source, target, identity, progress, cancel,
     reader = threading.Thread(target=read, name=f"napari-allen converter {proc.pid}",
                               daemon=True)
     reader.start()
+    if meanwhile is not None:
+        meanwhile()
     while not ended.is_set():
         if cancel.wait(0.1):  # wakes at once on Cancel; notices the end within 0.1 s
             _send(proc, "cancel")
@@ -236,8 +244,6 @@ def child_main() -> int:
             channel.write(json.dumps(msg) + "\n")
             channel.flush()
 
-    with contextlib.suppress(OSError, AttributeError):
-        os.nice(CHILD_NICENESS)
     from .pyramid import build_pyramid, read_single_grid
 
     send({"event": "started", "pid": os.getpid()})

@@ -1,0 +1,152 @@
+"""Reading the pyramid stores this package writes, without zarr (io/pyramid.py).
+
+The stores are plain Zarr v3 (any zarr reader opens them), but in napari's process zarr costs
+an import of ~0.25 s and, per read, round trips through its I/O thread; both land on napari's
+main thread (the first open of a cached pyramid in a session, each plane shown). The layout is
+fixed by the writer (:class:`napari_allen.io.pyramid._ChunkWriter`): 64^3 chunks (edge chunks
+full size), AP-fastest bytes (transpose ``(2, 1, 0)``), little-endian, Blosc, keys
+``c/<i>/<j>/<k>``, missing chunk = fill value. :func:`direct_level` returns a reader for a level
+whose ``zarr.json`` says exactly that, else None (the caller then uses zarr). Arrays are
+``[AP, DV, ML]``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+#: The codec chain the writer produces (names and the settings reading depends on).
+_TRANSPOSE = [2, 1, 0]
+
+
+def direct_level(folder: str | Path) -> ChunkedLevel | None:
+    """A :class:`ChunkedLevel` over the array at ``folder`` if its metadata is the writer's
+    layout, else None. Raises OSError/ValueError for unreadable metadata."""
+    folder = Path(folder)
+    meta = json.loads((folder / "zarr.json").read_text())
+    try:
+        codecs = meta["codecs"]
+        names = [c["name"] for c in codecs]
+        chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        separator = meta["chunk_key_encoding"]["configuration"]["separator"]
+        ok = (meta.get("zarr_format") == 3 and meta.get("node_type") == "array"
+              and meta["chunk_grid"]["name"] == "regular"
+              and meta["chunk_key_encoding"]["name"] == "default" and separator == "/"
+              and names == ["transpose", "bytes", "blosc"]
+              and list(codecs[0]["configuration"]["order"]) == _TRANSPOSE
+              and codecs[1].get("configuration", {}).get("endian", "little") == "little"
+              and len(set(chunks)) == 1 and len(chunks) == 3
+              and not meta.get("storage_transformers"))
+        if not ok:
+            return None
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        fill = meta.get("fill_value", 0)
+    except (KeyError, TypeError, IndexError):
+        return None
+    return ChunkedLevel(folder, tuple(int(s) for s in meta["shape"]), dtype, int(chunks[0]),
+                        fill)
+
+
+class ChunkedLevel:
+    """A read-only array-like over one level: ``shape``, ``dtype``, ``ndim`` and basic
+    indexing (ints, slices with any step, Ellipsis); values native-endian."""
+
+    def __init__(self, folder: Path, shape: tuple[int, int, int], dtype: np.dtype,
+                 chunk: int, fill) -> None:
+        import numcodecs
+
+        self.folder = folder
+        self.shape = shape
+        self.ndim = 3
+        self._stored = np.dtype(dtype)
+        self.dtype = self._stored.newbyteorder("=")
+        self.chunk = chunk
+        self.fill = fill
+        self._codec = numcodecs.Blosc()
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __repr__(self) -> str:
+        return f"<ChunkedLevel {self.folder} shape={self.shape} dtype={self.dtype}>"
+
+    def _block(self, key: tuple[int, int, int]) -> np.ndarray | None:
+        path = self.folder.joinpath("c", *map(str, key))
+        try:
+            encoded = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        raw = self._codec.decode(encoded)
+        return np.frombuffer(raw, dtype=self._stored).reshape((self.chunk,) * 3, order="F")
+
+    def __getitem__(self, index) -> np.ndarray:
+        axes = _axes(index, self.shape)
+        out_shape = tuple(len(r) for r, _ in axes)
+        out = np.full(out_shape, self.fill, dtype=self.dtype)
+        if out.size:
+            per_axis = [_split(r, self.chunk) for r, _ in axes]
+            for ci, oi, li in per_axis[0]:
+                for cj, oj, lj in per_axis[1]:
+                    for ck, ok, lk in per_axis[2]:
+                        block = self._block((ci, cj, ck))
+                        if block is None:
+                            continue  # never written: the fill value
+                        if all(isinstance(s, slice) for s in (oi, oj, ok, li, lj, lk)):
+                            out[oi, oj, ok] = block[li, lj, lk]
+                        else:
+                            out[np.ix_(*map(_positions, (oi, oj, ok)))] = \
+                                block[np.ix_(*map(_positions, (li, lj, lk)))]
+        dropped = tuple(0 if drop else slice(None) for _, drop in axes)
+        return out[dropped]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[...], dtype=dtype)
+
+
+def _axes(index, shape) -> list[tuple[range, bool]]:
+    """Per axis: the voxel positions selected and whether the axis is dropped (an int)."""
+    items = index if isinstance(index, tuple) else (index,)
+    if any(item is Ellipsis for item in items):
+        at = next(i for i, item in enumerate(items) if item is Ellipsis)
+        items = items[:at] + (slice(None),) * (len(shape) - len(items) + 1) + items[at + 1:]
+    items = items + (slice(None),) * (len(shape) - len(items))
+    if len(items) != len(shape):
+        raise IndexError(f"too many indices for an array of shape {shape}")
+    axes = []
+    for item, n in zip(items, shape, strict=True):
+        if isinstance(item, slice):
+            axes.append((range(*item.indices(n)), False))
+        elif isinstance(item, (int, np.integer)):
+            i = int(item) + (n if item < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"index {item} is out of bounds for an axis of size {n}")
+            axes.append((range(i, i + 1), True))
+        else:
+            raise IndexError(f"only integers and slices index a pyramid level, not {item!r}")
+    return axes
+
+
+def _split(r: range, chunk: int) -> list[tuple[int, slice | np.ndarray, slice | np.ndarray]]:
+    """``r``'s positions grouped by chunk: (chunk index, output positions, in-chunk
+    positions), as slices for unit steps."""
+    if r.step == 1:
+        groups = []
+        start = r.start
+        while start < r.stop:
+            c = start // chunk
+            stop = min(r.stop, (c + 1) * chunk)
+            groups.append((c, slice(start - r.start, stop - r.start),
+                           slice(start - c * chunk, stop - c * chunk)))
+            start = stop
+        return groups
+    positions = np.asarray(r)
+    which = positions // chunk
+    return [(int(c), np.nonzero(which == c)[0], positions[which == c] - int(c) * chunk)
+            for c in np.unique(which)]
+
+
+def _positions(s) -> np.ndarray:
+    return np.arange(s.start, s.stop) if isinstance(s, slice) else s
