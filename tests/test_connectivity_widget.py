@@ -153,3 +153,28 @@ def test_load_and_average_wait_for_a_running_search(qtbot, widget, allen_api):
     _wait(qtbot, w)
     assert w.load_tab.load_button.isEnabled() and w.average_tab.average_button.isEnabled()
     assert w.load_tab.meshes_button.isEnabled()
+
+
+def test_load_shows_each_layer_before_loading_the_next(qtbot, widget, monkeypatch):
+    """The worker downloads, decodes and builds the next experiment only once napari has shown
+    the previous layer (its work would otherwise compete with napari's steps for the GIL)."""
+    import napari_allen.workflows.connectivity as workflow
+
+    w = widget
+    frame = _search_vpm(qtbot, w)
+    assert len(frame) >= 2
+    seen: list[list[tuple[str, bool]]] = []
+    real = workflow.load_volume
+
+    def spy(*args, **kwargs):
+        seen.append([(layer.name, layer.visible) for layer in w.viewer.layers])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workflow, "load_volume", spy)
+    w.search_panel.results.select_rows([0, 1])
+    w.load_tab.load_button.click()
+    _wait(qtbot, w)
+    assert len(seen) == 2
+    assert seen[0] == [("injection sites", True)]  # shown before the first download
+    assert len(seen[1]) == 2 and all(visible for _, visible in seen[1])
+    assert len(w.viewer.layers) == 3

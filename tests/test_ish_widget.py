@@ -287,3 +287,25 @@ def test_cache_label_and_download_counts(dock, widget, qtbot, allen_api):
     load()  # the server answers a maintenance page instead of the zip: the load fails
     assert widget.runner.status_text.startswith("Error:")
     assert "0 downloaded, 0 verified, 0 re-fetched, 1 failed" in widget.runner.status_text
+
+
+def test_load_shows_each_grid_before_fetching_the_next(widget, qtbot, monkeypatch):
+    """The next experiment's grids are fetched once napari has shown the previous layer."""
+    from napari_allen.api.client import AllenClient
+
+    seen: list[list[tuple[str, bool]]] = []
+    real = AllenClient.grid_volumes
+
+    def spy(self, *args, **kwargs):
+        seen.append([(layer.name, layer.visible) for layer in widget.viewer.layers])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AllenClient, "grid_volumes", spy)
+    _search(qtbot, widget, "Nrp1")
+    assert len(widget.result_table.frame()) >= 2
+    widget.result_table.select_rows([0, 1])
+    widget.load_selected()
+    _wait(qtbot, widget.runner)
+    assert len(seen) == 2 and seen[0] == []
+    assert len(seen[1]) == 1 and seen[1][0][1]  # the first grid, shown
+    assert len(widget.viewer.layers) == 2

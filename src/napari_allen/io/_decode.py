@@ -60,8 +60,14 @@ from ..progress import CancelToken, ProgressCallback, check, report
 from .atomic import atomic_path
 from .manifest import MISSING, Manifest, file_digest
 
-_IN_CHUNK = 1 << 20  # compressed bytes read per step
-_OUT_CHUNK = 16 << 20  # at most this many inflated bytes held at once
+#: Compressed bytes read per step.
+_IN_CHUNK = 256 << 10
+#: At most this many inflated bytes come out of one call (and are held at once besides the
+#: destination). zlib(-ng) and bz2 release the GIL while they inflate, not while they build
+#: the output object: with 1 MiB steps a worker decoding a 308 MB 25 µm grid takes the GIL
+#: from napari's main thread for ~1-5 ms at a time (16 MiB steps: 10-13 ms), and inflating
+#: into cache-sized buffers makes that decode about twice as fast.
+_OUT_CHUNK = 1 << 20
 
 #: zlib window bits accepting both gzip and zlib headers.
 GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS

@@ -139,7 +139,9 @@ class IshSearchTab(QWidget):
 
             for vol in iter_grids(shared_client(), rows, volumes, progress=progress,
                                   cancel=cancel):
-                emit(build_layer(with_focus_point(image_layer(vol))))
+                # The next grid is fetched once napari has shown this one (no GIL contest
+                # with napari's steps for the layer: conn_load does the same).
+                emit(build_layer(with_focus_point(image_layer(vol))), wait=True)
             return len(rows)
 
         self.runner.run(task, on_partial=self._add_and_focus,
