@@ -60,6 +60,10 @@ left is napari's:
   plugin does anything) happen at any allocation, in napari's own plain add as well;
 - other processes on the machine stretch all of it (report ``uptime`` with the numbers).
 
+With ``BENCH_FREEZE_GAPS=1`` each action also prints its five longest gaps and, for the
+longest ones over 150 ms, what they were (``_freeze_diagnostics``: main-thread CPU, time it
+waited for a CPU, worker threads running meanwhile, full garbage collections).
+
     PYTHONPATH=src python benchmarks/bench_gui_freeze.py [--repeat N] [--seeds 400]
 """
 
@@ -77,6 +81,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _freeze_diagnostics  # noqa: E402 - benchmarks/ on the path first
 
 DOCK_TARGET_MS = 200.0
 BASELINE_SHAPE = (528, 320, 456)
@@ -104,13 +110,35 @@ class Heartbeat:
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        self.clocks = self.gc_log = None  # BENCH_FREEZE_GAPS: what each freeze was
+        if os.environ.get("BENCH_FREEZE_GAPS") and _freeze_diagnostics.available():
+            self.clocks, self.gc_log = _freeze_diagnostics.ThreadClocks(), \
+                _freeze_diagnostics.GcLog()
+            self.timer.timeout.connect(self.clocks.tick)
 
     def start(self) -> None:
         self.ticks.clear()
+        if self.clocks is not None:
+            self.clocks.clear()
+            self.gc_log.__enter__()
         self.timer.start()
 
     def stop(self) -> None:
         self.timer.stop()
+        if self.gc_log is not None:
+            self.gc_log.__exit__()
+
+    def explain_gaps(self, t0: float, t1: float, over_ms: float = 150.0, top: int = 3):
+        """Lines saying what the ``top`` longest gaps over ``over_ms`` between two ticks were
+        (main-thread CPU, CPU wait, worker threads, full GCs: ``_freeze_diagnostics``)."""
+        if self.clocks is None:
+            return []
+        ticks = self.ticks
+        gaps = [(ticks[i + 1] - ticks[i], i) for i in range(len(ticks) - 1)
+                if t0 < ticks[i] and ticks[i + 1] < t1 and ticks[i + 1] - ticks[i] > over_ms / 1e3]
+        return [f"      {1000 * gap:.0f} ms: {self.clocks.explain(i)}"
+                f"{self.gc_log.within(ticks[i], ticks[i + 1])}"
+                for gap, i in sorted(gaps, reverse=True)[:top]]
 
     def gaps_ms(self, t0: float, t1: float) -> np.ndarray:
         """Intervals without a tick in ``[t0, t1]`` (the window ends count as ticks), ms."""
@@ -155,6 +183,8 @@ def measure(app, beat: Heartbeat, start: Callable[[], Callable[[], bool] | None]
         gaps = beat.gaps_ms(state["t0"], t1)
         print("    longest gaps:", np.sort(gaps)[-5:][::-1].round(0).tolist(),
               f"{(gaps > 100).sum()} gaps > 100 ms, {gaps[gaps > 100].sum():.0f} ms in them")
+        for line in beat.explain_gaps(state["t0"], t1):
+            print(line)
     # processEvents + sleep(2 ms) drives the loop here; napari's own exec loop behaves alike.
     return beat.longest_gap_ms(state["t0"], t1), finished - state["t0"]
 
