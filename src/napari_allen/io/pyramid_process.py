@@ -52,8 +52,11 @@ CHILD_NICENESS = 10
 #: package root goes on ``sys.path`` only when it is not there yet (a source tree run with
 #: PYTHONPATH keeps its place; an installed package is found as usual).
 _BOOT = ("import sys, os; r = sys.argv[1]\n"
-         f"if hasattr(os, 'nice'): os.nice({CHILD_NICENESS})\n"
-         "if not any(os.path.abspath(p or '.') == r for p in sys.path): sys.path.insert(0, r)\n"
+         "try:\n"
+         f"    os.nice({CHILD_NICENESS})\n"
+         "except (AttributeError, OSError):\n"
+         "    pass\n"
+         "if not any(os.path.realpath(p or '.') == r for p in sys.path): sys.path.insert(0, r)\n"
          "from napari_allen.io.pyramid_process import child_main; sys.exit(child_main())")
 
 
