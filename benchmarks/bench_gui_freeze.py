@@ -63,7 +63,15 @@ left is napari's:
 - the interpreter compiles the plugin's sources on every import when ``PYTHONDONTWRITEBYTECODE``
   is set (as on the development machine): ~30 ms more per first dock or sample than installed;
 - full garbage collections of the interpreter (150-400 ms with napari's ~330k objects before the
-  plugin does anything) happen at any allocation, in napari's own plain add as well;
+  plugin does anything) happen at any allocation, in napari's own plain add as well; none fell
+  inside the load actions' gaps here (they come with the viewer's creation and closing), one
+  (~340 ms) inside the spatial search's longest (its 400 lines keep ~28k small objects);
+- the plugin's worker threads: run headless against a 1 ms probe thread, the load and search
+  tasks hold the GIL no longer than 8 ms at a time after their first use (zlib-ng inflates
+  with the GIL released, in 1 MiB steps); the docks that add layers wait until each one is
+  shown before loading the next (``emit(wait=True)``), so their CPU (25-55 ms per gap before)
+  no longer lands inside napari's steps. ``BENCH_FREEZE_GAPS=1`` splits each long gap into
+  main-thread CPU, waiting for a CPU, and other threads' CPU;
 - other processes on the machine stretch all of it (report ``uptime`` with the numbers).
 
 With ``BENCH_FREEZE_GAPS=1`` each action also prints its five longest gaps and, for the
