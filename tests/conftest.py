@@ -43,3 +43,23 @@ def client(allen_api):
     c = AllenClient(backoff=0.01, retries=4)
     yield c
     c.close()
+
+
+@pytest.fixture
+def layer_build_threads(monkeypatch) -> list[tuple[str, bool]]:
+    """(layer type, built on the main thread?) for every napari layer built from a tuple
+    during the test (``layers.prebuilt.build_layer``: the workers' builder, and
+    ``add_in_turns``' for tuples handed to the main thread)."""
+    import threading
+
+    from napari_allen.layers import prebuilt
+
+    threads: list[tuple[str, bool]] = []
+    original = prebuilt.build_layer
+
+    def spy(layer_tuple):
+        threads.append((layer_tuple[2], threading.current_thread() is threading.main_thread()))
+        return original(layer_tuple)
+
+    monkeypatch.setattr(prebuilt, "build_layer", spy)
+    return threads

@@ -178,3 +178,28 @@ def test_load_shows_each_layer_before_loading_the_next(qtbot, widget, monkeypatc
     assert seen[0] == [("injection sites", True)]  # shown before the first download
     assert len(seen[1]) == 2 and all(visible for _, visible in seen[1])
     assert len(w.viewer.layers) == 3
+
+
+def test_average_threshold_and_meshes_build_their_layers_in_workers(qtbot, widget,
+                                                                    layer_build_threads):
+    """Average (mean + the individual-experiment stack), Threshold (the mask) and the
+    structure meshes construct their napari layers off the main thread."""
+    w = widget
+    frame = _search_vpm(qtbot, w)
+    threads = layer_build_threads  # (layer type, on the main thread?)
+    w.search_panel.results.select_rows([frame.index[frame["id"] == REAL][0]])
+    w.average_tab.individual_check.setChecked(True)
+    w.average_tab.average_button.click()
+    _wait(qtbot, w)
+    assert [kind for kind, _ in threads] == ["image", "image"]
+    mean = next(layer.name for layer in w.viewer.layers if layer.name.startswith("mean"))
+    w.threshold_tab.threshold_layer_combo.setCurrentText(mean)
+    w.threshold_tab.threshold_button.click()
+    _wait(qtbot, w)
+    assert [kind for kind, _ in threads][2:] == ["labels"]
+    w.load_tab.meshes_button.click()
+    _wait(qtbot, w, timeout=180_000)
+    meshes = [layer for layer in w.viewer.layers if layer._type_string == "surface"]
+    assert meshes and meshes[0].metadata["role"] == "injection"
+    assert [kind for kind, _ in threads][3:] == ["surface"] * len(meshes)
+    assert not any(on_main for _, on_main in threads)

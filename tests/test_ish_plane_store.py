@@ -120,7 +120,11 @@ def test_plane_store_layer_is_lazy_4d_with_the_table(tmp_path):
     store.write(1001, _grid(4.0))
     ((data, kwargs, layer_type),) = plane_store_layers(tmp_path / "s.zarr")
     assert layer_type == "image"
-    assert data.shape == (3, *ISH_SHAPE) and hasattr(data, "dask")
+    # Lazy, and not dask: the layer is built in a worker (napari's dask cache is global).
+    assert data.shape == (3, *ISH_SHAPE) and data.dtype == np.float32
+    assert not isinstance(data, np.ndarray) and not hasattr(data, "dask")
+    assert np.isnan(data[0]).all()  # not written yet
+    assert np.nanmax(data[1]) == 4.0 and np.isnan(data[1, 0]).all()  # Allen's -1 as NaN
     assert kwargs["scale"] == (1.0, 200.0, 200.0, 200.0)
     assert kwargs["axis_labels"] == ("experiment", "AP", "DV", "ML")
     assert kwargs["contrast_limits"] == (0.0, 4.0)

@@ -72,7 +72,9 @@ def test_search_load_annotation_and_structure_table(dock, widget, qtbot, tmp_pat
     assert tuple(energy.scale) == (200.0, 200.0, 200.0)
     assert np.isnan(np.asarray(energy.data)).sum() == 54_982  # -1 shown as NaN
 
-    labels = widget.add_annotation()
+    assert widget.add_annotation() is None  # built in a worker, added in turns
+    _wait(qtbot, widget.annotation_runner)
+    labels = widget.viewer.layers["grid annotation (200 µm)"]
     assert type(labels).__name__ == "Labels" and widget.add_annotation() is labels
 
     tab = dock.structures_tab
@@ -184,8 +186,10 @@ def _local_store(path, n=4) -> PlaneStore:
 def test_open_store_current_gene_and_ranking(plane, qtbot, tmp_path):
     widget = plane
     _local_store(tmp_path / "s.zarr")
-    layer = widget.open_store(str(tmp_path / "s.zarr"))
-    assert layer.data.shape == (4, *ISH_SHAPE)
+    widget.open_store(str(tmp_path / "s.zarr"))
+    _wait(qtbot, widget.runner)
+    layer = widget.store_layer
+    assert layer.data.shape == (4, *ISH_SHAPE) and layer in widget.viewer.layers
     viewer = widget.viewer
     # napari opens a new axis mid-way; the label follows whatever the slider shows.
     assert f"G{viewer.dims.current_step[0]} " in widget.current_gene.text()
@@ -309,3 +313,70 @@ def test_load_shows_each_grid_before_fetching_the_next(widget, qtbot, monkeypatc
     assert len(seen) == 2 and seen[0] == []
     assert len(seen[1]) == 1 and seen[1][0][1]  # the first grid, shown
     assert len(widget.viewer.layers) == 2
+
+
+def test_similarity_builds_lines_and_annotation_in_the_worker(sim, qtbot, layer_build_threads):
+    """The correlation lines (Shapes) and the grid annotation (Labels: colours and features
+    of every structure) are constructed off the main thread, then added in turns."""
+    threads = layer_build_threads  # (layer type, on the main thread?)
+    sim.sim_genes.setText("Nrp1 Pdyn")
+    sim.sim_source.setCurrentText("grids")
+    sim.top_n.setValue(20)
+    sim.run_similarity()
+    _wait(qtbot, sim.runner)
+    assert sorted(kind for kind, _ in threads) == ["labels", "shapes"]
+    assert not any(on_main for _, on_main in threads)
+    names = [layer.name for layer in sim.viewer.layers]
+    assert names == ["grid annotation (200 µm)", "structure correlation"]
+    sim.run_similarity()  # the annotation in the viewer is reused, not added twice
+    _wait(qtbot, sim.runner)
+    assert [layer.name for layer in sim.viewer.layers] == names
+
+
+def test_plane_store_opens_in_the_worker(plane, qtbot, tmp_path, layer_build_threads):
+    """Opening a store (reading volumes for the contrast, napari's first slice) happens in the
+    worker; a folder that is no store is reported in the tab, not raised in the GUI."""
+    _local_store(tmp_path / "s.zarr")
+    threads = layer_build_threads  # (layer type, on the main thread?)
+    plane.open_store(str(tmp_path / "s.zarr"))
+    assert plane.store_layer is None  # not in this turn
+    _wait(qtbot, plane.runner)
+    assert threads == [("image", False)]
+    assert plane.store_layer in plane.viewer.layers
+    assert "G" in plane.current_gene.text()
+    plane.open_store(str(tmp_path))  # not a store
+    _wait(qtbot, plane.runner)
+    assert "Error" in plane.runner.status_text and str(tmp_path) in plane.runner.status_text
+
+
+def test_plane_download_of_genes_opens_the_store(plane, qtbot, tmp_path):
+    """A gene list downloads only those genes' experiments of the plane, then opens the store
+    (layer built in the worker)."""
+    plane.store_plane.setCurrentText("coronal")
+    plane.store_genes.setText("Nrp1 Pdyn")
+    plane.store_path.setText(str(tmp_path / "two.zarr"))
+    plane.download_plane()
+    _wait(qtbot, plane.runner)
+    store = open_plane_store(tmp_path / "two.zarr")
+    assert set(store.table["gene"]) == {"Nrp1", "Pdyn"} and set(store.table["plane"]) == {
+        "coronal"}
+    assert len(store.completed()) == len(store)
+    layer = plane.store_layer
+    assert layer is not None and layer.data.shape == (len(store), *ISH_SHAPE)
+    assert "downloaded" in plane.status.text()
+
+
+def test_grid_annotation_is_built_in_the_worker_beside_a_search(widget, qtbot,
+                                                                layer_build_threads):
+    """The "Add grid annotation" button builds the Labels (colours and features of every
+    structure) in a worker of its own: a running search goes on."""
+    threads = layer_build_threads  # (layer type, on the main thread?)
+    widget.gene_edit.setText("Pdyn")
+    widget.search()
+    widget.annotation_button.click()
+    assert widget.runner.is_running
+    _wait(qtbot, widget.annotation_runner)
+    _wait(qtbot, widget.runner)
+    assert threads == [("labels", False)]
+    assert set(widget.result_table.frame()["gene"]) == {"Pdyn"}
+    assert "grid annotation (200 µm)" in widget.viewer.layers

@@ -211,21 +211,10 @@ def layer_type_of(item) -> str:
     return type(item).__name__.lower() if isinstance(item, Layer) else item[2]
 
 
-def test_lines_layers_are_built_in_the_worker(widget, qtbot, monkeypatch):
+def test_lines_layers_are_built_in_the_worker(widget, qtbot, layer_build_threads):
     """The Shapes/Vectors/Points/Labels of a search are constructed off the main thread (a
     Shapes layer triangulates every path when built: seconds for thousands of lines)."""
-    import threading
-
-    from napari_allen.layers import prebuilt
-
-    threads: list[tuple[str, bool]] = []
-    original = prebuilt.build_layer
-
-    def spy(layer_tuple):
-        threads.append((layer_tuple[2], threading.current_thread() is threading.main_thread()))
-        return original(layer_tuple)
-
-    monkeypatch.setattr(prebuilt, "build_layer", spy)
+    threads = layer_build_threads  # (layer type, on the main thread?)
     widget.form.seed_cap.setValue(5)
     widget.form.show_fibers.setChecked(True)
     widget.run()

@@ -2,6 +2,8 @@
 
 - :func:`plane_store_layers`: a whole-plane store as one lazy 4-D image
   ``(experiment, AP, DV, ML)``; moving the experiment slider reads one chunk (one volume).
+  The array is a plain lazy view, not dask: the layer is built in a worker, and napari's one
+  global dask cache is not thread-safe (see ``layers/volumes.LAZY_VOXELS``).
 - :func:`experiment_at`: the experiment/gene row for a slider position (the widget shows it).
 - :func:`connections_layer`: the top correlated structure pairs as 3-D lines between
   structure centroids (µm), features ``source, target, source_acronym, target_acronym, r``,
@@ -23,6 +25,7 @@ from napari_allen.analysis.expression import structure_centroids, structure_expr
 from napari_allen.atlas.ontology import Ontology
 from napari_allen.errors import AllenFormatError
 from napari_allen.io.plane_store import PlaneStore, open_plane_store
+from napari_allen.layers.volumes import LazyView
 from napari_allen.space import AXES
 
 LayerDataTuple = tuple
@@ -55,7 +58,8 @@ def store_contrast_limits(store: PlaneStore, sample: int = 8) -> tuple[float, fl
 def plane_store_layers(path: str | os.PathLike) -> list[LayerDataTuple]:
     """One lazy 4-D image layer ``(experiment, AP, DV, ML)`` for a plane store.
 
-    Scale is ``(1, res, res, res)`` µm; ``-1`` and unwritten experiments show as NaN. The
+    Scale is ``(1, res, res, res)`` µm; ``-1`` and unwritten experiments show as NaN (each
+    slice napari asks for is read from the store and converted then, on any thread). The
     layer metadata holds the experiment table (``experiments``, a DataFrame in axis order) and
     the store path, so a widget can name the gene under the slider with :func:`experiment_at`.
     """
@@ -80,7 +84,12 @@ def plane_store_layers(path: str | os.PathLike) -> list[LayerDataTuple]:
             "experiments": store.table,
         },
     }
-    return [(store.to_dask(missing_as_nan=True), kwargs, "image")]
+    return [(LazyView(store.array, _negative_as_nan, np.float32), kwargs, "image")]
+
+
+def _negative_as_nan(block: np.ndarray) -> np.ndarray:
+    """Allen's ``-1`` (no data) as NaN (unwritten experiments are NaN already), float32."""
+    return np.where(block < 0, np.float32(np.nan), block).astype(np.float32, copy=False)
 
 
 def experiment_at(metadata: Mapping, index: int) -> dict | None:

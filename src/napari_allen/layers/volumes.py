@@ -136,12 +136,13 @@ def no_data_as_nan(data):
     return _minus_one_to_nan(data)
 
 
-class _LazyView:
+class LazyView:
     """A read-only array-like that slices its source first, then applies ``transform`` to the
     (small) result. Given to ``dask.array.from_array``, it lets dask fuse napari's slice into
     the read: only the displayed plane is read and converted. (Elementwise dask ops after
     ``from_array`` would instead convert whole chunks; and ``from_array`` copies plain numpy
-    inputs - a 308 MB copy for a 25 µm memmap.)"""
+    inputs - a 308 MB copy for a 25 µm memmap.) napari also takes it as layer data as it
+    is, without dask (``layers/expression.plane_store_layers``): one read per slice."""
 
     def __init__(self, array, transform, dtype) -> None:
         self._array = array
@@ -155,7 +156,7 @@ class _LazyView:
 
 
 def _to_dask(data, transform, dtype):
-    """Lazy dask view of ``data`` with ``transform`` applied per slice (see _LazyView)."""
+    """Lazy dask view of ``data`` with ``transform`` applied per slice (see LazyView)."""
     import dask.array as da
 
     if isinstance(data, da.Array):
@@ -164,7 +165,7 @@ def _to_dask(data, transform, dtype):
     # a coronal slice of a 10 µm grid then never leaves 4.8 GB mapped in the process.
     source = plane_reader_for(data) or data
     # name=False: a random name; tokenizing a memmap would hash (read) all of its bytes.
-    return da.from_array(_LazyView(source, transform, dtype), chunks=_chunks(data),
+    return da.from_array(LazyView(source, transform, dtype), chunks=_chunks(data),
                          asarray=True, name=False, meta=np.empty((0, 0, 0), dtype=dtype))
 
 

@@ -5,8 +5,10 @@
   address rebuilds it and tells every :class:`ApiPanel`.
 - :func:`add_layer_tuple`: add (or refresh, by name) a LayerDataTuple or a layer built in a
   worker (:mod:`napari_allen.layers.prebuilt`) on the main thread.
-- :func:`ensure_annotation_layer`: reuse an annotation layer already in the viewer (whatever
-  its name) instead of adding the same one twice.
+- :func:`find_annotation_layer`: an annotation layer already in the viewer (whatever its
+  name), reused instead of adding the same one twice; for the 200 µm grid annotation,
+  :func:`grid_annotation_layer` (built in a worker) and :func:`show_grid_annotation` (reuses
+  or adds it in turns).
 - :class:`WrappingLabel`: a status label that wraps any text, even a long URL, and never widens
   the dock.
 - :func:`cursor_position_um`: the viewer cursor in CCF µm ``[AP, DV, ML]``.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from napari_allen.api.client import AllenClient
 
 __all__ = ["DataFrameTable", "TableData", "table_data", "shared_client", "set_api_url",
-           "reset_shared_client", "add_layer_tuple", "ensure_annotation_layer",
+           "reset_shared_client", "add_layer_tuple", "find_annotation_layer",
+           "grid_annotation_layer", "show_grid_annotation",
            "WrappingLabel", "ApiPanel", "cursor_position_um"]
 
 _client_lock = threading.Lock()
@@ -178,14 +180,6 @@ def find_annotation_layer(viewer: napari.Viewer, resolution: float, shape: tuple
     return None
 
 
-def ensure_annotation_layer(viewer: napari.Viewer, layer_tuple_fn: Callable[[], tuple],
-                            resolution: float, shape: tuple) -> Any:
-    """Reuse the viewer's annotation layer of this grid (e.g. the sample's) or add
-    ``layer_tuple_fn()``. Main thread only."""
-    existing = find_annotation_layer(viewer, resolution, shape)
-    return existing if existing is not None else add_layer_tuple(viewer, layer_tuple_fn())
-
-
 def cursor_position_um(viewer: napari.Viewer) -> np.ndarray:
     """The cursor position in world coordinates (CCF µm, ``[AP, DV, ML]`` for Allen layers).
 
@@ -271,16 +265,28 @@ class ApiPanel(QWidget):
 GRID_ANNOTATION_NAME = "grid annotation (200 µm)"
 
 
-def add_grid_annotation(viewer: napari.Viewer) -> Any:
-    """The 200 µm gridAnnotation as atlas-coloured Labels (hover names structures), reusing
-    one already in the viewer (e.g. the Nrp1 sample's). Main thread; small (67x41x58)."""
+def _grid_annotation_tuple() -> tuple:
+    """The 200 µm gridAnnotation as atlas-coloured Labels (hover names structures)."""
     from napari_allen.atlas.annotation import grid_annotation
     from napari_allen.layers.volumes import labels_layer
 
-    annotation = grid_annotation()
+    return labels_layer(grid_annotation(), name=GRID_ANNOTATION_NAME)
 
-    def build() -> tuple:
-        return labels_layer(annotation, name=GRID_ANNOTATION_NAME)
 
-    return ensure_annotation_layer(viewer, build, annotation.resolution,
-                                   tuple(annotation.data.shape))
+def grid_annotation_layer() -> Any:
+    """Worker side: the 200 µm gridAnnotation as a ready Labels layer (its compact labels,
+    colours and structure features made off the main thread), for
+    :func:`show_grid_annotation`."""
+    from napari_allen.layers.prebuilt import build_layer
+
+    return build_layer(_grid_annotation_tuple())
+
+
+def show_grid_annotation(viewer: napari.Viewer, runner, layer) -> Any:
+    """Main thread: the viewer's annotation layer of ``layer``'s grid (any name, e.g. the
+    sample's), else ``layer`` (from :func:`grid_annotation_layer`) added in turns
+    (``widgets/_view.add_in_turns``). Returns the layer shown."""
+    from napari_allen.widgets._view import add_in_turns
+
+    existing = find_annotation_layer(viewer, float(layer.scale[-1]), tuple(layer.data.shape))
+    return existing if existing is not None else add_in_turns(viewer, runner, layer)

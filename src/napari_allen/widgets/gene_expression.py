@@ -46,7 +46,8 @@ class GeneExpressionWidget(AllenDock):
     @property
     def runners(self) -> list:
         """Every tab's task runner (one status row each)."""
-        return [self.search_tab.runner, self.structures_tab.runner,
+        return [self.search_tab.runner, self.search_tab.annotation_runner,
+                self.structures_tab.runner,
                 self.similarity_tab.runner, self.plane_tab.runner]
 
     def _selected_ids(self) -> list[int]:

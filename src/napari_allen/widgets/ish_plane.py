@@ -4,12 +4,13 @@
 Wires to :func:`napari_allen.workflows.plane_download.download_plane` (``napari-allen
 plane-store``), :func:`napari_allen.workflows.store_queries.genes_at` (``napari-allen
 genes-at``) and :func:`~napari_allen.workflows.store_queries.correlated_genes`
-(``napari-allen gene-correlation``). One status row for the tab.
+(``napari-allen gene-correlation``). One status row for the tab. The store's layer is built
+in the worker and added in turns; the tables come from ready arrays.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -24,21 +25,34 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allen.parsing import split_list
 from napari_allen.space import SECTION_PLANES
 from napari_allen.widgets._common import (
     DataFrameTable,
     WrappingLabel,
-    add_layer_tuple,
     cursor_position_um,
     shared_client,
     table_data,
 )
 from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.widgets._view import add_in_turns
 
 if TYPE_CHECKING:
     import napari
 
 RANK_MODES = {"voxel at cursor": "voxel", "structure at cursor": "structure"}
+
+
+def _store_layer(path, progress):
+    """Worker side: the store's lazy 4-D image layer, built (contrast limits from a few
+    volumes, napari's first slice) away from the main thread."""
+    from napari_allen.layers.expression import plane_store_layers
+    from napari_allen.layers.prebuilt import build_layer
+    from napari_allen.progress import report
+
+    report(progress, done=0, total=None, message="opening the store")
+    (layer_tuple,) = plane_store_layers(path)
+    return build_layer(layer_tuple)
 
 
 class PlaneStoreTab(QWidget):
@@ -57,6 +71,10 @@ class PlaneStoreTab(QWidget):
         path_row = QHBoxLayout()
         path_row.addWidget(self.store_path, 1)
         path_row.addWidget(browse)
+        self.store_genes = QLineEdit()
+        self.store_genes.setPlaceholderText("optional genes, e.g. Nrp1 Pdyn Htr* (empty: all)")
+        self.store_genes.setToolTip("download only these genes' experiments of the plane "
+                                    "(the CLI's plane-store --genes ... --only-plane)")
         self.store_jobs = QSpinBox()
         self.store_jobs.setRange(1, 64)
         self.store_jobs.setValue(8)
@@ -85,6 +103,7 @@ class PlaneStoreTab(QWidget):
         form = QFormLayout()
         form.addRow("Plane", self.store_plane)
         form.addRow("Store", path_row)
+        form.addRow("Genes", self.store_genes)
         form.addRow("Parallel downloads", self.store_jobs)
         buttons = QHBoxLayout()
         buttons.addWidget(self.download_button)
@@ -114,40 +133,51 @@ class PlaneStoreTab(QWidget):
             self.store_path.setText(path)
 
     def download_plane(self) -> None:
-        """Download every ISH experiment of the plane into the store (resumable), then open."""
+        """Download every ISH experiment of the plane (or of the genes typed, in that plane)
+        into the store (resumable), then open it."""
         out = self.store_path.text().strip()
         if not out:
             self.status.setText("Choose a store folder first")
             return
         plane = self.store_plane.currentText()
+        genes = split_list(self.store_genes.text()) or None
         jobs = int(self.store_jobs.value())
 
         def task(*, progress, cancel, emit):
             from napari_allen.workflows.plane_download import download_plane
 
-            return download_plane(shared_client(), out, plane=plane, jobs=jobs,
-                                  progress=progress, cancel=cancel)
+            result = download_plane(shared_client(), out, plane=plane, genes=genes, jobs=jobs,
+                                    progress=progress, cancel=cancel)
+            return result, _store_layer(out, progress)
 
-        def done(result) -> None:
+        def done(payload) -> None:
+            result, layer = payload
             self.status.setText(result.summary())
-            self.open_store(out)
+            self._show_store(layer)
 
         self.runner.run(task, on_result=done, description=f"Downloading {plane}…")
 
-    def open_store(self, path: str | None = None) -> Any:
-        """Open a plane store as one lazy 4-D layer and follow its current gene."""
-        from napari_allen.layers.expression import plane_store_layers
-
+    def open_store(self, path: str | None = None) -> None:
+        """Open a plane store as one lazy 4-D layer (built in a worker, added in turns) and
+        follow its current gene (:attr:`store_layer` once it is shown)."""
         path = path or self.store_path.text().strip()
         if not path:
             path = QFileDialog.getExistingDirectory(self, "Open plane store")
             if not path:
-                return None
+                return
         self.store_path.setText(str(path))
-        (layer_tuple,) = plane_store_layers(path)
-        self.store_layer = add_layer_tuple(self.viewer, layer_tuple)
-        self._update_current_gene()
-        return self.store_layer
+
+        def task(*, progress, cancel, emit):
+            return _store_layer(path, progress)
+
+        self.runner.run(task, on_result=self._show_store, description=f"Opening {path}…")
+
+    def _show_store(self, layer) -> None:
+        def shown(added) -> None:
+            self.store_layer = added
+            self._update_current_gene()
+
+        add_in_turns(self.viewer, self.runner, layer, then=shown)
 
     def _forget_removed_store(self, event=None) -> None:
         if self.store_layer is not None and self.store_layer not in self.viewer.layers:

@@ -22,12 +22,14 @@ from qtpy.QtWidgets import (
 )
 
 from napari_allen.parsing import split_list
-from napari_allen.space import ISH_VOLUMES, SECTION_PLANES
+from napari_allen.space import GRID_SHAPES, ISH_VOLUMES, SECTION_PLANES
 from napari_allen.widgets._common import (
     DataFrameTable,
     WrappingLabel,
-    add_grid_annotation,
+    find_annotation_layer,
+    grid_annotation_layer,
     shared_client,
+    show_grid_annotation,
     table_data,
 )
 from napari_allen.widgets._tasks import TaskRunner
@@ -67,6 +69,10 @@ class IshSearchTab(QWidget):
         form.addRow("Match", self.field_combo)
         form.addRow("Plane", self.plane_combo)
         self.runner = TaskRunner(self)
+        # Its own runner: adding the annotation never cancels a search or load. Sub-second
+        # (napari's activity dock shows it): no row of its own; errors come as notifications.
+        self.annotation_runner = TaskRunner(self)
+        self.annotation_runner.widget.hide()
         self.status = WrappingLabel("")
         self.result_table = DataFrameTable()
         self.volume_boxes = {name: QCheckBox(name) for name in ISH_VOLUMES}
@@ -153,5 +159,17 @@ class IshSearchTab(QWidget):
         add_and_focus_later(self.viewer, self.runner, layer)  # sliders to the expression peak
 
     def add_annotation(self) -> Any:
-        """The 200 µm gridAnnotation Labels (an existing one is reused)."""
-        return add_grid_annotation(self.viewer)
+        """The 200 µm gridAnnotation Labels: the viewer's (e.g. the sample's, whatever its
+        name), returned now; else built in a worker and added in turns (returns None)."""
+        existing = find_annotation_layer(self.viewer, 200.0, GRID_SHAPES[200])
+        if existing is not None:
+            return existing
+
+        def task(*, progress, cancel, emit):
+            return grid_annotation_layer()
+
+        self.annotation_runner.run(
+            task, on_result=lambda layer: show_grid_annotation(self.viewer,
+                                                               self.annotation_runner, layer),
+            description="Adding the grid annotation…")
+        return None

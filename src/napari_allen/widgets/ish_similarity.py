@@ -2,7 +2,8 @@
 
 Wires the form to :func:`napari_allen.workflows.structure_similarity.run_structure_similarity`
 (CLI: ``napari-allen correlate``, same options incl. plane store and dask scheduler); the lines
-layer is built in the worker; the heatmap shows the structure x structure matrix.
+layer and the grid annotation's Labels are built in the worker (added in turns); the heatmap
+shows the structure x structure matrix.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from qtpy.QtWidgets import (
 from napari_allen.parsing import split_list
 from napari_allen.widgets._common import (
     WrappingLabel,
-    add_grid_annotation,
+    grid_annotation_layer,
     shared_client,
+    show_grid_annotation,
 )
 from napari_allen.widgets._tasks import TaskRunner
 from napari_allen.widgets._view import add_in_turns
@@ -202,7 +204,8 @@ class SimilarityTab(QWidget):
                                                   annotation.resolution, onto))
             acronyms = structure_acronyms(outcome.similarity.structure_ids, onto)
             values = outcome.similarity.values  # numpy's masked entries as NaN (grey)
-            return outcome, acronyms, values, heatmap_rgba(values), layer
+            return (outcome, acronyms, values, heatmap_rgba(values), layer,
+                    grid_annotation_layer())
 
         self.save_button.setEnabled(False)  # the shown result is about to be replaced
         self.runner.run(task, on_result=self._show, on_cancel=self._restore_save,
@@ -213,11 +216,12 @@ class SimilarityTab(QWidget):
         self.save_button.setEnabled(self.similarity is not None)
 
     def _show(self, payload) -> None:
-        outcome, acronyms, values, rgba, layer_tuple = payload
+        outcome, acronyms, values, rgba, layer, annotation = payload
         self.similarity = outcome
         self.heatmap.set_matrix(values, acronyms, rgba)
-        add_grid_annotation(self.viewer)
-        add_in_turns(self.viewer, self.runner, layer_tuple)  # napari's steps in later turns
+        # napari's steps in later turns, the annotation first (unless the viewer has one)
+        show_grid_annotation(self.viewer, self.runner, annotation)
+        add_in_turns(self.viewer, self.runner, layer)
         self.status.setText(self.runner.with_note(outcome.summary()))
         self.save_button.setEnabled(True)
 
