@@ -11,6 +11,9 @@ around a freeze this splits the freeze into:
   competing with the main thread for the GIL);
 - full (generation 2) garbage collections, with the thread that ran them (:class:`GcLog`).
 
+- the X server (Xvfb) running or waiting for a CPU meanwhile (the main thread waits for its
+  replies: a starved X server freezes napari however little Python runs).
+
 What remains (the freeze minus main-thread CPU and CPU wait) is the main thread blocked: on the
 GIL, or on the X server / GL driver.
 """
@@ -42,6 +45,33 @@ def _read_clocks() -> dict[int, tuple[float, float]]:
     return out
 
 
+def _x_server_pid() -> int | None:
+    """The process serving ``$DISPLAY`` if it is an Xvfb on this machine (else None)."""
+    display = os.environ.get("DISPLAY", "")
+    if not display.startswith(":"):
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                args = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"Xvfb") and display.encode() in args:
+            return int(pid)
+    return None
+
+
+def _x_server_clock(pid: int | None) -> tuple[float, float] | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/schedstat") as fh:
+            run, wait, _ = fh.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(run) / 1e9, int(wait) / 1e9
+
+
 def _thread_names() -> dict[int, str]:
     names = {}
     for tid in os.listdir(_TASKS):
@@ -61,13 +91,17 @@ class ThreadClocks:
 
     def __init__(self) -> None:
         self.snapshots: list[dict[int, tuple[float, float]]] = []
+        self.x_server: list[tuple[float, float] | None] = []
         self.main = threading.main_thread().native_id
+        self._x_pid = _x_server_pid()
 
     def clear(self) -> None:
         self.snapshots.clear()
+        self.x_server.clear()
 
     def tick(self) -> None:
         self.snapshots.append(_read_clocks())
+        self.x_server.append(_x_server_clock(self._x_pid))
 
     def explain(self, i: int) -> str:
         """The freeze between tick ``i`` and tick ``i + 1``, in words."""
@@ -87,6 +121,10 @@ class ThreadClocks:
         if others:
             text += "; meanwhile " + ", ".join(f"{name} {1000 * run:.0f} ms"
                                               for run, name in others[:4])
+        x0, x1 = self.x_server[i], self.x_server[i + 1]
+        if x0 is not None and x1 is not None:
+            text += (f"; X server {1000 * (x1[0] - x0[0]):.0f} ms CPU + "
+                     f"{1000 * (x1[1] - x0[1]):.0f} ms waiting for a CPU")
         return text
 
 
