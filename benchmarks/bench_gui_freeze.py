@@ -220,7 +220,7 @@ def _all_runners(widget) -> list:
     return list(runners)
 
 
-GROUPS = ("open", "connectivity", "gene", "spatial", "more")
+GROUPS = ("open", "connectivity", "gene", "spatial", "more", "structures")
 
 
 def run(repeat: int, seeds: int, groups: tuple[str, ...] = GROUPS
@@ -280,7 +280,9 @@ def _one_run(app, beat, viewer, plain, annotation, seeds, record, groups) -> Non
     fresh()
     if "open" in groups:
         _open_files(app, beat, viewer, annotation, record, fresh)
-    if not set(groups) - {"open"}:  # opening only: no docks needed
+    if "structures" in groups:  # its own dock, closed again before the others open
+        _structures(app, beat, viewer, record, fresh)
+    if not set(groups) - {"open", "structures"}:  # no other dock needed
         return
     docks = {}
     for title in ("Connectivity", "Gene expression", "Spatial search"):
@@ -570,6 +572,108 @@ def _more(app, beat, conn, gene, record, fresh) -> None:
     record("Gene expression: genes correlated with the current one", "dock",
            measure(app, beat, correlated))
     fresh()
+
+
+#: CCF µm ``[AP, DV, ML]`` points in VPM and in CP (cursor moves).
+_VPM_UM = (7111.0, 3977.0, 7620.0)
+_CP_UM = (5100.0, 4000.0, 3300.0)
+
+
+def _structures(app, beat, viewer, record, fresh) -> None:
+    """The Structures dock in a cache folder of its own (fresh in every run) and with the
+    process's 25 µm annotation forgotten, as in a new napari session, over a 100 µm grid
+    already open: adding it (the ontology tree), typing a search one key at a time, clearing
+    it, the first cursor moves (the 25 µm annotation is decoded on the first look-up in a
+    fresh cache; until the row names the structure), the CCF reference, ticking a structure
+    (annotation index and mesh computed), ticking one with its mask."""
+    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtTest import QTest
+
+    from napari_allen.atlas import annotation
+    from napari_allen.space import layer_space_kwargs
+    from napari_allen.widgets._view import show_orientation
+
+    folder = os.environ["NAPARI_ALLEN_CACHE"]
+    os.environ["NAPARI_ALLEN_CACHE"] = str(Path(folder) / "structures")
+    annotation._ccf_annotation_25.cache_clear()  # a new session has not decoded it yet
+    holder: dict = {}
+    # A 100 µm grid (e.g. a projection density) open before the dock, with the axes and scale
+    # bar the plugin shows with its layers (their first draws are not this dock's): the
+    # first look-up under the cursor needs the 25 µm annotation, not decoded yet.
+    viewer.add_image(np.zeros(SMALL_SHAPE, np.float32), name="grid", **layer_space_kwargs(100))
+    show_orientation(viewer)
+    for _ in range(50):
+        app.processEvents()
+        time.sleep(0.01)
+    try:
+        def add():
+            holder["dock"], holder["w"] = viewer.window.add_plugin_dock_widget(
+                "napari-allen", "Structures")
+        record("add dock: Structures", "dock", measure(app, beat, add))
+        w = holder["w"]
+        busy = _idle(*_all_runners(w))
+
+        def filtered():
+            return not getattr(w, "filter_pending", False)
+
+        def type_keys(keys: list, done: Callable[[], bool], every_ms: int = 120):
+            # One key per event-loop turn, ~8 keys a second (a quick typist).
+            sent = [0]
+
+            def press():
+                key = keys[sent[0]]
+                if isinstance(key, str):
+                    QTest.keyClicks(w.search_edit, key)
+                else:
+                    QTest.keyClick(w.search_edit, key[0], key[1])
+                sent[0] += 1
+                if sent[0] < len(keys):
+                    QTimer.singleShot(every_ms, press)
+
+            def start():
+                w.search_edit.setFocus()
+                press()
+                return lambda: sent[0] == len(keys) and filtered() and done()
+            return start
+
+        record('Structures: type "thal" (filter per key)', "dock",
+               measure(app, beat, type_keys(list("thal"), lambda: w.item("CP").isHidden())))
+        record("Structures: clear the search", "dock", measure(app, beat, type_keys(
+            [(Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier),
+             (Qt.Key.Key_Backspace, Qt.KeyboardModifier.NoModifier)],
+            lambda: not w.item("CP").isHidden())))
+
+        def cursor(point, acronym):
+            def start():
+                viewer.cursor.position = point
+                return lambda: w.cursor_label.text().startswith(acronym)
+            return start
+        record("Structures: first cursor move (fresh cache)", "dock",
+               measure(app, beat, cursor(_VPM_UM, "VPM")))
+        record("Structures: next cursor move", "dock",
+               measure(app, beat, cursor(_CP_UM, "CP")))
+
+        def reference():
+            w.reference_button.click()
+            return lambda: busy() and _conversions_done()
+        record("Structures: CCF reference + outline", "dock", measure(app, beat, reference))
+
+        def tick(acronym, mask):
+            def start():
+                w.mask_check.setChecked(mask)
+                w.set_checked(acronym)
+                names = [f"{acronym} mesh"] + ([f"{acronym} mask"] if mask else [])
+                return lambda: busy() and all(n in viewer.layers for n in names)
+            return start
+        record("Structures: tick VPM (index + mesh computed)", "dock",
+               measure(app, beat, tick("VPM", False), timeout_s=600))
+        record("Structures: tick LGd with its mask", "dock",
+               measure(app, beat, tick("LGd", True), timeout_s=600))
+    finally:
+        os.environ["NAPARI_ALLEN_CACHE"] = folder
+        if "dock" in holder:
+            viewer.window.remove_dock_widget(holder["dock"])
+        fresh()
 
 
 def main(argv: list[str] | None = None) -> int:

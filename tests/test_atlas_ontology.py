@@ -52,3 +52,30 @@ def test_features_and_membership(onto):
     assert feats["index"].tolist() == [0, 385, 42424242]
     assert feats["acronym"].tolist() == ["", "VISp", "?"]
     assert onto.membership(onto.id_of("Isocortex"), [385, 733]).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("text", ["thal", "T", "VPM", "ventral post", "", "  Thalamus ",
+                                  "zzz", "(", "a.b"])
+def test_whole_table_search_equals_a_scan_of_every_structure(onto, text):
+    """``matching`` + ``with_ancestors`` (vectorised, what the Structures dock's search uses)
+    give exactly what a per-structure scan gives."""
+    needle = text.strip().lower()
+    ids = [int(i) for i in onto.table.index]
+    hits = [not needle or needle in onto.acronym(s).lower() or needle in onto.name(s).lower()
+            for s in ids]
+    shown = {s for s, hit in zip(ids, hits, strict=True) if hit}
+    for s in list(shown):
+        shown.update(onto.ancestors(s))
+    np.testing.assert_array_equal(onto.matching(text), hits)
+    np.testing.assert_array_equal(onto.with_ancestors(onto.matching(text)),
+                                  [s in shown for s in ids])
+
+
+def test_parent_rows_and_unknown_parent(onto):
+    rows = onto.parent_rows
+    ids = onto.table.index
+    assert rows[ids.get_loc(ROOT_ID)] == -1
+    vpm = ids.get_loc(onto.id_of("VPM"))
+    assert ids[rows[vpm]] == onto.parent(onto.id_of("VPM"))
+    with pytest.raises(KeyError):
+        onto.parent(123456789)

@@ -307,3 +307,25 @@ def test_auto_source_falls_back_to_the_computed_mesh(shared_cache, monkeypatch):
         assert "Allen mesh unavailable" in mesh.metadata["fallback"]
         with pytest.raises(AllenApiError):
             get_structure_mesh("VPM", client=unreachable, source="allen")
+
+
+def test_index_bounding_boxes_span_slabs(tmp_path):
+    """The annotation index finds bounding boxes slab by slab (32 AP planes: GIL released in
+    between); they equal one pass over the whole volume, structures crossing slabs included."""
+    from scipy import ndimage
+
+    from napari_allen.atlas.meshes import annotation_index
+    from napari_allen.io.volume import GridVolume
+
+    rng = np.random.default_rng(1)
+    ids = np.array([0, 7, 1009, 672, 614454277], dtype=np.uint32)
+    data = ids[rng.integers(0, len(ids), size=(75, 9, 11))]
+    data[:, :, :3] = 0
+    data[40:70, 2:4, 5] = 5  # one structure in two slabs only
+    vol = GridVolume(data=data, resolution=25.0, kind="annotation", metadata={}, source="")
+    index = annotation_index(vol, cache_dir=tmp_path)
+    np.testing.assert_array_equal(index.ids, np.unique(data[data > 0]))
+    whole = ndimage.find_objects(np.asarray(index.labels), max_label=len(index.ids))
+    expected = [[[s.start for s in sl], [s.stop for s in sl]] for sl in whole]
+    np.testing.assert_array_equal(index.bboxes, expected)
+    assert index.bbox_of(np.array([5])) == (slice(40, 70), slice(2, 4), slice(5, 6))

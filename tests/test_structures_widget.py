@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from napari_allen.widgets._common import reset_shared_client
 
@@ -42,6 +43,51 @@ def test_tree_lists_the_ontology_and_filters(widget):
     assert w.filter("") == 1327 and not w.item("CP").isHidden()
 
 
+def test_tree_is_built_after_the_dock_opens_and_is_complete(make_napari_viewer, qtbot):
+    """The tree comes in a later event-loop turn (the dock paints first), mirrors the
+    ontology (parents, names, atlas swatches) and its search equals a per-item scan."""
+    from napari_allen.atlas.ontology import Ontology
+    from napari_allen.widgets.structures import StructuresWidget
+
+    w = StructuresWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    assert w._by_id is None  # not in the constructor's turn
+    qtbot.waitUntil(lambda: w._by_id is not None, timeout=5000)
+    onto = Ontology.default()
+    assert len(w._items) == len(onto) == 1327
+    for sid in onto.table.index[::7]:
+        item = w.item(int(sid))
+        parent = onto.parent(int(sid))
+        assert (item.parent().data(0, Qt.ItemDataRole.UserRole) if item.parent() else None) \
+            == parent
+        assert item.text(1) == onto.name(int(sid))
+        swatch = item.icon(0).pixmap(12, 12).toImage().pixelColor(5, 5)
+        # (within a 16-bit display's rounding: the test X server may have depth 16)
+        np.testing.assert_allclose((swatch.red(), swatch.green(), swatch.blue()),
+                                   onto.rgb(int(sid)), atol=8)
+    for text in ("thal", "t", "ventral post", "zzz", ""):
+        needle = text.lower()
+        hits = {int(s) for s in onto.table.index
+                if needle in onto.acronym(int(s)).lower() or needle in onto.name(int(s)).lower()}
+        shown = set(hits)
+        for s in hits:
+            shown.update(onto.ancestors(s))
+        assert w.filter(text) == len(hits)
+        assert {s for s, item in w._items.items() if not item.isHidden()} == shown
+        if text:  # every shown structure can be seen: its ancestors are expanded
+            assert all(w.item(a).isExpanded() for s in hits for a in onto.ancestors(s))
+
+
+def test_typing_filters_the_tree(widget, qtbot):
+    from qtpy.QtTest import QTest
+
+    w = widget
+    QTest.keyClicks(w.search_edit, "thal")
+    assert w.item("CP").isHidden() and not w.item("TH").isHidden()
+    w.search_edit.clear()
+    assert not w.item("CP").isHidden()
+
+
 def test_ticking_adds_a_surface_in_the_atlas_colour(qtbot, widget):
     from napari_allen.atlas.annotation import ccf_annotation_25, structure_id_at
     from napari_allen.atlas.ontology import Ontology
@@ -76,6 +122,50 @@ def test_cursor_names_the_structure(widget):
     w = widget
     assert w.describe([6500, 4000, 7650]).startswith("VP")  # 158375425's injection site
     assert w.describe([100, 100, 100]) == "outside the brain"
+
+
+def test_the_cursor_never_decodes_the_annotation_on_the_main_thread(
+        make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """In a fresh cache the first look-up under the cursor opens the 25 µm annotation in a
+    worker (the row says so meanwhile), then names the structure; napari's main thread never
+    decodes it."""
+    import threading
+
+    from napari_allen.atlas import annotation
+    from napari_allen.io import nrrd
+    from napari_allen.widgets.structures import LOADING_TEXT, StructuresWidget
+
+    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(tmp_path))
+    annotation._ccf_annotation_25.cache_clear()  # as in a new session
+    release = threading.Event()
+    calls: list[str] = []
+    real = nrrd.read_nrrd
+
+    def read_nrrd(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if threading.current_thread() is threading.main_thread():
+            raise AssertionError("the 25 µm annotation decoded on the main thread")
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nrrd, "read_nrrd", read_nrrd)
+    viewer = make_napari_viewer()
+    w = StructuresWidget(viewer)
+    qtbot.addWidget(w)
+    try:
+        viewer.add_image(np.zeros((4, 4, 4), np.float32), scale=(100.0, 100.0, 100.0))
+        viewer.cursor.position = (7111.0, 3977.0, 7620.0)  # VPM
+        assert w.cursor_label.text().startswith(LOADING_TEXT)
+        assert calls and threading.main_thread().name not in calls
+        release.set()
+        qtbot.waitUntil(lambda: w.cursor_label.text().startswith("VPM: "), timeout=60000)
+        viewer.cursor.position = (5100.0, 4000.0, 3300.0)  # now a plain look-up
+        assert w.cursor_label.text().startswith("CP: ")
+        assert len(calls) == 1 and threading.main_thread().name not in calls
+    finally:
+        release.set()
+        qtbot.waitUntil(lambda: w._warm_worker is None, timeout=60000)
+        annotation._ccf_annotation_25.cache_clear()  # its memmap lives in tmp_path
 
 
 def test_orientation_is_on_when_the_dock_opens(widget, qtbot):

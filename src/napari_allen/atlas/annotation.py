@@ -79,6 +79,18 @@ def ccf_annotation_25() -> GridVolume:
         return _ccf_annotation_25()
 
 
+def ccf_annotation_25_if_loaded() -> GridVolume | None:
+    """The 25 µm annotation if this process has it open already, else None: never decodes
+    and never waits (another thread may be decoding it), so a GUI handler can ask at every
+    mouse move and warm it in a worker (:func:`ccf_annotation_25`) when it gets None."""
+    if not _LOCK.acquire(blocking=False):
+        return None
+    try:
+        return _ccf_annotation_25() if _ccf_annotation_25.cache_info().currsize else None
+    finally:
+        _LOCK.release()
+
+
 def annotation_for(vol: GridVolume) -> GridVolume:
     """The bundled annotation to label ``vol``'s voxels: the 200 µm grid annotation for ISH
     grids (their own 67x41x58 space), else the 25 µm CCFv3 annotation (looked up through µm)."""
@@ -130,13 +142,17 @@ def structure_id_at(annotation: GridVolume, point_um: Sequence[float] | np.ndarr
 
 
 def structure_at(point_um: Sequence[float], *, resolution: int = 25,
-                 ontology: Ontology | None = None) -> dict:
+                 ontology: Ontology | None = None,
+                 annotation: GridVolume | None = None) -> dict:
     """``{id, acronym, name}`` of the structure at a CCF µm point ``[AP, DV, ML]``.
 
-    ``resolution`` 25 uses the CCFv3 annotation, 200 the ISH grid annotation. ``id`` 0 means
-    outside the brain (acronym ``''``).
+    ``resolution`` 25 uses the CCFv3 annotation, 200 the ISH grid annotation; ``annotation``
+    another (or an already open) annotation volume instead. ``id`` 0 means outside the brain
+    (acronym ``''``).
     """
-    if resolution == 25:
+    if annotation is not None:
+        vol = annotation
+    elif resolution == 25:
         vol = ccf_annotation_25()
     elif resolution == 200:
         vol = grid_annotation()

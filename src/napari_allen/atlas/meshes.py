@@ -150,19 +150,28 @@ def _build_index(vol: GridVolume, folder: Path, progress, cancel) -> None:
     if len(id_arr) >= 2 ** 16 - 1:
         raise ValueError(f"{vol.source}: {len(id_arr)} distinct labels do not fit uint16")
     labels = np.zeros(data.shape, dtype=np.uint16)
+    lo = np.full((len(id_arr), 3), np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.zeros((len(id_arr), 3), dtype=np.int64)
     for n, start in enumerate(slabs):
         check(cancel)
         block = np.asarray(data[start:start + 32]).astype(np.int64)
         pos = np.searchsorted(id_arr, block) + 1
         pos[block == 0] = 0
         labels[start:start + 32] = pos
+        # Bounding boxes slab by slab: find_objects holds the GIL throughout (~0.2-0.4 s over
+        # the whole 25 µm volume, a freeze of napari's event loop), ~10 ms per slab.
+        for k, sl in enumerate(ndimage.find_objects(labels[start:start + 32],
+                                                    max_label=len(id_arr))):
+            if sl is not None:
+                first = (sl[0].start + start, sl[1].start, sl[2].start)
+                last = (sl[0].stop + start, sl[1].stop, sl[2].stop)
+                lo[k] = np.minimum(lo[k], first)
+                hi[k] = np.maximum(hi[k], last)
         report(progress, done=len(slabs) + n, total=2 * len(slabs), message="indexing annotation")
-    found = ndimage.find_objects(labels, max_label=len(id_arr))
     bboxes = np.zeros((len(id_arr), 2, 3), dtype=np.int64)
-    for k, sl in enumerate(found):
-        if sl is not None:
-            bboxes[k, 0] = [s.start for s in sl]
-            bboxes[k, 1] = [s.stop for s in sl]
+    present = hi.any(axis=1)
+    bboxes[present, 0] = lo[present]
+    bboxes[present, 1] = hi[present]
     folder.mkdir(parents=True, exist_ok=True)
     for name, arr in (("index_ids.npy", id_arr), ("index_bboxes.npy", bboxes),
                       ("index_labels.npy", labels)):

@@ -42,9 +42,13 @@ class Ontology:
         self._by_acronym = {a.strip().lower(): int(i) for i, a in self.table["acronym"].items()}
         parent = self.table["parent_id"]
         self._children: dict[int, list[int]] = {}
+        self._parent: dict[int, int] = {}  # plain dict: ancestors() walks it per cursor move
         for sid, pid in parent.items():
             if pd.notna(pid):
                 self._children.setdefault(int(pid), []).append(int(sid))
+                self._parent[int(sid)] = int(pid)
+        self._search_columns: tuple[pd.Series, pd.Series] | None = None
+        self._parent_rows: np.ndarray | None = None
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -116,8 +120,11 @@ class Ontology:
         return hex_to_rgb(self.table.at[int(structure_id), "color_hex"])
 
     def parent(self, structure_id: int) -> int | None:
-        pid = self.table.at[int(structure_id), "parent_id"]
-        return None if pd.isna(pid) else int(pid)
+        sid = int(structure_id)
+        pid = self._parent.get(sid)
+        if pid is None and sid not in self.table.index:
+            raise KeyError(f"unknown structure id {structure_id}")
+        return pid
 
     def children(self, structure_id: int) -> list[int]:
         return list(self._children.get(int(structure_id), []))
@@ -150,6 +157,44 @@ class Ontology:
     def structure_id_path(self, structure_id: int) -> str:
         """Allen's ``/997/8/.../<id>/`` path string."""
         return "/" + "/".join(str(s) for s in self.ancestors(structure_id, True)) + "/"
+
+    # --- whole-table searches (rows of ``table``, graph order) ----------------------------
+    @property
+    def parent_rows(self) -> np.ndarray:
+        """Row (position in ``table``) of each structure's parent, -1 for a root (int64)."""
+        if self._parent_rows is None:
+            rows = self.table.index.get_indexer(self.table["parent_id"].fillna(-1).astype(int))
+            self._parent_rows = rows.astype(np.int64)  # -1 where the parent is not a row
+        return self._parent_rows
+
+    def matching(self, text: str) -> np.ndarray:
+        """Boolean mask over ``table`` rows: acronym or name contains ``text`` (a plain
+        substring, case-insensitive; blank text matches every row)."""
+        needle = (text or "").strip().lower()
+        if not needle:
+            return np.ones(len(self.table), dtype=bool)
+        if self._search_columns is None:
+            self._search_columns = (self.table["acronym"].astype(str).str.lower(),
+                                    self.table["name"].astype(str).str.lower())
+        acronyms, names = self._search_columns
+        hits = (acronyms.str.contains(needle, regex=False)
+                | names.str.contains(needle, regex=False))
+        return hits.to_numpy(dtype=bool)
+
+    def with_ancestors(self, rows: np.ndarray) -> np.ndarray:
+        """Boolean row mask ``rows`` plus every ancestor of a True row (one vectorised step
+        per tree level)."""
+        out = np.array(rows, dtype=bool)
+        parents = self.parent_rows
+        frontier = out.copy()
+        while frontier.any():
+            up = parents[frontier]
+            up = up[up >= 0]
+            new = np.zeros_like(out)
+            new[up] = True
+            frontier = new & ~out
+            out |= new
+        return out
 
     # --- bulk views used by layers and analysis -----------------------------------------
     def color_dict(self, ids: Iterable[int] | None = None, alpha: float = 1.0) -> dict:

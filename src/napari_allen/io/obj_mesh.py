@@ -63,8 +63,13 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     normals = np.zeros_like(v)
     if len(f):
         face_n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-        for k in range(3):
-            np.add.at(normals, f[:, k], face_n)
+        # Sums per vertex in the order np.add.at would add them (corner 0 of every face,
+        # then 1, then 2): the same bits, ~10x faster (np.add.at held the GIL ~0.1 s for a
+        # large structure in a worker, a freeze of napari's event loop).
+        corners = f.T.reshape(-1)
+        for axis in range(3):
+            normals[:, axis] = np.bincount(corners, weights=np.tile(face_n[:, axis], 3),
+                                           minlength=len(v))
     length = np.linalg.norm(normals, axis=1, keepdims=True)
     np.divide(normals, length, out=normals, where=length > 0)
     return normals.astype(np.float32)

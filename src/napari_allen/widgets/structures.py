@@ -6,11 +6,20 @@ Meshes come from :func:`napari_allen.workflows.structure_meshes.get_structure_me
 computed from the bundled 25 µm annotation (default; offline, cached on disk, aligned with
 every layer by construction) or Allen's ``structure_meshes/<id>.obj`` files through the API
 client's file server. Work runs in a :class:`~napari_allen.widgets._tasks.TaskRunner`; ticking
-several structures quickly builds them all (one task over the pending set).
+several structures quickly builds them all (one task over the pending set), the napari layers
+built in the worker too and added over event-loop turns (``widgets/_view.add_in_turns``).
+
+Nothing here holds napari's event loop (issue #13, ``benchmarks/bench_gui_freeze.py``
+"structures"): the tree is built detached from the view in one pass over the ontology table
+(one swatch icon per atlas colour, cached), the search is a vectorised substring match over
+the table that touches only the items whose visibility changes, and the structure under the
+cursor is looked up only in an annotation already open: the first look-up of a session (the
+25 µm NRRD inflated, ~1 s, in a fresh cache) runs in a worker while the row says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,14 +35,13 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTreeWidget,
     QTreeWidgetItem,
-    QTreeWidgetItemIterator,
     QWidget,
 )
 
-from napari_allen.atlas.ontology import ROOT_ID, Ontology
-from napari_allen.widgets._common import add_layer_tuple, shared_client
+from napari_allen.atlas.ontology import ROOT_ID, Ontology, hex_to_rgb
+from napari_allen.widgets._common import shared_client
 from napari_allen.widgets._dock import AllenDock
-from napari_allen.widgets._tasks import TaskRunner
+from napari_allen.widgets._tasks import TaskRunner, run_in_turns
 from napari_allen.widgets._view import add_in_turns, show_orientation
 
 if TYPE_CHECKING:
@@ -45,12 +53,20 @@ SOURCE_LABELS = {
     "auto": "Allen .obj, else computed",
 }
 _ID_ROLE = Qt.ItemDataRole.UserRole
+#: What the cursor row says while the 25 µm annotation is being opened in a worker.
+LOADING_TEXT = "loading the 25 µm annotation…"
+#: ms after the dock opens before its tree is built (its first paint comes first).
+TREE_DELAY_MS = 30
+_SWATCHES: dict[str, QIcon] = {}  # atlas colour hex -> 12 px swatch (~600 colours, 1,327 rows)
 
 
-def _swatch(rgb: tuple[int, int, int]) -> QIcon:
-    pix = QPixmap(12, 12)
-    pix.fill(QColor(*rgb))
-    return QIcon(pix)
+def _swatch(color_hex: str) -> QIcon:
+    icon = _SWATCHES.get(color_hex)
+    if icon is None:
+        pix = QPixmap(12, 12)
+        pix.fill(QColor(*hex_to_rgb(color_hex)))
+        icon = _SWATCHES[color_hex] = QIcon(pix)
+    return icon
 
 
 def mask_layer_name(acronym: str) -> str:
@@ -89,11 +105,16 @@ class StructuresWidget(AllenDock):
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)  # scroll area, API panel, tabbing, orientation
-        self.ontology = Ontology.default()
+        self._ontology: Ontology | None = None
         self.runner = TaskRunner(self)
-        self._items: dict[int, QTreeWidgetItem] = {}
+        self._by_id: dict[int, QTreeWidgetItem] | None = None  # None until the tree is built
+        self._rows: list[QTreeWidgetItem] = []  # the items in ontology table (graph) order
+        self._shown = np.ones(0, dtype=bool)  # rows the filter shows
         self._pending: list[int] = []
-        self._dropped: set[int] = set()  # unticked while their mesh was being built
+        self._dropped: set[int] = set()  # unticked while their mesh was being built or added
+        self._adding: dict[int, int] = {}  # structure id -> its layers still being added
+        self._warm_worker = None  # the worker opening the 25 µm annotation, while it runs
+        self._annotation_error = ""
 
         self.search_edit = QLineEdit(self)
         self.search_edit.setPlaceholderText("search acronym or name, e.g. VPM, thalamus")
@@ -101,8 +122,10 @@ class StructuresWidget(AllenDock):
         self.tree = QTreeWidget(self)
         self.tree.setHeaderLabels(["structure", "name"])
         self.tree.setMinimumHeight(220)
-        self._fill_tree()
         self.tree.itemChanged.connect(self._on_item_changed)
+        # The ontology (parsed once per process) and the tree in a turn of their own, after
+        # the dock's first paint; anything asking for an item earlier builds it then.
+        run_in_turns([self._ensure_tree], TREE_DELAY_MS)
 
         self.source_combo = QComboBox(self)
         for key, text in SOURCE_LABELS.items():
@@ -141,28 +164,62 @@ class StructuresWidget(AllenDock):
 
         self.viewer.cursor.events.position.connect(self._on_cursor)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        if self.viewer.dims.ndim >= 3 and len(self.viewer.layers):
+            self._warm_annotation()  # 3-D data already open: the cursor will need it
 
     # --- tree ---------------------------------------------------------------------------
+    @property
+    def ontology(self) -> Ontology:
+        """The bundled structure ontology (what the tree lists)."""
+        if self._ontology is None:
+            self._ontology = Ontology.default()
+        return self._ontology
+
+    @property
+    def _items(self) -> dict[int, QTreeWidgetItem]:
+        """Tree item per structure id (the tree is built on first use)."""
+        self._ensure_tree()
+        assert self._by_id is not None
+        return self._by_id
+
+    def _ensure_tree(self) -> None:
+        if self._by_id is None:
+            self._fill_tree()
+
     def _fill_tree(self) -> None:
+        """One item per structure, built while detached from the view (no per-item model
+        signals or layout), from plain column lists (no per-cell pandas look-ups): ~20 ms
+        for 1,327 structures."""
         onto = self.ontology
-        self.tree.blockSignals(True)
-        for sid in onto.table.index:  # graph order: parents before children
-            sid = int(sid)
-            parent_id = onto.parent(sid)
-            parent = self._items.get(parent_id) if parent_id is not None else None
-            item = QTreeWidgetItem([onto.acronym(sid), onto.name(sid)])
+        table = onto.table
+        ids = [int(i) for i in table.index]
+        acronyms = table["acronym"].astype(str).tolist()
+        names = table["name"].astype(str).tolist()
+        colors = table["color_hex"].astype(str).tolist()
+        parents = onto.parent_rows.tolist()  # graph order: parents come before children
+        unchecked = Qt.CheckState.Unchecked
+        checkable = Qt.ItemFlag.ItemIsUserCheckable
+        rows: list[QTreeWidgetItem] = []
+        top: list[QTreeWidgetItem] = []
+        for k, sid in enumerate(ids):
+            item = QTreeWidgetItem([acronyms[k], names[k]])
             item.setData(0, _ID_ROLE, sid)
-            item.setIcon(0, _swatch(onto.rgb(sid)))
-            item.setToolTip(1, f"{onto.name(sid)} (id {sid})")
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(0, Qt.CheckState.Unchecked)
-            if parent is None:
-                self.tree.addTopLevelItem(item)
+            item.setIcon(0, _swatch(colors[k]))
+            item.setToolTip(1, f"{names[k]} (id {sid})")
+            item.setFlags(item.flags() | checkable)
+            item.setCheckState(0, unchecked)
+            if parents[k] < 0:
+                top.append(item)
             else:
-                parent.addChild(item)
-            self._items[sid] = item
+                rows[parents[k]].addChild(item)
+            rows.append(item)
+        self._rows = rows
+        self._shown = np.ones(len(rows), dtype=bool)
+        self._by_id = dict(zip(ids, rows, strict=True))
+        self.tree.blockSignals(True)
+        self.tree.addTopLevelItems(top)
         self.tree.blockSignals(False)
-        root = self._items.get(ROOT_ID)
+        root = self._by_id.get(ROOT_ID)
         if root is not None:
             root.setExpanded(True)
             for i in range(root.childCount()):
@@ -170,26 +227,23 @@ class StructuresWidget(AllenDock):
         self.tree.resizeColumnToContents(0)
 
     def filter(self, text: str) -> int:
-        """Show structures whose acronym or name contains ``text`` (and their ancestors);
-        returns how many match. Empty text shows everything."""
-        needle = (text or "").strip().lower()
-        matches = 0
-        iterator = QTreeWidgetItemIterator(self.tree)
-        shown: set[int] = set()
-        while iterator.value():
-            item = iterator.value()
-            sid = int(item.data(0, _ID_ROLE))
-            hit = not needle or needle in item.text(0).lower() or needle in item.text(1).lower()
-            if hit:
-                matches += 1
-                shown.add(sid)
-                shown.update(self.ontology.ancestors(sid))
-            iterator += 1
-        for sid, item in self._items.items():
-            item.setHidden(sid not in shown)
-            if needle and sid in shown and sid != ROOT_ID:
-                item.parent() and item.parent().setExpanded(True)
-        return matches
+        """Show structures whose acronym or name contains ``text`` (and their ancestors,
+        expanded); returns how many match. Empty text shows everything."""
+        self._ensure_tree()
+        onto = self.ontology
+        hits = onto.matching(text)
+        shown = onto.with_ancestors(hits)
+        rows = self._rows
+        # Only the items whose visibility changes: Qt lays the view out once, when it paints.
+        for k in np.flatnonzero(shown != self._shown).tolist():
+            rows[k].setHidden(not shown[k])
+        self._shown = shown
+        if (text or "").strip():
+            parents = onto.parent_rows[shown]
+            for k in np.unique(parents[parents >= 0]).tolist():
+                if not rows[k].isExpanded():
+                    rows[k].setExpanded(True)
+        return int(hits.sum())
 
     def item(self, structure: int | str) -> QTreeWidgetItem:
         return self._items[self.ontology.id_of(structure)]
@@ -236,6 +290,7 @@ class StructuresWidget(AllenDock):
 
         def task(*, progress, cancel, emit):
             from napari_allen.layers.meshes import structure_mesh_layer
+            from napari_allen.layers.prebuilt import build_layers
             from napari_allen.workflows.structure_meshes import get_structure_mesh
 
             for sid in pending:
@@ -246,7 +301,9 @@ class StructuresWidget(AllenDock):
                     mask = structure_mask_layer(sid, onto)
                     if mask is not None:
                         layers.append(mask)
-                emit((sid, layers))
+                # napari layers built here (a Labels colour dict, a Surface's normals), and
+                # the next structure waits until these are in (one insert per turn).
+                emit((sid, build_layers(layers)), wait=True)
             return len(pending)
 
         names = ", ".join(onto.acronym(s) for s in pending)
@@ -259,19 +316,38 @@ class StructuresWidget(AllenDock):
             self._pending.remove(sid)
         if sid in self._dropped:  # unticked while it was being built
             return
-        for layer_tuple in layers:
-            layer = add_layer_tuple(self.viewer, layer_tuple)
-            fallback = layer.metadata.get("fallback")
-            if fallback:
-                from napari.utils.notifications import show_warning
+        self._adding[sid] = self._adding.get(sid, 0) + len(layers)
+        for layer in layers:  # napari's steps for each, one per event-loop turn
+            add_in_turns(self.viewer, self.runner, layer, then=lambda added, s=sid:
+                         self._mesh_shown(s, added))
 
-                show_warning(f"Structures: {fallback}")
+    def _mesh_shown(self, sid: int, layer) -> None:
+        """A structure's layer is in: warn about a fallback; remove it if the structure was
+        unticked while its layers were being added."""
+        left = self._adding.get(sid, 1) - 1
+        if left > 0:
+            self._adding[sid] = left
+        else:
+            self._adding.pop(sid, None)
+        if sid in self._dropped:
+            if not left:
+                self._dropped.discard(sid)
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+            return
+        fallback = layer.metadata.get("fallback")
+        if fallback:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"Structures: {fallback}")
 
     def _remove_structure(self, sid: int) -> None:
         from napari_allen.layers.meshes import mesh_layer_name
 
         if sid in self._pending:
             self._pending.remove(sid)
+            self._dropped.add(sid)
+        if sid in self._adding:  # its layers are being added: removed when they are in
             self._dropped.add(sid)
         acronym = self.ontology.acronym(sid)
         for name in (mesh_layer_name(acronym), mask_layer_name(acronym)):
@@ -283,8 +359,8 @@ class StructuresWidget(AllenDock):
         layer = getattr(event, "value", None)
         meta = getattr(layer, "metadata", {}) or {}
         sid = meta.get("structure_id")
-        if meta.get("kind") == "mesh" and sid in self._items:
-            item = self._items[sid]
+        if meta.get("kind") == "mesh" and self._by_id is not None and sid in self._by_id:
+            item = self._by_id[sid]
             self.tree.blockSignals(True)
             item.setCheckState(0, Qt.CheckState.Unchecked)
             self.tree.blockSignals(False)
@@ -306,28 +382,67 @@ class StructuresWidget(AllenDock):
                         description="Loading the 25 µm CCF reference…")
 
     # --- cursor -------------------------------------------------------------------------
-    def describe(self, point_um) -> str:
-        """``"VPM: Ventral posterior medial nucleus of the thalamus"`` at a CCF µm point."""
+    def describe(self, point_um, *, annotation=None) -> str:
+        """``"VPM: Ventral posterior medial nucleus of the thalamus"`` at a CCF µm point.
+
+        Opens the 25 µm annotation on the calling thread if this process has not yet (the
+        cursor handler never calls it then); ``annotation``: an already open one."""
         from napari_allen.atlas.annotation import structure_at
 
-        found = structure_at(np.asarray(point_um, dtype=float)[-3:], ontology=self.ontology)
+        found = structure_at(np.asarray(point_um, dtype=float)[-3:], ontology=self.ontology,
+                             annotation=annotation)
         if found["id"] == 0:
             return "outside the brain"
         return f"{found['acronym']}: {found['name']}"
 
     def _on_cursor(self, _event=None) -> None:
+        from napari_allen.atlas.annotation import ccf_annotation_25_if_loaded
+
         if self.viewer.dims.ndim < 3:
             return
         point = np.asarray(self.viewer.cursor.position, dtype=float)[-3:]
-        try:
-            text = self.describe(point)
-        except (ValueError, IndexError, OSError):
-            return
+        annotation = ccf_annotation_25_if_loaded()  # never decodes nor waits
+        if annotation is None:
+            self._warm_annotation()
+            text = self._annotation_error or LOADING_TEXT
+        else:
+            try:
+                text = self.describe(point, annotation=annotation)
+            except (ValueError, IndexError, OSError):
+                return
         coords = ", ".join(f"{v:.0f}" for v in point)
         try:
             self.cursor_label.setText(f"{text}  (AP, DV, ML = {coords} µm)")
         except RuntimeError:  # the dock was deleted: stop listening
             self.viewer.cursor.events.position.disconnect(self._on_cursor)
+
+    def _warm_annotation(self) -> None:
+        """Open the 25 µm annotation in a worker (inflated into the cache folder the first
+        time, ~1 s; memory-mapped afterwards), then name the structure under the cursor.
+        One worker at a time; an error (e.g. a damaged file, a full disk) is shown in the
+        cursor row instead of the structure, not retried at every move."""
+        if self._warm_worker is not None or self._annotation_error:
+            return
+        from napari.qt.threading import create_worker
+
+        from napari_allen.atlas.annotation import ccf_annotation_25
+
+        worker = create_worker(ccf_annotation_25, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._annotation_ready)
+        worker.errored.connect(self._annotation_failed)
+        self._warm_worker = worker
+        worker.start()
+
+    def _annotation_ready(self, _vol=None) -> None:
+        self._warm_worker = None
+        with contextlib.suppress(RuntimeError):  # the dock is gone
+            self._on_cursor()
+
+    def _annotation_failed(self, exc: BaseException) -> None:
+        self._warm_worker = None
+        self._annotation_error = f"no annotation: {exc}"  # shown at every move from now on
+        with contextlib.suppress(RuntimeError):  # the dock is gone
+            self.cursor_label.setText(self._annotation_error)
 
     def _error(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
