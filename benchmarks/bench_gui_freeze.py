@@ -15,11 +15,12 @@ fresh cache, and a second open) and File > Open Sample > CCF reference (that ann
 brain outline; in a fresh cache, then again). Group "more" (``_more``): the Connectivity
 dock's Average (with the individual-experiment stack; grouped as one stacked layer), Threshold
 and structure meshes, the Gene expression dock's grid annotation, structure similarity and
-whole-plane store (download of three genes + open, open again, two store questions). The
-local Allen API server runs in a child process (``_child_server``), as the real API runs on
-another machine: in-process, its own JSON and synthetic-data work would hold this
-interpreter's GIL and count as plugin freezes. The cache folder is a temporary one (deleted
-at the end).
+whole-plane store (download of three genes + open, open again, two store questions). Group
+"structures" (``_structures``): the Structures dock's tree, search, first cursor look-up, CCF
+reference and ticks. The local Allen API server runs in a child process (``_child_server``),
+as the real API runs on another machine: in-process, its own JSON and synthetic-data work
+would hold this interpreter's GIL and count as plugin freezes. The cache folder is a temporary
+one (deleted at the end).
 
 Targets: every dock action <= 200 ms (worst run); opening a file or sample no longer than napari
 adding the same layers as plain in-memory arrays of the same size and type (measured right after
