@@ -77,6 +77,16 @@ left is napari's:
   shown before loading the next (``emit(wait=True)``), so their CPU (25-55 ms per gap before)
   no longer lands inside napari's steps. ``BENCH_FREEZE_GAPS=1`` splits each long gap into
   main-thread CPU, waiting for a CPU, and other threads' CPU;
+- group "more": every layer is built in a worker (the average and its individual-experiment
+  stack, the threshold mask, each structure's Surface - the meshing task waits while it is
+  added -, the grid annotation's Labels, the correlation lines, a plane store's lazy 4-D
+  layer: a plain view over the Zarr store, no dask) and added with ``add_in_turns``. Left is
+  napari's: a layer bringing a new axis (the individual stack or a plane store, 4-D, into a
+  3-D viewer) makes napari rebuild every dims slider inside its insert (a 4-D insert took
+  ~490-690 ms where a 3-D one took ~185-205 ms, load average ~5); a Labels insert (controls,
+  vispy node, polygon overlay) costs ~1.5x an image's, and its first draw builds its shaders;
+  the meshing itself (scipy/skimage C calls, ``atlas/meshes``) holds the GIL 100-250 ms at a
+  time in the worker under load;
 - other processes on the machine stretch all of it (report ``uptime`` with the numbers).
 
 With ``BENCH_FREEZE_GAPS=1`` each action also prints its five longest gaps and, for the
