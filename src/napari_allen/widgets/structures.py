@@ -124,8 +124,9 @@ class StructuresWidget(AllenDock):
         self.tree.setMinimumHeight(220)
         self.tree.itemChanged.connect(self._on_item_changed)
         # The ontology (parsed once per process) and the tree in a turn of their own, after
-        # the dock's first paint; anything asking for an item earlier builds it then.
-        run_in_turns([self._ensure_tree], TREE_DELAY_MS)
+        # the dock's first paint (anything asking for an item earlier builds it then); with
+        # 3-D data already open, the annotation the cursor will need starts opening then.
+        run_in_turns([self._ensure_tree, self._warm_if_3d], TREE_DELAY_MS)
 
         self.source_combo = QComboBox(self)
         for key, text in SOURCE_LABELS.items():
@@ -164,8 +165,6 @@ class StructuresWidget(AllenDock):
 
         self.viewer.cursor.events.position.connect(self._on_cursor)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
-        if self.viewer.dims.ndim >= 3 and len(self.viewer.layers):
-            self._warm_annotation()  # 3-D data already open: the cursor will need it
 
     # --- tree ---------------------------------------------------------------------------
     @property
@@ -415,6 +414,10 @@ class StructuresWidget(AllenDock):
             self.cursor_label.setText(f"{text}  (AP, DV, ML = {coords} µm)")
         except RuntimeError:  # the dock was deleted: stop listening
             self.viewer.cursor.events.position.disconnect(self._on_cursor)
+
+    def _warm_if_3d(self) -> None:
+        if self.viewer.dims.ndim >= 3 and len(self.viewer.layers):
+            self._warm_annotation()
 
     def _warm_annotation(self) -> None:
         """Open the 25 µm annotation in a worker (inflated into the cache folder the first
