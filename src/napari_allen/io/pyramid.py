@@ -586,10 +586,9 @@ def start_pyramid_job(path: str | os.PathLike,
     which napari's event loop needs); when no process can be started the same runs in a
     thread, with a logged warning. A given ``open_volume(progress=, cancel=)`` (which returns
     the grid; it may decode the file first) cannot cross to another interpreter and runs in
-    the thread. ``before(job)``, if given, runs in the job's thread before the conversion
-    starts (e.g. waiting until the GUI has shown the layer, so a conversion in a thread does
-    not compete with it for the interpreter); a converter process is launched first and
-    starts its interpreter meanwhile."""
+    the thread. ``before(job)``, if given, runs first in the job's thread (e.g. waiting until
+    the GUI has shown the layer, so neither a converter process's start-up nor a thread
+    competes with it for the cores or the interpreter)."""
     key = pyramid_key(path)
     target = pyramid_folder(cache_root) / f"{key}.zarr"
     identity = source_identity(path)
@@ -617,28 +616,17 @@ def start_pyramid_job(path: str | os.PathLike,
         return build_pyramid(vol, target, identity=identity, progress=progress,
                              cancel=job.cancel_token)
 
-    pending_before = [before] if before is not None else []
-
-    def run_before() -> None:  # once, whichever way the conversion goes
-        while pending_before:
-            pending_before.pop()(job)
-        job.cancel_token.check()
-
     def in_process() -> Pyramid:
         from .pyramid_process import ConverterUnavailable, convert_in_process
 
         job.mode = "process"
         try:
-            # The child starts its interpreter while ``before`` waits (it has no GIL to share
-            # and runs at a lower priority).
             convert_in_process(path, target, identity, progress=progress,
                                cancel=job.cancel_token,
-                               on_started=lambda pid: setattr(job, "pid", pid),
-                               meanwhile=run_before)
+                               on_started=lambda pid: setattr(job, "pid", pid))
         except ConverterUnavailable as exc:
             log.warning("%s: cannot start the multiscale-cache converter process (%s); "
                         "converting in a thread of this process instead", path, exc)
-            run_before()
             return in_thread(lambda **kw: read_single_grid(path, **kw))
         finally:
             job.pid = None
@@ -650,11 +638,10 @@ def start_pyramid_job(path: str | os.PathLike,
 
     def run() -> None:
         try:
-            if open_volume is None:
-                job.pyramid = in_process()
-            else:
-                run_before()
-                job.pyramid = in_thread(open_volume)
+            if before is not None:
+                before(job)
+            job.cancel_token.check()
+            job.pyramid = in_process() if open_volume is None else in_thread(open_volume)
             job.fraction = 1.0
         except (Exception, Cancelled) as exc:  # noqa: BLE001 - reported through the job
             job.error = exc

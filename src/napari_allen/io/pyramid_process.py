@@ -82,16 +82,14 @@ def converter_command() -> list[str] | None:
 def convert_in_process(source: str | os.PathLike, target: str | os.PathLike, identity: dict,
                        *, progress: ProgressCallback | None = None,
                        cancel: CancelToken | None = None,
-                       on_started=None, meanwhile=None) -> None:
+                       on_started=None) -> None:
     """Build the pyramid of ``source`` (one grid; read with the package's reader) at
     ``target`` in a child process; returns once the child reports the complete store.
 
     ``progress`` receives the child's steps (in the calling thread); ``on_started(pid)`` is
-    called once the child has started; ``meanwhile()``, in the calling thread, as soon as the
-    child was launched (it starts its interpreter in parallel). Raises :class:`Cancelled`
-    (``cancel`` set), :class:`AllenFormatError` (bad input), :class:`ConverterError` (any
-    other failure, or the child died) or :class:`ConverterUnavailable` (no child could be
-    started)."""
+    called once the child has started. Raises :class:`Cancelled` (``cancel`` set),
+    :class:`AllenFormatError` (bad input), :class:`ConverterError` (any other failure, or the
+    child died) or :class:`ConverterUnavailable` (no child could be started)."""
     command = converter_command()
     if command is None:
         raise ConverterUnavailable("this application cannot start a Python interpreter")
@@ -103,15 +101,14 @@ def convert_in_process(source: str | os.PathLike, target: str | os.PathLike, ide
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             raise ConverterUnavailable(f"{command[0]}: {exc}") from exc
         try:
-            result = _talk(proc, source, target, identity, progress, cancel, on_started,
-                           meanwhile)
+            result = _talk(proc, source, target, identity, progress, cancel, on_started)
         finally:
             _stop(proc)
         _raise_for(result, proc, source, errors, cancel)
 
 
 def _talk(proc: subprocess.Popen, source, target, identity, progress, cancel,
-          on_started, meanwhile) -> dict:
+          on_started) -> dict:
     """Send the request, relay the child's lines until it ends; returns what it said last
     (``started`` noted under that key)."""
     request = {"source": str(source), "target": str(target), "identity": identity}
@@ -145,8 +142,6 @@ def _talk(proc: subprocess.Popen, source, target, identity, progress, cancel,
     reader = threading.Thread(target=read, name=f"napari-allen converter {proc.pid}",
                               daemon=True)
     reader.start()
-    if meanwhile is not None:
-        meanwhile()
     while not ended.is_set():
         if cancel.wait(0.1):  # wakes at once on Cancel; notices the end within 0.1 s
             _send(proc, "cancel")

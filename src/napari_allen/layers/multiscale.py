@@ -354,8 +354,9 @@ def _gui_turns(caller, timeout_s: float = _GUI_WAIT_S) -> None:
 
     The reader runs on the GUI thread, and napari inserts and first draws the layer right
     after it returns (~0.3 s); a conversion starting at once competes with that insert for
-    the cores (2 here; in the thread fallback also for the interpreter lock, which doubled
-    the insert). Idle means: ``_GUI_QUIET_PROBES`` calls queued
+    the cores (2 here: even a niced converter process starting its interpreter made the
+    insert's longest gap longer on a loaded machine; in the thread fallback also for the
+    interpreter lock, which doubled the insert). Idle means: ``_GUI_QUIET_PROBES`` calls queued
     one after the other each ran within ``_GUI_QUIET_S`` (napari's activity bar runs nested
     event loops inside the open, so one answered call alone does not mean the insert is
     over)."""
