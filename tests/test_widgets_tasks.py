@@ -296,3 +296,45 @@ def test_releases_queued_together_do_not_wait_for_each_other(qtbot, runner):
     assert not first.is_set() and not second.is_set()
     qtbot.waitUntil(lambda: first.is_set() and second.is_set(), timeout=5000)
     qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+
+
+def test_progress_bar_paints_with_the_next_repaint_not_at_once(qtbot, runner):
+    """QProgressBar.setValue repaints synchronously (60-300 ms in napari's window under
+    llvmpipe, per progress step); the runner's bar only schedules a repaint."""
+    from qtpy.QtCore import QEvent, QObject
+    from qtpy.QtWidgets import QApplication, QProgressBar
+
+    class PaintCounter(QObject):
+        def __init__(self) -> None:
+            super().__init__()
+            self.paints = 0
+
+        def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.Paint:
+                self.paints += 1
+            return False
+
+    parent = runner.test_parent
+    parent.resize(400, 60)
+    parent.show()
+    qtbot.waitExposed(parent)
+    bars = {"runner": runner._bar, "plain": QProgressBar(runner.widget)}
+    synchronous = {}
+    for name, bar in bars.items():
+        bar.setVisible(True)
+        bar.setTextVisible(True)
+        bar.setRange(0, 10)
+        bar.setValue(1)
+        for _ in range(5):
+            QApplication.processEvents()
+        counter = PaintCounter()
+        bar.installEventFilter(counter)
+        if name == "runner":
+            bar.show_progress(7, 10)
+        else:
+            bar.setValue(7)
+        synchronous[name] = counter.paints
+        qtbot.waitUntil(lambda c=counter: c.paints > 0, timeout=2000)  # painted later
+        assert bar.value() == 7 and bar.maximum() == 10
+        bar.removeEventFilter(counter)
+    assert synchronous == {"runner": 0, "plain": 1}  # the plain bar shows the cost avoided

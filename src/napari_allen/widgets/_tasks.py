@@ -160,6 +160,24 @@ def run_in_turns(steps: list[Callable[[], Any]], delay_ms: int = 0) -> None:
     QTimer.singleShot(delay_ms, post)
 
 
+class _DeferredProgressBar(QProgressBar):
+    """A progress bar whose updates are painted with the window's next repaint.
+
+    ``QProgressBar.setValue`` repaints the bar synchronously; in napari's window (a GL canvas
+    composed with the widgets, llvmpipe) each such repaint cost 60-300 ms on the main thread,
+    once per progress step of a task."""
+
+    def show_progress(self, done: int, total: int) -> None:
+        """Range ``0..total`` (0: busy indicator) at ``done``, painted asynchronously."""
+        self.setUpdatesEnabled(False)  # setValue's synchronous repaint becomes a no-op...
+        try:
+            self.setRange(0, total)
+            if total:
+                self.setValue(done)
+        finally:
+            self.setUpdatesEnabled(True)  # ...and this schedules one ordinary update()
+
+
 class TaskRunner(QObject):
     """One task at a time for one widget.
 
@@ -177,7 +195,7 @@ class TaskRunner(QObject):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.widget = QWidget(parent)
-        self._bar = QProgressBar(self.widget)
+        self._bar = _DeferredProgressBar(self.widget)
         self._bar.setTextVisible(True)
         self._status = WrappingLabel("", self.widget)
         self._cancel_button = QPushButton("Cancel", self.widget)
@@ -361,10 +379,9 @@ class TaskRunner(QObject):
         if not self._current(generation):
             return
         if snap.total:
-            self._bar.setRange(0, int(snap.total))
-            self._bar.setValue(min(int(snap.done), int(snap.total)))
+            self._bar.show_progress(min(int(snap.done), int(snap.total)), int(snap.total))
         else:
-            self._bar.setRange(0, 0)  # busy indicator while the total is unknown
+            self._bar.show_progress(0, 0)  # busy indicator while the total is unknown
         text = snap.message or ""
         if snap.total:
             text = f"{text} {snap.done}/{snap.total}".strip()
@@ -503,6 +520,6 @@ class TaskRunner(QObject):
         self._cancel_button.setEnabled(busy)
         self._bar.setVisible(busy)
         if busy:
-            self._bar.setRange(0, 0)
+            self._bar.show_progress(0, 0)
         if not busy:
             self.worker = None
