@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from grid_writers import write_mhd
 from napari_allen.io import pyramid, read_volumes
 from napari_allen.io.pyramid import (
     CHUNK,
@@ -20,15 +21,6 @@ from napari_allen.progress import Cancelled, CancelToken
 SHAPE = (300, 70, 135)  # odd ML size, > 256 on AP: three levels
 
 
-def _write_mhd(folder, name: str, data: np.ndarray, etype: str, res: int = 25):
-    (folder / f"{name}.mhd").write_text(
-        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-        f"ElementSpacing = {res} {res} {res}\nDimSize = {' '.join(map(str, data.shape))}\n"
-        f"ElementType = {etype}\nElementDataFile = {name}.raw\n")
-    (folder / f"{name}.raw").write_bytes(np.asarray(data).tobytes(order="F"))
-    return folder / f"{name}.mhd"
-
-
 @pytest.fixture
 def labels(tmp_path):
     rng = np.random.default_rng(1)
@@ -36,7 +28,7 @@ def labels(tmp_path):
     ids = np.array([0, 733, 385, 614454277, 1009], dtype=np.uint32)
     data = ids[rng.integers(0, len(ids), SHAPE)]
     data[0, 0, 0], data[1, 0, 0], data[0, 1, 0], data[0, 0, 1] = 733, 385, 614454277, 1009
-    path = _write_mhd(tmp_path, "annotation_25", data, "MET_UINT")
+    path = write_mhd(tmp_path, "annotation_25", data, "MET_UINT")
     (vol,) = read_volumes(path)
     return vol, data
 
@@ -46,7 +38,7 @@ def image(tmp_path):
     rng = np.random.default_rng(2)
     data = rng.random(SHAPE, dtype=np.float32)
     data[:, :, :10] = -1  # no data
-    path = _write_mhd(tmp_path, "projection_density_25", data, "MET_FLOAT")
+    path = write_mhd(tmp_path, "projection_density_25", data, "MET_FLOAT")
     (vol,) = read_volumes(path)
     return vol, data
 
@@ -174,7 +166,7 @@ def test_reader_returns_multiscale_for_large_grids_at_once(tmp_path, monkeypatch
 
     monkeypatch.setattr(multiscale, "MULTISCALE_VOXELS", 1000)
     data = np.arange(np.prod((40, 30, 70)), dtype=np.float32).reshape((40, 30, 70))
-    path = _write_mhd(tmp_path, "projection_density_100", data, "MET_FLOAT", res=100)
+    path = write_mhd(tmp_path, "projection_density_100", data, "MET_FLOAT", res=100)
     (layer,) = _reader.get_reader(str(path))(str(path))
     levels, kwargs, layer_type = layer
     assert layer_type == "image" and kwargs["multiscale"]

@@ -6,16 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from grid_writers import write_mhd
+
 SHAPE = (40, 30, 70)
-
-
-def _write_mhd(folder, name: str, data: np.ndarray, res: int = 100):
-    (folder / f"{name}.mhd").write_text(
-        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-        f"ElementSpacing = {res} {res} {res}\nDimSize = {' '.join(map(str, data.shape))}\n"
-        f"ElementType = MET_FLOAT\nElementDataFile = {name}.raw\n")
-    (folder / f"{name}.raw").write_bytes(np.asarray(data).tobytes(order="F"))
-    return folder / f"{name}.mhd"
 
 
 @pytest.fixture
@@ -70,7 +63,7 @@ def test_layer_fills_in_without_a_dock(make_napari_viewer, qtbot, tmp_path, fres
     from napari_allen.progress import main_thread_caller
 
     data = (np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE) % 97) + 3.0
-    path = _write_mhd(tmp_path, "projection_density_100", data)
+    path = write_mhd(tmp_path, "projection_density_100", data, res=100)
     viewer = make_napari_viewer()
     with _conversion_lock(path):
         (layer,) = viewer.open(str(path), plugin="napari-allen")
@@ -95,7 +88,7 @@ def test_conversion_shows_in_activity_dock_and_cancels(make_napari_viewer, qtbot
     from napari_allen.io import pyramid
 
     data = np.ones(SHAPE, dtype=np.float32)
-    path = _write_mhd(tmp_path, "projection_density_100", data)
+    path = write_mhd(tmp_path, "projection_density_100", data, res=100)
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(path), plugin="napari-allen")
     job = pyramid._JOBS[pyramid.pyramid_path(path).stem]
@@ -125,7 +118,7 @@ def test_converter_process_cancelled_from_the_activity_dock(make_napari_viewer, 
     from napari_allen.progress import Cancelled
 
     monkeypatch.setattr(pyramid_process, "CANCEL_GRACE_S", 0.5)
-    path = _write_mhd(tmp_path, "projection_density_100", np.ones(SHAPE, dtype=np.float32))
+    path = write_mhd(tmp_path, "projection_density_100", np.ones(SHAPE, dtype=np.float32), res=100)
     viewer = make_napari_viewer()
 
     def bar():

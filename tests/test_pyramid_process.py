@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from grid_writers import write_mhd
 from napari_allen.errors import AllenFormatError
 from napari_allen.io import pyramid, pyramid_process
 from napari_allen.io.pyramid import (
@@ -27,15 +28,6 @@ from napari_allen.progress import Cancelled, CancelToken
 SHAPE = (60, 40, 640)  # ten ML slabs; 640 > 2 * 256 on ML: three levels
 
 
-def _write_mhd(folder, name: str, data: np.ndarray, etype: str, res: int = 25):
-    (folder / f"{name}.mhd").write_text(
-        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-        f"ElementSpacing = {res} {res} {res}\nDimSize = {' '.join(map(str, data.shape))}\n"
-        f"ElementType = {etype}\nElementDataFile = {name}.raw\n")
-    (folder / f"{name}.raw").write_bytes(np.asarray(data).tobytes(order="F"))
-    return folder / f"{name}.mhd"
-
-
 def _gzip_nrrd(path, data: np.ndarray):
     import nrrd
 
@@ -49,7 +41,7 @@ def image(tmp_path):
     rng = np.random.default_rng(3)
     data = rng.random(SHAPE, dtype=np.float32)
     data[:, :, :70] = -1  # no data
-    return _write_mhd(tmp_path, "projection_density_25", data, "MET_FLOAT"), data
+    return write_mhd(tmp_path, "projection_density_25", data, "MET_FLOAT"), data
 
 
 def _lock_of(target):
