@@ -251,3 +251,32 @@ def test_stores_of_another_layout_are_read_with_zarr(image, tmp_path):
     reopened = open_pyramid(pyr.store)
     assert not isinstance(reopened.levels[0], ChunkedLevel)
     np.testing.assert_array_equal(np.asarray(reopened.levels[0][5]), data[5])
+
+
+def test_damaged_chunk_is_named_never_trusted_and_its_store_rebuilt(image, tmp_path):
+    """A chunk the codec refuses (or of the wrong size) raises an error naming it; the store
+    is set aside, so no reader of it (this level, other levels, a later open) trusts it again,
+    and the next build replaces it and removes what was set aside."""
+    from napari_allen.errors import AllenFormatError
+
+    vol, data = image
+    store = tmp_path / "pyramids" / "p.zarr"
+    store.parent.mkdir()
+    pyr = build_pyramid(vol, store)
+    level0, level1 = pyr.levels
+    np.testing.assert_array_equal(level0[3], data[3])
+    chunk = store / "0" / "c" / "1" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    chunk.write_bytes(bytes(raw[: len(raw) // 3]))  # truncated
+    with pytest.raises(AllenFormatError, match="damaged multiscale cache chunk") as info:
+        level0[70]  # AP 70 lies in chunk row 1
+    assert str(chunk) in str(info.value) and "rebuilt at the next open" in str(info.value)
+    assert not store.exists() and list(store.parent.glob("p.zarr.damaged-*"))
+    with pytest.raises(AllenFormatError):
+        level0[3]  # even chunks that were fine: the store is not read any more
+    with pytest.raises(AllenFormatError, match="is gone"):
+        level1[3]  # another level of the same store, opened before
+    assert open_pyramid(store) is None
+    again = build_pyramid(vol, store)
+    np.testing.assert_array_equal(again.levels[0][70], data[70])
+    assert not list(store.parent.glob("p.zarr.damaged-*"))

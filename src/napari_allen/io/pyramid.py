@@ -498,6 +498,8 @@ def cache_cap_bytes(folder: Path) -> int | None:
 
 def enforce_cap(folder: Path, keep: set[Path] = frozenset()) -> None:
     """Remove least recently used complete pyramids until the folder fits the cap."""
+    for aside in folder.glob("*.zarr.damaged-*"):  # set aside by a reader: never read again
+        shutil.rmtree(aside, ignore_errors=True)
     cap = cache_cap_bytes(folder)
     if cap is None:
         return

@@ -8,14 +8,22 @@ full size), AP-fastest bytes (transpose ``(2, 1, 0)``), little-endian, Blosc, ke
 ``c/<i>/<j>/<k>``, missing chunk = fill value. :func:`direct_level` returns a reader for a level
 whose ``zarr.json`` says exactly that, else None (the caller then uses zarr). Arrays are
 ``[AP, DV, ML]``.
+
+A chunk the codec refuses or of the wrong size is never shown: the read raises an
+:class:`~napari_allen.errors.AllenFormatError` naming the chunk, and the store is set aside
+(``<store>.damaged-<pid>``, removed by the next conversion's cache clean-up), so every later
+read of it raises too and the next open of the source file converts it again.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import AllenFormatError
 
 #: The codec chain the writer produces (names and the settings reading depends on).
 _TRANSPOSE = [2, 1, 0]
@@ -65,6 +73,9 @@ class ChunkedLevel:
         self.chunk = chunk
         self.fill = fill
         self._codec = numcodecs.Blosc()
+        #: The error of the first damaged chunk met: every later read raises it too (the
+        #: store is set aside; nothing more is read from it).
+        self.damaged: AllenFormatError | None = None
 
     @property
     def size(self) -> int:
@@ -74,13 +85,25 @@ class ChunkedLevel:
         return f"<ChunkedLevel {self.folder} shape={self.shape} dtype={self.dtype}>"
 
     def _block(self, key: tuple[int, int, int]) -> np.ndarray | None:
+        if self.damaged is not None:
+            raise self.damaged
         path = self.folder.joinpath("c", *map(str, key))
         try:
             encoded = path.read_bytes()
         except FileNotFoundError:
-            return None
-        raw = self._codec.decode(encoded)
-        return np.frombuffer(raw, dtype=self._stored).reshape((self.chunk,) * 3, order="F")
+            if not self.folder.is_dir():  # the store went (set aside after damage, deleted)
+                self.damaged = AllenFormatError(
+                    self.folder.parent, "the multiscale cache is gone (set aside as damaged, "
+                    "or deleted); open the file again to rebuild it")
+                raise self.damaged from None
+            return None  # a chunk the writer never wrote: the fill value
+        try:
+            raw = self._codec.decode(encoded)
+            return np.frombuffer(raw, dtype=self._stored).reshape((self.chunk,) * 3,
+                                                                  order="F")
+        except (RuntimeError, ValueError) as exc:  # Blosc refused it, or the wrong size
+            self.damaged = _set_aside(path, self.folder.parent, exc)
+            raise self.damaged from exc
 
     def __getitem__(self, index) -> np.ndarray:
         axes = _axes(index, self.shape)
@@ -104,6 +127,19 @@ class ChunkedLevel:
 
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self[...], dtype=dtype)
+
+
+def _set_aside(chunk: Path, store: Path, exc: BaseException) -> AllenFormatError:
+    """A damaged chunk: move its store aside (``<store>.damaged-<pid>``, so the next open of
+    the source file converts it again instead of trusting it) and return the error to raise,
+    naming the chunk and what happened."""
+    aside = store.with_name(f"{store.name}.damaged-{os.getpid()}")
+    try:
+        store.rename(aside)
+        what = f"the cache was moved to {aside} and is rebuilt at the next open of its file"
+    except OSError as move_error:
+        what = f"delete {store} to rebuild it ({move_error})"
+    return AllenFormatError(chunk, f"damaged multiscale cache chunk ({exc}); {what}")
 
 
 def _axes(index, shape) -> list[tuple[range, bool]]:
