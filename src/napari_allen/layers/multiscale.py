@@ -301,14 +301,12 @@ def pyramid_layer(store: str | os.PathLike, **overrides) -> LayerDataTuple | Non
                             **overrides)
 
 
-def multiscale_layer_for_file(path: str | os.PathLike, describe, open_volume=None
-                              ) -> LayerDataTuple | None:
+def multiscale_layer_for_file(path: str | os.PathLike, describe) -> LayerDataTuple | None:
     """The reader's multiscale layer for a large grid file, or None for small grids.
 
     ``describe(path) -> GridVolume`` must be cheap (header only: its ``data`` only needs
     ``shape``/``dtype``). The grid is read and converted in a converter process (the
-    package's reader: :func:`napari_allen.io.pyramid.start_pyramid_job`); a given
-    ``open_volume(path, progress=, cancel=)`` reads it instead, in a background thread.
+    package's reader: :func:`napari_allen.io.pyramid.start_pyramid_job`).
     """
     path = Path(path)
     done = pyramid_layer(pyramid_path(path))
@@ -329,9 +327,7 @@ def multiscale_layer_for_file(path: str | os.PathLike, describe, open_volume=Non
         show_job_progress(job, caller, f"{path.name}: multiscale cache")
         caller(lambda: _notify(note))
 
-    job = start_pyramid_job(path, None if open_volume is None else
-                            (lambda **kw: open_volume(path, **kw)),
-                            before=None if caller is None else before)
+    job = start_pyramid_job(path, before=None if caller is None else before)
     levels = [PyramidLevel(shape, info.dtype, lambda b: b, info.dtype, job=job, level=k)
               for k, shape in enumerate(level_shapes(info.shape))]
     layer = multiscale_layer(info, levels, store=job.target)
