@@ -325,7 +325,8 @@ class _ChunkWriter:
     """Writes whole chunks of one level straight into the Zarr v3 store: AP-fastest bytes
     (the array's transpose filter), Blosc-LZ4 like the array's codecs, key ``c/i/j/k``.
     Going around zarr's array writer avoids its per-slab transposition and bookkeeping (3-5x
-    faster here); zarr reads the result, and the tests compare every value."""
+    faster here); :mod:`.pyramid_chunks` (or zarr) reads the result, and the tests compare
+    every value."""
 
     def __init__(self, folder: Path, shape, dtype: np.dtype, pool) -> None:
         import numcodecs

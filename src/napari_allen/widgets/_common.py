@@ -265,21 +265,15 @@ class ApiPanel(QWidget):
 GRID_ANNOTATION_NAME = "grid annotation (200 µm)"
 
 
-def _grid_annotation_tuple() -> tuple:
-    """The 200 µm gridAnnotation as atlas-coloured Labels (hover names structures)."""
+def grid_annotation_layer() -> Any:
+    """Worker side: the 200 µm gridAnnotation as a ready, atlas-coloured Labels layer (hover
+    names structures; its compact labels, colours and structure features made off the main
+    thread), for :func:`show_grid_annotation`."""
     from napari_allen.atlas.annotation import grid_annotation
+    from napari_allen.layers.prebuilt import build_layer
     from napari_allen.layers.volumes import labels_layer
 
-    return labels_layer(grid_annotation(), name=GRID_ANNOTATION_NAME)
-
-
-def grid_annotation_layer() -> Any:
-    """Worker side: the 200 µm gridAnnotation as a ready Labels layer (its compact labels,
-    colours and structure features made off the main thread), for
-    :func:`show_grid_annotation`."""
-    from napari_allen.layers.prebuilt import build_layer
-
-    return build_layer(_grid_annotation_tuple())
+    return build_layer(labels_layer(grid_annotation(), name=GRID_ANNOTATION_NAME))
 
 
 def show_grid_annotation(viewer: napari.Viewer, runner, layer) -> Any:
