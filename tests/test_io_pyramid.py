@@ -280,3 +280,58 @@ def test_damaged_chunk_is_named_never_trusted_and_its_store_rebuilt(image, tmp_p
     again = build_pyramid(vol, store)
     np.testing.assert_array_equal(again.levels[0][70], data[70])
     assert not list(store.parent.glob("p.zarr.damaged-*"))
+
+
+def test_bit_flip_blosc_still_decodes_is_caught_by_the_chunk_checksum(image, tmp_path):
+    """One flipped bit inside a chunk's payload still decodes (Blosc has no checksum of its
+    own) into wrong voxels; the chunk's CRC-32C catches it and the store is never trusted."""
+    import numcodecs
+
+    from napari_allen.errors import AllenFormatError
+
+    vol, data = image
+    store = tmp_path / "p.zarr"
+    pyr = build_pyramid(vol, store)
+    chunk = store / "0" / "c" / "0" / "0" / "0"
+    stored = bytearray(chunk.read_bytes())
+    stored[len(stored) // 2] ^= 0x10
+    wrong = np.frombuffer(numcodecs.Blosc().decode(bytes(stored[:-4])), dtype="<f4")
+    assert wrong.size == CHUNK ** 3  # Blosc alone would show this chunk
+    chunk.write_bytes(bytes(stored))
+    with pytest.raises(AllenFormatError, match="CRC-32C checksum does not match") as info:
+        pyr.levels[0][3]
+    assert str(chunk) in str(info.value) and not store.exists()
+    assert open_pyramid(store) is None
+
+
+def test_a_lost_chunk_file_is_damage_not_empty_space(image, tmp_path):
+    """The store lists the chunks written: a listed chunk whose file went reads as damage,
+    where zarr's rule (missing = fill value) would show zeros; unlisted chunks are the fill
+    value without a file being opened."""
+    from napari_allen.errors import AllenFormatError
+    from napari_allen.io.pyramid_chunks import chunks_written
+
+    vol, data = image
+    store = tmp_path / "p.zarr"
+    pyr = build_pyramid(vol, store)
+    level0 = pyr.levels[0]
+    np.testing.assert_array_equal(level0.present, chunks_written(store / "0", SHAPE))
+    assert level0.present.sum() == len(list((store / "0" / "c").rglob("*/*/*")))
+    (store / "0" / "c" / "2" / "0" / "1").unlink()
+    np.testing.assert_array_equal(level0[10], data[10])  # other chunks still read
+    with pytest.raises(AllenFormatError, match="written, now missing"):
+        level0[130]  # AP 130: chunk row 2
+    assert open_pyramid(store) is None
+
+
+def test_a_malformed_chunk_map_is_not_trusted(image, tmp_path):
+    import zarr
+
+    vol, _ = image
+    pyr = build_pyramid(vol, tmp_path / "p.zarr")
+    group = zarr.open_group(str(pyr.store), mode="r+")
+    attrs = dict(group.attrs["napari_allen"])
+    attrs["chunk_maps"][0]["shape"] = [1, 1, 1]
+    group.attrs["napari_allen"] = attrs
+    pyramid._OPENED.clear()
+    assert open_pyramid(pyr.store) is None

@@ -4,12 +4,15 @@ The stores are plain Zarr v3 (any zarr reader opens them), but in napari's proce
 an import of ~0.25 s and, per read, round trips through its I/O thread; both land on napari's
 main thread (the first open of a cached pyramid in a session, each plane shown). The layout is
 fixed by the writer (:class:`napari_allen.io.pyramid._ChunkWriter`): 64^3 chunks (edge chunks
-full size), AP-fastest bytes (transpose ``(2, 1, 0)``), little-endian, Blosc, keys
-``c/<i>/<j>/<k>``, missing chunk = fill value. :func:`direct_level` returns a reader for a level
-whose ``zarr.json`` says exactly that, else None (the caller then uses zarr). Arrays are
+full size), AP-fastest bytes (transpose ``(2, 1, 0)``), little-endian, Blosc, then the
+CRC-32C of the Blosc bytes (Zarr v3's ``crc32c`` codec: 4 bytes, little-endian), keys
+``c/<i>/<j>/<k>``, missing chunk = fill value. :func:`direct_level` returns a reader for a
+level whose ``zarr.json`` says exactly that, else None (the caller then uses zarr). Arrays are
 ``[AP, DV, ML]``.
 
-A chunk the codec refuses or of the wrong size is never shown: the read raises an
+A damaged chunk is never shown: one whose checksum does not match (a flipped bit Blosc would
+still decode into wrong voxels), that the codec refuses, of the wrong size, or listed in the
+store's map of written chunks (:func:`chunks_written`) but missing. The read raises an
 :class:`~napari_allen.errors.AllenFormatError` naming the chunk, and the store is set aside
 (``<store>.damaged-<pid>``, removed by the next conversion's cache clean-up), so every later
 read of it raises too and the next open of the source file converts it again.
@@ -17,21 +20,65 @@ read of it raises too and the next open of the source file converts it again.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 
 from ..errors import AllenFormatError
 
 #: The codec chain the writer produces (names and the settings reading depends on).
 _TRANSPOSE = [2, 1, 0]
+_CODECS = ["transpose", "bytes", "blosc", "crc32c"]
 
 
-def direct_level(folder: str | Path) -> ChunkedLevel | None:
+def crc32c_bytes(data: bytes) -> bytes:
+    """The 4 bytes Zarr v3's ``crc32c`` codec appends: CRC-32C of ``data``, little-endian."""
+    return int(google_crc32c.value(data)).to_bytes(4, "little")
+
+
+def chunks_written(folder: str | Path, shape: tuple[int, ...], chunk: int = 64) -> np.ndarray:
+    """Which chunks of the level at ``folder`` (array ``shape``) have a file: bool, one
+    element per chunk ``[i, j, k]``."""
+    grid = np.zeros([-(-int(n) // chunk) for n in shape], dtype=bool)
+    root = Path(folder) / "c"
+    for dirpath, _dirs, files in os.walk(root):
+        parts = Path(dirpath).relative_to(root).parts
+        if len(parts) != 2:
+            continue
+        for name in files:
+            key = (*parts, name)
+            if all(k.isdigit() for k in key):
+                i, j, k = map(int, key)
+                if i < grid.shape[0] and j < grid.shape[1] and k < grid.shape[2]:
+                    grid[i, j, k] = True
+    return grid
+
+
+def encode_chunk_map(grid: np.ndarray) -> dict:
+    """A JSON-able form of a :func:`chunks_written` map (bits packed, base64)."""
+    return {"shape": list(grid.shape),
+            "bits": base64.b64encode(np.packbits(grid.ravel())).decode("ascii")}
+
+
+def decode_chunk_map(doc: dict) -> np.ndarray:
+    """The map :func:`encode_chunk_map` wrote; ValueError/KeyError/TypeError when malformed."""
+    shape = tuple(int(n) for n in doc["shape"])
+    bits = np.frombuffer(base64.b64decode(doc["bits"], validate=True), dtype=np.uint8)
+    n = int(np.prod(shape))
+    if len(shape) != 3 or len(bits) != -(-n // 8):
+        raise ValueError("the chunk map does not match its shape")
+    return np.unpackbits(bits, count=n).astype(bool).reshape(shape)
+
+
+def direct_level(folder: str | Path, present: np.ndarray | None = None
+                 ) -> ChunkedLevel | None:
     """A :class:`ChunkedLevel` over the array at ``folder`` if its metadata is the writer's
-    layout, else None. Raises OSError/ValueError for unreadable metadata."""
+    layout, else None. ``present``: the chunks written (:func:`chunks_written`); a missing
+    chunk listed there is damage. Raises OSError/ValueError for unreadable metadata."""
     folder = Path(folder)
     meta = json.loads((folder / "zarr.json").read_text())
     try:
@@ -42,7 +89,7 @@ def direct_level(folder: str | Path) -> ChunkedLevel | None:
         ok = (meta.get("zarr_format") == 3 and meta.get("node_type") == "array"
               and meta["chunk_grid"]["name"] == "regular"
               and meta["chunk_key_encoding"]["name"] == "default" and separator == "/"
-              and names == ["transpose", "bytes", "blosc"]
+              and names == _CODECS
               and list(codecs[0]["configuration"]["order"]) == _TRANSPOSE
               and codecs[1].get("configuration", {}).get("endian", "little") == "little"
               and len(set(chunks)) == 1 and len(chunks) == 3
@@ -53,8 +100,15 @@ def direct_level(folder: str | Path) -> ChunkedLevel | None:
         fill = meta.get("fill_value", 0)
     except (KeyError, TypeError, IndexError):
         return None
-    return ChunkedLevel(folder, tuple(int(s) for s in meta["shape"]), dtype, int(chunks[0]),
-                        fill)
+    level = ChunkedLevel(folder, tuple(int(s) for s in meta["shape"]), dtype, int(chunks[0]),
+                         fill)
+    if present is not None:
+        expected = tuple(-(-n // level.chunk) for n in level.shape)
+        if present.shape != expected:
+            raise ValueError(f"{folder}: the chunk map has shape {present.shape}, "
+                             f"the level {expected}")
+        level.present = present
+    return level
 
 
 class ChunkedLevel:
@@ -76,6 +130,8 @@ class ChunkedLevel:
         #: The error of the first damaged chunk met: every later read raises it too (the
         #: store is set aside; nothing more is read from it).
         self.damaged: AllenFormatError | None = None
+        #: Which chunks were written (None: unknown, a missing file is the fill value).
+        self.present: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -87,16 +143,27 @@ class ChunkedLevel:
     def _block(self, key: tuple[int, int, int]) -> np.ndarray | None:
         if self.damaged is not None:
             raise self.damaged
+        if self.present is not None and not self.present[key]:
+            return None  # a chunk the writer never wrote: the fill value
         path = self.folder.joinpath("c", *map(str, key))
         try:
-            encoded = path.read_bytes()
+            stored = path.read_bytes()
         except FileNotFoundError:
             if not self.folder.is_dir():  # the store went (set aside after damage, deleted)
                 self.damaged = AllenFormatError(
                     self.folder.parent, "the multiscale cache is gone (set aside as damaged, "
                     "or deleted); open the file again to rebuild it")
                 raise self.damaged from None
-            return None  # a chunk the writer never wrote: the fill value
+            if self.present is None:
+                return None  # no map of the chunks written: zarr's rule, the fill value
+            self.damaged = _set_aside(path, self.folder.parent,
+                                      FileNotFoundError("written, now missing"))
+            raise self.damaged from None
+        encoded, checksum = stored[:-4], stored[-4:]
+        if len(stored) < 4 or crc32c_bytes(encoded) != checksum:
+            self.damaged = _set_aside(path, self.folder.parent,
+                                      ValueError("its CRC-32C checksum does not match"))
+            raise self.damaged
         try:
             raw = self._codec.decode(encoded)
             return np.frombuffer(raw, dtype=self._stored).reshape((self.chunk,) * 3,
