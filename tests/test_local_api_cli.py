@@ -23,7 +23,7 @@ def test_local_api_command_serves_until_interrupted():
         body = requests.get(url + "/api/v2/data/Structure/385.json", timeout=30).json()
         assert body["msg"][0]["acronym"] == "VISp"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=90) == 0  # generous: a loaded CI machine, not a timing check
         assert "Ctrl-C" in proc.stderr.read()
     finally:
         if proc.poll() is None:
