@@ -55,7 +55,7 @@ left is napari's:
   description change of napari's activity bar runs ``processEvents`` (one more repaint): the
   plugin updates that bar at most every 0.5 s (its own status row shows every step);
 - the first open of a 10/25 µm grid builds its multiscale cache in a converter process
-  (``io/pyramid_process``: its own interpreter, niced, so it never holds this one's GIL; in a
+  (``child_process``: its own interpreter, niced, so it never holds this one's GIL; in a
   thread of this process the same conversion held the GIL in 100-300 ms pieces). What this
   process still does until the layer shows is napari's activity bar (created once, ~100-200
   ms, then a few updates) and the layer's refresh when the cache is complete (reading the

@@ -17,10 +17,11 @@ def gated_build(monkeypatch):
     25 % and then wait for ``gate.set()`` before building."""
     import threading
 
-    from napari_allen.io import pyramid, pyramid_process
+    from napari_allen import child_process
+    from napari_allen.io import pyramid
     from napari_allen.progress import report
 
-    monkeypatch.setattr(pyramid_process, "converter_command", lambda: None)
+    monkeypatch.setattr(child_process, "child_command", lambda: None)
 
     gate = threading.Event()
     real_build = pyramid.build_pyramid
@@ -114,10 +115,11 @@ def test_converter_process_cancelled_from_the_activity_dock(make_napari_viewer, 
 
     from napari.utils import progress
 
-    from napari_allen.io import pyramid, pyramid_process
+    from napari_allen import child_process
+    from napari_allen.io import pyramid
     from napari_allen.progress import Cancelled
 
-    monkeypatch.setattr(pyramid_process, "CANCEL_GRACE_S", 0.5)
+    monkeypatch.setattr(child_process, "CANCEL_GRACE_S", 0.5)
     path = write_mhd(tmp_path, "projection_density_100", np.ones(SHAPE, dtype=np.float32), res=100)
     viewer = make_napari_viewer()
 

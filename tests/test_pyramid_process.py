@@ -1,5 +1,6 @@
-"""Pyramids built in a converter process (io/pyramid_process.py): same result as the thread,
-cancel, errors, a killed child and the thread fallback (issue #13: no GIL held in the GUI)."""
+"""Pyramids built in a converter process (``child_process`` running ``io/pyramid.convert_file``):
+same result as the thread, cancel, errors, a killed child and the thread fallback (issue #13:
+no GIL held in the GUI)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 
 from grid_writers import write_mhd
+from napari_allen import child_process
 from napari_allen.errors import AllenFormatError
-from napari_allen.io import pyramid, pyramid_process
+from napari_allen.io import pyramid
 from napari_allen.io.pyramid import (
     _file_lock,
     build_pyramid,
@@ -122,7 +124,7 @@ def test_cancel_stops_the_child_and_leaves_no_cache(image, tmp_path):
 
 
 def test_cancel_terminates_a_child_that_does_not_stop(image, tmp_path, monkeypatch):
-    monkeypatch.setattr(pyramid_process, "CANCEL_GRACE_S", 0.3)
+    monkeypatch.setattr(child_process, "CANCEL_GRACE_S", 0.3)
     path, _ = image
     target = pyramid_path(path)
     with _lock_of(target):  # the child stays blocked on the lock: it cannot stop by itself
@@ -158,7 +160,7 @@ def test_killed_child_is_reported_not_waited_for(image, tmp_path):
                 or os.getpriority(os.PRIO_PROCESS, 0) == 19
         os.kill(pid, signal.SIGKILL)
         assert job.done.wait(30), "a killed converter hung the job"
-    assert isinstance(job.error, pyramid_process.ConverterError)
+    assert isinstance(job.error, child_process.ChildFailed)
     message = str(job.error)
     assert str(path) in message and "SIGKILL" in message and str(pid) in message
     assert not target.exists()
@@ -173,7 +175,7 @@ def test_killed_child_is_reported_not_waited_for(image, tmp_path):
 ], ids=["no-interpreter", "not-executable", "dies-at-start"])
 def test_without_a_process_the_conversion_runs_in_a_thread(command, image, monkeypatch,
                                                            caplog):
-    monkeypatch.setattr(pyramid_process, "converter_command", lambda: command)
+    monkeypatch.setattr(child_process, "child_command", lambda: command)
     path, data = image
     with caplog.at_level(logging.WARNING, logger="napari_allen.io.pyramid"):
         job = start_pyramid_job(path)
@@ -194,10 +196,11 @@ def test_the_converter_imports_no_gui_or_table_library(image, tmp_path):
     script = ("import atexit, sys\n"
               f"atexit.register(lambda: sys.stderr.write('LOADED=' + ','.join("
               f"m for m in {heavy!r} if m in sys.modules) + '\\n'))\n"
-              "from napari_allen.io.pyramid_process import child_main\n"
+              "from napari_allen.child_process import child_main\n"
               "sys.exit(child_main())")
-    request = {"source": str(path), "target": str(tmp_path / "p.zarr"),
-               "identity": pyramid.source_identity(path)}
+    request = {"function": "napari_allen.io.pyramid:convert_file",
+               "kwargs": {"source": str(path), "target": str(tmp_path / "p.zarr"),
+                          "identity": pyramid.source_identity(path)}}
     child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

@@ -21,10 +21,12 @@ mesh is built as usual.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,7 @@ import numpy as np
 from .. import config
 from ..io.obj_mesh import Mesh
 from ..io.volume import GridVolume
-from ..progress import CancelToken, ProgressCallback, check, report
+from ..progress import CancelToken, Progress, ProgressCallback, check, report
 from .ontology import ROOT_ID, Ontology
 
 #: Mesh format version in the cache file names: bump when the algorithm changes.
@@ -112,6 +114,9 @@ def _cache_folder(key: str, resolution: float, cache_dir=None) -> Path:
     return config.cache_dir(cache_dir) / "meshes" / f"annotation_{resolution:g}um_{key}"
 
 
+_INDEX_FILES = ("index_ids.npy", "index_bboxes.npy", "index_labels.npy")
+
+
 def annotation_index(vol: GridVolume, *, cache_dir=None,
                      progress: ProgressCallback | None = None,
                      cancel: CancelToken | None = None) -> AnnotationIndex:
@@ -120,16 +125,100 @@ def annotation_index(vol: GridVolume, *, cache_dir=None,
     key = annotation_key(vol)
     folder = _cache_folder(key, vol.resolution, cache_dir)
     with _LOCK:  # per cache folder: tests (and users) may switch NAPARI_ALLEN_CACHE
-        if folder in _INDEXES:
-            return _INDEXES[folder]
-        files = [folder / n for n in ("index_ids.npy", "index_bboxes.npy", "index_labels.npy")]
-        if not all(p.is_file() for p in files):
+        index = _stored_index(folder, key, vol.resolution)
+        if index is None:
             _build_index(vol, folder, progress, cancel)
-        ids, bboxes = np.load(files[0]), np.load(files[1])
-        labels = np.load(files[2], mmap_mode="r")
-        index = AnnotationIndex(key, float(vol.resolution), ids, labels, bboxes, folder)
-        _INDEXES[folder] = index
+            index = _stored_index(folder, key, vol.resolution)
+            assert index is not None  # just written
         return index
+
+
+def _stored_index(folder: Path, key: str, resolution: float) -> AnnotationIndex | None:
+    """The index in ``folder`` (remembered per process; labels memory-mapped), or None when
+    it has not been built. Reads only the small id and bounding-box arrays."""
+    if folder in _INDEXES:
+        return _INDEXES[folder]
+    files = [folder / n for n in _INDEX_FILES]
+    if not all(p.is_file() for p in files):
+        return None
+    ids, bboxes = np.load(files[0]), np.load(files[1])
+    labels = np.load(files[2], mmap_mode="r")
+    index = AnnotationIndex(key, float(resolution), ids, labels, bboxes, folder)
+    _INDEXES[folder] = index
+    return index
+
+
+def _bundled_folder(cache_dir=None) -> tuple[GridVolume, str, Path]:
+    """The bundled 25 µm annotation's header (nothing decoded), key and cache folder."""
+    from .annotation import ccf_annotation_25_header
+
+    vol = ccf_annotation_25_header()
+    key = annotation_key(vol)
+    return vol, key, _cache_folder(key, vol.resolution, cache_dir)
+
+
+def bundled_annotation_index(*, cache_dir=None, progress: ProgressCallback | None = None,
+                             cancel: CancelToken | None = None,
+                             process: bool = True) -> AnnotationIndex:
+    """The index of the bundled 25 µm annotation (:func:`annotation_index`). When it is not
+    on disk yet it is built in a child process (``process``; :mod:`napari_allen.child_process`:
+    decoding and indexing never hold this interpreter's GIL), else in this thread; this
+    process then only memory-maps it."""
+    vol, key, folder = _bundled_folder(cache_dir)
+    with _LOCK:
+        index = _stored_index(folder, key, vol.resolution)
+    if index is not None:
+        return index
+    if process:
+        from ..child_process import ChildUnavailable
+
+        try:
+            for _ in _in_child("build_bundled_index",
+                               {"cache_dir": str(config.cache_dir(cache_dir))}, folder,
+                               what="indexing the 25 µm annotation", progress=progress,
+                               cancel=cancel):
+                pass
+        except ChildUnavailable as exc:
+            log.warning("cannot start a child process (%s); indexing the 25 µm annotation in "
+                        "a thread of this process instead", exc)
+        else:
+            with _LOCK:
+                index = _stored_index(folder, key, vol.resolution)
+            if index is None:
+                raise RuntimeError(f"{folder}: the child process reported the annotation "
+                                   "index built but it is not there")
+            return index
+    from .annotation import ccf_annotation_25
+
+    return annotation_index(ccf_annotation_25(), cache_dir=cache_dir, progress=progress,
+                            cancel=cancel)
+
+
+def build_bundled_index(cache_dir: str, *, progress: ProgressCallback | None = None,
+                        cancel: CancelToken | None = None) -> None:
+    """Build the bundled annotation's index under ``cache_dir`` (what a child process runs
+    for :func:`bundled_annotation_index`)."""
+    from .annotation import ccf_annotation_25
+
+    annotation_index(ccf_annotation_25(), cache_dir=cache_dir, progress=progress,
+                     cancel=cancel)
+
+
+def _in_child(name: str, kwargs: dict, folder: Path, *, what: str, progress, cancel):
+    """Iterate this module's function ``name`` run in a child process (values it emits);
+    a child that ends without a result leaves no temporary file in ``folder``."""
+    from ..child_process import iter_child
+    from ..io.atomic import remove_partial_files
+
+    pids: list[int] = []
+    try:
+        return (yield from iter_child(f"{__name__}:{name}", kwargs, what=what,
+                                      progress=progress, cancel=cancel,
+                                      on_started=pids.append))
+    except BaseException:
+        for pid in pids:  # killed mid-write (a terminated child removes its own)
+            remove_partial_files(folder, pid)
+        raise
 
 
 def _build_index(vol: GridVolume, folder: Path, progress, cancel) -> None:
@@ -244,10 +333,12 @@ def structure_mask(index: AnnotationIndex, structure_id: int, ontology: Ontology
 def structure_mesh(structure_id: int, *, annotation: GridVolume | None = None,
                    ontology: Ontology | None = None, params: MeshParams | None = None,
                    cache_dir=None, progress: ProgressCallback | None = None,
-                   cancel: CancelToken | None = None) -> Mesh:
+                   cancel: CancelToken | None = None, process: bool = False) -> Mesh:
     """The mesh of ``structure_id`` (with descendants) from ``annotation`` (default: the
     bundled 25 µm CCFv3 annotation), from the disk cache when built before.
 
+    ``process``: build the bundled annotation's meshes (and its index) in a child process
+    (:func:`iter_structure_meshes`; a given ``annotation`` is always meshed in this thread).
     ``metadata``: ``structure_id``, ``source`` (how it was made), ``build_seconds`` or
     ``cached: True``. Raises KeyError for ids outside the ontology, ValueError when the
     structure has no voxels in the annotation.
@@ -258,9 +349,13 @@ def structure_mesh(structure_id: int, *, annotation: GridVolume | None = None,
 
     onto = ontology or Ontology.default()
     sid = onto.id_of(structure_id)
+    if process and annotation is None:
+        ((_, mesh),) = iter_structure_meshes([sid], ontology=onto, params=params,
+                                             cache_dir=cache_dir, progress=progress,
+                                             cancel=cancel)
+        return mesh
     # The bundled annotation's header finds the caches; its voxels are decoded only to build.
     vol = annotation if annotation is not None else ccf_annotation_25_header()
-    params = params or (OUTLINE_PARAMS if sid == ROOT_ID else MeshParams())
     if sid == ROOT_ID:
         # The outline needs no index: every labelled voxel is brain.
         index, box = None, tuple(slice(0, n) for n in vol.shape)
@@ -269,24 +364,12 @@ def structure_mesh(structure_id: int, *, annotation: GridVolume | None = None,
         if annotation is None:
             vol = ccf_annotation_25()
         index = annotation_index(vol, cache_dir=cache_dir, progress=progress, cancel=cancel)
-        box = index.bbox_of(np.asarray(onto.descendants(sid), dtype=np.int64))
-        if box is None:
-            raise ValueError(f"structure {onto.acronym(sid)} ({sid}) has no voxels in the "
-                             f"{vol.resolution:g} µm annotation")
+        box = _structure_box(index, sid, onto, vol.resolution)
         folder = index.folder
-    n_box = int(np.prod([s.stop - s.start for s in box]))
-    step = params.step or (2 if n_box > _COARSEN_VOXELS else 1)
-    cached = folder / f"structure_{sid}_{params.tag(step)}.npz"
-    source = (f"marching cubes of the {vol.resolution:g} µm annotation ({vol.source}), "
-              f"{params.tag(step)}")
-    meta = {"structure_id": sid, "acronym": onto.acronym(sid), "source": source,
-            "resolution_um": float(vol.resolution)}
-    if cached.is_file():
-        return _load_mesh(cached, {**meta, "cached": True, "cache_file": str(cached)})
-    bundled = _bundled_mesh(folder.name, cached.name)
-    if bundled is not None:
-        return _load_mesh(bundled, {**meta, "cached": True, "bundled": True,
-                                    "cache_file": str(bundled)})
+    cached, step, meta = _mesh_file(sid, onto, vol, box, params, folder)
+    found = _stored_mesh(cached, meta)
+    if found is not None:
+        return found
     check(cancel)
     t0 = time.perf_counter()
     if annotation is None:
@@ -294,12 +377,14 @@ def structure_mesh(structure_id: int, *, annotation: GridVolume | None = None,
     if index is None:
         mask, origin = np.asarray(vol.data) != 0, (0, 0, 0)
     else:
-        found = structure_mask(index, sid, onto)
-        assert found is not None  # bbox_of found members above
-        mask, origin = found
+        masked = structure_mask(index, sid, onto)
+        assert masked is not None  # bbox_of found members above
+        mask, origin = masked
     report(progress, done=0, total=1, message=f"meshing {onto.acronym(sid)}")
+    params = params or (OUTLINE_PARAMS if sid == ROOT_ID else MeshParams())
     mesh = mesh_from_mask(mask, vol.resolution, origin, step=step, sigma=params.sigma,
                           max_faces=params.max_faces)
+    check(cancel)  # a cancelled build writes nothing
     from ..io.atomic import atomic_open
 
     with atomic_open(cached, "wb") as fh:
@@ -308,6 +393,160 @@ def structure_mesh(structure_id: int, *, annotation: GridVolume | None = None,
                          build_seconds=round(time.perf_counter() - t0, 3))
     report(progress, done=1, total=1, message=f"meshed {onto.acronym(sid)}")
     return mesh
+
+
+def _structure_box(index: AnnotationIndex, sid: int, onto: Ontology, resolution: float
+                   ) -> tuple[slice, slice, slice]:
+    box = index.bbox_of(np.asarray(onto.descendants(sid), dtype=np.int64))
+    if box is None:
+        raise ValueError(f"structure {onto.acronym(sid)} ({sid}) has no voxels in the "
+                         f"{resolution:g} µm annotation")
+    return box
+
+
+def _mesh_file(sid: int, onto: Ontology, vol: GridVolume, box, params: MeshParams | None,
+               folder: Path) -> tuple[Path, int, dict]:
+    """(cache file, block step, metadata) of a structure's mesh with ``params``."""
+    params = params or (OUTLINE_PARAMS if sid == ROOT_ID else MeshParams())
+    n_box = int(np.prod([s.stop - s.start for s in box]))
+    step = params.step or (2 if n_box > _COARSEN_VOXELS else 1)
+    cached = folder / f"structure_{sid}_{params.tag(step)}.npz"
+    source = (f"marching cubes of the {vol.resolution:g} µm annotation ({vol.source}), "
+              f"{params.tag(step)}")
+    meta = {"structure_id": sid, "acronym": onto.acronym(sid), "source": source,
+            "resolution_um": float(vol.resolution)}
+    return cached, step, meta
+
+
+def _stored_mesh(cached: Path, meta: dict) -> Mesh | None:
+    """The mesh from the cache, else from the meshes shipped with the package, else None."""
+    if cached.is_file():
+        return _load_mesh(cached, {**meta, "cached": True, "cache_file": str(cached)})
+    bundled = _bundled_mesh(cached.parent.name, cached.name)
+    if bundled is not None:
+        return _load_mesh(bundled, {**meta, "cached": True, "bundled": True,
+                                    "cache_file": str(bundled)})
+    return None
+
+
+def cached_structure_mesh(structure_id: int, *, ontology: Ontology | None = None,
+                          params: MeshParams | None = None, cache_dir=None) -> Mesh | None:
+    """A structure's mesh of the bundled 25 µm annotation when it is on disk (the cache or
+    the meshes shipped with the package), else None: decodes, indexes and meshes nothing
+    (a few ms). None too while the annotation's index is not built."""
+    onto = ontology or Ontology.default()
+    sid = onto.id_of(structure_id)
+    vol, key, folder = _bundled_folder(cache_dir)
+    if sid == ROOT_ID:
+        box = tuple(slice(0, n) for n in vol.shape)
+    else:
+        with _LOCK:
+            index = _stored_index(folder, key, vol.resolution)
+        if index is None:
+            return None
+        box = _structure_box(index, sid, onto, vol.resolution)
+    cached, _step, meta = _mesh_file(sid, onto, vol, box, params, folder)
+    return _stored_mesh(cached, meta)
+
+
+def _is_default(onto: Ontology) -> bool:
+    return onto is Ontology.default()
+
+
+def iter_structure_meshes(structure_ids, *, ontology: Ontology | None = None,
+                          params: MeshParams | None = None, cache_dir=None,
+                          progress: ProgressCallback | None = None,
+                          cancel: CancelToken | None = None, process: bool = True
+                          ) -> Iterator[tuple[int, Mesh]]:
+    """``(structure id, mesh)`` of each of ``structure_ids`` (ids or acronyms), in order, each
+    as soon as it is ready, from the bundled 25 µm annotation (:func:`structure_mesh`).
+
+    Meshes already on disk load here. The others (and the annotation index, the first time)
+    are built by one child process (``process``; :mod:`napari_allen.child_process`: the
+    numpy/scipy/scikit-image steps never hold this interpreter's GIL, which napari's event
+    loop needs), which writes them into the mesh cache while this side loads each finished
+    file; with a custom ontology, or when no process can be started (logged), they are built
+    in this thread. ``progress`` counts structures (``done``/``total``); the message says
+    which one and its own step. Errors as :func:`structure_mesh` (KeyError, ValueError,
+    :class:`~napari_allen.progress.Cancelled`, ...)."""
+    onto = ontology or Ontology.default()
+    sids = [onto.id_of(s) for s in structure_ids]
+    n = len(sids)
+    first = 0
+    for sid in sids:  # ready ones at once, until the first that must be built
+        report(progress, done=first, total=n, message=f"{onto.acronym(sid)}: meshing")
+        mesh = cached_structure_mesh(sid, ontology=onto, params=params, cache_dir=cache_dir)
+        if mesh is None:
+            break
+        yield sid, mesh
+        first += 1
+    rest = sids[first:]
+    if not rest:
+        return
+    if process and _is_default(onto):
+        from ..child_process import ChildUnavailable
+
+        _, _, folder = _bundled_folder(cache_dir)
+        kwargs = {"structure_ids": rest, "first": first, "total": n,
+                  "params": None if params is None else dataclasses.asdict(params),
+                  "cache_dir": str(config.cache_dir(cache_dir))}
+        names = ", ".join(onto.acronym(s) for s in rest)
+        try:
+            for built in _in_child("build_structure_meshes", kwargs, folder,
+                                   what=f"meshing {names} from the 25 µm annotation",
+                                   progress=progress, cancel=cancel):
+                yield int(built["structure_id"]), _load_mesh(Path(built["cache_file"]),
+                                                             built["metadata"])
+            return
+        except ChildUnavailable as exc:  # raised before anything was emitted
+            log.warning("cannot start a child process (%s); meshing %s in a thread of this "
+                        "process instead", exc, names)
+    for sid, mesh in zip(rest, _meshes_in_order(rest, onto, params, cache_dir, first, n,
+                                                progress, cancel), strict=True):
+        yield sid, mesh
+
+
+def build_structure_meshes(structure_ids: list[int], first: int, total: int,
+                           params: dict | None, cache_dir: str, *,
+                           progress: ProgressCallback | None = None,
+                           cancel: CancelToken | None = None, emit=None) -> int:
+    """Mesh ``structure_ids`` into the mesh cache under ``cache_dir``, emitting each one's
+    ``{"structure_id", "cache_file", "metadata"}`` once its file is complete (what a child
+    process runs for :func:`iter_structure_meshes`; ``first``/``total`` place these
+    structures in the caller's count). Returns how many."""
+    onto = Ontology.default()
+    mesh_params = None if params is None else MeshParams(**params)
+    meshes = _meshes_in_order(structure_ids, onto, mesh_params, cache_dir, first, total,
+                              progress, cancel)
+    for sid, mesh in zip(structure_ids, meshes, strict=True):
+        if emit is not None:
+            emit({"structure_id": int(sid), "cache_file": mesh.metadata["cache_file"],
+                  "metadata": mesh.metadata})
+    return len(structure_ids)
+
+
+def _meshes_in_order(sids, onto: Ontology, params, cache_dir, first: int, total: int,
+                     progress, cancel) -> Iterator[Mesh]:
+    """:func:`structure_mesh` of each, in this thread; progress counts structures."""
+    for k, sid in enumerate(sids, start=first):
+        yield structure_mesh(sid, ontology=onto, params=params, cache_dir=cache_dir,
+                             progress=_counting(progress, k, total, onto.acronym(sid)),
+                             cancel=cancel)
+
+
+def _counting(progress: ProgressCallback | None, k: int, n: int, acronym: str
+              ) -> ProgressCallback | None:
+    """The progress callback for structure ``k`` of ``n``: ``done``/``total`` count
+    structures; the structure's own steps (the first time: indexing the annotation) show in
+    the message."""
+    if progress is None:
+        return None
+
+    def within(snap: Progress) -> None:
+        detail = f" {snap.done}/{snap.total}" if snap.total else ""
+        progress(Progress(done=k, total=n, message=f"{acronym}: {snap.message}{detail}"))
+
+    return within
 
 
 def _load_mesh(path: Path, metadata: dict) -> Mesh:

@@ -26,7 +26,8 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".part",
+    # The writer's pid in the name: what a killed child process left can be told apart.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=suffix + ".part",
                                dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -37,6 +38,17 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def remove_partial_files(folder: str | os.PathLike, pid: int) -> list[Path]:
+    """Remove the temporary files process ``pid`` (gone: killed mid-write) left in ``folder``
+    with :func:`atomic_path`; returns them."""
+    gone = []
+    for path in Path(folder).glob(f".*.{int(pid)}.*.part"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            gone.append(path)
+    return gone
 
 
 @contextlib.contextmanager

@@ -17,9 +17,9 @@ Conversion streams the source ML slab by ML slab (contiguous on disk: a single s
 read), writing every level from each slab; it runs in ``<key>.zarr.part`` and records after
 each slab how far it got, so an interrupted conversion (killed, napari closed) resumes where it
 stopped; only a complete store is renamed to its final name and trusted. Background
-conversions (:func:`start_pyramid_job`) run in a converter process of their own
-(:mod:`.pyramid_process`; a thread where no process can be started); cancelling one removes
-its partial store. The cache is kept under a size cap
+conversions (:func:`start_pyramid_job`) run :func:`convert_file` in a converter process of
+their own (:mod:`napari_allen.child_process`; a thread where no process can be started);
+cancelling one removes its partial store. The cache is kept under a size cap
 (``NAPARI_ALLEN_CACHE_MAX`` as for decoded grids; least recently used pyramids go first).
 
 Arrays are ``[AP, DV, ML]``; no Qt or napari here.
@@ -533,7 +533,8 @@ def enforce_cap(folder: Path, keep: set[Path] = frozenset()) -> None:
 class PyramidJob:
     """A background conversion. ``done`` is set when it ends (``pyramid`` or ``error``).
 
-    ``mode`` is ``"process"`` (a converter process: :mod:`.pyramid_process`) or ``"thread"``
+    ``mode`` is ``"process"`` (a converter process: :func:`convert_file` run by
+    :mod:`napari_allen.child_process`) or ``"thread"``
     once the conversion has started; ``pid`` is the converter process's id while it runs."""
 
     key: str
@@ -577,6 +578,15 @@ def conversions_running() -> bool:
         return any(not job.done.is_set() for job in _JOBS.values())
 
 
+def convert_file(source: str, target: str, identity: dict, *,
+                 progress: ProgressCallback | None = None,
+                 cancel: CancelToken | None = None) -> None:
+    """Read ``source`` (one grid, the package's reader) and build its pyramid at ``target``:
+    what a converter process runs (:func:`start_pyramid_job`)."""
+    vol = read_single_grid(source, progress=progress, cancel=cancel)
+    build_pyramid(vol, target, identity=identity, progress=progress, cancel=cancel)
+
+
 def read_single_grid(path: str | os.PathLike, **kwargs) -> GridVolume:
     """The one grid of ``path`` (the package's reader; ``kwargs``: ``progress``, ``cancel``)."""
     from . import read_volumes
@@ -597,13 +607,14 @@ def start_pyramid_job(path: str | os.PathLike,
     """Convert ``path`` in the background (or return the job already doing it).
 
     Without ``open_volume`` the file is read by the package's reader in a converter process
-    of its own (:mod:`.pyramid_process`: the conversion never holds this interpreter's GIL,
-    which napari's event loop needs); when no process can be started the same runs in a
-    thread, with a logged warning. A given ``open_volume(progress=, cancel=)`` (which returns
-    the grid; it may decode the file first) cannot cross to another interpreter and runs in
-    the thread. ``before(job)``, if given, runs first in the job's thread (e.g. waiting until
-    the GUI has shown the layer, so neither a converter process's start-up nor a thread
-    competes with it for the cores or the interpreter)."""
+    of its own (:func:`convert_file` in :mod:`napari_allen.child_process`: the conversion
+    never holds this interpreter's GIL, which napari's event loop needs); when no process can
+    be started the same runs in a thread, with a logged warning. A given
+    ``open_volume(progress=, cancel=)`` (which returns the grid; it may decode the file first)
+    cannot cross to another interpreter and runs in the thread. ``before(job)``, if given,
+    runs first in the job's thread (e.g. waiting until the GUI has shown the layer, so neither
+    a converter process's start-up nor a thread competes with it for the cores or the
+    interpreter)."""
     key = pyramid_key(path)
     target = pyramid_folder(cache_root) / f"{key}.zarr"
     identity = source_identity(path)
@@ -632,14 +643,16 @@ def start_pyramid_job(path: str | os.PathLike,
                              cancel=job.cancel_token)
 
     def in_process() -> Pyramid:
-        from .pyramid_process import ConverterUnavailable, convert_in_process
+        from ..child_process import ChildUnavailable, run_in_child
 
         job.mode = "process"
         try:
-            convert_in_process(path, target, identity, progress=progress,
-                               cancel=job.cancel_token,
-                               on_started=lambda pid: setattr(job, "pid", pid))
-        except ConverterUnavailable as exc:
+            run_in_child(f"{__name__}:convert_file",
+                         {"source": str(path), "target": str(target), "identity": identity},
+                         what=f"{path}: building the multiscale cache", progress=progress,
+                         cancel=job.cancel_token,
+                         on_started=lambda pid: setattr(job, "pid", pid))
+        except ChildUnavailable as exc:
             log.warning("%s: cannot start the multiscale-cache converter process (%s); "
                         "converting in a thread of this process instead", path, exc)
             return in_thread(lambda **kw: read_single_grid(path, **kw))

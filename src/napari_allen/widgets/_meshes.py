@@ -3,13 +3,15 @@
 :func:`mesh_task` wraps "which structures?" (a function run in the worker, e.g. the injection
 and strongest targets of the selected experiments) into a
 :class:`~napari_allen.widgets._tasks.TaskRunner` task that emits one Surface LayerDataTuple
-per structure, computed from the bundled annotation (offline, cached). Each Surface layer is
-built in the worker; the worker then waits until the dock has added it (napari's insert
-steps are not slowed by meshing the next structure in the same interpreter).
+per structure, computed from the bundled annotation (offline, cached) by one child process
+(``workflows.structure_meshes.iter_structure_meshes``: the meshing never holds napari's GIL).
+Each Surface layer is built in the worker; the worker then waits until the dock has added
+it, while the child meshes the next structure.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from napari_allen.atlas.ontology import Ontology
@@ -25,38 +27,27 @@ def mesh_task(pick: Callable[..., dict[str, list[int]]], *, opacity: float = 0.3
     def task(*, progress, cancel, emit):
         from napari_allen.layers.meshes import structure_mesh_layer
         from napari_allen.layers.prebuilt import build_layer
-        from napari_allen.workflows.structure_meshes import get_structure_mesh
+        from napari_allen.workflows.structure_meshes import iter_structure_meshes
 
         onto = Ontology.default()
         chosen = pick(cancel=cancel)
         todo = [(role, sid) for role in ("injection", "targets") for sid in chosen.get(role, [])]
         shown: list[str] = []
-        for k, (role, sid) in enumerate(todo):
-            within = _counting_structures(progress, k, len(todo), onto.acronym(sid))
-            within(Progress(message="meshing"))
-            mesh = get_structure_mesh(sid, source="computed", ontology=onto,
-                                      progress=within, cancel=cancel)
-            layer = structure_mesh_layer(
-                mesh, sid, ontology=onto,
-                opacity=min(1.0, 2 * opacity) if role == "injection" else opacity)
-            layer[1]["metadata"]["role"] = role
-            emit(build_layer(layer), wait=True)
-            shown.append(onto.acronym(sid))
+        # Built by one child process (never holding napari's GIL) while the previous
+        # structure's layer is being added; the bar counts structures.
+        meshes = iter_structure_meshes([sid for _, sid in todo], source="computed",
+                                       ontology=onto, progress=progress, cancel=cancel)
+        with contextlib.closing(meshes):  # leaving early (an error) stops the child
+            for (role, _), (sid, mesh) in zip(todo, meshes, strict=True):
+                layer = structure_mesh_layer(
+                    mesh, sid, ontology=onto,
+                    opacity=min(1.0, 2 * opacity) if role == "injection" else opacity)
+                layer[1]["metadata"]["role"] = role
+                emit(build_layer(layer), wait=True)
+                shown.append(onto.acronym(sid))
         progress(Progress(done=len(todo), total=len(todo), message="meshes added"))
         if not shown:
             raise ValueError("no injection or target structure found to mesh")
         return shown
 
     return task
-
-
-def _counting_structures(progress: Callable[[Progress], None], k: int, n: int,
-                         acronym: str) -> Callable[[Progress], None]:
-    """The progress callback for structure ``k`` of ``n``: the bar counts structures; the
-    structure's own steps (the first time: indexing the annotation) show in the text."""
-
-    def within(snap: Progress) -> None:
-        detail = f" {snap.done}/{snap.total}" if snap.total else ""
-        progress(Progress(done=k, total=n, message=f"{acronym}: {snap.message}{detail}"))
-
-    return within

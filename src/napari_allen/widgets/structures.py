@@ -76,13 +76,14 @@ def mask_layer_name(acronym: str) -> str:
 def structure_mask_layer(structure_id: int, ontology: Ontology | None = None) -> tuple | None:
     """The structure's 25 µm mask (with descendants) as a one-colour Labels layer cropped to
     its bounding box (``translate`` places it in CCF µm), or None if it has no voxels."""
-    from napari_allen.atlas.annotation import ccf_annotation_25
-    from napari_allen.atlas.meshes import annotation_index, structure_mask
+    from napari_allen.atlas.meshes import bundled_annotation_index, structure_mask
     from napari_allen.space import layer_space_kwargs
 
     onto = ontology or Ontology.default()
-    vol = ccf_annotation_25()
-    found = structure_mask(annotation_index(vol), structure_id, onto)
+    # The annotation's index (its resolution too): memory-mapped; the first time built in a
+    # child process (the mesh task has usually built it already).
+    vol = bundled_annotation_index()
+    found = structure_mask(vol, structure_id, onto)
     if found is None:
         return None
     mask, origin = found
@@ -290,11 +291,13 @@ class StructuresWidget(AllenDock):
         def task(*, progress, cancel, emit):
             from napari_allen.layers.meshes import structure_mesh_layer
             from napari_allen.layers.prebuilt import build_layers
-            from napari_allen.workflows.structure_meshes import get_structure_mesh
+            from napari_allen.workflows.structure_meshes import iter_structure_meshes
 
-            for sid in pending:
-                mesh = get_structure_mesh(sid, client=client, source=source, ontology=onto,
-                                          progress=progress, cancel=cancel)
+            # Computed meshes: one child process for the pending set (never holding
+            # napari's GIL), meshing the next while this one's layers are added.
+            meshes = iter_structure_meshes(pending, client=client, source=source,
+                                           ontology=onto, progress=progress, cancel=cancel)
+            for sid, mesh in meshes:
                 layers = [structure_mesh_layer(mesh, sid, ontology=onto, opacity=opacity)]
                 if with_mask:
                     mask = structure_mask_layer(sid, onto)

@@ -12,7 +12,7 @@ experiments: their injection structures and their strongest projection targets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,10 +31,11 @@ SUMMARY_ST_LEVEL = 9
 def get_structure_mesh(structure_id: int | str, *, client=None, source: str = "auto",
                        ontology: Ontology | None = None, cache_dir=None,
                        progress: ProgressCallback | None = None,
-                       cancel: CancelToken | None = None) -> Mesh:
+                       cancel: CancelToken | None = None, process: bool = False) -> Mesh:
     """The mesh of one structure (with descendants), CCF µm ``[AP, DV, ML]`` (see module).
     Computed meshes are cached under ``cache_dir`` (default: the client's cache folder, else
-    ``NAPARI_ALLEN_CACHE``)."""
+    ``NAPARI_ALLEN_CACHE``); ``process``: built in a child process (the GUI's choice: see
+    :func:`iter_structure_meshes`)."""
     from napari_allen.atlas.meshes import structure_mesh
 
     if source not in SOURCES:
@@ -56,10 +57,37 @@ def get_structure_mesh(structure_id: int | str, *, client=None, source: str = "a
     if cache_dir is None and client is not None:
         cache_dir = client.cache_dir
     mesh = structure_mesh(sid, ontology=onto, cache_dir=cache_dir, progress=progress,
-                          cancel=cancel)
+                          cancel=cancel, process=process)
     if fallback:
         mesh.metadata["fallback"] = fallback
     return mesh
+
+
+def iter_structure_meshes(structure_ids: Iterable[int | str], *, client=None,
+                          source: str = "computed", ontology: Ontology | None = None,
+                          cache_dir=None, progress: ProgressCallback | None = None,
+                          cancel: CancelToken | None = None
+                          ) -> Iterator[tuple[int, Mesh]]:
+    """``(structure id, mesh)`` of each structure, in order, each as soon as it is ready: what
+    the docks show. Computed meshes are built by one child process for the whole list
+    (:func:`napari_allen.atlas.meshes.iter_structure_meshes`: never holding napari's GIL;
+    progress counts structures); Allen's (``source="allen"``/``"auto"``) are downloaded one
+    by one, a computed fallback also built in a child process."""
+    from napari_allen.atlas.meshes import iter_structure_meshes as computed_meshes
+
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    onto = ontology or Ontology.default()
+    if cache_dir is None and client is not None:
+        cache_dir = client.cache_dir
+    if source == "computed":
+        yield from computed_meshes(structure_ids, ontology=onto, cache_dir=cache_dir,
+                                   progress=progress, cancel=cancel)
+        return
+    for sid in [onto.id_of(s) for s in structure_ids]:
+        yield sid, get_structure_mesh(sid, client=client, source=source, ontology=onto,
+                                      cache_dir=cache_dir, progress=progress, cancel=cancel,
+                                      process=True)
 
 
 def summary_structure(structure_id: int, ontology: Ontology | None = None) -> int:
