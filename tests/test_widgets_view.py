@@ -13,6 +13,7 @@ from qtpy.QtWidgets import QWidget
 
 from napari_allen.widgets._tasks import TaskRunner, run_in_turns
 from napari_allen.widgets._view import (
+    _camera,
     _overlays,
     add_and_focus_later,
     add_in_turns,
@@ -124,6 +125,87 @@ def test_same_name_updates_in_place_and_focus_goes_to_the_last(make_napari_viewe
     qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
     assert len(viewer.layers) == 1 and updated is viewer.layers["vol"]
     assert np.array_equal(viewer.layers["vol"].data, data)
+
+
+def _ccf_volume(name: str) -> Image:
+    return Image(np.zeros((20, 12, 16), np.float32), name=name, scale=(100.0,) * 3,
+                 units=("um",) * 3, axis_labels=("AP", "DV", "ML"))
+
+
+def _stack() -> Image:
+    """A 4-D stack (experiment axis first, as layers/connectivity.individual_stack_layer)
+    reaching further along AP, on a finer AP grid, than the 3-D volumes."""
+    return Image(np.zeros((3, 48, 12, 16), np.float32), name="stack",
+                 scale=(1.0, 50.0, 100.0, 100.0), units=("pixel", "um", "um", "um"),
+                 axis_labels=("experiment", "AP", "DV", "ML"))
+
+
+def _view_state(viewer) -> tuple:
+    dims, camera = viewer.dims, _camera(viewer)
+    return (dims.ndim, dims.ndisplay, dims.order, tuple(map(tuple, dims.range)), dims.point,
+            dims.axis_labels, tuple(map(str, dims.units)), dims.margin_left,
+            dims.margin_right, dims.rollable, dims.last_used, camera.center,
+            round(camera.zoom, 9))
+
+
+def _dims_spy(viewer, layer) -> list:
+    """(event, layer in the viewer) for each dims event that rebuilds or relabels sliders."""
+    seen: list = []
+    for name in ("ndim", "order", "range", "axis_labels"):
+        getattr(viewer.dims.events, name).connect(
+            lambda e, n=name: seen.append((n, layer in viewer.layers)))
+    return seen
+
+
+def test_a_layer_with_a_new_axis_finds_its_dims_ready_as_napari_would_set_them(
+        make_napari_viewer, qtbot, runner):
+    """A 4-D stack added in turns to a viewer holding 3-D volumes: the dims grow, get their
+    range and labels in turns before the insert, so napari's insert changes none of them
+    (no slider rebuilt in its turn), and the viewer ends exactly as napari's own add_layer
+    leaves it (dims, labels, range, units, and the camera napari fits to the new dims)."""
+    plain, ours = make_napari_viewer(), make_napari_viewer()
+    for viewer in (plain, ours):
+        viewer.add_layer(_ccf_volume("a"))
+        viewer.add_layer(_ccf_volume("b"))
+        viewer.dims.set_point(0, 700.0)
+        for overlay in _overlays(viewer):  # their handlers of the dims order use the layers
+            overlay.visible = True
+        _camera(viewer).zoom, _camera(viewer).center = 3.0, (0.0, 200.0, 300.0)
+    plain_stack, stack = _stack(), _stack()
+    plain_seen, seen = _dims_spy(plain, plain_stack), _dims_spy(ours, stack)
+    plain.add_layer(plain_stack)
+    # napari alone: the insert itself raises ndim (every dims slider rebuilt in its turn)
+    assert ("ndim", True) in plain_seen and ("range", True) in plain_seen
+    add_in_turns(ours, runner, stack)
+    assert seen == []  # nothing in the caller's turn
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert [name for name, _ in seen].count("ndim") == 1
+    assert {name for name, inserted in seen if not inserted} >= {"ndim", "range",
+                                                                  "axis_labels"}
+    # the insert changed no dims; the order event of the new axis, held back meanwhile
+    # (napari's handlers index the layers with the grown dims), came with the layer in
+    assert [event for event in seen if event[1]] == [("order", True)]
+    assert stack.visible and ours.layers.selection.active is stack
+    assert _view_state(ours) == _view_state(plain)
+    assert ours.dims.axis_labels == ("experiment", "AP", "DV", "ML")
+    assert _camera(ours).zoom != 3.0  # napari's fit to the new dims happened too
+
+
+def test_volumes_and_a_stack_added_together_to_an_empty_viewer_grow_the_dims_once(
+        make_napari_viewer, qtbot, runner):
+    """A 3-D mean and a 4-D stack added by one handler to an empty viewer: the dims are
+    prepared for the mean now and for the stack when its turn comes, never set to the
+    stack's 4 dims first and back to 3 by the mean's insert."""
+    viewer = make_napari_viewer()
+    ndims: list = []
+    viewer.dims.events.ndim.connect(lambda e: ndims.append(e.value))
+    mean, stack = _ccf_volume("mean"), _stack()
+    add_in_turns(viewer, runner, mean)
+    add_in_turns(viewer, runner, stack)
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert ndims == [3, 4]
+    assert list(viewer.layers) == [mean, stack] and mean.visible and stack.visible
+    assert viewer.dims.axis_labels == ("experiment", "AP", "DV", "ML")
 
 
 def test_run_in_turns_runs_each_step_in_a_later_turn_of_its_own(qtbot):

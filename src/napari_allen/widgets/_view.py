@@ -15,6 +15,7 @@ as the user has it.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -203,19 +204,34 @@ def focus_on(viewer: napari.Viewer, point_um) -> bool:
 
 #: The layer each task runner added last (add_and_focus_later focuses on that one only).
 _LATEST_ADDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Layers queued by add_in_turns and not inserted yet, per viewer model, in queue order.
+_PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Turns a layer's dims steps wait at most for the layers queued before it to be inserted
+#: (a runner whose widget was closed meanwhile never inserts them).
+_MAX_WAIT_TURNS = 200
+
+
+def _model(viewer: napari.Viewer):
+    """The viewer model itself (docks get napari's ``PublicOnlyProxy``, a ``wrapt`` proxy)."""
+    return getattr(viewer, "__wrapped__", viewer)
 
 
 def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = None) -> Any:
     """Add ``item`` (a LayerDataTuple or a ready layer) to ``viewer`` spread over event-loop
     turns (``runner.then``), so napari's per-layer work never lands in one freeze:
 
-    1. now, only if the viewer is empty and the layer has more dims: the dims sliders
-       (napari rebuilds them, and the canvas shrinks, when the first layer raises ``ndim``),
-       then, in a turn of its own, the layer's axis labels (the axes overlay draws the
-       glyphs of new labels, e.g. AP/DV/ML, on the CPU at its next repaint);
+    1. only if the layer has more dims than the viewer: the dims it will have once inserted
+       (napari rebuilds every dims slider, and the canvas shrinks, when an insert raises
+       ``ndim``). On a viewer that is empty, with nothing else queued, the number and range
+       now, then the axis labels in a turn of their own (the axes overlay draws the glyphs of
+       new labels, e.g. AP/DV/ML, on the CPU at its next repaint). Otherwise (e.g. a 4-D
+       stack added to 3-D volumes) one turn each, decided when it runs: the number of dims
+       (the slider rebuild), their range, their axis labels (:func:`_grow_dims`,
+       :func:`_prepare_range`, :func:`_prepare_axis_labels`);
     2. in a later turn (never the caller's: a handler adding several layers gets one insert
        per turn), insert the layer hidden and not selected (napari's insert: layer
-       controls, vispy node, dims range; nothing sliced or drawn);
+       controls, vispy node, dims range; nothing sliced or drawn; with the dims of step 1
+       napari's merge finds nothing to change);
     3. select it (napari shows its controls page: a synchronous canvas repaint, then the
        first paint of the new controls);
     4. show it (slicing, texture upload and repaint), then ``then(layer)`` if given.
@@ -237,21 +253,32 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
         return layer
     layer = item if isinstance(item, Layer) else build_layer(item)
     visible = layer.visible
+    model = _model(viewer)
+    order_held = [False]  # the dims order event, held back while the dims grew (step 1)
+
+    def later(fn: Callable, *args) -> None:
+        runner.then(fn, *args, own_turn=True, even_if_cancelled=True)
 
     def insert() -> None:
+        if layer in pending:
+            pending.remove(layer)
         if layer.name in viewer.layers:  # a same-named one came first meanwhile
             layer.visible = visible
             add_layer_tuple(viewer, layer)
             finish()
             return
         layer.visible = False
+        order = viewer.dims.order
         _insert_unselected(viewer, layer)
-        runner.then(select, own_turn=True, even_if_cancelled=True)
+        if order_held[0] and viewer.dims.order == order:
+            # what napari's own insert would have emitted (camera fit, overlays, slicing)
+            model.dims.events.order(value=order)
+        later(select)
 
     def select() -> None:
         if layer in viewer.layers:
             viewer.layers.selection.active = layer
-        runner.then(show, own_turn=True, even_if_cancelled=True)
+        later(show)
 
     def show() -> None:
         layer.visible = visible
@@ -261,31 +288,111 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
         if then is not None and layer in viewer.layers:
             then(layer)
 
-    if not len(viewer.layers) and viewer.dims.ndim < layer.ndim and _prepare_dims(viewer, layer):
-        runner.then(_prepare_axis_labels, viewer, layer, own_turn=True, even_if_cancelled=True)
-    runner.then(insert, own_turn=True, even_if_cancelled=True)
+    def grow(waited: int = 0) -> None:
+        if layer in pending and pending.index(layer) and waited < _MAX_WAIT_TURNS:
+            later(grow, waited + 1)  # the dims follow the layers queued before this one
+            return
+        order_held[0] = _grow_dims(viewer, layer)
+        later(prepare_range)
+
+    def prepare_range() -> None:
+        _prepare_range(viewer, layer)
+        later(prepare_labels)
+
+    def prepare_labels() -> None:
+        _prepare_axis_labels(viewer, layer)
+        later(insert)
+
+    pending = _PENDING.setdefault(model, [])
+    alone = not len(viewer.layers) and not pending
+    pending.append(layer)
+    if viewer.dims.ndim >= layer.ndim:
+        later(insert)
+    elif alone:
+        _grow_dims(viewer, layer)
+        later(prepare_labels if _prepare_range(viewer, layer) else insert)
+    else:
+        later(grow)
     return layer
 
 
-def _prepare_dims(viewer: napari.Viewer, layer) -> bool:
-    """Give the empty ``viewer`` the dims ``layer`` will set when inserted (number, world
-    range): napari then keeps the sliders built here instead of rebuilding them in the
-    insert. False (nothing changed) for a layer without a finite extent (e.g. no points):
-    napari's insert decides."""
-    extent = layer.extent
-    world = np.asarray(extent.world, dtype=float)
-    if not np.isfinite(world).all():
+def _grow_dims(viewer: napari.Viewer, layer) -> bool:
+    """Raise ``viewer.dims.ndim`` to ``layer.ndim`` before the layer is inserted (napari
+    rebuilds the dims sliders: its insert then keeps them). False (nothing changed) if the
+    viewer has that many dims already or the layer has no finite extent (e.g. no points:
+    napari's insert decides).
+
+    On a viewer with layers, the new leading axes get a range of one step, at the point
+    napari's insert leaves their sliders on: their sliders are built hidden, so this turn
+    changes no layout (showing a slider shrinks the canvas, which QOpenGLWidget redraws
+    synchronously); :func:`_prepare_range` shows them in a turn of its own. Returns True if
+    the ``dims.events.order`` event of the new axes was held back (the caller emits it
+    once the layer is in): napari's handlers of that event index the layers' extent and
+    units with ``dims.displayed`` - indices of the grown dims, which the layers in the
+    viewer (fewer dims) do not have (``fit_to_view``, the scale bar's unit: IndexError).
+    napari's own insert emits it with the new layer in the list."""
+    dims = viewer.dims
+    ranges = _insert_ranges(viewer, layer)
+    if dims.ndim >= layer.ndim or ranges is None:
         return False
-    viewer.dims.ndim = layer.ndim
-    viewer.dims.range = tuple(zip(world[0], world[1], extent.step, strict=True))
+    if not len(viewer.layers):
+        dims.ndim = layer.ndim
+        return False
+    new = layer.ndim - dims.ndim
+    collapsed = [(point, point, step) for start, stop, step in ranges[:new]
+                 for point in [float(np.clip(0.0, start, stop))]]  # napari pads 0, clips
+    model_dims = _model(viewer).dims
+    with model_dims.events.order.blocker(), _events_after(model_dims):
+        dims.ndim = layer.ndim
+        dims.range = (*collapsed, *dims.range[new:])
+    return True
+
+
+def _events_after(model):
+    """A context in which an evented napari model emits its change events only at the end
+    (the sliders are then rebuilt once, seeing the final ranges), or a no-op context if
+    this napari has no ``ComparisonDelayer`` (the events then come as each field is set)."""
+    try:
+        from napari.utils.events.evented_model import ComparisonDelayer
+    except ImportError:  # pragma: no cover - another napari
+        return contextlib.nullcontext()
+    return ComparisonDelayer(model)
+
+
+def _insert_ranges(viewer: napari.Viewer, layer) -> tuple | None:
+    """The dims range napari's insert of ``layer`` will set: the layer list's extent with
+    the layer (``LayerList.get_extent``; the layer's own on an empty viewer), as
+    ``(start, stop, step)`` per world axis; None for a layer without a finite extent."""
+    if not np.isfinite(np.asarray(layer.extent.world, dtype=float)).all():
+        return None
+    layers = list(viewer.layers)
+    extent = viewer.layers.get_extent([*layers, layer]) if layers else layer.extent
+    world = np.asarray(extent.world, dtype=float)
+    return tuple(zip(world[0].tolist(), world[1].tolist(),
+                     np.asarray(extent.step, dtype=float).tolist(), strict=True))
+
+
+def _prepare_range(viewer: napari.Viewer, layer) -> bool:
+    """Set the dims range to what napari's insert of ``layer`` will set
+    (:func:`_insert_ranges`). False (nothing changed) unless the dims already have the
+    layer's number."""
+    ranges = _insert_ranges(viewer, layer)
+    dims = viewer.dims
+    if dims.ndim != layer.ndim or ranges is None:
+        return False
+    if tuple(map(tuple, dims.range)) != ranges:
+        dims.range = ranges
     return True
 
 
 def _prepare_axis_labels(viewer: napari.Viewer, layer) -> None:
     """The dims axis labels napari will set when ``layer`` is inserted in the viewer whose
-    dims :func:`_prepare_dims` set (napari's merge: a layer label replaces the dims label
-    unless it is the layer's default, its axis index from the end)."""
-    if len(viewer.layers) or viewer.dims.ndim != layer.ndim:
+    dims :func:`_grow_dims` set: napari merges the labels of the layer with the most
+    annotated axes (this one: it has more dims than any other) into the dims labels, each
+    label that is not the layer's default replacing the dims label, its axis index counted
+    from the end."""
+    if viewer.dims.ndim != layer.ndim or any(other.ndim >= layer.ndim
+                                             for other in viewer.layers):
         return  # something else was added meanwhile: napari merges as usual
     labels = list(viewer.dims.axis_labels)
     for pos, label in enumerate(layer.axis_labels):
