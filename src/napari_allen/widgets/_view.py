@@ -204,11 +204,8 @@ def focus_on(viewer: napari.Viewer, point_um) -> bool:
 
 #: The layer each task runner added last (add_and_focus_later focuses on that one only).
 _LATEST_ADDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-#: Layers queued by add_in_turns and not inserted yet, per viewer model, in queue order.
+#: How many layers add_in_turns has queued and not inserted yet, per viewer model.
 _PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-#: Turns a layer's dims steps wait at most for the layers queued before it to be inserted
-#: (a runner whose widget was closed meanwhile never inserts them).
-_MAX_WAIT_TURNS = 200
 
 
 def _model(viewer: napari.Viewer):
@@ -260,8 +257,7 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
         runner.then(fn, *args, own_turn=True, even_if_cancelled=True)
 
     def insert() -> None:
-        if layer in pending:
-            pending.remove(layer)
+        _PENDING[model] -= 1
         if layer.name in viewer.layers:  # a same-named one came first meanwhile
             layer.visible = visible
             add_layer_tuple(viewer, layer)
@@ -288,31 +284,24 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
         if then is not None and layer in viewer.layers:
             then(layer)
 
-    def grow(waited: int = 0) -> None:
-        if layer in pending and pending.index(layer) and waited < _MAX_WAIT_TURNS:
-            later(grow, waited + 1)  # the dims follow the layers queued before this one
-            return
+    def grow() -> None:
         order_held[0] = _grow_dims(viewer, layer)
-        later(prepare_range)
 
-    def prepare_range() -> None:
-        _prepare_range(viewer, layer)
-        later(prepare_labels)
-
-    def prepare_labels() -> None:
-        _prepare_axis_labels(viewer, layer)
-        later(insert)
-
-    pending = _PENDING.setdefault(model, [])
-    alone = not len(viewer.layers) and not pending
-    pending.append(layer)
-    if viewer.dims.ndim >= layer.ndim:
-        later(insert)
-    elif alone:
-        _grow_dims(viewer, layer)
-        later(prepare_labels if _prepare_range(viewer, layer) else insert)
-    else:
-        later(grow)
+    # All steps up to the insert are queued now, in order (the queue is FIFO): layers added
+    # together are inserted in the order given, and a layer's dims steps run after the
+    # inserts of the layers queued before it (they decide what is left to prepare).
+    alone = not len(viewer.layers) and not _PENDING.get(model)
+    _PENDING[model] = _PENDING.get(model, 0) + 1
+    if viewer.dims.ndim < layer.ndim:
+        if not alone:
+            later(grow)
+            later(_prepare_range, viewer, layer)
+            later(_prepare_axis_labels, viewer, layer)
+        else:  # now: number and range (cheap with no layer to slice or draw)
+            _grow_dims(viewer, layer)
+            if _prepare_range(viewer, layer):
+                later(_prepare_axis_labels, viewer, layer)
+    later(insert)
     return layer
 
 
