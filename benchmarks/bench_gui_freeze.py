@@ -66,10 +66,11 @@ left is napari's:
   annotation in a worker (the row says so meanwhile). What is left in its CCF reference and
   ticks is napari's steps for each layer (a multiscale Labels or a mask: vispy node and the
   labels polygon overlay ~100-150 ms; a Surface: shader setup ~60 ms), the task row's and
-  activity bar's repaints while the one-time annotation index is built, and CPU contention
-  with that worker (index ~4 s, mesh ~0.1-0.3 s; its bounding boxes are found slab by slab
-  and its normals by ``np.bincount``: no single GIL hold over ~50 ms, but fast-simplification
-  holds it ~0.1-0.2 s when decimating a large structure such as CP);
+  activity bar's repaints while the one-time annotation index is built (the task's napari
+  activity bar is created when it starts: ~80-160 ms on this machine), and CPU contention
+  with the child process that builds the index and meshes (index ~4 s, mesh ~0.1-0.3 s;
+  ``child_process``, niced: it holds no GIL of this interpreter - in a worker thread
+  fast-simplification and scipy held it 0.1-0.25 s at a time, e.g. decimating CP);
 - the spatial search adds its layers in turns too (``add_in_turns``); what is left per turn is
   napari's: a Shapes insert (vispy node ~80 ms, controls ~40 ms) and the first draw of each
   new layer type (shader builds, ~50-100 ms). Its queries pause while a partial result is
@@ -95,8 +96,9 @@ left is napari's:
   3-D viewer) makes napari rebuild every dims slider inside its insert (a 4-D insert took
   ~490-690 ms where a 3-D one took ~185-205 ms, load average ~5); a Labels insert (controls,
   vispy node, polygon overlay) costs ~1.5x an image's, and its first draw builds its shaders;
-  the meshing itself (scipy/skimage C calls, ``atlas/meshes``) holds the GIL 100-250 ms at a
-  time in the worker under load;
+  each Surface insert is ~60-135 ms of napari's on the main thread; the meshing itself runs
+  in a child process (``atlas/meshes.iter_structure_meshes``; in a worker thread its
+  scipy/skimage C calls held the GIL 100-250 ms at a time under load);
 - other processes on the machine stretch all of it (report ``uptime`` with the numbers).
 
 With ``BENCH_FREEZE_GAPS=1`` each action also prints its five longest gaps and, for the

@@ -211,3 +211,20 @@ def test_other_child_errors_name_the_work():
 def test_a_child_runs_only_functions_of_the_package():
     with pytest.raises(ValueError, match="function of this package"):
         child_process.run_in_child("os:system", {"command": "true"}, what="x")
+
+
+def test_the_docks_mesh_task_meshes_in_one_child(child_cache, child_pids, monkeypatch):
+    """The Connectivity/Spatial docks' one-click task: every structure's Surface layer from
+    one child process, injection first, the bar counting structures."""
+    from napari_allen.widgets._meshes import mesh_task
+
+    cache, _ = child_cache
+    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(cache))
+    layers, steps = [], []
+    task = mesh_task(lambda cancel: {"injection": [718], "targets": [593, 170]})
+    shown = task(progress=steps.append, cancel=CancelToken(),
+                 emit=lambda layer, wait: layers.append(layer))
+    assert shown == ["VPL", "VISp1", "LGd"] and len(child_pids) == 1
+    assert [layer.name for layer in layers] == ["VPL mesh", "VISp1 mesh", "LGd mesh"]
+    assert layers[0].metadata["role"] == "injection" and layers[0].opacity > layers[1].opacity
+    assert {s.total for s in steps} == {3} and steps[-1].done == 3
