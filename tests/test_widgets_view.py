@@ -13,7 +13,11 @@ from qtpy.QtWidgets import QWidget
 
 from napari_allen.widgets._tasks import TaskRunner, run_in_turns
 from napari_allen.widgets._view import (
+    GLYPHS_PER_TURN,
+    OVERLAY_GLYPHS,
     _camera,
+    _glyph_steps,
+    _overlay_font,
     _overlays,
     add_and_focus_later,
     add_in_turns,
@@ -47,17 +51,22 @@ def test_layer_added_in_turns_ends_visible_selected_and_sliced(make_napari_viewe
     def then(added):
         seen.append((added.visible, viewer.layers.selection.active, viewer.dims.ndim))
 
+    ranged: list = []  # (layers in the viewer, AP slider steps) as the dims range changed
+    viewer.dims.events.range.connect(
+        lambda e: ranged.append((len(viewer.layers), viewer.dims.nsteps[0])))
     returned = add_in_turns(viewer, runner, layer, then=then)
     assert returned is layer
-    # The empty viewer got its 3 dims (sliders) first; the insert is a later turn.
-    assert viewer.dims.ndim == 3 and "vol" not in viewer.layers
+    assert viewer.dims.ndim == 2 and ranged == []  # nothing in the caller's turn
     assert runner.is_running  # the queued steps keep the runner busy
     qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
     assert seen == [(True, layer, 3)]
     assert list(viewer.layers) == [layer]
     assert layer.visible and viewer.layers.selection.active is layer
     assert viewer.dims.range[0].stop == pytest.approx(1900.0)  # napari's own extent
-    # The labels came before the insert (their glyphs drawn in a turn of their own).
+    # The empty viewer got its 3 dims before the insert: the new AP slider built with one
+    # step (hidden), then its range (shown) in a later turn; the labels came before the
+    # insert too (their glyphs drawn in a turn of their own).
+    assert ranged == [(0, 1), (0, 20)]
     assert set(labelled) == {0} and viewer.dims.axis_labels == ("AP", "DV", "ML")
 
 
@@ -242,6 +251,31 @@ def test_orientation_overlays_wait_for_a_layer_then_switch_on_stepwise(make_napa
     assert seen == [("axes", False)]
     assert axes.visible and axes.labels and axes.colored
     assert viewer.dims.axis_labels == ("AP", "DV", "ML")
+
+
+def test_overlay_glyphs_are_rendered_in_turns_before_the_overlays_draw(make_napari_viewer,
+                                                                        qtbot):
+    """The glyphs of the axis labels and scale bar text are rendered into napari's overlay
+    font when a dock opens, a few per turn and before any layer comes; through napari's
+    PublicOnlyProxy too. Fails if napari's private font path moved (then the overlays'
+    first draws render them again, inside their repaints)."""
+    real = make_napari_viewer()
+    font = _overlay_font(PublicOnlyProxy(real))
+    assert font is not None
+    wanted = set(OVERLAY_GLYPHS)
+    steps = _glyph_steps(real)
+    assert len(steps) == -(-len(wanted) // GLYPHS_PER_TURN)
+    rendered: list = []
+    original = font._load_char
+    font._load_char = lambda char: (rendered.append(char), original(char))[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        show_orientation_stepwise(PublicOnlyProxy(real), step_ms=5)
+    assert rendered == []  # none in the caller's turn
+    qtbot.waitUntil(lambda: wanted <= set(font._glyphs), timeout=5000)
+    assert not len(real.layers)  # no layer needed
+    assert set(rendered) <= wanted  # each rendered once, only what the overlays draw
+    assert len(rendered) == len(set(rendered))
 
 
 def _stepwise_on_a_viewer_with_a_layer(make_napari_viewer):

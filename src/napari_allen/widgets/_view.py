@@ -132,9 +132,58 @@ def show_orientation_stepwise(viewer: napari.Viewer, step_ms: int = OVERLAY_STEP
         viewer.layers.events.inserted.disconnect(start)
         run_in_turns([axes_lines, axes_labels, scale_bar_step], step_ms)
 
+    run_in_turns(_glyph_steps(viewer), step_ms)  # not waiting for a layer: no repaint
     viewer.layers.events.inserted.connect(start)
     if len(viewer.layers):
         start()
+
+
+#: The characters napari's overlay text draws here: vispy's line-height probe (every Text's
+#: first layout), the CCF axis labels, the scale bar's lengths and units (e.g. "500 µm").
+OVERLAY_GLYPHS = "ÅÉÑŐjgpqy" + "".join(AXES) + "0123456789 µm"
+#: Glyphs rendered per event-loop turn (~5 ms each on this machine).
+GLYPHS_PER_TURN = 3
+
+
+def _glyph_steps(viewer: napari.Viewer, text: str = OVERLAY_GLYPHS) -> list[Callable]:
+    """Steps rendering the glyphs of ``text`` (and of the viewer's axis labels) into
+    napari's overlay font ahead of the overlays' first draw, ``GLYPHS_PER_TURN`` per step.
+
+    napari draws overlay text with one font atlas per canvas, filled as characters are
+    first drawn: each glyph is painted with Qt at 256 pt and turned into a signed distance
+    field on the CPU (~5 ms a glyph, ~70 ms for the axes labels' first draw, inside its
+    repaint). Rendered here, in turns without a repaint, the overlays' first draws find
+    them. The font is napari's private ``QtViewer.canvas.font_info``; without it (another
+    napari) there are no steps and the overlays render their glyphs as before
+    (``tests/test_widgets_view.py`` says when that happens)."""
+    font = _overlay_font(viewer)
+    if font is None:
+        return []
+    labels = [str(label) for label in viewer.dims.axis_labels
+              if not str(label).lstrip("-").isdigit()]  # napari default, replaced by AP/DV/ML
+    chars = list(dict.fromkeys(text + "".join(labels)))
+
+    def render(batch: list[str]) -> Callable[[], None]:
+        def step() -> None:
+            for char in batch:
+                font[char]  # renders it into the atlas unless already there
+        return step
+
+    return [render(chars[i:i + GLYPHS_PER_TURN])
+            for i in range(0, len(chars), GLYPHS_PER_TURN)]
+
+
+def _overlay_font(viewer: napari.Viewer):
+    """napari's font of the overlay text (axes labels, scale bar), or None."""
+    canvas = getattr(getattr(getattr(_model(viewer), "window", None), "_qt_viewer", None),
+                     "canvas", None)
+    info = getattr(canvas, "font_info", None)
+    info = info() if callable(info) else info
+    get_font = getattr(getattr(info, "font_manager", None), "get_font", None)
+    face = getattr(info, "face", None)
+    if get_font is None or face is None:
+        return None
+    return get_font(face)  # the key napari's Text visuals use (not bold, not italic)
 
 
 def _show_axes(axes) -> None:
@@ -204,8 +253,6 @@ def focus_on(viewer: napari.Viewer, point_um) -> bool:
 
 #: The layer each task runner added last (add_and_focus_later focuses on that one only).
 _LATEST_ADDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-#: How many layers add_in_turns has queued and not inserted yet, per viewer model.
-_PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _model(viewer: napari.Viewer):
@@ -217,14 +264,12 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
     """Add ``item`` (a LayerDataTuple or a ready layer) to ``viewer`` spread over event-loop
     turns (``runner.then``), so napari's per-layer work never lands in one freeze:
 
-    1. only if the layer has more dims than the viewer: the dims it will have once inserted
-       (napari rebuilds every dims slider, and the canvas shrinks, when an insert raises
-       ``ndim``). On a viewer that is empty, with nothing else queued, the number and range
-       now, then the axis labels in a turn of their own (the axes overlay draws the glyphs of
-       new labels, e.g. AP/DV/ML, on the CPU at its next repaint). Otherwise (e.g. a 4-D
-       stack added to 3-D volumes) one turn each, decided when it runs: the number of dims
-       (the slider rebuild), their range, their axis labels (:func:`_grow_dims`,
-       :func:`_prepare_range`, :func:`_prepare_axis_labels`);
+    1. only if the layer has more dims than the viewer (an empty viewer has 2; a 4-D stack
+       added to 3-D volumes): the dims it will have once inserted, one turn each, decided
+       when it runs - the number of dims (napari rebuilds every slider:
+       :func:`_grow_dims`), their range (the new sliders appear and the canvas shrinks:
+       :func:`_prepare_range`), their axis labels (the axes overlay draws the glyphs of new
+       labels, e.g. AP/DV/ML, on the CPU at its next repaint: :func:`_prepare_axis_labels`);
     2. in a later turn (never the caller's: a handler adding several layers gets one insert
        per turn), insert the layer hidden and not selected (napari's insert: layer
        controls, vispy node, dims range; nothing sliced or drawn; with the dims of step 1
@@ -257,7 +302,6 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
         runner.then(fn, *args, own_turn=True, even_if_cancelled=True)
 
     def insert() -> None:
-        _PENDING[model] -= 1
         if layer.name in viewer.layers:  # a same-named one came first meanwhile
             layer.visible = visible
             add_layer_tuple(viewer, layer)
@@ -289,18 +333,11 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
 
     # All steps up to the insert are queued now, in order (the queue is FIFO): layers added
     # together are inserted in the order given, and a layer's dims steps run after the
-    # inserts of the layers queued before it (they decide what is left to prepare).
-    alone = not len(viewer.layers) and not _PENDING.get(model)
-    _PENDING[model] = _PENDING.get(model, 0) + 1
+    # inserts of the layers queued before it (they decide then what is left to prepare).
     if viewer.dims.ndim < layer.ndim:
-        if not alone:
-            later(grow)
-            later(_prepare_range, viewer, layer)
-            later(_prepare_axis_labels, viewer, layer)
-        else:  # now: number and range (cheap with no layer to slice or draw)
-            _grow_dims(viewer, layer)
-            if _prepare_range(viewer, layer):
-                later(_prepare_axis_labels, viewer, layer)
+        later(grow)
+        later(_prepare_range, viewer, layer)
+        later(_prepare_axis_labels, viewer, layer)
     later(insert)
     return layer
 
@@ -311,30 +348,29 @@ def _grow_dims(viewer: napari.Viewer, layer) -> bool:
     viewer has that many dims already or the layer has no finite extent (e.g. no points:
     napari's insert decides).
 
-    On a viewer with layers, the new leading axes get a range of one step, at the point
-    napari's insert leaves their sliders on: their sliders are built hidden, so this turn
-    changes no layout (showing a slider shrinks the canvas, which QOpenGLWidget redraws
-    synchronously); :func:`_prepare_range` shows them in a turn of its own. Returns True if
-    the ``dims.events.order`` event of the new axes was held back (the caller emits it
-    once the layer is in): napari's handlers of that event index the layers' extent and
-    units with ``dims.displayed`` - indices of the grown dims, which the layers in the
-    viewer (fewer dims) do not have (``fit_to_view``, the scale bar's unit: IndexError).
-    napari's own insert emits it with the new layer in the list."""
+    The new leading axes get a range of one step, at the point napari's insert leaves
+    their sliders on: their sliders are built hidden, so this turn changes no layout
+    (showing a slider shrinks the canvas, which QOpenGLWidget redraws synchronously);
+    :func:`_prepare_range` shows them in a turn of its own. Returns True if the
+    ``dims.events.order`` event of the new axes was held back (the caller emits it once the
+    layer is in): on a viewer with layers, napari's handlers of that event index the
+    layers' extent and units with ``dims.displayed`` - indices of the grown dims, which
+    those layers (fewer dims) do not have (``fit_to_view``, the scale bar's unit:
+    IndexError). napari's own insert emits it with the new layer in the list."""
     dims = viewer.dims
     ranges = _insert_ranges(viewer, layer)
     if dims.ndim >= layer.ndim or ranges is None:
-        return False
-    if not len(viewer.layers):
-        dims.ndim = layer.ndim
         return False
     new = layer.ndim - dims.ndim
     collapsed = [(point, point, step) for start, stop, step in ranges[:new]
                  for point in [float(np.clip(0.0, start, stop))]]  # napari pads 0, clips
     model_dims = _model(viewer).dims
-    with model_dims.events.order.blocker(), _events_after(model_dims):
+    hold = bool(len(viewer.layers))  # with no layer napari's handlers have nothing to index
+    with (model_dims.events.order.blocker() if hold else contextlib.nullcontext()), \
+            _events_after(model_dims):
         dims.ndim = layer.ndim
         dims.range = (*collapsed, *dims.range[new:])
-    return True
+    return hold
 
 
 def _events_after(model):
