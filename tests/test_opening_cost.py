@@ -36,6 +36,51 @@ def test_atlas_colormap_template_is_built_once_and_shared_read_only():
     assert len(repr(first)) < 200  # napari formats every returned layer tuple's repr
 
 
+def test_atlas_colormap_copies_share_colour_arrays_but_not_the_dict():
+    """Each layer's copy owns its colour dict, selection, events and caches; the ~1,300
+    colour arrays behind them are the template's, read-only (not copied per layer)."""
+    from napari_allen.layers import atlas_colormap as ac
+
+    onto = Ontology.default()
+    first, second = ac.atlas_colormap(onto), ac.atlas_colormap(onto)
+    template = ac._TEMPLATES[onto][()]
+    assert first.color_dict is not second.color_dict is not template.color_dict
+    assert first.color_dict.keys() == template.color_dict.keys()
+    for key in (0, 1, len(first.color_dict) - 2):
+        assert first.color_dict[key] is template.color_dict[key] is second.color_dict[key]
+        assert not first.color_dict[key].flags.writeable
+    assert first.events is not second.events
+    assert first._cache_mapping is not template._cache_mapping
+    first.selection, first.use_selection = 7, True
+    assert (second.selection, second.use_selection) == (template.selection, False)
+    first.color_dict[1] = np.array([0, 0, 0, 1], dtype=np.float32)  # one layer's own edit
+    assert second.color_dict[1] is template.color_dict[1]
+
+
+def test_reference_outline_is_read_once_per_cache_folder(tmp_path, monkeypatch):
+    """File > Open Sample > CCF reference reads the outline's file (SHA-256 check, inflate)
+    once per process and cache folder; every open still gets arrays of its own."""
+    from napari_allen.atlas import meshes
+    from napari_allen.layers import meshes as mesh_layers
+
+    calls: list = []
+    real = meshes.brain_outline
+    monkeypatch.setattr(meshes, "brain_outline", lambda **kw: calls.append(kw) or real(**kw))
+    monkeypatch.setattr(mesh_layers, "_OUTLINES", {})
+    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(tmp_path / "a"))
+    first, second = mesh_layers.cached_brain_outline(), mesh_layers.cached_brain_outline()
+    assert len(calls) == 1
+    assert first.metadata["bundled"] is True
+    for a, b in ((first.vertices, second.vertices), (first.faces, second.faces)):
+        np.testing.assert_array_equal(a, b)
+        assert not np.shares_memory(a, b) and a.flags.writeable
+    (verts, faces, _), kwargs, _ = mesh_layers.outline_layer(second)
+    assert verts is second.vertices and kwargs["name"] == mesh_layers.OUTLINE_NAME
+    monkeypatch.setenv("NAPARI_ALLEN_CACHE", str(tmp_path / "b"))  # another cache folder
+    mesh_layers.cached_brain_outline()
+    assert len(calls) == 2
+
+
 def test_layers_with_atlas_colormaps_select_independently(make_napari_viewer):
     viewer = make_napari_viewer()
     data = np.zeros((4, 5, 6), dtype=np.uint32)
