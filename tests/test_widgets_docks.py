@@ -94,6 +94,48 @@ def test_progress_reaches_napari_activity_and_cancel_there_stops_the_task(make_n
     assert bar not in napari_progress._all_instances
 
 
+def test_napari_activity_bar_only_for_tasks_that_outlast_the_delay(make_napari_viewer, qtbot,
+                                                                   monkeypatch):
+    """Creating napari's activity bar repaints the window synchronously: a task done within
+    ACTIVITY_AFTER_S never creates one; a longer one gets it, at the progress it reached."""
+    from napari.utils import progress as napari_progress
+
+    from napari_allen.progress import Progress
+    from napari_allen.widgets import _tasks
+
+    _, _, docks = _open_docks(make_napari_viewer, qtbot)
+    runner = docks["Connectivity"][1].search_panel.runner
+    created: list = []
+    real_open = _tasks.TaskRunner._open_activity
+    monkeypatch.setattr(_tasks.TaskRunner, "_open_activity",
+                        lambda self, d: created.append(d) or real_open(self, d))
+
+    def quick(*, progress, cancel, emit):
+        progress(Progress(done=1, total=1, message="done at once"))
+        return 1
+
+    results: list = []
+    runner.run(quick, on_result=results.append, description="Quick job")
+    qtbot.waitUntil(lambda: results == [1] and not runner.is_running, timeout=5000)
+    qtbot.wait(int(_tasks.ACTIVITY_AFTER_S * 1000) + 200)  # the delay passes after the end
+    assert created == [] and runner.activity is None
+    assert not any(bar.desc.startswith("Quick job") for bar in napari_progress._all_instances)
+
+    release = threading.Event()
+
+    def slow(*, progress, cancel, emit):
+        progress(Progress(done=3, total=4, message="three of four"))
+        release.wait(10)
+
+    runner.run(slow, description="Slow job")
+    assert runner.activity is None  # not in the click's own turn
+    qtbot.waitUntil(lambda: runner.activity is not None, timeout=5000)
+    assert created == ["Slow job"]
+    qtbot.waitUntil(lambda: runner.activity.n == 3 and runner.activity.total == 4, timeout=5000)
+    release.set()
+    qtbot.waitUntil(lambda: not runner.is_running and runner.activity is None, timeout=5000)
+
+
 def test_tables_and_lines_are_built_in_worker_threads(make_napari_viewer, allen_api, qtbot,
                                                       monkeypatch):
     """Per-structure tables, their table models and lines layer data never run on the main

@@ -10,8 +10,9 @@ a worker thread and delivers everything back on the main thread, where the widge
 viewer. Starting a new task cancels the previous one; anything the old task still sends is
 dropped, so a slow stale search can never overwrite a newer one.
 
-Long work shows determinate progress twice: in the widget's status row and in napari's
-activity dock (a :class:`napari.utils.progress` bar whose cancel button cancels the task).
+Long work shows determinate progress twice: in the widget's status row and, once it has run
+for :data:`ACTIVITY_AFTER_S`, in napari's activity dock (a :class:`napari.utils.progress` bar
+whose cancel button cancels the task).
 Errors are shown in the row (wrapped, never widening the dock) and as a napari notification.
 
 Everything a task sends back (progress, partial results, its result, its end) is delivered
@@ -49,6 +50,11 @@ PROGRESS_EVERY_S = 0.1
 
 Task = Callable[..., Any]
 ACTIVITY_EVERY_S = ACTIVITY_BAR_EVERY_S  # napari activity-bar updates at most this often
+#: napari's activity-dock bar appears once a task has run this long (s). Creating it repaints
+#: the window synchronously (napari's activity dialog runs ``processEvents``: 80-165 ms on the
+#: main thread), which a click whose work ends sooner should not pay; the dock's own row shows
+#: the task from its first moment.
+ACTIVITY_AFTER_S = 0.5
 
 
 def _shared_transport():
@@ -216,6 +222,7 @@ class TaskRunner(QObject):
         self._callbacks: dict[str, Callable | None] = {}
         self.worker = None
         self._activity = None  # the napari activity-dock progress bar of the current task
+        self._last_snap: Progress | None = None  # the current task's latest progress
         self._activity_at = 0.0  # when it was last updated (time.monotonic)
         self._in_activity = False
         # Queued: emitted from the worker thread, received on the thread owning this object,
@@ -351,7 +358,10 @@ class TaskRunner(QObject):
         self.worker = worker
         self._description = description or "Working…"
         self._set_busy(True, self._description)
-        self._open_activity(self._description)
+        self._close_activity()
+        self._last_snap = None
+        QTimer.singleShot(int(ACTIVITY_AFTER_S * 1000), lambda: _deliveries.post(
+            self, generation, self._open_activity_if_running, generation, own_turn=True))
         self.running_changed.emit(True)
         worker.start()
 
@@ -392,6 +402,7 @@ class TaskRunner(QObject):
         self._status.setText(text)
         # Last: napari's activity bar runs processEvents, which may deliver the task's result
         # inside this call; nothing written after it could then overwrite the final status.
+        self._last_snap = snap
         self._update_activity(snap)
 
     def _on_partial(self, message: tuple[int, Any, threading.Event]) -> None:
@@ -459,6 +470,16 @@ class TaskRunner(QObject):
             callback()
 
     # --- napari's activity dock -----------------------------------------------------------
+    def _open_activity_if_running(self, generation: int) -> None:
+        """The task of ``generation`` still runs after :data:`ACTIVITY_AFTER_S`: its bar in
+        napari's activity dock, at the progress reached so far."""
+        if not self._current(generation) or self.worker is None or self._activity is not None:
+            return
+        self._open_activity(self._description)
+        if self._last_snap is not None:
+            self._activity_at = 0.0
+            self._update_activity(self._last_snap)
+
     def _open_activity(self, description: str) -> None:
         from napari.utils import cancelable_progress
 
@@ -512,7 +533,8 @@ class TaskRunner(QObject):
 
     @property
     def activity(self):
-        """The napari progress bar of the running task (None when idle)."""
+        """The napari progress bar of the running task (None when idle, and during its first
+        :data:`ACTIVITY_AFTER_S`)."""
         return self._activity
 
     def _set_busy(self, busy: bool, text: str) -> None:
