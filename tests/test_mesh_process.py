@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 
 import numpy as np
 import pytest
 
+from child_commands import unstartable_child
 from napari_allen import child_process
 from napari_allen.errors import AllenFormatError
 from napari_allen.progress import Cancelled, CancelToken
@@ -149,11 +149,7 @@ def test_a_killed_child_is_reported_and_its_files_removed(tmp_path, child_pids):
     assert not any(folder.iterdir())
 
 
-@pytest.mark.parametrize("command", [
-    None,  # e.g. a frozen application
-    ["/nonexistent/python-for-napari-allen-tests"],  # cannot be executed
-    [sys.executable, "-c", "raise SystemExit(3)"],  # starts, dies before it is ready
-], ids=["no-interpreter", "not-executable", "dies-at-start"])
+@unstartable_child
 def test_without_a_child_the_mesh_is_built_in_a_thread(command, child_cache, monkeypatch,
                                                        caplog):
     from napari_allen.atlas.meshes import MeshParams, iter_structure_meshes

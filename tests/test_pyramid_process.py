@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from child_commands import unstartable_child
 from grid_writers import write_mhd
 from napari_allen import child_process
 from napari_allen.errors import AllenFormatError
@@ -168,11 +169,7 @@ def test_killed_child_is_reported_not_waited_for(image, tmp_path):
     assert again is not job and again.done.wait(120) and again.error is None
 
 
-@pytest.mark.parametrize("command", [
-    None,  # e.g. a frozen application
-    ["/nonexistent/python-for-napari-allen-tests"],  # cannot be executed
-    [sys.executable, "-c", "raise SystemExit(3)"],  # starts, dies before it is ready
-], ids=["no-interpreter", "not-executable", "dies-at-start"])
+@unstartable_child
 def test_without_a_process_the_conversion_runs_in_a_thread(command, image, monkeypatch,
                                                            caplog):
     monkeypatch.setattr(child_process, "child_command", lambda: command)

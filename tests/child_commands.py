@@ -1,0 +1,14 @@
+"""Commands that cannot run a napari_allen child process (``child_process.child_command``
+patched to each): every user of the child mechanism must fall back to a thread."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+unstartable_child = pytest.mark.parametrize("command", [
+    None,  # e.g. a frozen application
+    ["/nonexistent/python-for-napari-allen-tests"],  # cannot be executed
+    [sys.executable, "-c", "raise SystemExit(3)"],  # starts, dies before it is ready
+], ids=["no-interpreter", "not-executable", "dies-at-start"])
