@@ -12,3 +12,14 @@ unstartable_child = pytest.mark.parametrize("command", [
     ["/nonexistent/python-for-napari-allen-tests"],  # cannot be executed
     [sys.executable, "-c", "raise SystemExit(3)"],  # starts, dies before it is ready
 ], ids=["no-interpreter", "not-executable", "dies-at-start"])
+
+
+def process_gone(pid: int) -> bool:
+    """True when no process ``pid`` exists any more (a child that was stopped or killed)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False

@@ -12,7 +12,7 @@ import signal
 import numpy as np
 import pytest
 
-from child_commands import unstartable_child
+from child_commands import process_gone, unstartable_child
 from napari_allen import child_process
 from napari_allen.errors import AllenFormatError
 from napari_allen.progress import Cancelled, CancelToken
@@ -54,14 +54,6 @@ def child_pids(monkeypatch):
 
     monkeypatch.setattr(child_process, "iter_child", spy)
     return pids
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_child_mesh_equals_the_thread_mesh(child_cache, child_pids):
@@ -123,7 +115,7 @@ def test_cancel_stops_the_child_and_leaves_no_partial_file(tmp_path, child_pids)
         list(iter_structure_meshes(["VPM"], cache_dir=tmp_path, progress=cancel_while_indexing,
                                    cancel=token))
     (pid,) = child_pids
-    assert _gone(pid)
+    assert process_gone(pid)
     folder = _mesh_folder(tmp_path)
     assert not folder.exists() or not any(folder.iterdir())  # no index, no mesh, no .part
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from child_commands import unstartable_child
+from child_commands import process_gone, unstartable_child
 from grid_writers import write_mhd
 from napari_allen import child_process
 from napari_allen.errors import AllenFormatError
@@ -58,14 +58,6 @@ def _wait_started(job, timeout: float = 60.0) -> int:
         assert time.monotonic() < deadline, "converter process did not start"
         time.sleep(0.01)
     return job.pid
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.mark.parametrize("kind", ["image", "labels"])
@@ -121,7 +113,7 @@ def test_cancel_stops_the_child_and_leaves_no_cache(image, tmp_path):
     assert job.done.wait(60), "cancel hung"
     assert isinstance(job.error, Cancelled) and job.mode == "process"
     assert not part.exists() and not target.exists()
-    assert _gone(pid)
+    assert process_gone(pid)
 
 
 def test_cancel_terminates_a_child_that_does_not_stop(image, tmp_path, monkeypatch):
@@ -134,7 +126,7 @@ def test_cancel_terminates_a_child_that_does_not_stop(image, tmp_path, monkeypat
         job.cancel()
         assert job.done.wait(30), "cancel hung"
     assert isinstance(job.error, Cancelled)
-    assert _gone(pid) and not target.exists()
+    assert process_gone(pid) and not target.exists()
 
 
 def test_corrupt_input_error_names_the_file(tmp_path):
