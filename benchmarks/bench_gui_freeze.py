@@ -36,8 +36,11 @@ Where the remaining time goes (profiled on the main thread: napari 0.9, Xvfb + M
 and napari's work for each layer a dock adds is split over event-loop turns
 (``widgets/_view.add_in_turns``, through ``widgets/_tasks``' delivery queue: one step per turn,
 never nested in napari's activity-bar ``processEvents``, each step followed by the repaint it
-causes before the next): the dims sliders and then the axis labels (glyphs) when the viewer was
-empty, the insert (hidden and unselected: layer controls, vispy node, scene graph), its
+causes before the next): when the layer brings new axes (the first layer; a 4-D stack or
+plane store into a 3-D viewer) the dims sliders (rebuilt with the new ones hidden), their range
+(the new sliders appear, the canvas shrinks) and the axis labels, each before the insert, so
+napari's insert finds its dims ready (its dims order event, held back meanwhile, comes with it);
+the insert (hidden and unselected: layer controls, vispy node, scene graph), its
 selection (napari's layer-controls page switch repaints the canvas synchronously, then the new
 controls' first paint), showing it (slicing, texture upload, shader builds), the focus. What is
 left is napari's:
@@ -46,10 +49,13 @@ left is napari's:
   under llvmpipe); the "one layer" row is napari adding a plain 132x80x114 image in one call,
   all of it in one turn (the "/ layer" column);
 - the first dock opened pays the canvas's first redraw at its new size; the axes overlay's
-  creation and first draw (shader source parsing and builds), its labels' glyphs (rasterised
-  on the CPU) and the scale bar's creation and first draw come each in a later turn of its own
-  (``show_orientation_stepwise``, through the same delivery queue), on an empty viewer (as
-  here) when the first layer comes: in this script among the steps of "load 3 experiments";
+  creation and first draw (shader source parsing and builds) and the scale bar's creation and
+  first draw come each in a later turn of its own (``show_orientation_stepwise``, through the
+  same delivery queue), on an empty viewer (as here) when the first layer comes: in this script
+  among the steps of "load 3 experiments"; the glyphs of their text (signed distance fields
+  computed on the CPU, ~5 ms each) are rendered into napari's overlay font a few per turn as
+  soon as a dock opens, so those first draws no longer render them (the axes labels' repaint:
+  ~135 -> ~60 ms main-thread CPU);
 - while a task runs, napari's activity indicator repaints the whole window about 30 times a
   second (20-50 ms each under llvmpipe with the GL canvas in the window), and every value or
   description change of napari's activity bar runs ``processEvents`` (one more repaint): the
@@ -103,10 +109,11 @@ left is napari's:
 - group "more": every layer is built in a worker (the average and its individual-experiment
   stack, the threshold mask, each structure's Surface - the meshing task waits while it is
   added -, the grid annotation's Labels, the correlation lines, a plane store's lazy 4-D
-  layer: a plain view over the Zarr store, no dask) and added with ``add_in_turns``. Left is
-  napari's: a layer bringing a new axis (the individual stack or a plane store, 4-D, into a
-  3-D viewer) makes napari rebuild every dims slider inside its insert (a 4-D insert took
-  ~490-690 ms where a 3-D one took ~185-205 ms, load average ~5); a Labels insert (controls,
+  layer: a plain view over the Zarr store, no dask) and added with ``add_in_turns``; a layer
+  bringing a new axis (the individual stack, 4-D, into a 3-D viewer) no longer makes napari
+  rebuild every dims slider inside its insert (that turn took ~124 ms main-thread CPU plus the
+  repaint; now the slider rebuild is a turn of ~47 ms and the insert ~69 ms). Left is
+  napari's: a Labels insert (controls,
   vispy node, polygon overlay) costs ~1.5x an image's, and its first draw builds its shaders;
   each Surface insert is ~60-135 ms of napari's on the main thread; the meshing itself runs
   in a child process (``atlas/meshes.iter_structure_meshes``; in a worker thread its
