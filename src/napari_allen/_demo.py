@@ -145,6 +145,18 @@ def _settle_conversions(timeout_s: float = 120.0) -> None:
     _settle()
 
 
+def _dismiss_notifications() -> None:
+    """Close napari's notification toasts (e.g. "building a multiscale cache", shown on a
+    first run) so the screenshot shows the viewer, not a message already logged on stderr.
+    Found by class name among Qt's widgets: napari has no public call for it."""
+    from qtpy.QtWidgets import QApplication
+
+    for widget in QApplication.allWidgets():
+        if type(widget).__name__ == "NapariQtNotification" and widget.isVisible():
+            widget.close()
+    _settle()
+
+
 def readme_images(demo: Demo, folder: Path) -> list[Path]:
     """The README's images: 3-D view, coronal view with the annotation, one per dock."""
     from napari_allen.widgets._view import canonical_camera, focus_on
@@ -204,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     _settle()
     # Fit the camera to the final canvas (it was fitted to the window's first size).
     canonical_camera(viewer, "dorsal")
-    _settle()
+    _settle_conversions()
+    _dismiss_notifications()
     args.screenshot.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(args.screenshot), canvas_only=False, flash=False)
     if args.readme_images is not None:
