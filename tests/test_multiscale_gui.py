@@ -54,9 +54,10 @@ def fresh_activation(monkeypatch):
 def _conversion_lock(path):
     """Holding it keeps a converter process waiting before it builds anything."""
     from napari_allen.io import pyramid
+    from napari_allen.io.atomic import file_lock
 
     target = pyramid.pyramid_path(path)
-    return pyramid._file_lock(target.with_name(target.name + ".lock"))
+    return file_lock(target.with_name(target.name + ".lock"))
 
 
 def test_layer_fills_in_without_a_dock(make_napari_viewer, qtbot, tmp_path, fresh_activation):

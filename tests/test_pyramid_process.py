@@ -18,8 +18,8 @@ from grid_writers import write_mhd
 from napari_allen import child_process
 from napari_allen.errors import AllenFormatError
 from napari_allen.io import pyramid
+from napari_allen.io.atomic import file_lock
 from napari_allen.io.pyramid import (
-    _file_lock,
     build_pyramid,
     open_pyramid,
     pyramid_path,
@@ -48,7 +48,7 @@ def image(tmp_path):
 
 
 def _lock_of(target):
-    return _file_lock(target.with_name(target.name + ".lock"))
+    return file_lock(target.with_name(target.name + ".lock"))
 
 
 def _wait_started(job, timeout: float = 60.0) -> int:

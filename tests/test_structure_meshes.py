@@ -329,3 +329,34 @@ def test_index_bounding_boxes_span_slabs(tmp_path):
     expected = [[[s.start for s in sl], [s.stop for s in sl]] for sl in whole]
     np.testing.assert_array_equal(index.bboxes, expected)
     assert index.bbox_of(np.array([5])) == (slice(40, 70), slice(2, 4), slice(5, 6))
+
+
+def test_an_index_being_built_elsewhere_is_waited_for_not_built_twice(tmp_path, monkeypatch):
+    """Two mesh children (two docks, two windows) asking for the same index: the second waits
+    on the cache folder's lock while the first builds, then reads what the first wrote."""
+    import threading
+
+    from napari_allen.atlas import meshes
+    from napari_allen.io.atomic import file_lock
+    from napari_allen.io.volume import GridVolume
+
+    data = np.zeros((20, 6, 7), dtype=np.uint32)
+    data[5:9, 2:4, 1:5] = 733
+    vol = GridVolume(data=data, resolution=25.0, kind="annotation", metadata={}, source="")
+    folder = meshes._cache_folder(meshes.annotation_key(vol), 25.0, tmp_path)
+    folder.mkdir(parents=True)
+    builds: list[int] = []
+    real_build = meshes._build_index
+    monkeypatch.setattr(meshes, "_build_index",
+                        lambda *a: builds.append(1) or real_build(*a))
+    done: list = []
+    with file_lock(meshes._index_lock(folder)):  # "another process" is building
+        worker = threading.Thread(target=lambda: done.append(
+            meshes.annotation_index(vol, cache_dir=tmp_path)))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and not done and builds == []  # waiting, not building
+        real_build(vol, folder, None, None)  # what the other process writes
+    worker.join(30)
+    assert builds == [] and done and done[0].bbox_of(np.array([733])) == (
+        slice(5, 9), slice(2, 4), slice(1, 5))

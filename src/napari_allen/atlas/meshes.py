@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import config
+from ..io.atomic import atomic_open, file_lock, remove_partial_files
 from ..io.obj_mesh import Mesh
 from ..io.volume import GridVolume
 from ..progress import CancelToken, Progress, ProgressCallback, check, report
@@ -126,11 +127,23 @@ def annotation_index(vol: GridVolume, *, cache_dir=None,
     folder = _cache_folder(key, vol.resolution, cache_dir)
     with _LOCK:  # per cache folder: tests (and users) may switch NAPARI_ALLEN_CACHE
         index = _stored_index(folder, key, vol.resolution)
-        if index is None:
-            _build_index(vol, folder, progress, cancel)
+        if index is not None:
+            return index
+        # Mesh children of two docks (or two napari windows) may ask at once: one builds,
+        # the other waits for the lock (a sibling of the folder) and then reads what the
+        # first wrote.
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(_index_lock(folder)):
             index = _stored_index(folder, key, vol.resolution)
-            assert index is not None  # just written
+            if index is None:
+                _build_index(vol, folder, progress, cancel)
+                index = _stored_index(folder, key, vol.resolution)
+                assert index is not None  # just written
         return index
+
+
+def _index_lock(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".index.lock")
 
 
 def _stored_index(folder: Path, key: str, resolution: float) -> AnnotationIndex | None:
@@ -208,7 +221,6 @@ def _in_child(name: str, kwargs: dict, folder: Path, *, what: str, progress, can
     """Iterate this module's function ``name`` run in a child process (values it emits);
     a child that ends without a result leaves no temporary file in ``folder``."""
     from ..child_process import iter_child
-    from ..io.atomic import remove_partial_files
 
     pids: list[int] = []
     try:
@@ -223,8 +235,6 @@ def _in_child(name: str, kwargs: dict, folder: Path, *, what: str, progress, can
 
 def _build_index(vol: GridVolume, folder: Path, progress, cancel) -> None:
     from scipy import ndimage
-
-    from ..io.atomic import atomic_open
 
     data = vol.data
     n_ap = data.shape[0]
@@ -385,7 +395,6 @@ def structure_mesh(structure_id: int, *, annotation: GridVolume | None = None,
     mesh = mesh_from_mask(mask, vol.resolution, origin, step=step, sigma=params.sigma,
                           max_faces=params.max_faces)
     check(cancel)  # a cancelled build writes nothing
-    from ..io.atomic import atomic_open
 
     with atomic_open(cached, "wb") as fh:
         np.savez(fh, vertices=mesh.vertices, faces=mesh.faces, normals=mesh.normals)

@@ -64,3 +64,25 @@ def atomic_write_text(target: str | os.PathLike, text: str, encoding: str = "utf
     with atomic_open(target, "w", encoding=encoding, newline="") as fh:
         fh.write(text)
     return Path(target)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, wait: bool = True):
+    """An exclusive advisory lock on ``path`` (a lock file, created if needed) shared by
+    threads and processes: another one building the same cache entry waits. With
+    ``wait=False`` it yields False at once when someone else holds it (True when taken)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: threads are still serialised per key
+        yield True
+        return
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

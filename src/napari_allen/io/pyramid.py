@@ -45,6 +45,7 @@ import numpy as np
 
 from ..config import cache_dir
 from ..progress import Cancelled, CancelToken, ProgressCallback, check, report
+from .atomic import file_lock
 from .pyramid_chunks import chunks_written, crc32c_bytes, encode_chunk_map
 from .volume import GridVolume
 
@@ -294,33 +295,12 @@ def _slab_reader(data) -> Callable[[int, int], np.ndarray]:
     return read
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path, *, wait: bool = True):
-    """An exclusive advisory lock (another process converting the same grid waits). With
-    ``wait=False`` it yields False at once when someone else holds it (True when taken)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: threads are still serialised per key
-        yield True
-        return
-    with open(path, "a+b") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def discard_partial(target: str | os.PathLike) -> bool:
     """Remove the partial store of ``target`` (a cancelled conversion) unless a conversion
     holds its lock now (another process converting the same grid). True if nothing is left."""
     target = Path(target)
     part = target.with_name(target.name + ".part")
-    with _file_lock(target.with_name(target.name + ".lock"), wait=False) as locked:
+    with file_lock(target.with_name(target.name + ".lock"), wait=False) as locked:
         if locked:
             shutil.rmtree(part, ignore_errors=True)
     return not part.exists()
@@ -431,7 +411,7 @@ def build_pyramid(
     identity = identity or (source_identity(vol.source) if vol.source else
                             {"path": str(target), "size": 0, "mtime_ns": 0})
     part = target.with_name(target.name + ".part")
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         done_pyramid = open_pyramid(target)
         if done_pyramid is not None:
             return done_pyramid
