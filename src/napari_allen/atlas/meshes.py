@@ -458,10 +458,6 @@ def cached_structure_mesh(structure_id: int, *, ontology: Ontology | None = None
     return _stored_mesh(cached, meta)
 
 
-def _is_default(onto: Ontology) -> bool:
-    return onto is Ontology.default()
-
-
 def iter_structure_meshes(structure_ids, *, ontology: Ontology | None = None,
                           params: MeshParams | None = None, cache_dir=None,
                           progress: ProgressCallback | None = None,
@@ -492,7 +488,7 @@ def iter_structure_meshes(structure_ids, *, ontology: Ontology | None = None,
     rest = sids[first:]
     if not rest:
         return
-    if process and _is_default(onto):
+    if process and onto is Ontology.default():
         from ..child_process import ChildUnavailable
 
         _, _, folder = _bundled_folder(cache_dir)

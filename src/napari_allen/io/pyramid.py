@@ -163,18 +163,17 @@ def open_pyramid(store: str | os.PathLike) -> Pyramid | None:
     return pyramid
 
 
-def _open_levels(store: Path, n_levels: int, chunk_maps: list | None = None) -> list:
+def _open_levels(store: Path, n_levels: int, chunk_maps: list) -> list:
     """The levels as read-only arrays: read directly when they have the layout this module
     writes (no zarr import, no I/O-thread round trips on napari's main thread; each chunk's
     CRC-32C checked, and a chunk listed in ``chunk_maps`` but missing is damage, not fill),
-    else with zarr."""
+    else with zarr. ValueError/KeyError/TypeError when the maps are missing or malformed."""
     from .pyramid_chunks import decode_chunk_map, direct_level
 
-    maps = chunk_maps if isinstance(chunk_maps, list) and len(chunk_maps) == n_levels \
-        else [None] * n_levels
-    levels = [direct_level(store / str(k),
-                           present=None if m is None else decode_chunk_map(m))
-              for k, m in enumerate(maps)]
+    if not isinstance(chunk_maps, list) or len(chunk_maps) != n_levels:
+        raise ValueError(f"{store}: no map of the chunks written for each level")
+    levels = [direct_level(store / str(k), present=decode_chunk_map(m))
+              for k, m in enumerate(chunk_maps)]
     if all(level is not None for level in levels):
         return levels
     import zarr

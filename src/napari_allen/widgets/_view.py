@@ -397,17 +397,13 @@ def _insert_ranges(viewer: napari.Viewer, layer) -> tuple | None:
                      np.asarray(extent.step, dtype=float).tolist(), strict=True))
 
 
-def _prepare_range(viewer: napari.Viewer, layer) -> bool:
+def _prepare_range(viewer: napari.Viewer, layer) -> None:
     """Set the dims range to what napari's insert of ``layer`` will set
-    (:func:`_insert_ranges`). False (nothing changed) unless the dims already have the
-    layer's number."""
+    (:func:`_insert_ranges`), if the dims already have the layer's number (else nothing)."""
     ranges = _insert_ranges(viewer, layer)
     dims = viewer.dims
-    if dims.ndim != layer.ndim or ranges is None:
-        return False
-    if tuple(map(tuple, dims.range)) != ranges:
+    if dims.ndim == layer.ndim and ranges is not None and tuple(map(tuple, dims.range)) != ranges:
         dims.range = ranges
-    return True
 
 
 def _prepare_axis_labels(viewer: napari.Viewer, layer) -> None:

@@ -82,18 +82,18 @@ def structure_mask_layer(structure_id: int, ontology: Ontology | None = None) ->
     onto = ontology or Ontology.default()
     # The annotation's index (its resolution too): memory-mapped; the first time built in a
     # child process (the mesh task has usually built it already).
-    vol = bundled_annotation_index()
-    found = structure_mask(vol, structure_id, onto)
+    index = bundled_annotation_index()
+    found = structure_mask(index, structure_id, onto)
     if found is None:
         return None
     mask, origin = found
     r, g, b = (c / 255.0 for c in onto.rgb(structure_id))
-    space = layer_space_kwargs(vol.resolution)
+    space = layer_space_kwargs(index.resolution)
     kwargs = {
         "name": mask_layer_name(onto.acronym(structure_id)),
         "colormap": {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (r, g, b, 1.0)},
         "opacity": 0.5,
-        "translate": tuple(float(o) * vol.resolution for o in origin),
+        "translate": tuple(float(o) * index.resolution for o in origin),
         "metadata": {"kind": "structure_mask", "structure_id": int(structure_id),
                      "acronym": onto.acronym(structure_id), "origin_voxel": origin},
         **space,
