@@ -217,6 +217,98 @@ def test_volumes_and_a_stack_added_together_to_an_empty_viewer_grow_the_dims_onc
     assert viewer.dims.axis_labels == ("experiment", "AP", "DV", "ML")
 
 
+class _TurnCounter:
+    """Event-loop turns counted by a 0 ms timer (a step's turn and the next one differ)."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.turn = 0
+        self.timer = QTimer()
+        self.timer.setInterval(0)
+        self.timer.timeout.connect(self.tick)
+        self.timer.start()
+
+    def tick(self) -> None:
+        self.turn += 1
+
+
+def _shown_with_volumes(make_napari_viewer, qtbot, count: int):
+    """A shown viewer (Qt lays out and paints it) of a fixed size holding ``count`` 3-D
+    volumes, with (canvas size, turn) recorded on each canvas resize."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(900, 700)
+    for k in range(count):
+        viewer.add_layer(_ccf_volume(f"v{k}"))
+    qtbot.wait(200)  # laid out and painted
+    turns = _TurnCounter()
+    sizes: list = []
+    viewer.canvas.events.size.connect(lambda e: sizes.append((tuple(e.value), turns.turn)))
+    return viewer, sizes, turns
+
+
+@pytest.mark.parametrize("volumes", [1, 6])
+def test_growing_the_dims_never_resizes_the_canvas_and_the_new_slider_resizes_it_once(
+        make_napari_viewer, qtbot, runner, volumes, monkeypatch):
+    """Adding a 4-D stack to a shown viewer of N 3-D volumes: napari rebuilds every dims
+    slider, and showing one lays out the window at once, the sliders' height counted with
+    every new slider: the canvas (a QOpenGLWidget) shrinks, repaints all N layers inside
+    the handler, and grows back (another full repaint); the new slider appearing does the
+    same. Held layout (``_slider_layout_held``): the dims grow without any canvas resize
+    and the new slider resizes it once, to the size napari alone ends with. Fails if
+    napari's private ``QtViewer.dims`` moved (no layout found: nothing held)."""
+    from napari_allen.widgets import _view
+
+    ours, sizes, turns = _shown_with_volumes(make_napari_viewer, qtbot, volumes)
+    assert _view._slider_layout(PublicOnlyProxy(ours)) is not None
+    plain, plain_sizes, _ = _shown_with_volumes(make_napari_viewer, qtbot, volumes)
+    start = np.array(ours.canvas.size)
+
+    stack = _stack()
+    grown: list = []
+    ours.dims.events.ndim.connect(lambda e: grown.append(turns.turn))
+    add_in_turns(ours, runner, stack)
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    # napari alone, step by step (the same steps with nothing held)
+    monkeypatch.setattr(_view, "_slider_layout", lambda viewer: None)
+    plain_stack = _stack()
+    add_in_turns(plain, runner, plain_stack)
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    qtbot.wait(50)
+
+    assert len(plain_sizes) > 1  # without the hold the canvas goes back and forth
+    assert len(sizes) == 1 and sizes[0][1] > grown[0]  # once, not in the turn of the dims
+    # to the size napari alone ends with: shorter by the new slider
+    assert sizes[0][0] == tuple(ours.canvas.size) == tuple(plain.canvas.size)
+    change = np.array(sizes[0][0]) - start
+    assert change[0] < 0 and change[1] == 0
+    assert _view_state(ours) == _view_state(plain)
+
+
+def test_the_held_order_event_comes_in_a_turn_after_the_insert(make_napari_viewer, qtbot,
+                                                              runner):
+    """The dims order event of the new axis (held while the dims grew) fits the camera to
+    the new dims, a repaint of every layer: it comes in a turn of its own after the
+    insert's (napari's insert repaints the layer list) and before the layer is selected."""
+    viewer = make_napari_viewer()
+    for name in ("a", "b"):
+        viewer.add_layer(_ccf_volume(name))
+    stack = _stack()
+    turns = _TurnCounter()
+    first: dict = {}  # event -> (turn, stack in the viewer) the first time it came
+    viewer.layers.events.inserted.connect(
+        lambda e: first.setdefault("inserted", (turns.turn, True)))
+    viewer.dims.events.order.connect(
+        lambda e: first.setdefault("order", (turns.turn, stack in viewer.layers)))
+    viewer.layers.selection.events.active.connect(
+        lambda e: e.value is stack and first.setdefault("selected", (turns.turn, True)))
+    add_in_turns(viewer, runner, stack)
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    turns.timer.stop()
+    assert first["order"][1]  # with the layer in
+    assert first["inserted"][0] < first["order"][0] < first["selected"][0]
+
+
 def test_run_in_turns_runs_each_step_in_a_later_turn_of_its_own(qtbot):
     from qtpy.QtCore import QTimer
 

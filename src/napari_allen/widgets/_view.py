@@ -266,14 +266,17 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
 
     1. only if the layer has more dims than the viewer (an empty viewer has 2; a 4-D stack
        added to 3-D volumes): the dims it will have once inserted, one turn each, decided
-       when it runs - the number of dims (napari rebuilds every slider:
-       :func:`_grow_dims`), their range (the new sliders appear and the canvas shrinks:
-       :func:`_prepare_range`), their axis labels (the axes overlay draws the glyphs of new
-       labels, e.g. AP/DV/ML, on the CPU at its next repaint: :func:`_prepare_axis_labels`);
+       when it runs - the number of dims (napari rebuilds every slider, the canvas keeps
+       its size: :func:`_grow_dims`), their range (the new sliders appear and the canvas
+       shrinks, once: :func:`_prepare_range`), their axis labels (the axes overlay draws
+       the glyphs of new labels, e.g. AP/DV/ML, on the CPU at its next repaint:
+       :func:`_prepare_axis_labels`);
     2. in a later turn (never the caller's: a handler adding several layers gets one insert
        per turn), insert the layer hidden and not selected (napari's insert: layer
        controls, vispy node, dims range; nothing sliced or drawn; with the dims of step 1
-       napari's merge finds nothing to change);
+       napari's merge finds nothing to change); if step 1 grew the dims of a viewer with
+       layers, napari's dims order event (held back since) comes in the next turn: its
+       camera fit repaints every layer, not in the turn of the insert's own work;
     3. select it (napari shows its controls page: a synchronous canvas repaint, then the
        first paint of the new controls);
     4. show it (slicing, texture upload and repaint), then ``then(layer)`` if given.
@@ -311,9 +314,15 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
         order = viewer.dims.order
         _insert_unselected(viewer, layer)
         if order_held[0] and viewer.dims.order == order:
-            # what napari's own insert would have emitted (camera fit, overlays, slicing)
-            model.dims.events.order(value=order)
+            later(emit_order, order)
         later(select)
+
+    def emit_order(order) -> None:
+        # What napari's own insert would have emitted (camera fit, overlays, slicing), in
+        # a turn of its own: the camera fit repaints every layer, the insert only the
+        # layer list.
+        if layer in viewer.layers and viewer.dims.order == order:
+            model.dims.events.order(value=order)
 
     def select() -> None:
         if layer in viewer.layers:
@@ -349,9 +358,10 @@ def _grow_dims(viewer: napari.Viewer, layer) -> bool:
     napari's insert decides).
 
     The new leading axes get a range of one step, at the point napari's insert leaves
-    their sliders on: their sliders are built hidden, so this turn changes no layout
-    (showing a slider shrinks the canvas, which QOpenGLWidget redraws synchronously);
-    :func:`_prepare_range` shows them in a turn of its own. Returns True if the
+    their sliders on: their sliders are built hidden and, with the layout held while
+    napari rebuilds them (:func:`_slider_layout_held`), this turn changes no layout
+    (showing a slider shrinks the canvas, which QOpenGLWidget redraws synchronously, every
+    layer); :func:`_prepare_range` shows them in a turn of its own. Returns True if the
     ``dims.events.order`` event of the new axes was held back (the caller emits it once the
     layer is in): on a viewer with layers, napari's handlers of that event index the
     layers' extent and units with ``dims.displayed`` - indices of the grown dims, which
@@ -367,10 +377,44 @@ def _grow_dims(viewer: napari.Viewer, layer) -> bool:
     model_dims = _model(viewer).dims
     hold = bool(len(viewer.layers))  # with no layer napari's handlers have nothing to index
     with (model_dims.events.order.blocker() if hold else contextlib.nullcontext()), \
-            _events_after(model_dims):
+            _slider_layout_held(viewer), _events_after(model_dims):
         dims.ndim = layer.ndim
         dims.range = (*collapsed, *dims.range[new:])
     return hold
+
+
+@contextlib.contextmanager
+def _slider_layout_held(viewer: napari.Viewer):
+    """A context in which the layout holding napari's canvas and dims sliders stays as it
+    is (Qt's ``QLayout.setEnabled(False)``), laid out again once it ends.
+
+    napari rebuilds every slider when the number of dims changes: it removes them all, adds
+    one per dim counted as shown (the sliders' minimum height grows by one slider per dim)
+    and then hides those of displayed axes. Showing a slider makes Qt lay out every
+    ancestor at once: the canvas shrinks and, as a ``QOpenGLWidget``, repaints all layers
+    synchronously inside the handler, then grows back (a second full repaint) once the
+    sliders have their final height. With the layout held, only the final height counts:
+    when it is the same (the new axes' sliders are hidden, :func:`_grow_dims`) the canvas
+    keeps its size and nothing is repainted for it. The widgets are napari's private
+    ``QtViewer.dims`` (the window's ``_qt_viewer``); without them (another napari) nothing
+    is held (``tests/test_widgets_view.py`` says when that happens)."""
+    layout = _slider_layout(viewer)
+    if layout is None or not layout.isEnabled():
+        yield
+        return
+    layout.setEnabled(False)
+    try:
+        yield
+    finally:
+        layout.setEnabled(True)
+
+
+def _slider_layout(viewer: napari.Viewer):
+    """The Qt layout holding napari's canvas and dims sliders, or None."""
+    qt_dims = getattr(getattr(getattr(_model(viewer), "window", None), "_qt_viewer", None),
+                      "dims", None)
+    parent = qt_dims.parentWidget() if hasattr(qt_dims, "parentWidget") else None
+    return parent.layout() if parent is not None else None
 
 
 def _events_after(model):
@@ -399,11 +443,14 @@ def _insert_ranges(viewer: napari.Viewer, layer) -> tuple | None:
 
 def _prepare_range(viewer: napari.Viewer, layer) -> None:
     """Set the dims range to what napari's insert of ``layer`` will set
-    (:func:`_insert_ranges`), if the dims already have the layer's number (else nothing)."""
+    (:func:`_insert_ranges`), if the dims already have the layer's number (else nothing).
+    The layout is held meanwhile (:func:`_slider_layout_held`): the canvas shrinks for the
+    new sliders once, to its final size, not first to an interim one."""
     ranges = _insert_ranges(viewer, layer)
     dims = viewer.dims
     if dims.ndim == layer.ndim and ranges is not None and tuple(map(tuple, dims.range)) != ranges:
-        dims.range = ranges
+        with _slider_layout_held(viewer):
+            dims.range = ranges
 
 
 def _prepare_axis_labels(viewer: napari.Viewer, layer) -> None:
