@@ -198,6 +198,47 @@ def test_dask_gene_correlation_matches_pairwise_with_minus_one_as_missing():
     assert np.nanmax(np.abs(seeds - expected[[2, 5]])) < 1e-9
 
 
+def test_local_dask_paths_do_not_import_distributed():
+    """The gene correlation and the per-structure matrix over a chunked store run on dask's
+    threads without importing ``distributed`` (tornado, click, ...: ~40,000 objects that every
+    later full garbage collection of napari's process would walk); same results as
+    computed in this process. In a subprocess: this one may have imported it already."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import numpy as np, dask.array as da\n"
+        "from napari_allen.analysis.correlation import dask_gene_correlation\n"
+        "from napari_allen.analysis.expression import dask_grid_matrix\n"
+        "rng = np.random.default_rng(4)\n"
+        "stack = rng.gamma(2.0, 2.0, size=(7, 6, 5, 4)).astype(np.float32)\n"
+        "stack[rng.random(stack.shape) < 0.2] = -1.0\n"
+        "r = dask_gene_correlation(da.from_array(stack, chunks=(1, 3, 5, 4)), seeds=[1, 3],"
+        " min_periods=2)\n"
+        "m = dask_grid_matrix(da.from_array(stack, chunks=(2, 3, 5, 4)), list(range(7)),"
+        " np.full((6, 5, 4), 997, np.uint32), structure_ids=[997])\n"
+        "print(repr(r.tolist()), repr(m.to_numpy().tolist()))\n"
+        "print('distributed' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "False", out.stdout
+    import dask.array as da
+
+    from napari_allen.analysis.expression import dask_grid_matrix
+
+    rng = np.random.default_rng(4)
+    stack = rng.gamma(2.0, 2.0, size=(7, 6, 5, 4)).astype(np.float32)
+    stack[rng.random(stack.shape) < 0.2] = -1.0
+    r = dask_gene_correlation(da.from_array(stack, chunks=(1, 3, 5, 4)), seeds=[1, 3],
+                              min_periods=2)
+    m = dask_grid_matrix(da.from_array(stack, chunks=(2, 3, 5, 4)), list(range(7)),
+                         np.full((6, 5, 4), 997, np.uint32), structure_ids=[997])
+    assert lines[-2] == f"{r.tolist()!r} {m.to_numpy().tolist()!r}"
+
+
 def test_dask_gene_correlation_cancel():
     from napari_allen.progress import Cancelled, CancelToken
 

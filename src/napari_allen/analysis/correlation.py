@@ -708,7 +708,7 @@ def dask_gene_correlation(
         flat = flat[:, keep]
     flat = da.where(flat < 0, np.nan, flat)  # Allen's -1 = no data
     # One experiment per chunk row keeps the store's chunking; whole voxel axis per chunk.
-    flat = flat.rechunk({0: max(1, min(n_exp, 64)), 1: -1})
+    flat = flat.rechunk({0: max(1, min(n_exp, 64)), 1: -1}, method=rechunk_method())
     x0, xm = _prepare(flat)
     if seeds is None:
         a0, am = x0, xm
@@ -749,8 +749,24 @@ def _compute(array, *, scheduler: str | None, progress, cancel) -> np.ndarray:
             report(progress, done=self._done, total=max(self._total, self._done),
                    message="correlating genes")
 
+    from dask.threaded import get as threaded_get
+
     with _Hooks():
-        return np.asarray(array.compute(scheduler="threads"))
+        # The threaded scheduler's function, not its name: dask resolves a name by importing
+        # ``distributed`` first, to look for a client (see rechunk_method).
+        return np.asarray(array.compute(scheduler=threaded_get))
+
+
+def rechunk_method() -> str:
+    """dask's rechunk method as dask itself would choose it here: the configured
+    ``array.rechunk.method``, else ``"tasks"`` (dask picks ``"p2p"`` only with a
+    ``distributed`` client active when the graph is built, which this package never has then:
+    :func:`_compute` opens its cluster client afterwards). Leaving the choice to dask makes it
+    import ``distributed`` (tornado, click, ... ~16,000 objects) to look for that client,
+    into napari's process when a dock asks."""
+    import dask
+
+    return dask.config.get("array.rechunk.method", None) or "tasks"
 
 
 # --------------------------------------------------------------------------------------------

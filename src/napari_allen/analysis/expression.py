@@ -314,12 +314,12 @@ def dask_grid_matrix(
     store), chunk by chunk, on the local scheduler or on the dask cluster at ``scheduler``."""
     import dask.array as da
 
-    from napari_allen.analysis.correlation import _compute
+    from napari_allen.analysis.correlation import _compute, rechunk_method
 
     ontology = ontology or Ontology.default()
     membership = StructureMembership(annotation, ontology, structure_ids, rollup=rollup)
     data = volumes if isinstance(volumes, da.Array) else da.from_array(np.asarray(volumes))
-    data = data.rechunk({0: 1, 1: -1, 2: -1, 3: -1})
+    data = data.rechunk({0: 1, 1: -1, 2: -1, 3: -1}, method=rechunk_method())
     n_struct = len(membership.structure_ids)
     means = data.map_blocks(
         membership.means, drop_axis=[2, 3], chunks=(data.chunks[0], (n_struct,)),
