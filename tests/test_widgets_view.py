@@ -4,11 +4,13 @@ own add_layer leaves it, and the orientation overlays switch on one step per tur
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 
 import numpy as np
 import pytest
 from napari.layers import Image
 from napari.utils._proxies import PublicOnlyProxy
+from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QWidget
 
 from napari_allen.widgets._tasks import TaskRunner, run_in_turns
@@ -247,6 +249,21 @@ def _shown_with_volumes(make_napari_viewer, qtbot, count: int):
     return viewer, sizes, turns
 
 
+class _CanvasPaints(QObject):
+    """Paint events napari's canvas widget (a QOpenGLWidget: each paints every layer) got,
+    as the turn each came in."""
+
+    def __init__(self, viewer, turns: _TurnCounter) -> None:
+        super().__init__()
+        self.turns, self.seen = turns, []
+        viewer.window._qt_viewer.canvas.native.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.Paint:
+            self.seen.append(self.turns.turn)
+        return False
+
+
 @pytest.mark.parametrize("volumes", [1, 6])
 def test_growing_the_dims_never_resizes_the_canvas_and_the_new_slider_resizes_it_once(
         make_napari_viewer, qtbot, runner, volumes, monkeypatch):
@@ -255,8 +272,9 @@ def test_growing_the_dims_never_resizes_the_canvas_and_the_new_slider_resizes_it
     every new slider: the canvas (a QOpenGLWidget) shrinks, repaints all N layers inside
     the handler, and grows back (another full repaint); the new slider appearing does the
     same. Held layout (``_slider_layout_held``): the dims grow without any canvas resize
-    and the new slider resizes it once, to the size napari alone ends with. Fails if
-    napari's private ``QtViewer.dims`` moved (no layout found: nothing held)."""
+    or paint, and the new slider resizes it once, to the size napari alone ends with,
+    painted once. Fails if napari's private ``QtViewer.dims`` or ``QtViewer.canvas`` moved
+    (nothing held, or the canvas painted twice)."""
     from napari_allen.widgets import _view
 
     ours, sizes, turns = _shown_with_volumes(make_napari_viewer, qtbot, volumes)
@@ -264,6 +282,7 @@ def test_growing_the_dims_never_resizes_the_canvas_and_the_new_slider_resizes_it
     plain, plain_sizes, _ = _shown_with_volumes(make_napari_viewer, qtbot, volumes)
     start = np.array(ours.canvas.size)
 
+    paints, plain_paints = _CanvasPaints(ours, turns), _CanvasPaints(plain, turns)
     stack = _stack()
     grown: list = []
     ours.dims.events.ndim.connect(lambda e: grown.append(turns.turn))
@@ -282,6 +301,10 @@ def test_growing_the_dims_never_resizes_the_canvas_and_the_new_slider_resizes_it
     assert sizes[0][0] == tuple(ours.canvas.size) == tuple(plain.canvas.size)
     change = np.array(sizes[0][0]) - start
     assert change[0] < 0 and change[1] == 0
+    # napari alone paints the canvas three times in the turn the dims grow and in the turn
+    # the new slider shows; here never in the dims' turn, never twice in one turn
+    assert max(Counter(plain_paints.seen).values()) >= 3
+    assert grown[0] not in paints.seen and max(Counter(paints.seen).values()) == 1
     assert _view_state(ours) == _view_state(plain)
 
 

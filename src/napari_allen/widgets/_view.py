@@ -407,6 +407,47 @@ def _slider_layout_held(viewer: napari.Viewer):
         yield
     finally:
         layout.setEnabled(True)
+        _lay_out_painting_once(viewer, layout)
+
+
+def _lay_out_painting_once(viewer: napari.Viewer, layout) -> None:
+    """Lay out canvas and sliders now; if the canvas changed size, paint it once, with the
+    window's next repaint.
+
+    Resized, napari's canvas (a ``QOpenGLWidget``) paints every layer at once, and that
+    first draw at the new size moves napari's canvas overlays (``VispyCanvas.on_draw``
+    sees a new view size), which asks for a second full paint in the same pass of the
+    event loop. Here the resize's paint is skipped (the widget's FBO is redrawn before the
+    window shows it: ``update()``), and napari's pre-draw step runs at once, so the next
+    repaint is the only one. Without napari's private ``QtViewer.canvas`` (another napari)
+    Qt lays out in its next pass as usual."""
+    from qtpy.QtCore import QEvent, QObject
+
+    canvas = getattr(getattr(getattr(_model(viewer), "window", None), "_qt_viewer", None),
+                     "canvas", None)
+    native = getattr(canvas, "native", None)
+    if native is None:
+        return
+
+    class _PaintLater(QObject):
+        resized = False
+
+        def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.Resize:
+                self.resized = True
+            return event.type() == QEvent.Type.Paint
+
+    watcher = _PaintLater()
+    native.installEventFilter(watcher)
+    try:
+        layout.activate()
+    finally:
+        native.removeEventFilter(watcher)
+    if watcher.resized:
+        on_draw = getattr(canvas, "on_draw", None)
+        if callable(on_draw):
+            on_draw(None)
+        native.update()
 
 
 def _slider_layout(viewer: napari.Viewer):
