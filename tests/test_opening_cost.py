@@ -29,10 +29,19 @@ def test_atlas_colormap_template_is_built_once_and_shared_read_only():
     # shared and read-only.
     assert first._cache_mapping[key] is table and second._cache_mapping[key] is table
     assert not table.flags.writeable
-    # The table is napari's own mapping of the colour dict.
-    fresh = ac.AtlasLabelColormap(color_dict=dict(first.color_dict))
-    np.testing.assert_array_equal(fresh._map_without_cache(np.arange(2000, dtype=np.uint16)),
-                                  table[:2000])
+    # The table (built as one look-up, not napari's value-by-value loop) is exactly napari's
+    # own mapping of the colour dict, for every uint16 value.
+    from napari.utils.colormaps import DirectLabelColormap
+
+    napari_own = DirectLabelColormap(color_dict=dict(first.color_dict))
+    napari_table = napari_own._map_without_cache(np.arange(2 ** 16, dtype=np.uint16))
+    np.testing.assert_array_equal(napari_table, table)
+    assert table.dtype == napari_table.dtype
+    # ... and with napari's "show selected label only" (its thumbnail maps through this).
+    for cmap in (first, napari_own):
+        cmap.selection, cmap.use_selection = 385, True
+    values = np.array([[0, 384], [385, 386]], dtype=np.uint16)
+    np.testing.assert_array_equal(first.map(values), napari_own.map(values))
     assert len(repr(first)) < 200  # napari formats every returned layer tuple's repr
 
 
