@@ -305,26 +305,60 @@ def test_layers_of_one_store_share_recent_slices(tmp_path):
     assert own._array.reads == 1
 
 
-def test_opening_images_imports_neither_pandas_nor_zarr():
-    """pandas (~0.7 s) and zarr (~0.8 s) are imported on first use on napari's main thread:
-    an image sample or a small grid needs neither (pandas serves the labels' hover table,
-    zarr the 10/25 µm pyramids)."""
+#: Modules no reader or sample path needs to build its layers on napari's main thread: pandas
+#: (~0.15-0.7 s) serves only the labels' hover table (napari's Labels imports it anyway), zarr
+#: (~0.8 s) only the conversion (a child process; opening a converted store reads its chunks
+#: without zarr), scipy/skimage only meshing and analysis, requests/Qt no reader at all.
+_HEAVY = ("pandas", "zarr", "scipy", "skimage", "sklearn", "requests", "qtpy", "PyQt5",
+          "numba", "fast_simplification", "tifffile", "trimesh")
+
+
+def _heavy_imports(steps: str, tmp_path) -> list[str]:
+    """The heavy modules (:data:`_HEAVY`) a fresh interpreter has imported after ``steps``
+    (Python statements, with ``sample`` = the sample module, ``read(path)`` = the reader and
+    ``data(*parts)`` = a bundled file); it waits for background conversions to finish."""
+    import os
     import subprocess
     import sys
 
     code = (
         "import sys\n"
-        "from napari_allen import _sample_data\n"
+        "from napari_allen import _sample_data as sample\n"
         "from napari_allen._reader import get_reader\n"
-        "_sample_data.connectivity_158375425()\n"
-        "p = str(_sample_data._data('connectivity', '158375425',"
-        " 'projection_density_100.nrrd'))\n"
-        "get_reader(p)(p)\n"
-        "print(sorted(m for m in ('pandas', 'zarr') if m in sys.modules))\n"
+        "def read(p):\n"
+        "    p = str(p)\n"
+        "    return get_reader(p)(p)\n"
+        "data = sample._data\n"
+        f"{steps}\n"
+        f"print(sorted(m for m in {_HEAVY!r} if m in sys.modules))\n"
+        "from napari_allen.io.pyramid import conversions_running\n"
+        "import time\n"
+        "while conversions_running():\n"
+        "    time.sleep(0.1)\n"
     )
+    env = {**os.environ, "NAPARI_ALLEN_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120)
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+                         check=True, timeout=300, env=env)
+    return eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own printed list
+
+
+def test_opening_images_imports_no_heavy_module(tmp_path):
+    """An image sample or image grid file (NRRD, zip) imports none of :data:`_HEAVY`."""
+    steps = ("sample.connectivity_158375425()\n"
+             "read(data('connectivity', '158375425', 'projection_density_100.nrrd'))\n"
+             "read(data('ish', 'Nrp1_P56_coronal_74272479_200um.zip'))")
+    assert _heavy_imports(steps, tmp_path) == []
+
+
+def test_opening_labels_imports_only_pandas(tmp_path):
+    """Samples and files with an atlas Labels layer (the Nrp1 sample's grid annotation, the
+    25 µm annotation file, the CCF reference sample with its outline) import pandas for the
+    hover table (as any napari Labels layer does) and nothing else heavy."""
+    steps = ("sample.nrp1_expression()\n"
+             "read(data('annotation', 'annotation_25.nrrd'))\n"
+             "sample.ccf_reference_25()")
+    assert _heavy_imports(steps, tmp_path) == ["pandas"]
 
 
 def test_a_store_opened_before_is_not_opened_again(tmp_path, monkeypatch):

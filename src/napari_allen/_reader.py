@@ -42,6 +42,8 @@ class FormatEntry:
 
 
 def _sniff_lines_json(path: Path) -> bool:
+    if path.suffix.lower() != ".json":  # every path is asked first: no module import for grids
+        return False
     from .io.lines_json import looks_like_lines_json
 
     return looks_like_lines_json(path)

@@ -17,7 +17,6 @@ import copy
 import weakref
 
 import numpy as np
-
 from napari.utils.colormaps import DirectLabelColormap
 
 from ..atlas.ontology import Ontology
