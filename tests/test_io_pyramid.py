@@ -335,3 +335,26 @@ def test_a_malformed_chunk_map_is_not_trusted(image, tmp_path):
     group.attrs["napari_allen"] = attrs
     pyramid._OPENED.clear()
     assert open_pyramid(pyr.store) is None
+
+
+def test_chunks_decode_on_the_calling_thread_and_leave_numcodecs_as_it_was(tmp_path,
+                                                                           monkeypatch):
+    """napari slices on its main thread, where numcodecs would hand each chunk to blosc's
+    thread pool (about twice as slow per plane on two cores): chunks are decoded with
+    numcodecs' thread switch off, and the switch is restored after each chunk."""
+    from numcodecs import blosc
+
+    from napari_allen.io.pyramid import build_pyramid, open_pyramid
+    from napari_allen.io.volume import GridVolume
+
+    data = np.arange(70 * 20 * 30, dtype=np.uint32).reshape((70, 20, 30))
+    pyr = build_pyramid(GridVolume(data=data, resolution=25.0), tmp_path / "p.zarr")
+    seen: list = []
+    real = blosc.decompress
+    monkeypatch.setattr(blosc, "decompress",
+                        lambda *a, **k: seen.append(blosc.use_threads) or real(*a, **k))
+    monkeypatch.setattr(blosc, "use_threads", True)
+    level = open_pyramid(pyr.store).levels[0]
+    np.testing.assert_array_equal(np.asarray(level[66]), data[66])
+    assert seen and set(seen) == {False}
+    assert blosc.use_threads is True

@@ -60,6 +60,20 @@ def test_compact_labels_unknown_ids():
     assert out.tolist() == [0, 1, 3, 2]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32, np.int64,
+                                   np.uint64, np.float64])
+def test_compact_labels_same_for_every_block_dtype(dtype):
+    """The relabelling searches in the block's own dtype when the ids fit it (no int64 copy
+    per slice), else in int64: the same values either way, unknown ids included."""
+    ids = np.array([5, 9, 200, 70_000, 614_454_277])
+    block = np.array([0, 5, 7, 9, 200, 201, 255, 70_000, 614_454_277, 614_454_278])
+    block = block[block <= (np.iinfo(dtype).max if np.dtype(dtype).kind != "f" else 2**40)]
+    expected = [0 if v == 0 else (int(np.searchsorted(ids, v)) + 1 if v in ids else 6)
+                for v in block.tolist()]
+    out = compact_labels(block.astype(dtype), ids)
+    assert out.dtype == np.uint16 and out.tolist() == expected
+
+
 def test_labels_need_resolution_for_arrays():
     with pytest.raises(ValueError, match="resolution"):
         labels_layer(np.zeros((2, 2, 2), dtype=np.uint32))

@@ -46,6 +46,7 @@ from .volumes import (
     _colormap,
     _minus_one_to_nan,
     compact_dtype,
+    compact_relabeller,
     label_tables,
     layer_metadata,
 )
@@ -200,23 +201,6 @@ class _LevelView:
         return np.asarray(out, dtype=dtype)
 
 
-def _relabel(structure_ids: np.ndarray):
-    """Structure ids -> compact uint16 labels for one (in-memory) slice, as
-    :func:`napari_allen.layers.volumes.compact_labels` does (0 stays 0, unknown ids ->
-    ``len(structure_ids) + 1``)."""
-    ids = np.asarray(structure_ids, dtype=np.int64)
-    unknown = len(ids) + 1
-
-    def relabel(block: np.ndarray) -> np.ndarray:
-        block = np.asarray(block).astype(np.int64, copy=False)
-        pos = np.clip(np.searchsorted(ids, block), 0, len(ids) - 1)
-        out = np.where(ids[pos] == block, pos + 1, unknown).astype(np.uint16)
-        out[block == 0] = 0
-        return out
-
-    return relabel
-
-
 def _image_transform(dtype: np.dtype):
     if np.dtype(dtype).kind == "u":
         return lambda block: block, np.dtype(dtype)
@@ -248,7 +232,7 @@ def multiscale_layer(vol: GridVolume, levels: list, *, stats: dict | None = None
 
         onto = ontology or Ontology.default()
         structure_ids, _, features = label_tables(onto)
-        relabel = _relabel(structure_ids)
+        relabel = compact_relabeller(structure_ids)
         how = ("labels", hashlib.sha1(structure_ids.tobytes()).hexdigest())
         data = [_wrap(lv, relabel, compact_dtype(len(structure_ids)),
                       _recent_for(store, k, how)) for k, lv in enumerate(levels)]
