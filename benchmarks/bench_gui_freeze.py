@@ -32,10 +32,11 @@ stays as the issue's original reference point ("/ base"). Repeat runs (``--repea
 the first run of a process also pays napari's first-layer-ever costs (shader builds).
 
 Fairness of the "plain arrays" twin: it runs right after the open it is compared with, in the
-same viewer, so both must meet napari in the same state. Before any timed open, each run adds
-(untimed) one tiny napari Labels layer: napari's own first-Labels costs (its pandas import,
-~150 ms, which any Labels layer triggers, and its labels shaders) are then paid by neither
-side; before, the first sample with a Labels layer paid them and its twin did not. Everything
+same viewer, so both must meet napari in the same state. Before the first timed open, each run
+adds (untimed) one tiny napari Labels and one Surface layer (``_warm_layer_types``): napari's
+own first-of-a-type costs (the pandas import, ~150 ms, that any Labels layer triggers; each
+viewer's shader builds for labels and meshes) are then paid by neither side; before, the
+first open showing such a layer paid them and its twin did not. Everything
 of the plugin's still counts: in the first run its first call imports its own modules, decodes
 the bundled files and builds the atlas colormap (once per process, ~0.1 s on this machine, all
 inside the timed open), and an image-only open must not import pandas at all
@@ -84,8 +85,12 @@ left is napari's:
   same with plain in-memory levels and napari's default colormap (atlas colours and the
   hover features cost nothing measurable): it slices the coarsest level at creation
   (twice: a ``colormap`` argument refreshes too), switches to level 0 in its first draws
-  (two more slices: ~16 ms of chunk reads) and renders the canvas once more than for a
-  single-scale layer (~50 ms of llvmpipe CPU per 1600x1000 frame here). Pre-setting level 0
+  (one read of a 25 µm plane, ~20 ms: 40 chunks decoded by the main thread itself - blosc's
+  thread pool made it ~35 ms - and relabelled in uint32; the repeat comes from the slices
+  kept) and renders the canvas once more than for a single-scale layer (~50 ms of llvmpipe
+  CPU per 1600x1000 frame here). In-viewer main-thread CPU of the warm 25 µm open: plain
+  single-scale ~200 ms, napari's own plain multiscale ~226, the plugin's layer ~234 (its
+  reader ~2 ms; the rest is napari's multiscale and "Opening Files" bar). Pre-setting level 0
   and the corner pixels before the insert saves the slices, not the extra frame. Full
   garbage collections (120-360 ms over napari's ~230k objects) land in some of these
   actions (seen in the CCF reference's and a tick's longest gap, main thread or worker);
@@ -331,13 +336,6 @@ def _one_run(app, beat, viewer, plain, annotation, seeds, record, groups) -> Non
     record("napari: add 132x80x114 float32 image (one layer)", "floor",
            measure(app, beat, lambda: viewer.add_image(small, name="small") and None))
     fresh()
-    # napari's own first Labels layer of a process (its pandas import, ~150 ms, and its labels
-    # shaders), untimed: otherwise the first action showing a Labels layer would pay it and
-    # its plain twin, measured right after, never would (see "Fairness" in the module doc).
-    viewer.add_labels(np.zeros((4, 4, 4), dtype=np.uint8), name="warm-up")
-    for _ in range(20):
-        app.processEvents()
-    fresh()
     if "open" in groups:
         _open_files(app, beat, viewer, annotation, record, fresh)
     if "structures" in groups:  # its own dock, closed again before the others open
@@ -426,7 +424,23 @@ def _record_open(app, beat, viewer, record, fresh, name, start, label, *,
         fresh()
 
 
+def _warm_layer_types(app, viewer, fresh) -> None:
+    """napari's own first Labels and Surface layer of this viewer, untimed (see "Fairness" in
+    the module doc): the first Labels of a process imports pandas (~150 ms), and each
+    viewer's first layer of a type builds its shaders. Without this the first open showing
+    such a layer paid it and its plain twin, measured right after, never did."""
+    viewer.add_labels(np.zeros((4, 4, 4), dtype=np.uint8), name="warm-up labels")
+    vertices = np.array([[0, 0, 0], [0, 4, 0], [0, 0, 4], [4, 0, 0]], dtype=np.float32)
+    faces = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
+    viewer.add_surface((vertices, faces), name="warm-up surface")
+    for _ in range(50):
+        app.processEvents()
+        time.sleep(0.005)
+    fresh()
+
+
 def _open_files(app, beat, viewer, annotation, record, fresh) -> None:
+    _warm_layer_types(app, viewer, fresh)
     for key in ("nrp1", "connectivity_158375425"):
         _record_open(app, beat, viewer, record, fresh, f"File > Open Sample: {key}",
                      lambda k=key: viewer.open_sample("napari-allen", k) and None, key)
