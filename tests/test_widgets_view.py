@@ -308,6 +308,38 @@ def test_growing_the_dims_never_resizes_the_canvas_and_the_new_slider_resizes_it
     assert _view_state(ours) == _view_state(plain)
 
 
+def test_paints_held_by_the_grow_and_insert_steps_come_before_the_next_step(
+        make_napari_viewer, qtbot, runner):
+    """A 3-D mean and a 4-D stack added together to a shown viewer of volumes: the dims
+    growing and the hidden inserts (nothing drawn changes) paint the canvas in the pass
+    after their own, never inside it and never held into a later step (the canvas is
+    painting when the new slider resizes it). Fails if napari's private
+    ``QtViewer.canvas`` moved (nothing held: the paints come inside the steps)."""
+    viewer, _, turns = _shown_with_volumes(make_napari_viewer, qtbot, 3)
+    native = viewer.window._qt_viewer.canvas.native
+    paints = _CanvasPaints(viewer, turns)
+    steps: list = []  # (step, turn, canvas painting) as the dims range changes
+    seen: dict = {}  # step -> turn it ran in
+    viewer.dims.events.ndim.connect(lambda e: seen.setdefault("grow", turns.turn))
+    viewer.dims.events.range.connect(
+        lambda e: steps.append(("range", turns.turn, native.updatesEnabled())))
+    viewer.layers.events.inserted.connect(
+        lambda e: seen.setdefault(e.value.name, turns.turn))
+    mean, stack = _ccf_volume("mean"), _stack()
+    add_in_turns(viewer, runner, mean)
+    add_in_turns(viewer, runner, stack)
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    qtbot.wait(50)
+    assert native.updatesEnabled()
+    range_step = [painting for _, turn, painting in steps if turn != seen["grow"]]
+    assert range_step == [True]  # the range step (the new slider resizes the canvas)
+    for name in ("grow", "mean", "stack"):
+        turn = seen[name]
+        assert turn not in paints.seen  # not inside the step's pass
+        later = [paint for paint in paints.seen if paint > turn]
+        assert later and later[0] <= turn + 2  # in the pass after it, before the next step
+
+
 def test_the_held_order_event_comes_in_a_turn_after_the_insert(make_napari_viewer, qtbot,
                                                               runner):
     """The dims order event of the new axis (held while the dims grew) fits the camera to

@@ -175,8 +175,7 @@ def _glyph_steps(viewer: napari.Viewer, text: str = OVERLAY_GLYPHS) -> list[Call
 
 def _overlay_font(viewer: napari.Viewer):
     """napari's font of the overlay text (axes labels, scale bar), or None."""
-    canvas = getattr(getattr(getattr(_model(viewer), "window", None), "_qt_viewer", None),
-                     "canvas", None)
+    canvas = _qt_canvas(viewer)
     info = getattr(canvas, "font_info", None)
     info = info() if callable(info) else info
     get_font = getattr(getattr(info, "font_manager", None), "get_font", None)
@@ -184,6 +183,13 @@ def _overlay_font(viewer: napari.Viewer):
     if get_font is None or face is None:
         return None
     return get_font(face)  # the key napari's Text visuals use (not bold, not italic)
+
+
+def _qt_canvas(viewer: napari.Viewer):
+    """napari's private ``QtViewer.canvas`` (its ``VispyCanvas``; ``.native`` is the Qt
+    widget), or None (no window, another napari)."""
+    return getattr(getattr(getattr(_model(viewer), "window", None), "_qt_viewer", None),
+                   "canvas", None)
 
 
 def _show_axes(axes) -> None:
@@ -312,6 +318,7 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
             return
         layer.visible = False
         order = viewer.dims.order
+        _hold_canvas_paint(viewer)  # a hidden layer: nothing to draw yet
         _insert_unselected(viewer, layer)
         if order_held[0] and viewer.dims.order == order:
             later(emit_order, order)
@@ -338,6 +345,9 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
             then(layer)
 
     def grow() -> None:
+        # the canvas draws the same (new axes are not displayed; napari's axes overlay
+        # sets its unchanged data again)
+        _hold_canvas_paint(viewer)
         order_held[0] = _grow_dims(viewer, layer)
 
     # All steps up to the insert are queued now, in order (the queue is FIFO): layers added
@@ -349,6 +359,34 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
         later(_prepare_axis_labels, viewer, layer)
     later(insert)
     return layer
+
+
+#: A canvas paint held by :func:`_hold_canvas_paint` comes this long (ms) after the step:
+#: a timer (not a posted event), so the step's own repaint of the other widgets and the
+#: event loop's timers and input come first.
+PAINT_AFTER_MS = 1
+
+
+def _hold_canvas_paint(viewer: napari.Viewer) -> None:
+    """Hold napari's canvas from painting until the event-loop pass after this step's
+    (``PAINT_AFTER_MS``; Qt's ``setUpdatesEnabled``): the window keeps showing the canvas
+    as last painted meanwhile, then it paints once with whatever changed. For a step whose
+    work changes nothing drawn (the dims growing, a hidden layer's insert) but makes napari
+    ask for a paint of every layer anyway: that paint is not added to the step's own work
+    in one freeze. The canvas widget is napari's private ``QtViewer.canvas``; without it
+    (another napari) nothing is held."""
+    from qtpy.QtCore import QTimer
+
+    native = getattr(_qt_canvas(viewer), "native", None)
+    if native is None or not native.updatesEnabled():
+        return
+    native.setUpdatesEnabled(False)
+
+    def release() -> None:
+        with contextlib.suppress(RuntimeError):  # the viewer was closed meanwhile
+            native.setUpdatesEnabled(True)  # paints once (Qt calls update())
+
+    QTimer.singleShot(PAINT_AFTER_MS, release)
 
 
 def _grow_dims(viewer: napari.Viewer, layer) -> bool:
@@ -423,8 +461,7 @@ def _lay_out_painting_once(viewer: napari.Viewer, layout) -> None:
     Qt lays out in its next pass as usual."""
     from qtpy.QtCore import QEvent, QObject
 
-    canvas = getattr(getattr(getattr(_model(viewer), "window", None), "_qt_viewer", None),
-                     "canvas", None)
+    canvas = _qt_canvas(viewer)
     native = getattr(canvas, "native", None)
     if native is None:
         return
