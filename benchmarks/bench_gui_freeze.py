@@ -161,6 +161,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _freeze_diagnostics  # noqa: E402 - benchmarks/ on the path first
 
 DOCK_TARGET_MS = 200.0
+#: Main-thread CPU (ms) of the last measured action, from its start to the end of its settle
+#: time (``measure``): less sensitive to other processes' load than the wall-clock freeze.
+LAST_CPU_MS = 0.0
 BASELINE_SHAPE = (528, 320, 456)
 SMALL_SHAPE = (132, 80, 114)  # one 100 µm grid
 
@@ -235,7 +238,7 @@ def measure(app, beat: Heartbeat, start: Callable[[], Callable[[], bool] | None]
     state: dict = {}
 
     def kick() -> None:
-        state["t0"] = time.perf_counter()
+        state["t0"], state["cpu0"] = time.perf_counter(), time.thread_time()
         state["done"] = start() or (lambda: True)
 
     beat.start()
@@ -254,6 +257,8 @@ def measure(app, beat: Heartbeat, start: Callable[[], Callable[[], bool] | None]
     else:
         raise TimeoutError("action did not finish in time")
     t1 = time.perf_counter()
+    global LAST_CPU_MS
+    LAST_CPU_MS = 1000.0 * (time.thread_time() - state["cpu0"])
     beat.stop()
     if os.environ.get("BENCH_FREEZE_GAPS"):  # diagnostics: the five longest gaps, ms
         gaps = beat.gaps_ms(state["t0"], t1)
@@ -282,21 +287,24 @@ GROUPS = ("open", "connectivity", "gene", "spatial", "more", "structures")
 
 
 def run(repeat: int, seeds: int, groups: tuple[str, ...] = GROUPS
-        ) -> list[tuple[str, str, list[float], list[float]]]:
-    """All actions, ``repeat`` fresh viewers; rows of (action, kind, freezes ms, walls s)."""
+        ) -> list[tuple[str, str, list[float], list[float], list[float]]]:
+    """All actions, ``repeat`` fresh viewers; rows of (action, kind, freezes ms, walls s,
+    main-thread CPU ms)."""
     import napari
     from qtpy.QtWidgets import QApplication
 
     from _child_server import ChildServer
     from napari_allen.widgets._common import reset_shared_client
 
-    rows: dict[str, tuple[str, list[float], list[float]]] = {}
+    rows: dict[str, tuple[str, list[float], list[float], list[float]]] = {}
 
     def record(name: str, kind: str, result: tuple[float, float]) -> None:
-        rows.setdefault(name, (kind, [], []))
+        rows.setdefault(name, (kind, [], [], []))
         rows[name][1].append(result[0])
         rows[name][2].append(result[1])
-        print(f"  {name:<52} {result[0]:8.0f} ms freeze  ({result[1]:.2f} s)", flush=True)
+        rows[name][3].append(LAST_CPU_MS)
+        print(f"  {name:<52} {result[0]:8.0f} ms freeze  ({result[1]:.2f} s, main-thread CPU "
+              f"{LAST_CPU_MS:.0f} ms)", flush=True)
 
     rng = np.random.default_rng(0)
     plain = rng.random(BASELINE_SHAPE, dtype=np.float32)
@@ -320,7 +328,7 @@ def run(repeat: int, seeds: int, groups: tuple[str, ...] = GROUPS
                 viewer.close()
                 for _ in range(20):
                     app.processEvents()
-    return [(name, kind, f, w) for name, (kind, f, w) in rows.items()]
+    return [(name, kind, f, w, c) for name, (kind, f, w, c) in rows.items()]
 
 
 def _one_run(app, beat, viewer, plain, annotation, seeds, record, groups) -> None:
@@ -782,13 +790,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if display is not None:
             display.stop()
-    baseline = max(statistics.median(f) for _, kind, f, _ in rows if kind == "baseline")
-    floor = max(statistics.median(f) for _, kind, f, _ in rows if kind == "floor")
+    baseline = max(statistics.median(f) for _, kind, f, _, _ in rows if kind == "baseline")
+    floor = max(statistics.median(f) for _, kind, f, _, _ in rows if kind == "floor")
     n_runs = len(next(iter(rows))[2])
     print(f"\n{'action':<56} {'median':>7} {'worst':>6} {'/ base':>7} {'/ layer':>8} "
-          f"{'target':>10}  ok")
+          f"{'target':>10}  ok  {'CPU':>5}")
     failed = checked = 0
-    for i, (name, kind, freezes, _) in enumerate(rows):
+    for i, (name, kind, freezes, _, cpu) in enumerate(rows):
         median, worst = statistics.median(freezes), max(freezes)
         target, ok = "", True
         if kind == "open":  # against napari adding the same layers plainly (the next row)
@@ -803,10 +811,11 @@ def main(argv: list[str] | None = None) -> int:
         failed += not ok
         per_layer = f"{worst / floor:8.2f}" if kind == "dock" else " " * 8
         print(f"{name:<56} {median:7.0f} {worst:6.0f} {median / baseline:7.2f} {per_layer} "
-              f"{target:>10}  {'yes' if ok else 'NO'}")
+              f"{target:>10}  {'yes' if ok else 'NO ':<3} {statistics.median(cpu):5.0f}")
     print(f"\n{checked - failed}/{checked} actions within target ({n_runs} run(s); dock actions "
           "judged on the worst run, opening on the median run against napari adding the same "
-          "layers as plain arrays in the same runs)")
+          "layers as plain arrays in the same runs). CPU: median main-thread CPU ms of the "
+          "action and its settle time (for A/B runs on a loaded machine; not a target)")
     return 0
 
 
