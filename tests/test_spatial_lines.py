@@ -53,6 +53,26 @@ def test_line_record_parses_served_record():
         LineRecord.from_record({"id": 1, "path": []}, where="seed 1,2,3")
 
 
+def test_kept_lines_leave_gc_tracking_and_save_as_served(tmp_path):
+    """A parsed line's path points (kept as long as its layer) end up untracked by the garbage
+    collector, so napari's full collections do not walk them; the saved JSON is byte for
+    byte what the served records give, integer coordinates included."""
+    import gc
+
+    served = json.loads(json.dumps(RECORDS))  # as parsed from a response: lists everywhere
+    served[0]["path"][-1]["coord"] = [4300, 2690, 7050]
+    lines = [LineRecord.from_record(r) for r in served]
+    gc.collect()
+    points = [p for ln in lines for p in ln.record["path"]]
+    assert not any(gc.is_tracked(p) or gc.is_tracked(p["coord"]) for p in points)
+    assert all(gc.is_tracked(p) for r in served for p in r["path"])  # the parse as it was
+    write_lines_json(tmp_path / "kept.json", [ln.record for ln in lines], [INJECTION])
+    write_lines_json(tmp_path / "served.json", served, [INJECTION])
+    assert (tmp_path / "kept.json").read_bytes() == (tmp_path / "served.json").read_bytes()
+    assert [ln.record for ln in lines] == [
+        {**r, "path": [{**p, "coord": tuple(p["coord"])} for p in r["path"]]} for r in served]
+
+
 def test_json_round_trip_keeps_script_shape(tmp_path):
     target = tmp_path / "data.json"
     write_lines_json(target, RECORDS, [[4300, 2600, 7000], [4400, 2700, 7100]],

@@ -123,8 +123,29 @@ class LineRecord:
             target_density=density,
             injection_structure=str(abbrev or "").strip(),  # Allen pads some ('SUM ')
             structure_id=sid,
-            record=dict(record),
+            record=_light_record(record),
         )
+
+
+def _light_point(point: Any) -> Any:
+    """A path point with its ``coord`` list as a tuple: a tuple of numbers leaves the garbage
+    collector's tracking at its first collection, a list never does (JSON and :func:`_clean`
+    write both as ``[x, y, z]``)."""
+    if isinstance(point, dict) and type(point.get("coord")) is list:
+        return {k: tuple(v) if k == "coord" else v for k, v in point.items()}
+    return point
+
+
+def _light_record(record: Mapping) -> dict:
+    """A copy of ``record`` whose path points hold tuples (:func:`_light_point`). A line is
+    kept as long as its layer: ~20 points, two tracked objects each as parsed, that every
+    full garbage collection of napari's process would walk (~18,000 for a 400-line search);
+    as tuples, only the point dicts stay tracked, until a full collection finds them holding
+    nothing but numbers and text and untracks them too."""
+    out = dict(record)
+    if isinstance(out.get("path"), list):
+        out["path"] = [_light_point(p) for p in out["path"]]
+    return out
 
 
 def looks_like_lines_json(path: str | os.PathLike) -> bool:
