@@ -49,10 +49,13 @@ and napari's work for each layer a dock adds is split over event-loop turns
 (``widgets/_view.add_in_turns``, through ``widgets/_tasks``' delivery queue: one step per turn,
 never nested in napari's activity-bar ``processEvents``, each step followed by the repaint it
 causes before the next): when the layer brings new axes (the first layer; a 4-D stack or
-plane store into a 3-D viewer) the dims sliders (rebuilt with the new ones hidden), their range
-(the new sliders appear, the canvas shrinks) and the axis labels, each before the insert, so
-napari's insert finds its dims ready (its dims order event, held back meanwhile, comes with it);
-the insert (hidden and unselected: layer controls, vispy node, scene graph), its
+plane store into a 3-D viewer) the dims sliders (rebuilt with the new ones hidden, the
+canvas/slider layout held so the canvas keeps its size), their range (the new sliders appear,
+the canvas shrinks once and paints once) and the axis labels, each before the insert, so
+napari's insert finds its dims ready (its dims order event, held back meanwhile, comes in the
+turn after it: the camera fit repaints every layer); the insert (hidden and unselected: layer
+controls, vispy node, scene graph; like the slider rebuild it changes nothing drawn, so the
+canvas paint napari asks for waits for the next event-loop pass), its
 selection (napari's layer-controls page switch repaints the canvas synchronously, then the new
 controls' first paint), showing it (slicing, texture upload, shader builds), the focus. What is
 left is napari's:
@@ -128,8 +131,11 @@ left is napari's:
   layer: a plain view over the Zarr store, no dask) and added with ``add_in_turns``; a layer
   bringing a new axis (the individual stack, 4-D, into a 3-D viewer) no longer makes napari
   rebuild every dims slider inside its insert (that turn took ~124 ms main-thread CPU plus the
-  repaint; now the slider rebuild is a turn of ~47 ms and the insert ~69 ms). Left is
-  napari's: a Labels insert (controls,
+  repaint); the slider rebuild, a turn of its own, no longer resizes the canvas back and forth
+  (showing a slider lays out the window at once: two full canvas paints of every layer, one
+  inside the handler, ~228 ms with 8 other volumes), and no step pays a canvas paint of every
+  layer on top of ~35-65 ms of its own work: with 8 other volumes the worst turn of the Average
+  is a ~10-20 ms step plus one canvas paint. Left is napari's: a Labels insert (controls,
   vispy node, polygon overlay) costs ~1.5x an image's, and its first draw builds its shaders;
   each Surface insert is ~60-135 ms of napari's on the main thread; the meshing itself runs
   in a child process (``atlas/meshes.iter_structure_meshes``; in a worker thread its
