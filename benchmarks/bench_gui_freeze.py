@@ -167,9 +167,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _freeze_diagnostics  # noqa: E402 - benchmarks/ on the path first
 
 DOCK_TARGET_MS = 200.0
-#: Main-thread CPU (ms) of the last measured action, from its start to the end of its settle
-#: time (``measure``): less sensitive to other processes' load than the wall-clock freeze.
-LAST_CPU_MS = 0.0
 BASELINE_SHAPE = (528, 320, 456)
 SMALL_SHAPE = (132, 80, 114)  # one 100 µm grid
 
@@ -235,10 +232,12 @@ class Heartbeat:
 
 
 def measure(app, beat: Heartbeat, start: Callable[[], Callable[[], bool] | None], *,
-            settle_s: float = 0.4, timeout_s: float = 300.0) -> tuple[float, float]:
+            settle_s: float = 0.4, timeout_s: float = 300.0) -> tuple[float, float, float]:
     """Run ``start`` from inside the event loop; wait until the predicate it returns is true
     (plus ``settle_s`` so the first draw of new layers counts). Returns
-    ``(longest freeze ms, wall time s)``."""
+    ``(longest freeze ms, wall time s, main-thread CPU ms)``; the CPU runs from the start to
+    the end of the settle time and is less sensitive to other processes' load than the
+    wall-clock freeze."""
     from qtpy.QtCore import QTimer
 
     state: dict = {}
@@ -263,8 +262,7 @@ def measure(app, beat: Heartbeat, start: Callable[[], Callable[[], bool] | None]
     else:
         raise TimeoutError("action did not finish in time")
     t1 = time.perf_counter()
-    global LAST_CPU_MS
-    LAST_CPU_MS = 1000.0 * (time.thread_time() - state["cpu0"])
+    cpu_ms = 1000.0 * (time.thread_time() - state["cpu0"])
     beat.stop()
     if os.environ.get("BENCH_FREEZE_GAPS"):  # diagnostics: the five longest gaps, ms
         gaps = beat.gaps_ms(state["t0"], t1)
@@ -273,7 +271,7 @@ def measure(app, beat: Heartbeat, start: Callable[[], Callable[[], bool] | None]
         for line in beat.explain_gaps(state["t0"], t1):
             print(line)
     # processEvents + sleep(2 ms) drives the loop here; napari's own exec loop behaves alike.
-    return beat.longest_gap_ms(state["t0"], t1), finished - state["t0"]
+    return beat.longest_gap_ms(state["t0"], t1), finished - state["t0"], cpu_ms
 
 
 def _idle(*runners) -> Callable[[], bool]:
@@ -304,13 +302,14 @@ def run(repeat: int, seeds: int, groups: tuple[str, ...] = GROUPS
 
     rows: dict[str, tuple[str, list[float], list[float], list[float]]] = {}
 
-    def record(name: str, kind: str, result: tuple[float, float]) -> None:
-        rows.setdefault(name, (kind, [], [], []))
-        rows[name][1].append(result[0])
-        rows[name][2].append(result[1])
-        rows[name][3].append(LAST_CPU_MS)
-        print(f"  {name:<52} {result[0]:8.0f} ms freeze  ({result[1]:.2f} s, main-thread CPU "
-              f"{LAST_CPU_MS:.0f} ms)", flush=True)
+    def record(name: str, kind: str, result: tuple[float, float, float]) -> None:
+        freeze, wall, cpu = result
+        _, freezes, walls, cpus = rows.setdefault(name, (kind, [], [], []))
+        freezes.append(freeze)
+        walls.append(wall)
+        cpus.append(cpu)
+        print(f"  {name:<52} {freeze:8.0f} ms freeze  ({wall:.2f} s, main-thread CPU "
+              f"{cpu:.0f} ms)", flush=True)
 
     rng = np.random.default_rng(0)
     plain = rng.random(BASELINE_SHAPE, dtype=np.float32)

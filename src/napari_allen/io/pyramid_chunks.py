@@ -117,8 +117,6 @@ class ChunkedLevel:
 
     def __init__(self, folder: Path, shape: tuple[int, int, int], dtype: np.dtype,
                  chunk: int, fill) -> None:
-        import numcodecs  # noqa: F401 - numcodecs.blosc is imported with the package
-
         self.folder = folder
         self.shape = shape
         self.ndim = 3

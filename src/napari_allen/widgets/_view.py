@@ -185,11 +185,16 @@ def _overlay_font(viewer: napari.Viewer):
     return get_font(face)  # the key napari's Text visuals use (not bold, not italic)
 
 
+def _qt_viewer(viewer: napari.Viewer):
+    """napari's private ``QtViewer`` of the viewer's window, or None (no window, another
+    napari)."""
+    return getattr(getattr(_model(viewer), "window", None), "_qt_viewer", None)
+
+
 def _qt_canvas(viewer: napari.Viewer):
     """napari's private ``QtViewer.canvas`` (its ``VispyCanvas``; ``.native`` is the Qt
-    widget), or None (no window, another napari)."""
-    return getattr(getattr(getattr(_model(viewer), "window", None), "_qt_viewer", None),
-                   "canvas", None)
+    widget), or None."""
+    return getattr(_qt_viewer(viewer), "canvas", None)
 
 
 def _show_axes(axes) -> None:
@@ -489,8 +494,7 @@ def _lay_out_painting_once(viewer: napari.Viewer, layout) -> None:
 
 def _slider_layout(viewer: napari.Viewer):
     """The Qt layout holding napari's canvas and dims sliders, or None."""
-    qt_dims = getattr(getattr(getattr(_model(viewer), "window", None), "_qt_viewer", None),
-                      "dims", None)
+    qt_dims = getattr(_qt_viewer(viewer), "dims", None)
     parent = qt_dims.parentWidget() if hasattr(qt_dims, "parentWidget") else None
     return parent.layout() if parent is not None else None
 
