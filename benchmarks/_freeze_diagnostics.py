@@ -12,7 +12,10 @@ around a freeze this splits the freeze into:
 - full (generation 2) garbage collections, with the thread that ran them (:class:`GcLog`).
 
 - the X server (Xvfb) running or waiting for a CPU meanwhile (the main thread waits for its
-  replies: a starved X server freezes napari however little Python runs).
+  replies: a starved X server freezes napari however little Python runs);
+- what the main thread was doing (:class:`StackSampler`: its Python stack, sampled every 10 ms
+  while the heartbeat is late): the calls common to most samples of the freeze, outermost
+  first, so a one-off freeze can be named after the run.
 
 What remains (the freeze minus main-thread CPU and CPU wait) is the main thread blocked: on the
 GIL, or on the X server / GL driver.
@@ -20,10 +23,13 @@ GIL, or on the X server / GL driver.
 
 from __future__ import annotations
 
+import collections
 import gc
 import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 _TASKS = "/proc/self/task"
 
@@ -153,7 +159,69 @@ class GcLog:
             self.collections.append((self._started.pop(ident), now,
                                      threading.current_thread().name))
 
+    def overlaps(self, t0: float, t1: float) -> bool:
+        """Did a full collection run (partly) between ``t0`` and ``t1``?"""
+        return any(end > t0 and start < t1 for start, end, _ in self.collections)
+
     def within(self, t0: float, t1: float) -> str:
         hits = [f"{1000 * (end - start):.0f} ms in {name}"
                 for start, end, name in self.collections if end > t0 and start < t1]
         return f"; full GC {', '.join(hits)}" if hits else ""
+
+
+def _frame_name(code) -> str:
+    """``folder/module:function`` of a code object (short enough to print in a chain)."""
+    parts = code.co_filename.replace("\\", "/").rsplit("/", 2)
+    where = "/".join(parts[-2:]).removesuffix(".py")
+    return f"{where}:{code.co_name}"
+
+
+class StackSampler:
+    """Samples the main thread's Python stack every ``interval_s`` while the heartbeat is late
+    (its last tick older than ``late_s``), from a daemon thread. Each sample costs the main
+    thread one GIL hand-over (at most the interpreter's switch interval, 5 ms), so it runs only
+    with the diagnostics."""
+
+    def __init__(self, last_tick: Callable[[], float | None], interval_s: float = 0.01,
+                 late_s: float = 0.05) -> None:
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self._last_tick, self._interval, self._late = last_tick, interval_s, late_s
+        self._main = threading.main_thread().ident
+        self._running = threading.Event()
+        threading.Thread(target=self._loop, name="freeze-stack-sampler", daemon=True).start()
+
+    def start(self) -> None:
+        self.samples.clear()
+        self._running.set()
+
+    def stop(self) -> None:
+        self._running.clear()
+
+    def _loop(self) -> None:
+        while True:
+            self._running.wait()
+            time.sleep(self._interval)
+            last = self._last_tick()
+            now = time.perf_counter()
+            if last is None or now - last < self._late:
+                continue
+            frame = sys._current_frames().get(self._main)
+            stack = []
+            while frame is not None:
+                stack.append(_frame_name(frame.f_code))
+                frame = frame.f_back
+            self.samples.append((now, tuple(reversed(stack))))
+
+    def within(self, t0: float, t1: float, share: float = 0.5, deepest: int = 6) -> str:
+        """The calls on the main thread's stack in at least ``share`` of the samples taken
+        between ``t0`` and ``t1`` (the ``deepest`` innermost of them, outermost first) and the
+        most frequent innermost call; "" without samples."""
+        stacks = [stack for t, stack in self.samples if t0 < t < t1]
+        if not stacks:
+            return ""
+        counts = collections.Counter(name for stack in stacks for name in set(stack))
+        common = [name for name in max(stacks, key=len) if counts[name] >= share * len(stacks)]
+        common = list(dict.fromkeys(common))[-deepest:]
+        leaf, n = collections.Counter(stack[-1] for stack in stacks).most_common(1)[0]
+        return (f"\n        main thread ({len(stacks)} samples): {' > '.join(common)}"
+                f"; innermost {leaf} ({n}/{len(stacks)})")

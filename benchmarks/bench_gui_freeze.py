@@ -152,6 +152,7 @@ waited for a CPU, worker threads running meanwhile, full garbage collections).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -159,6 +160,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -192,10 +194,12 @@ class Heartbeat:
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
-        self.clocks = self.gc_log = None  # BENCH_FREEZE_GAPS: what each freeze was
+        self.clocks = self.gc_log = self.stacks = None  # BENCH_FREEZE_GAPS: what each was
         if os.environ.get("BENCH_FREEZE_GAPS") and _freeze_diagnostics.available():
             self.clocks, self.gc_log = _freeze_diagnostics.ThreadClocks(), \
                 _freeze_diagnostics.GcLog()
+            self.stacks = _freeze_diagnostics.StackSampler(
+                lambda: self.ticks[-1] if self.ticks else None)
             self.timer.timeout.connect(self.clocks.tick)
 
     def start(self) -> None:
@@ -203,12 +207,14 @@ class Heartbeat:
         if self.clocks is not None:
             self.clocks.clear()
             self.gc_log.__enter__()
+            self.stacks.start()
         self.timer.start()
 
     def stop(self) -> None:
         self.timer.stop()
         if self.gc_log is not None:
             self.gc_log.__exit__()
+            self.stacks.stop()
 
     def explain_gaps(self, t0: float, t1: float, over_ms: float = 150.0, top: int = 3):
         """Lines saying what the ``top`` longest gaps over ``over_ms`` between two ticks were
@@ -220,6 +226,7 @@ class Heartbeat:
                 if t0 < ticks[i] and ticks[i + 1] < t1 and ticks[i + 1] - ticks[i] > over_ms / 1e3]
         return [f"      {1000 * gap:.0f} ms: {self.clocks.explain(i)}"
                 f"{self.gc_log.within(ticks[i], ticks[i + 1])}"
+                f"{self.stacks.within(ticks[i], ticks[i + 1])}"
                 for gap, i in sorted(gaps, reverse=True)[:top]]
 
     def gaps_ms(self, t0: float, t1: float) -> np.ndarray:
@@ -230,14 +237,34 @@ class Heartbeat:
     def longest_gap_ms(self, t0: float, t1: float) -> float:
         return float(np.max(self.gaps_ms(t0, t1)))
 
+    def longest_gap_without_gc_ms(self, t0: float, t1: float) -> float:
+        """The longest gap in ``[t0, t1]`` during which no full garbage collection ran (NaN
+        without the diagnostics): the interpreter's collections (napari's heap, ~0.15-0.25 s
+        each here) land in whichever action allocates when they fall due."""
+        if self.gc_log is None:
+            return float("nan")
+        ticks = [t0] + [t for t in self.ticks if t0 < t < t1] + [t1]
+        free = [1000.0 * (b - a) for a, b in zip(ticks[:-1], ticks[1:], strict=True)
+                if not self.gc_log.overlaps(a, b)]
+        return max(free, default=0.0)
+
+
+class Measured(NamedTuple):
+    """One timed action: its longest freeze (ms), wall time (s), main-thread CPU (ms; from the
+    start to the end of the settle time, less sensitive to other processes' load than the
+    wall-clock freeze) and its longest freeze in which no full garbage collection ran (ms;
+    NaN without ``BENCH_FREEZE_GAPS``)."""
+
+    freeze: float
+    wall: float
+    cpu: float
+    freeze_without_gc: float
+
 
 def measure(app, beat: Heartbeat, start: Callable[[], Callable[[], bool] | None], *,
-            settle_s: float = 0.4, timeout_s: float = 300.0) -> tuple[float, float, float]:
+            settle_s: float = 0.4, timeout_s: float = 300.0) -> Measured:
     """Run ``start`` from inside the event loop; wait until the predicate it returns is true
-    (plus ``settle_s`` so the first draw of new layers counts). Returns
-    ``(longest freeze ms, wall time s, main-thread CPU ms)``; the CPU runs from the start to
-    the end of the settle time and is less sensitive to other processes' load than the
-    wall-clock freeze."""
+    (plus ``settle_s`` so the first draw of new layers counts)."""
     from qtpy.QtCore import QTimer
 
     state: dict = {}
@@ -271,7 +298,25 @@ def measure(app, beat: Heartbeat, start: Callable[[], Callable[[], bool] | None]
         for line in beat.explain_gaps(state["t0"], t1):
             print(line)
     # processEvents + sleep(2 ms) drives the loop here; napari's own exec loop behaves alike.
-    return beat.longest_gap_ms(state["t0"], t1), finished - state["t0"], cpu_ms
+    return Measured(beat.longest_gap_ms(state["t0"], t1), finished - state["t0"], cpu_ms,
+                    beat.longest_gap_without_gc_ms(state["t0"], t1))
+
+
+def in_event_loop(app, fn: Callable[[], object]) -> None:
+    """Run ``fn`` from inside the event loop (a zero timer), as a click's handler would, then
+    let the loop run a while. This script drives Qt with ``processEvents``, never ``exec``: Qt
+    then deletes the widgets a step schedules for deletion (``deleteLater``: napari's layer
+    controls of removed layers, a removed dock) only if the step ran inside an event handler;
+    called from the script's top level, ~330 widgets per cleared pair of layers (and a whole
+    dock) stayed in the window for the rest of the run, unlike in napari."""
+    from qtpy.QtCore import QTimer
+
+    done: list = []
+    QTimer.singleShot(0, lambda: done.append(fn()))
+    while not done:
+        app.processEvents()
+    for _ in range(20):
+        app.processEvents()
 
 
 def _idle(*runners) -> Callable[[], bool]:
@@ -291,25 +336,21 @@ GROUPS = ("open", "connectivity", "gene", "spatial", "more", "structures")
 
 
 def run(repeat: int, seeds: int, groups: tuple[str, ...] = GROUPS
-        ) -> list[tuple[str, str, list[float], list[float], list[float]]]:
-    """All actions, ``repeat`` fresh viewers; rows of (action, kind, freezes ms, walls s,
-    main-thread CPU ms)."""
+        ) -> list[tuple[str, str, list[Measured]]]:
+    """All actions, ``repeat`` fresh viewers; rows of (action, kind, one :class:`Measured`
+    per run)."""
     import napari
     from qtpy.QtWidgets import QApplication
 
     from _child_server import ChildServer
     from napari_allen.widgets._common import reset_shared_client
 
-    rows: dict[str, tuple[str, list[float], list[float], list[float]]] = {}
+    rows: dict[str, tuple[str, list[Measured]]] = {}
 
-    def record(name: str, kind: str, result: tuple[float, float, float]) -> None:
-        freeze, wall, cpu = result
-        _, freezes, walls, cpus = rows.setdefault(name, (kind, [], [], []))
-        freezes.append(freeze)
-        walls.append(wall)
-        cpus.append(cpu)
-        print(f"  {name:<52} {freeze:8.0f} ms freeze  ({wall:.2f} s, main-thread CPU "
-              f"{cpu:.0f} ms)", flush=True)
+    def record(name: str, kind: str, result: Measured) -> None:
+        rows.setdefault(name, (kind, []))[1].append(result)
+        print(f"  {name:<52} {result.freeze:8.0f} ms freeze  ({result.wall:.2f} s, "
+              f"main-thread CPU {result.cpu:.0f} ms)", flush=True)
 
     rng = np.random.default_rng(0)
     plain = rng.random(BASELINE_SHAPE, dtype=np.float32)
@@ -330,17 +371,19 @@ def run(repeat: int, seeds: int, groups: tuple[str, ...] = GROUPS
                     time.sleep(0.01)
                 beat = Heartbeat()
                 _one_run(app, beat, viewer, plain, annotation, seeds, record, groups)
+                # Reference: what any action pays when a full collection of this heap (napari,
+                # its layers and the docks, as left by the actions) falls due inside it.
+                record("interpreter: one full garbage collection (gc.collect)", "gc",
+                       measure(app, beat, lambda: gc.collect() and None, settle_s=0.1))
                 viewer.close()
                 for _ in range(20):
                     app.processEvents()
-    return [(name, kind, f, w, c) for name, (kind, f, w, c) in rows.items()]
+    return [(name, kind, runs) for name, (kind, runs) in rows.items()]
 
 
 def _one_run(app, beat, viewer, plain, annotation, seeds, record, groups) -> None:
     def fresh() -> None:
-        viewer.layers.clear()
-        for _ in range(20):
-            app.processEvents()
+        in_event_loop(app, viewer.layers.clear)
 
     record("napari: add 528x320x456 float32 image (baseline)", "baseline",
            measure(app, beat, lambda: viewer.add_image(plain) and None))
@@ -777,7 +820,7 @@ def _structures(app, beat, viewer, record, fresh) -> None:
     finally:
         os.environ["NAPARI_ALLEN_CACHE"] = folder
         if "dock" in holder:
-            viewer.window.remove_dock_widget(holder["dock"])
+            in_event_loop(app, lambda: viewer.window.remove_dock_widget(holder["dock"]))
         fresh()
 
 
@@ -795,32 +838,49 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if display is not None:
             display.stop()
-    baseline = max(statistics.median(f) for _, kind, f, _, _ in rows if kind == "baseline")
-    floor = max(statistics.median(f) for _, kind, f, _, _ in rows if kind == "floor")
-    n_runs = len(next(iter(rows))[2])
+    def freezes(runs: list[Measured]) -> list[float]:
+        return [m.freeze for m in runs]
+
+    baseline = max(statistics.median(freezes(r)) for _, kind, r in rows if kind == "baseline")
+    floor = max(statistics.median(freezes(r)) for _, kind, r in rows if kind == "floor")
+    n_runs = len(rows[0][2])
+    gc_known = not any(np.isnan(m.freeze_without_gc) for _, _, runs in rows for m in runs)
     print(f"\n{'action':<56} {'median':>7} {'worst':>6} {'/ base':>7} {'/ layer':>8} "
-          f"{'target':>10}  ok  {'CPU':>5}")
-    failed = checked = 0
-    for i, (name, kind, freezes, _, cpu) in enumerate(rows):
-        median, worst = statistics.median(freezes), max(freezes)
+          f"{'target':>10}  ok  {'CPU':>5}" + (f" {'no GC':>6}" if gc_known else ""))
+    failed = checked = docks = docks_ok_without_gc = 0
+    for i, (name, kind, runs) in enumerate(rows):
+        median, worst = statistics.median(freezes(runs)), max(freezes(runs))
         target, ok = "", True
         if kind == "open":  # against napari adding the same layers plainly (the next row)
-            twin = statistics.median(rows[i + 1][2])
+            twin = statistics.median(freezes(rows[i + 1][2]))
             target, ok = f"<= {twin:.0f}", median <= twin
         elif kind == "dock":
             target, ok = f"<= {DOCK_TARGET_MS:.0f}", worst <= DOCK_TARGET_MS
         elif kind in ("file twin", "multiscale twin"):  # reference only (see _record_open)
-            opened = statistics.median(next(r[2] for r in reversed(rows[:i]) if r[1] == "open"))
+            opened = statistics.median(freezes(next(r[2] for r in reversed(rows[:i])
+                                                    if r[1] == "open")))
             target = f"ours {opened / median:.2f}x"
         checked += kind in ("open", "dock")
         failed += not ok
         per_layer = f"{worst / floor:8.2f}" if kind == "dock" else " " * 8
-        print(f"{name:<56} {median:7.0f} {worst:6.0f} {median / baseline:7.2f} {per_layer} "
-              f"{target:>10}  {'yes' if ok else 'NO ':<3} {statistics.median(cpu):5.0f}")
+        cpu = statistics.median(m.cpu for m in runs)
+        line = (f"{name:<56} {median:7.0f} {worst:6.0f} {median / baseline:7.2f} {per_layer} "
+                f"{target:>10}  {'yes' if ok else 'NO ':<3} {cpu:5.0f}")
+        if gc_known:
+            worst_without_gc = max(m.freeze_without_gc for m in runs)
+            line += f" {worst_without_gc:6.0f}"
+            docks += kind == "dock"
+            docks_ok_without_gc += kind == "dock" and worst_without_gc <= DOCK_TARGET_MS
+        print(line)
     print(f"\n{checked - failed}/{checked} actions within target ({n_runs} run(s); dock actions "
           "judged on the worst run, opening on the median run against napari adding the same "
           "layers as plain arrays in the same runs). CPU: median main-thread CPU ms of the "
           "action and its settle time (for A/B runs on a loaded machine; not a target)")
+    if gc_known:
+        print(f"no GC: the action's worst freeze among those in which no full garbage "
+              f"collection ran (not a target: a collection of napari's heap falls due in "
+              f"whichever action allocates, see the 'full garbage collection' row); "
+              f"{docks_ok_without_gc}/{docks} dock actions within {DOCK_TARGET_MS:.0f} ms so")
     return 0
 
 
