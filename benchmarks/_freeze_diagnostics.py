@@ -13,9 +13,9 @@ around a freeze this splits the freeze into:
 
 - the X server (Xvfb) running or waiting for a CPU meanwhile (the main thread waits for its
   replies: a starved X server freezes napari however little Python runs);
-- what the main thread was doing (:class:`StackSampler`: its Python stack, sampled every 10 ms
-  while the heartbeat is late): the calls common to most samples of the freeze, outermost
-  first, so a one-off freeze can be named after the run.
+- with ``BENCH_FREEZE_STACKS`` also what the main thread was doing (:class:`StackSampler`: its
+  Python stack, sampled every 10 ms while the heartbeat is late): the calls common to most
+  samples of the freeze, outermost first, so a one-off freeze can be named after the run.
 
 What remains (the freeze minus main-thread CPU and CPU wait) is the main thread blocked: on the
 GIL, or on the X server / GL driver.
@@ -169,18 +169,25 @@ class GcLog:
         return f"; full GC {', '.join(hits)}" if hits else ""
 
 
+_NAMES: dict = {}  # code object -> its short name (a sample names each frame in one look-up)
+
+
 def _frame_name(code) -> str:
     """``folder/module:function`` of a code object (short enough to print in a chain)."""
-    parts = code.co_filename.replace("\\", "/").rsplit("/", 2)
-    where = "/".join(parts[-2:]).removesuffix(".py")
-    return f"{where}:{code.co_name}"
+    name = _NAMES.get(code)
+    if name is None:
+        parts = code.co_filename.replace("\\", "/").rsplit("/", 2)
+        where = "/".join(parts[-2:]).removesuffix(".py")
+        name = _NAMES[code] = f"{where}:{code.co_name}"
+    return name
 
 
 class StackSampler:
     """Samples the main thread's Python stack every ``interval_s`` while the heartbeat is late
-    (its last tick older than ``late_s``), from a daemon thread. Each sample costs the main
-    thread one GIL hand-over (at most the interpreter's switch interval, 5 ms), so it runs only
-    with the diagnostics."""
+    (its last tick older than ``late_s``), from a daemon thread. Each sample takes the GIL from
+    the main thread once (after at most the interpreter's switch interval, 5 ms), which
+    lengthens the freezes it samples: it runs only with ``BENCH_FREEZE_STACKS`` set, apart from
+    the timing diagnostics."""
 
     def __init__(self, last_tick: Callable[[], float | None], interval_s: float = 0.01,
                  late_s: float = 0.05) -> None:
@@ -212,16 +219,27 @@ class StackSampler:
                 frame = frame.f_back
             self.samples.append((now, tuple(reversed(stack))))
 
-    def within(self, t0: float, t1: float, share: float = 0.5, deepest: int = 6) -> str:
+    def within(self, t0: float, t1: float, share: float = 0.5, deepest: int = 4) -> str:
         """The calls on the main thread's stack in at least ``share`` of the samples taken
-        between ``t0`` and ``t1`` (the ``deepest`` innermost of them, outermost first) and the
+        between ``t0`` and ``t1`` (the ``deepest`` innermost of them, outermost first), then
+        where the samples went from there (the next call down, most frequent first) and the
         most frequent innermost call; "" without samples."""
         stacks = [stack for t, stack in self.samples if t0 < t < t1]
         if not stacks:
             return ""
+        n = len(stacks)
         counts = collections.Counter(name for stack in stacks for name in set(stack))
-        common = [name for name in max(stacks, key=len) if counts[name] >= share * len(stacks)]
-        common = list(dict.fromkeys(common))[-deepest:]
-        leaf, n = collections.Counter(stack[-1] for stack in stacks).most_common(1)[0]
-        return (f"\n        main thread ({len(stacks)} samples): {' > '.join(common)}"
-                f"; innermost {leaf} ({n}/{len(stacks)})")
+        common = list(dict.fromkeys(
+            name for name in max(stacks, key=len) if counts[name] >= share * n))
+        below: collections.Counter = collections.Counter()
+        if common:
+            for stack in stacks:
+                if common[-1] in stack:
+                    i = len(stack) - 1 - stack[::-1].index(common[-1])
+                    if i + 1 < len(stack):
+                        below[stack[i + 1]] += 1
+        leaf, k = collections.Counter(stack[-1] for stack in stacks).most_common(1)[0]
+        then = ", ".join(f"{name} ({m}/{n})" for name, m in below.most_common(3))
+        return (f"\n        main thread ({n} samples): {' > '.join(common[-deepest:])}"
+                + (f"\n          then {then}" if then else "")
+                + f"\n          innermost {leaf} ({k}/{n})")

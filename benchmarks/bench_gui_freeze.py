@@ -144,7 +144,11 @@ left is napari's:
 
 With ``BENCH_FREEZE_GAPS=1`` each action also prints its five longest gaps and, for the
 longest ones over 150 ms, what they were (``_freeze_diagnostics``: main-thread CPU, time it
-waited for a CPU, worker threads running meanwhile, full garbage collections).
+waited for a CPU, worker threads running meanwhile, full garbage collections), and the summary
+adds a "no GC" column: the action's worst freeze among those no full collection fell in. With
+``BENCH_FREEZE_STACKS=1`` as well, the main thread's Python stack is sampled during long gaps
+and the calls most samples share are printed (this lengthens the sampled freezes a little:
+name freezes with it, time them without).
 
     PYTHONPATH=src python benchmarks/bench_gui_freeze.py [--repeat N] [--seeds 400]
 """
@@ -198,8 +202,9 @@ class Heartbeat:
         if os.environ.get("BENCH_FREEZE_GAPS") and _freeze_diagnostics.available():
             self.clocks, self.gc_log = _freeze_diagnostics.ThreadClocks(), \
                 _freeze_diagnostics.GcLog()
-            self.stacks = _freeze_diagnostics.StackSampler(
-                lambda: self.ticks[-1] if self.ticks else None)
+            if os.environ.get("BENCH_FREEZE_STACKS"):  # perturbs what it samples: opt-in
+                self.stacks = _freeze_diagnostics.StackSampler(
+                    lambda: self.ticks[-1] if self.ticks else None)
             self.timer.timeout.connect(self.clocks.tick)
 
     def start(self) -> None:
@@ -207,14 +212,16 @@ class Heartbeat:
         if self.clocks is not None:
             self.clocks.clear()
             self.gc_log.__enter__()
-            self.stacks.start()
+            if self.stacks is not None:
+                self.stacks.start()
         self.timer.start()
 
     def stop(self) -> None:
         self.timer.stop()
         if self.gc_log is not None:
             self.gc_log.__exit__()
-            self.stacks.stop()
+            if self.stacks is not None:
+                self.stacks.stop()
 
     def explain_gaps(self, t0: float, t1: float, over_ms: float = 150.0, top: int = 3):
         """Lines saying what the ``top`` longest gaps over ``over_ms`` between two ticks were
@@ -226,7 +233,7 @@ class Heartbeat:
                 if t0 < ticks[i] and ticks[i + 1] < t1 and ticks[i + 1] - ticks[i] > over_ms / 1e3]
         return [f"      {1000 * gap:.0f} ms: {self.clocks.explain(i)}"
                 f"{self.gc_log.within(ticks[i], ticks[i + 1])}"
-                f"{self.stacks.within(ticks[i], ticks[i + 1])}"
+                f"{self.stacks.within(ticks[i], ticks[i + 1]) if self.stacks else ''}"
                 for gap, i in sorted(gaps, reverse=True)[:top]]
 
     def gaps_ms(self, t0: float, t1: float) -> np.ndarray:
