@@ -451,3 +451,43 @@ def test_orientation_steps_leave_overlays_someone_else_changed(make_napari_viewe
     viewer.add_layer(_volume("other"))
     qtbot.wait(100)
     assert not axes.visible
+
+
+@pytest.mark.parametrize("primed", [True, False])
+def test_a_dock_sizes_napari_activity_spinner_so_the_first_progress_bar_relayouts_nothing(
+        make_napari_viewer, qtbot, primed, monkeypatch):
+    """napari's status bar grows by a pixel when its activity spinner first plays (the first
+    progress bar of a window): the whole window, canvas included, is laid out and repainted
+    inside napari's bar creation. A plugin dock gives the spinner its size as it opens (its
+    own layout pass): then the first bar changes no widget's size, and the spinner stays
+    hidden and still until napari starts it. ``primed=False`` (the priming switched off)
+    shows the growth this prevents, so the test fails if napari's private spinner moves
+    (nothing would be primed) or stops growing (nothing left to prevent)."""
+    from napari.utils import progress
+    from qtpy.QtGui import QMovie
+
+    from napari_allen.widgets import _dock
+
+    if not primed:
+        monkeypatch.setattr(_dock, "prime_activity_indicator", lambda viewer: None)
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(900, 700)
+    viewer.add_layer(_ccf_volume("v"))
+    viewer.window.add_dock_widget(_dock.AllenDock(viewer), name="dock")
+    qtbot.wait(200)  # laid out and painted
+    spinner = window._activity_dialog._toggleButton._inProgressIndicator
+    assert spinner.isHidden()
+    assert spinner.movie().state() == QMovie.MovieState.NotRunning
+    canvas = viewer.window._qt_viewer.canvas.native
+    before = (window.statusBar().height(), canvas.size())
+    bar = progress(total=2, desc="first bar")
+    try:
+        qtbot.wait(50)
+        after = (window.statusBar().height(), canvas.size())
+    finally:
+        bar.close()
+    if primed:
+        assert after == before
+    else:
+        assert after[0] == before[0] + 1 and after[1].height() == before[1].height() - 1

@@ -16,7 +16,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_allen.widgets._common import ApiPanel
-from napari_allen.widgets._view import show_orientation_stepwise
+from napari_allen.widgets._view import prime_activity_indicator, show_orientation_stepwise
 
 if TYPE_CHECKING:
     import napari
@@ -47,6 +47,9 @@ class AllenDock(QWidget):
         self._tabbed = False
         # AP/DV/ML axes, µm scale bar, coronal slicing (overlays in later event-loop turns)
         show_orientation_stepwise(napari_viewer)
+        # napari's status-bar spinner at its final size: laid out with this dock, not
+        # inside the first task's activity bar (a repaint of the whole window there)
+        prime_activity_indicator(napari_viewer)
 
     def sizeHint(self):  # noqa: N802 - Qt override
         hint = super().sizeHint()

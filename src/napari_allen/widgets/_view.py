@@ -185,6 +185,29 @@ def _overlay_font(viewer: napari.Viewer):
     return get_font(face)  # the key napari's Text visuals use (not bold, not italic)
 
 
+def prime_activity_indicator(viewer: napari.Viewer) -> None:
+    """Give napari's activity spinner (the status bar's "in progress" movie) its final size
+    now, while a dock is being added to the window (a layout pass of its own), rather than
+    at the first progress bar of the window.
+
+    napari keeps the hidden spinner's space in the status bar, but the space of its movie
+    before the first frame is loaded: the first progress bar starts the movie, the status
+    bar grows by a pixel, and the whole window is laid out and repainted (the canvas with
+    every layer) inside napari's bar creation, whose ``processEvents`` holds the task's
+    first bar turn: 150-320 ms instead of 75-90 on this machine. Loading the first frame
+    (``QMovie.jumpToFrame(0)``; the movie stays stopped and the spinner hidden) makes that
+    growth part of the dock's own layout. The spinner is napari's private
+    ``_activity_dialog._toggleButton._inProgressIndicator`` of the window; without it
+    (another napari) nothing changes (``tests/test_widgets_view.py`` says when that
+    happens)."""
+    window = getattr(getattr(_model(viewer), "window", None), "_qt_window", None)
+    dialog = getattr(window, "_activity_dialog", None)
+    indicator = getattr(getattr(dialog, "_toggleButton", None), "_inProgressIndicator", None)
+    movie = indicator.movie() if hasattr(indicator, "movie") else None
+    if movie is not None and movie.currentFrameNumber() < 0:
+        movie.jumpToFrame(0)
+
+
 def _qt_viewer(viewer: napari.Viewer):
     """napari's private ``QtViewer`` of the viewer's window, or None (no window, another
     napari)."""
