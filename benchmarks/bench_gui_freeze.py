@@ -31,6 +31,17 @@ Files" progress bar, whatever the reader: a cost no plugin reader can avoid). Th
 stays as the issue's original reference point ("/ base"). Repeat runs (``--repeat``) matter:
 the first run of a process also pays napari's first-layer-ever costs (shader builds).
 
+A last reference row per run times one full garbage collection (``gc.collect()``) of the
+process as the actions left it: the pause any action pays when the interpreter's own
+collection of napari's heap (napari, its layers and the docks: ~250-350k objects here) falls
+due inside it, as it does after every few layers napari adds, whoever adds them. It is about
+the dock target itself on this machine (140-250 ms), so an action it lands in cannot meet the
+target whatever the plugin does; with ``BENCH_FREEZE_GAPS`` the "no GC" column shows each
+action's worst freeze among those no such collection fell in. The script drives Qt with
+``processEvents`` (no ``exec``), and runs its own steps that delete widgets (clearing the
+layers between actions, removing a dock) inside the event loop (``in_event_loop``), as a
+click's handler would: Qt then deletes them as in napari.
+
 Fairness of the "plain arrays" twin: it runs right after the open it is compared with, in the
 same viewer, so both must meet napari in the same state. Before the first timed open, each run
 adds (untimed) one tiny napari Labels and one Surface layer (``_warm_layer_types``): napari's
@@ -115,10 +126,13 @@ left is napari's:
   Qt calls made the same first insert about 3x longer;
 - the interpreter compiles the plugin's sources on every import when ``PYTHONDONTWRITEBYTECODE``
   is set (as on the development machine): ~30 ms more per first dock or sample than installed;
-- full garbage collections of the interpreter (150-400 ms with napari's ~330k objects before the
-  plugin does anything) happen at any allocation, in napari's own plain add as well; none fell
-  inside the load actions' gaps here (they come with the viewer's creation and closing), one
-  (~340 ms) inside the spatial search's longest (its 400 lines keep ~28k small objects);
+- full garbage collections of the interpreter (140-250 ms with napari's ~250-350k objects; the
+  "full garbage collection" row) happen at any allocation once enough objects survived since
+  the last one, in napari's own plain add as well: napari's layers are most of those objects
+  (~8-10k tracked objects per layer, Qt widgets and vispy visuals; the plugin's own modules
+  and docks add ~20k to the heap), so an action adding several layers (the structure meshes,
+  a mask and a mesh) is where one usually falls; the plugin builds no long-lived object
+  graphs of its own (spatial-search records keep tuples, which leave GC tracking)
 - the plugin's worker threads: run headless against a 1 ms probe thread, the load and search
   tasks hold the GIL no longer than 8 ms at a time after their first use (zlib-ng inflates
   with the GIL released, in 1 MiB steps); the docks that add layers wait until each one is
