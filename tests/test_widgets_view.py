@@ -138,6 +138,24 @@ def test_same_name_updates_in_place_and_focus_goes_to_the_last(make_napari_viewe
     assert np.array_equal(viewer.layers["vol"].data, data)
 
 
+def test_a_layer_the_user_deletes_is_not_kept_alive_by_the_dock(make_napari_viewer, qtbot,
+                                                                 runner):
+    """The runner remembers which layer it added last (to focus on that one only), weakly:
+    deleted from the viewer, the layer (its data, napari's objects) can be freed at once."""
+    import gc
+    import weakref
+
+    viewer = make_napari_viewer()
+    add_and_focus_later(viewer, runner, _volume("first"))
+    last = weakref.ref(add_and_focus_later(viewer, runner, _volume("last")))
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert last() is viewer.layers["last"]
+    viewer.layers.clear()
+    qtbot.wait(50)  # napari's deferred deletions of the layers' controls
+    gc.collect()
+    assert last() is None
+
+
 def _ccf_volume(name: str) -> Image:
     return Image(np.zeros((20, 12, 16), np.float32), name=name, scale=(100.0,) * 3,
                  units=("um",) * 3, axis_labels=("AP", "DV", "ML"))

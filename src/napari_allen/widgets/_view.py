@@ -285,7 +285,9 @@ def focus_on(viewer: napari.Viewer, point_um) -> bool:
     return True
 
 
-#: The layer each task runner added last (add_and_focus_later focuses on that one only).
+#: A weak reference to the layer each task runner added last (add_and_focus_later focuses on
+#: that one only). Weak on both sides: a layer the user deleted is not kept alive (its data
+#: and napari's ~9k objects per layer) until the dock adds another.
 _LATEST_ADDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -603,14 +605,15 @@ def add_and_focus_later(viewer: napari.Viewer, runner, layer) -> Any:
     is scanned here. Returns the layer."""
 
     def focus(added) -> None:
-        if _LATEST_ADDED.get(runner) is added:
+        latest = _LATEST_ADDED.get(runner)
+        if latest is not None and latest() is added:
             focus_on_layer_tuple(viewer, added)
 
     def shown(added) -> None:
         runner.then(focus, added, own_turn=True)
 
     added = add_in_turns(viewer, runner, layer, then=shown)
-    _LATEST_ADDED[runner] = added
+    _LATEST_ADDED[runner] = weakref.ref(added)
     return added
 
 
