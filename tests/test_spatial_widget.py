@@ -253,9 +253,34 @@ def test_dock_widget_from_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-allen", "Spatial search")
     assert isinstance(widget, SpatialSearchWidget)
-    assert widget._on_mouse in viewer.mouse_drag_callbacks
+    assert widget.mouse_callback in viewer.mouse_drag_callbacks
     widget.close_search()
-    assert widget._on_mouse not in viewer.mouse_drag_callbacks
+    assert widget.mouse_callback not in viewer.mouse_drag_callbacks
+
+
+def test_a_closed_dock_is_freed_and_stops_answering_clicks(make_napari_viewer, qtbot):
+    """napari's remove_dock_widget only unparents the dock's widget; the viewer's mouse
+    callback list must not keep it alive (a closed dock in click mode would start searches on
+    every click)."""
+    import gc
+    import weakref
+
+    viewer = make_napari_viewer()
+    before = list(viewer.mouse_drag_callbacks)
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-allen", "Spatial search")
+    widget.click_button.setChecked(True)
+    callback, ref = widget.mouse_callback, weakref.ref(widget)
+    press = SimpleNamespace(type="mouse_press", position=(5000.0, 3500.0, 7500.0), button=1)
+    drag = callback(viewer, press)
+    next(drag)  # a live dock follows the press (its click-or-drag generator)
+    drag.close()
+    viewer.window.remove_dock_widget(dock)
+    del dock, widget
+    qtbot.wait(50)
+    gc.collect()
+    assert ref() is None
+    assert viewer.mouse_drag_callbacks == before
+    assert list(callback(viewer, press)) == []  # a stale reference elsewhere: nothing
 
 
 def test_dock_from_the_manifest_updates_its_layers_in_place(make_napari_viewer, allen_api,

@@ -23,6 +23,7 @@ spatial-search [--at AP DV ML]``).
 from __future__ import annotations
 
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -120,10 +121,14 @@ class SpatialSearchWidget(AllenDock):
         layout.addWidget(self.summary)
         layout.addStretch(1)
 
-        self.viewer.mouse_drag_callbacks.append(self._on_mouse)
-        # A closure, not a method: the slot must not need this (dying) widget.
-        callbacks, callback = self.viewer.mouse_drag_callbacks, self._on_mouse
-        self.destroyed.connect(lambda *_: callback in callbacks and callbacks.remove(callback))
+        # napari keeps its mouse callbacks strongly, and closing a dock only unparents this
+        # widget (napari's remove_dock_widget): a bound method there kept a closed dock alive
+        # and still answering clicks. The viewer holds a callback that refers to the widget
+        # weakly, and drops it when the widget goes.
+        self.mouse_callback = _weak_mouse_callback(self)
+        self.viewer.mouse_drag_callbacks.append(self.mouse_callback)
+        weakref.finalize(self, _remove_callback, self.viewer.mouse_drag_callbacks,
+                         self.mouse_callback)
 
     # --- experiment search ----------------------------------------------------------------
     def run(self) -> None:
@@ -311,8 +316,7 @@ class SpatialSearchWidget(AllenDock):
     def close_search(self) -> None:
         """Cancel any running task and stop listening to clicks."""
         self.runner.cancel()
-        if self._on_mouse in self.viewer.mouse_drag_callbacks:
-            self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
+        _remove_callback(self.viewer.mouse_drag_callbacks, self.mouse_callback)
 
     # --- saving ---------------------------------------------------------------------------
     def add_structure_meshes(self) -> None:
@@ -354,3 +358,22 @@ class SpatialSearchWidget(AllenDock):
                          metadata=self.last_result["metadata"])
         self.summary.setText(f"saved {path}")
         return str(path)
+
+
+def _weak_mouse_callback(widget: SpatialSearchWidget):
+    """napari mouse-drag callback running ``widget._on_mouse`` while the widget lives (a
+    generator function, as napari drives drags); nothing once it is gone."""
+    ref = weakref.ref(widget)
+
+    def on_mouse(viewer: Any, event: Any):
+        live = ref()
+        if live is None:
+            return
+        yield from live._on_mouse(viewer, event)
+
+    return on_mouse
+
+
+def _remove_callback(callbacks: list, callback) -> None:
+    if callback in callbacks:
+        callbacks.remove(callback)
