@@ -65,6 +65,12 @@ def test_demo_screenshot_shows_the_brain_outline(tmp_path):
             QApplication.processEvents()
         outline = viewer.layers["brain outline (CCFv3)"]
         assert viewer.dims.ndisplay == 3
+        # The screenshot waits for the docks' deferred steps: the Structures tree is filled.
+        from napari_allen._demo import _settle
+
+        _settle()
+        structures = demo.docks["Structures"][1]
+        assert structures.tree.topLevelItemCount() == 1  # root (0 until the tree's turn)
         names = {layer.name for layer in viewer.layers}
         assert {"VPM mesh", "spatial search 158375425 lines"} <= names
         others = [layer for layer in viewer.layers if layer is not outline and layer.visible]

@@ -126,10 +126,26 @@ def _save_small(source: Path, target: Path, width: int = README_WIDTH,
     return target
 
 
-def _settle(n: int = 30) -> None:
+#: The event loop runs at least this long per settle (s): the docks' deferred steps (the
+#: Structures tree, the orientation overlays) start from timers of 30-60 ms.
+SETTLE_MIN_S = 0.25
+
+
+def _settle(n: int = 30, timeout_s: float = 10.0) -> None:
+    """Run the event loop until the plugin's queued main-thread steps have all run (for at
+    least :data:`SETTLE_MIN_S`, so their timers fire), then ``n`` more passes for Qt to lay
+    out the docks and vispy to draw before grabbing."""
     from qtpy.QtWidgets import QApplication
 
-    for _ in range(n):  # let Qt lay out the docks and vispy draw before grabbing
+    from napari_allen.widgets._tasks import deliveries_idle
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        QApplication.processEvents()
+        if time.monotonic() - start >= SETTLE_MIN_S and deliveries_idle():
+            break
+        time.sleep(0.005)
+    for _ in range(n):
         QApplication.processEvents()
 
 

@@ -141,6 +141,12 @@ class _Deliveries:
 _deliveries = _Deliveries()
 
 
+def deliveries_idle() -> bool:
+    """True when the plugin-wide queue holds no main-thread step and no drain is scheduled
+    (scripts driving the event loop, e.g. the demo's screenshot, wait for this)."""
+    return not _deliveries.queue and not _deliveries.scheduled
+
+
 def run_in_turns(steps: list[Callable[[], Any]], delay_ms: int = 0) -> None:
     """Run ``steps`` on the main thread through the plugin-wide delivery queue, one per
     event-loop turn (each ``own_turn``, the next queued when the previous one has run), the
