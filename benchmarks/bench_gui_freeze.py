@@ -250,10 +250,13 @@ class Heartbeat:
                 f"{self.stacks.within(ticks[i], ticks[i + 1]) if self.stacks else ''}"
                 for gap, i in sorted(gaps, reverse=True)[:top]]
 
+    def _ticks_within(self, t0: float, t1: float) -> list[float]:
+        """The ticks in ``[t0, t1]``, the window ends counted as ticks."""
+        return [t0] + [t for t in self.ticks if t0 < t < t1] + [t1]
+
     def gaps_ms(self, t0: float, t1: float) -> np.ndarray:
         """Intervals without a tick in ``[t0, t1]`` (the window ends count as ticks), ms."""
-        ticks = [t0] + [t for t in self.ticks if t0 < t < t1] + [t1]
-        return 1000.0 * np.diff(ticks)
+        return 1000.0 * np.diff(self._ticks_within(t0, t1))
 
     def longest_gap_ms(self, t0: float, t1: float) -> float:
         return float(np.max(self.gaps_ms(t0, t1)))
@@ -264,7 +267,7 @@ class Heartbeat:
         each here) land in whichever action allocates when they fall due."""
         if self.gc_log is None:
             return float("nan")
-        ticks = [t0] + [t for t in self.ticks if t0 < t < t1] + [t1]
+        ticks = self._ticks_within(t0, t1)
         free = [1000.0 * (b - a) for a, b in zip(ticks[:-1], ticks[1:], strict=True)
                 if not self.gc_log.overlaps(a, b)]
         return max(free, default=0.0)

@@ -200,18 +200,22 @@ def prime_activity_indicator(viewer: napari.Viewer) -> None:
     ``_activity_dialog._toggleButton._inProgressIndicator`` of the window; without it
     (another napari) nothing changes (``tests/test_widgets_view.py`` says when that
     happens)."""
-    window = getattr(getattr(_model(viewer), "window", None), "_qt_window", None)
-    dialog = getattr(window, "_activity_dialog", None)
+    dialog = getattr(getattr(_window(viewer), "_qt_window", None), "_activity_dialog", None)
     indicator = getattr(getattr(dialog, "_toggleButton", None), "_inProgressIndicator", None)
     movie = indicator.movie() if hasattr(indicator, "movie") else None
     if movie is not None and movie.currentFrameNumber() < 0:
         movie.jumpToFrame(0)
 
 
+def _window(viewer: napari.Viewer):
+    """napari's ``Window`` of the viewer, or None (a viewer without one)."""
+    return getattr(_model(viewer), "window", None)
+
+
 def _qt_viewer(viewer: napari.Viewer):
     """napari's private ``QtViewer`` of the viewer's window, or None (no window, another
     napari)."""
-    return getattr(getattr(_model(viewer), "window", None), "_qt_viewer", None)
+    return getattr(_window(viewer), "_qt_viewer", None)
 
 
 def _qt_canvas(viewer: napari.Viewer):

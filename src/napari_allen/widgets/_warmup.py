@@ -24,8 +24,7 @@ logger = logging.getLogger(__name__)
 #: first paint and overlay steps come first.
 WARM_AFTER_MS = 1000
 
-_LOCK = threading.Lock()
-_state = {"scheduled": False}
+_state = {"scheduled": False}  # docks open on napari's main thread: no lock needed
 #: Set when the warm-up has run (tests wait on it).
 warmed = threading.Event()
 
@@ -35,10 +34,9 @@ def warm_labels_later() -> None:
     do nothing)."""
     from qtpy.QtCore import QTimer
 
-    with _LOCK:
-        if _state["scheduled"]:
-            return
-        _state["scheduled"] = True
+    if _state["scheduled"]:
+        return
+    _state["scheduled"] = True
 
     def start() -> None:
         threading.Thread(target=warm_labels, name="napari-allen-warm-labels",
