@@ -41,6 +41,7 @@ from napari_allen.widgets._common import (
     shared_client,
 )
 from napari_allen.widgets._dock import AllenDock
+from napari_allen.widgets._removal import remove_layers
 from napari_allen.widgets._tasks import TaskRunner
 from napari_allen.widgets._view import add_in_turns
 from napari_allen.widgets.spatial_form import SpatialSearchForm
@@ -69,10 +70,9 @@ def _show_all(runner: TaskRunner, viewer: napari.Viewer, layer_tuples: list, pre
     kept = {layer_name(t) for t in layer_tuples}
 
     def remove_stale() -> None:
-        for suffix in _SUFFIXES:
-            for stale in (f"{prefix} {suffix}", f"{prefix} {suffix} ({PARTIAL})"):
-                if stale not in kept and stale in viewer.layers:
-                    viewer.layers.remove(stale)
+        names = [f"{prefix} {suffix}{tail}" for suffix in _SUFFIXES
+                 for tail in ("", f" ({PARTIAL})")]
+        remove_layers(viewer, [name for name in names if name not in kept])
         if then is not None:
             then()
 

@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
 from napari_allen.atlas.ontology import ROOT_ID, Ontology, hex_to_rgb
 from napari_allen.widgets._common import shared_client
 from napari_allen.widgets._dock import AllenDock
+from napari_allen.widgets._removal import remove_layers
 from napari_allen.widgets._tasks import TaskRunner, run_in_turns
 from napari_allen.widgets._view import add_in_turns, show_orientation
 
@@ -114,6 +115,7 @@ class StructuresWidget(AllenDock):
         self._pending: list[int] = []
         self._dropped: set[int] = set()  # unticked while their mesh was being built or added
         self._adding: dict[int, int] = {}  # structure id -> its layers still being added
+        self._removals: list[str] | None = None  # layer names to remove at once (untick_all)
         self._warm_worker = None  # the worker opening the 25 µm annotation, while it runs
         self._annotation_error = ""
 
@@ -258,8 +260,15 @@ class StructuresWidget(AllenDock):
                 if item.checkState(0) == Qt.CheckState.Checked]
 
     def untick_all(self) -> None:
-        for sid in self.checked_ids():
-            self.set_checked(sid, False)
+        """Untick every ticked structure; their layers go in one napari batch (one garbage
+        collection of napari's, not one per layer: ``_removal``)."""
+        self._removals = []
+        try:
+            for sid in self.checked_ids():
+                self.set_checked(sid, False)
+        finally:
+            names, self._removals = self._removals, None
+            remove_layers(self.viewer, names)
 
     def _on_item_changed(self, item: QTreeWidgetItem, column: int) -> None:
         if column != 0:
@@ -334,8 +343,7 @@ class StructuresWidget(AllenDock):
         if sid in self._dropped:
             if not left:
                 self._dropped.discard(sid)
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
+            remove_layers(self.viewer, [layer])
             return
         fallback = layer.metadata.get("fallback")
         if fallback:
@@ -352,9 +360,11 @@ class StructuresWidget(AllenDock):
         if sid in self._adding:  # its layers are being added: removed when they are in
             self._dropped.add(sid)
         acronym = self.ontology.acronym(sid)
-        for name in (mesh_layer_name(acronym), mask_layer_name(acronym)):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
+        names = [mesh_layer_name(acronym), mask_layer_name(acronym)]
+        if self._removals is not None:
+            self._removals.extend(names)
+        else:
+            remove_layers(self.viewer, names)
 
     def _on_layer_removed(self, event) -> None:
         """A mesh layer deleted in the layer list unticks its structure."""
