@@ -63,3 +63,35 @@ def layer_build_threads(monkeypatch) -> list[tuple[str, bool]]:
 
     monkeypatch.setattr(prebuilt, "build_layer", spy)
     return threads
+
+
+@pytest.fixture
+def runner(qtbot):
+    """A dock's task runner (``widgets._tasks.TaskRunner``) on a throw-away parent widget."""
+    from qtpy.QtWidgets import QWidget
+
+    from napari_allen.widgets._tasks import TaskRunner
+
+    parent = QWidget()
+    qtbot.addWidget(parent)  # pytest-qt keeps only a weak reference
+    runner = TaskRunner(parent)
+    runner.test_parent = parent
+    yield runner
+    runner.cancel()
+
+
+@pytest.fixture
+def collections(monkeypatch) -> list[int]:
+    """One entry per ``gc.collect()`` call during the test (napari's canvas asks for a full
+    collection after every layer removal outside a batch)."""
+    import gc
+
+    calls: list[int] = []
+    real = gc.collect
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gc, "collect", counting)
+    return calls

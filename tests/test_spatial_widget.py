@@ -169,7 +169,7 @@ def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
     shown: list[int] = []
 
     def spying(original):
-        def spy(viewer, layer):
+        def spy(viewer, layer, *rest):
             from napari.layers import Shapes, Vectors
 
             # Lines layers are never constructed on the main thread: they arrive ready-built
@@ -184,14 +184,14 @@ def test_lines_appear_while_the_search_runs(widget, qtbot, monkeypatch):
             elif isinstance(layer, (Shapes, Vectors)):
                 shown.append((type(layer).__name__,
                               int(layer.features["record_index"].nunique())))
-            return original(viewer, layer)
+            return original(viewer, layer, *rest)
         return spy
 
     from napari_allen.widgets import _common, _view
 
     # Everything goes through _view.add_in_turns: partial arrays update the layer shown with
-    # add_layer_tuple, ready layers are inserted by _insert_unselected.
-    monkeypatch.setattr(_common, "add_layer_tuple", spying(_common.add_layer_tuple))
+    # update_same_named, ready layers are inserted by _insert_unselected.
+    monkeypatch.setattr(_common, "update_same_named", spying(_common.update_same_named))
     monkeypatch.setattr(_view, "_insert_unselected", spying(_view._insert_unselected))
     widget.form.seed_cap.setValue(6)
     widget.form.skip_fibers.setChecked(False)

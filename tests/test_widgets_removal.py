@@ -2,25 +2,8 @@
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 import pytest
-
-
-@pytest.fixture
-def collections(monkeypatch) -> list[int]:
-    """Counts full collections asked for with ``gc.collect()`` (napari's canvas does one
-    after every layer removal outside a batch)."""
-    calls: list[int] = []
-    real = gc.collect
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(gc, "collect", counting)
-    return calls
 
 
 def _add(viewer, names):

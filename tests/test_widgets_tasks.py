@@ -5,21 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-from qtpy.QtWidgets import QWidget
-
 from napari_allen.progress import Progress
 from napari_allen.widgets._tasks import TaskRunner
-
-
-@pytest.fixture
-def runner(qtbot):
-    parent = QWidget()
-    qtbot.addWidget(parent)  # pytest-qt keeps only a weak reference
-    runner = TaskRunner(parent)
-    runner.test_parent = parent
-    yield runner
-    runner.cancel()
 
 
 def test_results_progress_and_partials_arrive_on_main_thread(qtbot, runner):

@@ -11,9 +11,8 @@ import pytest
 from napari.layers import Image
 from napari.utils._proxies import PublicOnlyProxy
 from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QWidget
 
-from napari_allen.widgets._tasks import TaskRunner, run_in_turns
+from napari_allen.widgets._tasks import run_in_turns
 from napari_allen.widgets._view import (
     GLYPHS_PER_TURN,
     OVERLAY_GLYPHS,
@@ -25,16 +24,6 @@ from napari_allen.widgets._view import (
     add_in_turns,
     show_orientation_stepwise,
 )
-
-
-@pytest.fixture
-def runner(qtbot):
-    parent = QWidget()
-    qtbot.addWidget(parent)
-    runner = TaskRunner(parent)
-    runner.test_parent = parent
-    yield runner
-    runner.cancel()
 
 
 def _volume(name: str, shape=(20, 12, 16), scale=(100.0, 100.0, 100.0)) -> Image:

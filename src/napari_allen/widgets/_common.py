@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from napari_allen.api.client import AllenClient
 
 __all__ = ["DataFrameTable", "TableData", "table_data", "shared_client", "set_api_url",
-           "reset_shared_client", "add_layer_tuple", "find_annotation_layer",
+           "reset_shared_client", "add_layer_tuple", "update_same_named", "find_annotation_layer",
            "grid_annotation_layer", "show_grid_annotation",
            "WrappingLabel", "ApiPanel", "cursor_position_um"]
 
@@ -97,40 +97,67 @@ def reset_shared_client() -> None:
 def add_layer_tuple(viewer: napari.Viewer, layer_tuple: Any) -> Any:
     """Add ``(data, kwargs, layer_type)`` or a ready napari layer (built in a worker by
     :func:`napari_allen.layers.prebuilt.build_layer`) to ``viewer``. A same-named layer of the
-    same type is updated instead of piling up duplicates: a ready layer replaces it at the same
-    position (nothing is recomputed here), a tuple's data go into it. Returns the layer. Main
-    thread only."""
+    same type is updated instead of piling up duplicates (:func:`update_same_named`); a ready
+    Shapes layer, or one napari cannot update in place, replaces it at the same position
+    (nothing is recomputed here). Returns the layer. Main thread only."""
     from napari.layers import Layer
 
-    from napari_allen.layers.prebuilt import layer_type_name
-
+    updated = update_same_named(viewer, layer_tuple)
+    if updated is not None:
+        return updated
     if isinstance(layer_tuple, Layer):
         return _replace_or_add(viewer, layer_tuple)
-    data, kwargs, layer_type = (tuple(layer_tuple) + ({}, "image"))[:3]
-    kwargs = dict(kwargs or {})
-    name = kwargs.get("name")
-    if name is not None and name in viewer.layers:
-        existing = viewer.layers[name]
-        if layer_type_name(existing) == layer_type:
-            existing.data = data
-            if "metadata" in kwargs:
-                existing.metadata = kwargs["metadata"]
-            if "features" in kwargs and hasattr(existing, "features"):
-                existing.features = kwargs["features"]
-            # Per-item colours must follow the new items (a Shapes/Points/Vectors layer would
-            # otherwise colour new lines or points with its old colours).
-            for key in ("edge_color", "face_color"):
-                value = kwargs.get(key)
-                if isinstance(value, np.ndarray) and hasattr(existing, key):
-                    setattr(existing, key, value)
-            return existing
+    data, kwargs, layer_type = _unpack(layer_tuple)
     layer = Layer.create(data, kwargs, layer_type)
     viewer.add_layer(layer)
     return layer
 
 
-#: Ready layers of these types refresh a same-named layer in place (see _replace_or_add).
-_UPDATED_IN_PLACE = frozenset({"vectors", "points"})
+def update_same_named(viewer: napari.Viewer, layer_tuple: Any) -> Any:
+    """The same-named layer of the same type in ``viewer``, updated in place to show
+    ``layer_tuple`` (a LayerDataTuple or a ready layer), or None when there is none or it
+    has to be replaced (see :func:`add_layer_tuple`). In place, napari neither removes a layer
+    (which it ends with a full ``gc.collect()``) nor builds one.
+
+    - a tuple's data, metadata, features and per-item colours go into the layer (partial
+      results refreshing the layer shown);
+    - a ready layer gives it its data and every setting napari records (``_in_place``),
+      except a Shapes layer: napari's Shapes data setter triangulates every path on the main
+      thread, where the ready layer brings them triangulated in the worker."""
+    from napari.layers import Layer
+
+    from napari_allen.layers.prebuilt import layer_type_name
+    from napari_allen.widgets._in_place import update_in_place
+
+    name = layer_name(layer_tuple)
+    if name is None or name not in viewer.layers:
+        return None
+    existing = viewer.layers[name]
+    kind = layer_type_name(existing)
+    if isinstance(layer_tuple, Layer):
+        if layer_type_name(layer_tuple) != kind or kind == "shapes":
+            return None
+        return existing if update_in_place(existing, layer_tuple) else None
+    data, kwargs, layer_type = _unpack(layer_tuple)
+    if layer_type != kind:
+        return None
+    existing.data = data
+    if "metadata" in kwargs:
+        existing.metadata = kwargs["metadata"]
+    if "features" in kwargs and hasattr(existing, "features"):
+        existing.features = kwargs["features"]
+    # Per-item colours must follow the new items (a Shapes/Points/Vectors layer would
+    # otherwise colour new lines or points with its old colours).
+    for key in ("edge_color", "face_color"):
+        value = kwargs.get(key)
+        if isinstance(value, np.ndarray) and hasattr(existing, key):
+            setattr(existing, key, value)
+    return existing
+
+
+def _unpack(layer_tuple: Any) -> tuple[Any, dict, str]:
+    data, kwargs, layer_type = (tuple(layer_tuple) + ({}, "image"))[:3]
+    return data, dict(kwargs or {}), layer_type
 
 
 def _replace_or_add(viewer: napari.Viewer, layer: Any) -> Any:
@@ -139,18 +166,7 @@ def _replace_or_add(viewer: napari.Viewer, layer: Any) -> Any:
 
     if layer.name in viewer.layers:
         existing = viewer.layers[layer.name]
-        kind = layer_type_name(layer)
-        if layer_type_name(existing) == kind and kind in _UPDATED_IN_PLACE:
-            # Cheap to refresh (vectorised meshes), and removing a layer makes napari run a
-            # full gc.collect() (seconds with a large heap): update the data instead.
-            existing.data = layer.data
-            existing.metadata = layer.metadata
-            existing.features = layer.features
-            for key in ("edge_color", "face_color"):
-                if hasattr(layer, key) and hasattr(existing, key):
-                    setattr(existing, key, np.asarray(getattr(layer, key)))
-            return existing
-        if layer_type_name(existing) == kind:
+        if layer_type_name(existing) == layer_type_name(layer):
             index = viewer.layers.index(existing)
             viewer.layers.remove(existing)
             viewer.layers.insert(index, layer)

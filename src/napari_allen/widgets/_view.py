@@ -323,19 +323,29 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
 
     Steps 2-4 run even if the task is cancelled meanwhile: the user ends with the layer
     visible and selected, as napari's own ``add_layer`` leaves it. A layer whose name is
-    already in the viewer is updated or replaced in one step (:func:`add_layer_tuple`).
-    Returns the layer (in the viewer from step 2 on)."""
+    already in the viewer shows the new content in place, in one step
+    (:func:`~napari_allen.widgets._common.update_same_named`); a ready layer that has to
+    replace it instead (a Shapes layer) is inserted at its position by the steps above, after
+    a turn of its own that removes the old one (napari ends a removal with a full garbage
+    collection). Returns the layer (in the viewer from step 2 on)."""
     from napari.layers import Layer
 
-    from napari_allen.layers.prebuilt import build_layer
-    from napari_allen.widgets._common import add_layer_tuple, layer_name
+    from napari_allen.layers.prebuilt import build_layer, layer_type_name
+    from napari_allen.widgets._common import add_layer_tuple, layer_name, update_same_named
 
     name = layer_name(item)
+    replaced = None
     if name is not None and name in viewer.layers:
-        layer = add_layer_tuple(viewer, item)
-        if then is not None:
-            then(layer)
-        return layer
+        layer = update_same_named(viewer, item)
+        existing = viewer.layers[name]
+        if layer is None and not (isinstance(item, Layer)
+                                  and layer_type_name(existing) == layer_type_name(item)):
+            layer = add_layer_tuple(viewer, item)  # another type: napari renames the new one
+        if layer is not None:
+            if then is not None:
+                then(layer)
+            return layer
+        replaced = existing
     layer = item if isinstance(item, Layer) else build_layer(item)
     visible = layer.visible
     model = _model(viewer)
@@ -343,6 +353,15 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
 
     def later(fn: Callable, *args) -> None:
         runner.then(fn, *args, own_turn=True, even_if_cancelled=True)
+
+    place: list[int | None] = [None]  # where the replaced layer was
+
+    def remove_replaced() -> None:
+        from napari_allen.widgets._removal import remove_layers
+
+        if replaced in viewer.layers:
+            place[0] = viewer.layers.index(replaced)
+            remove_layers(viewer, [replaced])
 
     def insert() -> None:
         if layer.name in viewer.layers:  # a same-named one came first meanwhile
@@ -353,7 +372,7 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
         layer.visible = False
         order = viewer.dims.order
         _hold_canvas_paint(viewer)  # a hidden layer: nothing to draw yet
-        _insert_unselected(viewer, layer)
+        _insert_unselected(viewer, layer, place[0])
         if order_held[0] and viewer.dims.order == order:
             later(emit_order, order)
         later(select)
@@ -387,6 +406,8 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
     # All steps up to the insert are queued now, in order (the queue is FIFO): layers added
     # together are inserted in the order given, and a layer's dims steps run after the
     # inserts of the layers queued before it (they decide then what is left to prepare).
+    if replaced is not None:
+        later(remove_replaced)
     if viewer.dims.ndim < layer.ndim:
         later(grow)
         later(_prepare_range, viewer, layer)
@@ -581,22 +602,29 @@ def _prepare_axis_labels(viewer: napari.Viewer, layer) -> None:
         viewer.dims.axis_labels = labels
 
 
-def _insert_unselected(viewer: napari.Viewer, layer) -> None:
-    """``viewer.add_layer(layer)`` without napari selecting it in the same turn.
+def _insert_unselected(viewer: napari.Viewer, layer, index: int | None = None) -> None:
+    """``viewer.add_layer(layer)`` (or, given an ``index``, ``viewer.layers.insert``) without
+    napari selecting it in the same turn.
 
     napari's layer list selects every inserted layer unless its ``_activate_on_insert`` is
     off: private, so it is switched off on the list itself (plugins get the viewer through
     napari's ``PublicOnlyProxy``, a ``wrapt`` proxy whose ``__wrapped__`` is the object)
     for this one insert only. Without that attribute (another napari) the layer is inserted
     and selected as napari does; ``tests/test_widgets_view.py`` says when that happens."""
+    def add() -> None:
+        if index is None or index > len(viewer.layers):
+            viewer.add_layer(layer)
+        else:
+            viewer.layers.insert(index, layer)
+
     layers = getattr(viewer.layers, "__wrapped__", viewer.layers)
     previous = vars(layers).get("_activate_on_insert")
     if previous is None:
-        viewer.add_layer(layer)
+        add()
         return
     layers._activate_on_insert = False
     try:
-        viewer.add_layer(layer)
+        add()
     finally:
         layers._activate_on_insert = previous
 
