@@ -44,8 +44,8 @@ def _pairs():
                    metadata={"structure": "VPM"}))
     yield (Vectors(rng.random((3, 2, 3)), name="x"),
            Vectors(rng.random((7, 2, 3)), name="x", edge_width=3.0,
-                   features=pd.DataFrame({"record_index": np.arange(7)}),
-                   edge_color="record_index", edge_colormap="turbo"))
+                   features=pd.DataFrame({"density": np.linspace(0.0, 1.0, 7)}),
+                   edge_color="density", edge_colormap="turbo"))
     yield (Points(rng.random((3, 3)), name="x"),
            Points(rng.random((9, 3)) * 5, name="x", size=4, face_color="red",
                   features=pd.DataFrame({"n": np.arange(9)})))
