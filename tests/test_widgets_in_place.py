@@ -170,3 +170,22 @@ def test_a_shapes_result_replaces_the_layer_in_turns_at_its_place(make_napari_vi
     ((step, tick, old_still_there, collected),) = turns
     assert not old_still_there and collected == 1  # removed (one collection) before...
     assert tick > 0  # ...in an earlier turn than the insert
+
+
+def test_the_limits_are_the_new_layers_even_if_setting_the_data_resets_them(monkeypatch):
+    """Set last, even when they were equal before: a napari whose data setter resets the
+    contrast limits (as 0.9.2's does not) still ends with the new layer's."""
+    shown = Image(np.linspace(0, 1, 60, dtype=np.float32).reshape(3, 4, 5), name="x",
+                  contrast_limits=(0.0, 1.0))
+    new = Image(np.linspace(0, 5, 60, dtype=np.float32).reshape(3, 4, 5), name="x",
+                contrast_limits=(0.0, 1.0))
+    original = Image.data
+
+    def resetting(self, value):
+        original.fset(self, value)
+        self.contrast_limits = (0.0, 5.0)
+
+    monkeypatch.setattr(Image, "data", property(original.fget, resetting))
+    assert update_in_place(shown, new)
+    np.testing.assert_allclose(shown.contrast_limits, (0.0, 1.0))
+    np.testing.assert_allclose(shown.contrast_limits_range, new.contrast_limits_range)

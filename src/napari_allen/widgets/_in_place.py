@@ -17,7 +17,8 @@ import numpy as np
 _NOT_SET = frozenset({"name", "properties"})
 #: Not in napari's state but part of what a new layer shows (the limits slider's extent).
 _EXTRA = ("contrast_limits_range",)
-#: Set after the rest, in this order: the data (and the colormap) may reset them.
+#: Set after the rest, in this order, even if equal before: setting the data (or the
+#: colormap) may reset them.
 _LAST = ("contrast_limits_range", "contrast_limits")
 
 
@@ -38,7 +39,7 @@ def update_in_place(existing: Any, new: Any) -> bool:
             state[key], current[key] = getattr(new, key), getattr(existing, key)
     changed = []
     for key, value in state.items():
-        if key in _NOT_SET or _equal(value, current.get(key)):
+        if key in _NOT_SET or (key not in _LAST and _equal(value, current.get(key))):
             continue
         if not _settable(cls, key):
             return False
