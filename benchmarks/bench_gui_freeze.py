@@ -141,9 +141,9 @@ left is napari's:
   setter would redo on the main thread) replaces its layer, the removal in a turn of its own;
 - removing layers: napari ends every removal outside a batch with a full ``gc.collect()``;
   the docks remove several layers in one batch (``widgets/_removal``: the Structures dock's
-  Clear and untick, the spatial search's stale layers), so "Clear" of three layers pays one
-  collection instead of three (~610 -> ~270 ms here); left is that one collection and napari's
-  removal of each layer (its vispy node and controls) in the same turn
+  "Untick all" and untick, the spatial search's stale layers), so "Untick all" of three
+  layers pays one collection instead of three (~610 -> ~270 ms here); left is that one
+  collection and napari's removal of each layer (its vispy node and controls) in the same turn
 - the plugin's worker threads: run headless against a 1 ms probe thread, the load and search
   tasks hold the GIL no longer than 8 ms at a time after their first use (zlib-ng inflates
   with the GIL released, in 1 MiB steps); the docks that add layers wait until each one is
@@ -772,7 +772,7 @@ def _structures(app, beat, viewer, record, fresh) -> None:
     already open: adding it (the ontology tree), typing a search one key at a time, clearing
     it, the first cursor moves (the 25 µm annotation is decoded on the first look-up in a
     fresh cache; until the row names the structure), the CCF reference, ticking a structure
-    (annotation index and mesh computed), ticking one with its mask, and "Clear" (all three
+    (annotation index and mesh computed), ticking one with its mask, and "Untick all" (all three
     layers removed)."""
     from qtpy.QtCore import Qt, QTimer
     from qtpy.QtTest import QTest
@@ -864,7 +864,7 @@ def _structures(app, beat, viewer, record, fresh) -> None:
             w.clear_button.click()
             return lambda: not any(name in viewer.layers
                                    for name in ("VPM mesh", "LGd mesh", "LGd mask"))
-        record("Structures: Clear (VPM mesh, LGd mesh + mask)", "dock",
+        record('Structures: "Untick all" (VPM mesh, LGd mesh + mask)', "dock",
                measure(app, beat, clear))
     finally:
         os.environ["NAPARI_ALLEN_CACHE"] = folder

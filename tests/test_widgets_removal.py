@@ -29,10 +29,9 @@ def test_remove_layers_removes_in_one_batch(make_napari_viewer, collections):
 
 
 @pytest.mark.parametrize("from_manifest", [False, True])
-def test_structures_clear_removes_every_layer_in_one_batch(make_napari_viewer, qtbot,
-                                                           collections, tmp_path,
-                                                           monkeypatch, from_manifest):
-    """"Clear" unticks every structure and removes all their meshes and masks with one
+def test_structures_untick_all_removes_every_layer_in_one_batch(
+        make_napari_viewer, qtbot, collections, tmp_path, monkeypatch, from_manifest):
+    """"Untick all" unticks every structure and removes all their meshes and masks with one
     collection; a single untick removes its mesh and mask with one. Also as napari opens
     the dock (its viewer then a ``PublicOnlyProxy``)."""
     from qtpy.QtCore import Qt
