@@ -336,16 +336,17 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
     name = layer_name(item)
     replaced = None
     if name is not None and name in viewer.layers:
-        layer = update_same_named(viewer, item)
         existing = viewer.layers[name]
-        if layer is None and not (isinstance(item, Layer)
-                                  and layer_type_name(existing) == layer_type_name(item)):
-            layer = add_layer_tuple(viewer, item)  # another type: napari renames the new one
-        if layer is not None:
+        layer = update_same_named(viewer, item)
+        if layer is None and isinstance(item, Layer) \
+                and layer_type_name(existing) == layer_type_name(item):
+            replaced = existing  # replaced in the turns below
+        else:
+            if layer is None:  # another type: napari adds it under a new name
+                layer = add_layer_tuple(viewer, item)
             if then is not None:
                 then(layer)
             return layer
-        replaced = existing
     layer = item if isinstance(item, Layer) else build_layer(item)
     visible = layer.visible
     model = _model(viewer)
