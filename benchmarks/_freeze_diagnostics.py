@@ -1,9 +1,9 @@
 """Where did a GUI freeze go? Per-thread CPU clocks and full garbage collections, for
 ``bench_gui_freeze.py``'s ``BENCH_FREEZE_GAPS`` diagnostics (Linux only: ``/proc``).
 
-At every heartbeat tick :class:`ThreadClocks` reads each thread's CPU time and its time spent
-runnable but waiting for a CPU (``/proc/self/task/<tid>/schedstat``, ns). Between the two ticks
-around a freeze this splits the freeze into:
+A process of its own (:class:`ThreadClocks`) samples each thread's CPU time and its time spent
+runnable but waiting for a CPU (``/proc/<pid>/task/<tid>/schedstat``, ns) every 10 ms. Between
+the samples around a freeze this splits the freeze into:
 
 - napari's main thread running (Python or Qt/GL work of its own);
 - the main thread waiting for a CPU (other processes, or Mesa's llvmpipe threads, on 2 cores);
@@ -33,21 +33,25 @@ from collections.abc import Callable
 
 _TASKS = "/proc/self/task"
 
+#: How often the sampler process reads the clocks (s).
+SAMPLE_EVERY_S = 0.01
+
 
 def available() -> bool:
     return os.path.isdir(_TASKS)
 
 
-def _read_clocks() -> dict[int, tuple[float, float]]:
-    """``{native thread id: (CPU s, runqueue wait s)}`` of this process's threads."""
+def _read_clocks(pid: int | str = "self") -> dict[int, tuple[int, int]]:
+    """``{native thread id: (CPU ns, runqueue wait ns)}`` of the threads of process ``pid``."""
+    tasks = f"/proc/{pid}/task"
     out = {}
-    for tid in os.listdir(_TASKS):
+    for tid in os.listdir(tasks):
         try:
-            with open(f"{_TASKS}/{tid}/schedstat") as fh:
+            with open(f"{tasks}/{tid}/schedstat") as fh:
                 run, wait, _ = fh.read().split()
         except (OSError, ValueError):
             continue
-        out[int(tid)] = (int(run) / 1e9, int(wait) / 1e9)
+        out[int(tid)] = (int(run), int(wait))
     return out
 
 
@@ -67,7 +71,7 @@ def _x_server_pid() -> int | None:
     return None
 
 
-def _x_server_clock(pid: int | None) -> tuple[float, float] | None:
+def _x_server_clock(pid: int | None) -> tuple[int, int] | None:
     if pid is None:
         return None
     try:
@@ -75,7 +79,7 @@ def _x_server_clock(pid: int | None) -> tuple[float, float] | None:
             run, wait, _ = fh.read().split()
     except (OSError, ValueError):
         return None
-    return int(run) / 1e9, int(wait) / 1e9
+    return int(run), int(wait)
 
 
 def _thread_names() -> dict[int, str]:
@@ -92,46 +96,104 @@ def _thread_names() -> dict[int, str]:
     return names
 
 
+def _sample_forever(pid: int, x_pid: int | None, out: str) -> None:
+    """The sampler process: every ``SAMPLE_EVERY_S`` one line ``t x_run x_wait tid:run:wait
+    ...`` (``time.perf_counter`` s - the system's monotonic clock, shared with the measured
+    process - and ns) appended to ``out``, until process ``pid`` is gone."""
+    with open(out, "a", buffering=1) as fh:
+        while True:
+            try:
+                clocks = _read_clocks(pid)
+            except OSError:
+                return  # the measured process ended
+            x = _x_server_clock(x_pid) or (-1, -1)
+            fh.write(f"{time.perf_counter():.6f} {x[0]} {x[1]} "
+                     + " ".join(f"{tid}:{run}:{wait}" for tid, (run, wait) in clocks.items())
+                     + "\n")
+            time.sleep(SAMPLE_EVERY_S)
+
+
 class ThreadClocks:
-    """Per-tick snapshots of every thread's clocks (``tick()`` from the heartbeat)."""
+    """Every thread's clocks (and the X server's), sampled every ``SAMPLE_EVERY_S`` by a
+    process of its own. Read in this process, the ~3 system calls per thread each released
+    the GIL, and taking it back from busy worker threads cost up to the interpreter's switch
+    interval (5 ms) each: with 4 threads running Python, one reading of ~20 threads took
+    ~1.7 s of the main thread instead of ~0.3 ms - the diagnostics made the freezes they were
+    explaining. Out of process, nothing here runs on the measured main thread until
+    :meth:`explain`, after the action."""
 
     def __init__(self) -> None:
-        self.snapshots: list[dict[int, tuple[float, float]]] = []
-        self.x_server: list[tuple[float, float] | None] = []
+        import subprocess
+        import tempfile
+
         self.main = threading.main_thread().native_id
-        self._x_pid = _x_server_pid()
+        fd, self._path = tempfile.mkstemp(prefix="freeze-clocks-", suffix=".txt")
+        os.close(fd)
+        self._offset = 0
+        self._sampler = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), str(os.getpid()),
+             str(_x_server_pid() or ""), self._path])
 
     def clear(self) -> None:
-        self.snapshots.clear()
-        self.x_server.clear()
+        """Forget the samples so far (explanations look at later ones only)."""
+        self._offset = os.path.getsize(self._path)
 
-    def tick(self) -> None:
-        self.snapshots.append(_read_clocks())
-        self.x_server.append(_x_server_clock(self._x_pid))
+    def close(self) -> None:
+        self._sampler.terminate()
+        self._sampler.wait()
+        os.unlink(self._path)
 
-    def explain(self, i: int) -> str:
-        """The freeze between tick ``i`` and tick ``i + 1``, in words."""
-        before, after = self.snapshots[i], self.snapshots[i + 1]
+    def _around(self, t0: float, t1: float):
+        """The last sample at or before ``t0`` and the first at or after ``t1`` (None if
+        missing)."""
+        before = after = None
+        with open(self._path) as fh:
+            fh.seek(self._offset)
+            for line in fh:
+                if not line.endswith("\n"):
+                    break  # being written
+                t = float(line.split(" ", 1)[0])
+                if t <= t0:
+                    before = line
+                elif t >= t1:
+                    after = line
+                    break
+        return _parse(before) if before else None, _parse(after) if after else None
+
+    def explain(self, t0: float, t1: float) -> str:
+        """The freeze from ``t0`` to ``t1`` (perf_counter s), in words."""
+        before, after = self._around(t0, t1)
+        if before is None or after is None:
+            return "no clock samples around it"
+        (tb, xb, threads0), (ta, xa, threads1) = before, after
         names = _thread_names()
         main_run = main_wait = 0.0
         others: list[tuple[float, str]] = []
-        for tid, (run, wait) in after.items():
-            run0, wait0 = before.get(tid, (0.0, 0.0))
+        for tid, (run, wait) in threads1.items():
+            run0, wait0 = threads0.get(tid, (0, 0))
             if tid == self.main:
-                main_run, main_wait = run - run0, wait - wait0
-            elif run - run0 >= 0.005:
-                others.append((run - run0, names.get(tid, str(tid))))
+                main_run, main_wait = (run - run0) / 1e9, (wait - wait0) / 1e9
+            elif run - run0 >= 5e6:
+                others.append(((run - run0) / 1e9, names.get(tid, str(tid))))
         others.sort(reverse=True)
         text = (f"main thread {1000 * main_run:.0f} ms CPU + {1000 * main_wait:.0f} ms "
-                "waiting for a CPU")
+                f"waiting for a CPU (clocks over {1000 * (ta - tb):.0f} ms)")
         if others:
             text += "; meanwhile " + ", ".join(f"{name} {1000 * run:.0f} ms"
                                               for run, name in others[:4])
-        x0, x1 = self.x_server[i], self.x_server[i + 1]
-        if x0 is not None and x1 is not None:
-            text += (f"; X server {1000 * (x1[0] - x0[0]):.0f} ms CPU + "
-                     f"{1000 * (x1[1] - x0[1]):.0f} ms waiting for a CPU")
+        if xb[0] >= 0 and xa[0] >= 0:
+            text += (f"; X server {(xa[0] - xb[0]) / 1e6:.0f} ms CPU + "
+                     f"{(xa[1] - xb[1]) / 1e6:.0f} ms waiting for a CPU")
         return text
+
+
+def _parse(line: str):
+    t, x_run, x_wait, *threads = line.split()
+    clocks = {}
+    for item in threads:
+        tid, run, wait = item.split(":")
+        clocks[int(tid)] = (int(run), int(wait))
+    return float(t), (int(x_run), int(x_wait)), clocks
 
 
 class GcLog:
@@ -243,3 +305,7 @@ class StackSampler:
         return (f"\n        main thread ({n} samples): {' > '.join(common[-deepest:])}"
                 + (f"\n          then {then}" if then else "")
                 + f"\n          innermost {leaf} ({k}/{n})")
+
+
+if __name__ == "__main__":  # the sampler process of ThreadClocks: <pid> <x server pid|""> <out>
+    _sample_forever(int(sys.argv[1]), int(sys.argv[2]) if sys.argv[2] else None, sys.argv[3])

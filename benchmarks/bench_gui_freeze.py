@@ -170,7 +170,10 @@ left is napari's:
 With ``BENCH_FREEZE_GAPS=1`` each action also prints its five longest gaps and, for the
 longest ones over 150 ms, what they were (``_freeze_diagnostics``: main-thread CPU, time it
 waited for a CPU, worker threads running meanwhile, full garbage collections), and the summary
-adds a "no GC" column: the action's worst freeze among those no full collection fell in. With
+adds a "no GC" column: the action's worst freeze among those no full collection fell in. The
+thread clocks are sampled by a process of its own: read on the main thread at every tick, their
+~60 system calls each gave the GIL to busy worker threads and waited up to 5 ms to get it back
+(~1.7 s per reading with 4 threads running Python), lengthening the freezes they explained. With
 ``BENCH_FREEZE_STACKS=1`` as well, the main thread's Python stack is sampled during long gaps
 and the calls most samples share are printed (this lengthens the sampled freezes a little:
 name freezes with it, time them without).
@@ -230,7 +233,6 @@ class Heartbeat:
             if os.environ.get("BENCH_FREEZE_STACKS"):  # perturbs what it samples: opt-in
                 self.stacks = _freeze_diagnostics.StackSampler(
                     lambda: self.ticks[-1] if self.ticks else None)
-            self.timer.timeout.connect(self.clocks.tick)
 
     def start(self) -> None:
         self.ticks.clear()
@@ -248,6 +250,11 @@ class Heartbeat:
             if self.stacks is not None:
                 self.stacks.stop()
 
+    def close(self) -> None:
+        """End the diagnostics' sampler process (if any)."""
+        if self.clocks is not None:
+            self.clocks.close()
+
     def explain_gaps(self, t0: float, t1: float, over_ms: float = 150.0, top: int = 3):
         """Lines saying what the ``top`` longest gaps over ``over_ms`` between two ticks were
         (main-thread CPU, CPU wait, worker threads, full GCs: ``_freeze_diagnostics``)."""
@@ -256,7 +263,7 @@ class Heartbeat:
         ticks = self.ticks
         gaps = [(ticks[i + 1] - ticks[i], i) for i in range(len(ticks) - 1)
                 if t0 < ticks[i] and ticks[i + 1] < t1 and ticks[i + 1] - ticks[i] > over_ms / 1e3]
-        return [f"      {1000 * gap:.0f} ms: {self.clocks.explain(i)}"
+        return [f"      {1000 * gap:.0f} ms: {self.clocks.explain(ticks[i], ticks[i + 1])}"
                 f"{self.gc_log.within(ticks[i], ticks[i + 1])}"
                 f"{self.stacks.within(ticks[i], ticks[i + 1]) if self.stacks else ''}"
                 for gap, i in sorted(gaps, reverse=True)[:top]]
@@ -410,6 +417,7 @@ def run(repeat: int, seeds: int, groups: tuple[str, ...] = GROUPS
                 # its layers and the docks, as left by the actions) falls due inside it.
                 record("interpreter: one full garbage collection (gc.collect)", "gc",
                        measure(app, beat, lambda: gc.collect() and None, settle_s=0.1))
+                beat.close()
                 viewer.close()
                 for _ in range(20):
                     app.processEvents()
