@@ -99,17 +99,29 @@ def _thread_names() -> dict[int, str]:
 def _sample_forever(pid: int, x_pid: int | None, out: str) -> None:
     """The sampler process: every ``SAMPLE_EVERY_S`` one line ``t x_run x_wait tid:run:wait
     ...`` (``time.perf_counter`` s - the system's monotonic clock, shared with the measured
-    process - and ns) appended to ``out``, until process ``pid`` is gone."""
+    process - and ns) appended to ``out``, until process ``pid`` is gone. Each thread's
+    ``schedstat`` stays open and is re-read with ``pread`` (one system call a thread)."""
+    tasks = f"/proc/{pid}/task"
+    fds: dict[int, int] = {}
     with open(out, "a", buffering=1) as fh:
         while True:
             try:
-                clocks = _read_clocks(pid)
+                tids = {int(tid) for tid in os.listdir(tasks)}
             except OSError:
                 return  # the measured process ended
+            for tid in set(fds) - tids:
+                os.close(fds.pop(tid))
+            clocks = []
+            for tid in tids:
+                try:
+                    if tid not in fds:
+                        fds[tid] = os.open(f"{tasks}/{tid}/schedstat", os.O_RDONLY)
+                    run, wait, _ = os.pread(fds[tid], 128, 0).split()
+                except (OSError, ValueError):
+                    continue
+                clocks.append(f"{tid}:{int(run)}:{int(wait)}")
             x = _x_server_clock(x_pid) or (-1, -1)
-            fh.write(f"{time.perf_counter():.6f} {x[0]} {x[1]} "
-                     + " ".join(f"{tid}:{run}:{wait}" for tid, (run, wait) in clocks.items())
-                     + "\n")
+            fh.write(f"{time.perf_counter():.6f} {x[0]} {x[1]} {' '.join(clocks)}\n")
             time.sleep(SAMPLE_EVERY_S)
 
 
