@@ -20,7 +20,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from napari_allen.analysis.streaming import (  # noqa: F401 - re-exported: the public API
     HEMISPHERE_OUTPUTS,
@@ -35,7 +34,10 @@ from napari_allen.analysis.streaming import (  # noqa: F401 - re-exported: the p
     volume_parts,
 )
 from napari_allen.atlas.ontology import Ontology
+from napari_allen.lazy import lazy_module
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "injection_volume")
 GROUPINGS: tuple[str, ...] = ("none", "ap", "dv", "ml", "regions")

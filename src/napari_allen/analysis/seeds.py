@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
+from napari_allen.lazy import lazy_module
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
 from napari_allen.space import um_to_voxel, voxel_to_um
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 if TYPE_CHECKING:
     from napari_allen.atlas.fiber_tracts import FiberTracts

@@ -14,7 +14,10 @@ from functools import cache
 from importlib import resources
 
 import numpy as np
-import pandas as pd
+
+from napari_allen.lazy import lazy_module
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 ROOT_ID = 997
 FIBER_TRACTS_ID = 1009

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
 from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QTableView, QWidget
+
+from napari_allen.lazy import lazy_module
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 MAX_COLUMN_CHARS = 28  # wider text is elided: key columns stay on screen
 
@@ -105,12 +108,20 @@ class _ArrayModel(QAbstractTableModel):
 
     def __init__(self) -> None:
         super().__init__()
-        self.table = table_data(pd.DataFrame())
+        # No table yet, and no DataFrame: a dock opens without importing pandas (lazy.py).
+        self._table: TableData | None = None
         self.order = np.zeros(0, dtype=np.int64)
+
+    @property
+    def table(self) -> TableData:
+        """The table shown; before any was set, an empty one built at this first request."""
+        if self._table is None:
+            self._table = table_data(pd.DataFrame())
+        return self._table
 
     def set_table(self, table: TableData) -> None:
         self.beginResetModel()
-        self.table = table
+        self._table = table
         n = len(table.frame)
         self.order = (np.arange(n) if table.sort_column is None
                       else _order(table.keys[table.sort_column], table.ascending))
@@ -120,7 +131,7 @@ class _ArrayModel(QAbstractTableModel):
         return 0 if parent.isValid() else len(self.order)
 
     def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
-        return 0 if parent.isValid() else len(self.table.text)
+        return 0 if parent.isValid() or self._table is None else len(self._table.text)
 
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
@@ -137,7 +148,7 @@ class _ArrayModel(QAbstractTableModel):
         return str(section + 1)
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
-        if not 0 <= column < len(self.table.keys):
+        if self._table is None or not 0 <= column < len(self._table.keys):
             return
         self.layoutAboutToBeChanged.emit()
         self.order = _order(self.table.keys[column], order == Qt.SortOrder.AscendingOrder)

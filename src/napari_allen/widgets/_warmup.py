@@ -1,5 +1,6 @@
-"""napari's once-per-process costs of its first Labels layer, paid in a background thread
-after a dock opens instead of inside the user's first action that shows one.
+"""napari's once-per-process costs of its first Labels layer, and the import of the libraries the
+docks load at first use (``napari_allen.lazy``: pandas), paid in a background thread after a
+dock opens instead of inside the user's first action that needs them.
 
 Every napari ``Labels`` layer builds a random label colormap at creation (even when given the
 atlas colours), which imports ``skimage.color`` with parts of scipy (~65 modules) the first
@@ -39,10 +40,30 @@ def warm_labels_later() -> None:
     _state["scheduled"] = True
 
     def start() -> None:
-        threading.Thread(target=warm_labels, name="napari-allen-warm-labels",
-                         daemon=True).start()
+        threading.Thread(target=_warm, name="napari-allen-warm-labels", daemon=True).start()
 
     QTimer.singleShot(WARM_AFTER_MS, start)
+
+
+#: Libraries the docks' modules bind lazily (``napari_allen.lazy``): imported here so that no
+#: first use on napari's main thread imports them (pandas: ~250 ms).
+LAZY_LIBRARIES = ("pandas",)
+
+
+def _warm() -> None:
+    warm_imports()
+    warm_labels()
+
+
+def warm_imports() -> None:
+    """Import :data:`LAZY_LIBRARIES` (a failure is logged: the first use imports it)."""
+    import importlib
+
+    for name in LAZY_LIBRARIES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the first use will say what is wrong
+            logger.debug("warm-up import of %s failed", name, exc_info=True)
 
 
 def warm_labels() -> None:

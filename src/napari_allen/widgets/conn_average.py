@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import pandas as pd
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -20,6 +19,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allen.lazy import lazy_module
 from napari_allen.parsing import parse_region_groups
 from napari_allen.widgets._common import (
     DataFrameTable,
@@ -29,6 +29,8 @@ from napari_allen.widgets._common import (
 )
 from napari_allen.widgets._tasks import TaskRunner
 from napari_allen.widgets._view import add_in_turns
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 if TYPE_CHECKING:
     import napari

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import pandas as pd
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -23,10 +22,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allen.lazy import lazy_module
 from napari_allen.space import NRRD_RESOLUTIONS
 from napari_allen.widgets._common import WrappingLabel, shared_client
 from napari_allen.widgets._tasks import TaskRunner
 from napari_allen.widgets._view import add_and_focus_later, add_in_turns
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 if TYPE_CHECKING:
     import napari

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -24,6 +23,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allen.lazy import lazy_module
 from napari_allen.parsing import split_list
 from napari_allen.widgets._common import (
     DataFrameTable,
@@ -34,6 +34,8 @@ from napari_allen.widgets._common import (
 )
 from napari_allen.widgets._tasks import TaskRunner
 from napari_allen.workflows.connectivity import LINE_ANY, LINE_WILD_TYPE
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 if TYPE_CHECKING:
     import napari
@@ -60,7 +62,7 @@ class ExperimentSearchPanel(QWidget):
     def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
-        self.results_frame = pd.DataFrame()
+        self._results_frame: pd.DataFrame | None = None  # no search yet (lazy pandas)
         box = QGroupBox("Find experiments", self)
         form = QFormLayout(box)
         self.structures_edit = QLineEdit(box)
@@ -150,6 +152,17 @@ class ExperimentSearchPanel(QWidget):
 
         self.runner.run(task, on_result=self._set_results,
                         description="Searching near the seed…")
+
+    @property
+    def results_frame(self) -> pd.DataFrame:
+        """The last search's result rows (empty before the first search)."""
+        if self._results_frame is None:
+            self._results_frame = pd.DataFrame()
+        return self._results_frame
+
+    @results_frame.setter
+    def results_frame(self, frame: pd.DataFrame) -> None:
+        self._results_frame = frame
 
     def _set_results(self, payload) -> None:
         frame, table = payload

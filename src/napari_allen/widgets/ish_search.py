@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -21,6 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allen.lazy import lazy_module
 from napari_allen.parsing import split_list
 from napari_allen.space import GRID_SHAPES, ISH_VOLUMES, SECTION_PLANES
 from napari_allen.widgets._common import (
@@ -35,6 +35,8 @@ from napari_allen.widgets._common import (
 from napari_allen.widgets._tasks import TaskRunner
 from napari_allen.widgets._view import add_and_focus_later
 from napari_allen.workflows.ish import SEARCH_COLUMNS
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 if TYPE_CHECKING:
     import napari
@@ -53,7 +55,7 @@ class IshSearchTab(QWidget):
     def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
-        self.results = pd.DataFrame(columns=SEARCH_COLUMNS)
+        self._results: pd.DataFrame | None = None  # no search yet (lazy pandas)
         self.gene_edit = QLineEdit()
         self.gene_edit.setPlaceholderText("Nrp1, Pdyn*, Htr*  (wildcards *)")
         self.field_combo = QComboBox()
@@ -115,6 +117,17 @@ class IshSearchTab(QWidget):
 
         self.runner.run(task, on_result=self._show_results,
                         description=f"Searching {', '.join(genes)}…")
+
+    @property
+    def results(self) -> pd.DataFrame:
+        """The last search's experiments (no rows before the first search)."""
+        if self._results is None:
+            self._results = pd.DataFrame(columns=SEARCH_COLUMNS)
+        return self._results
+
+    @results.setter
+    def results(self, frame: pd.DataFrame) -> None:
+        self._results = frame
 
     def _show_results(self, payload: tuple[pd.DataFrame, Any]) -> None:
         self.results, table = payload

@@ -23,7 +23,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -56,7 +56,11 @@ SOURCE_LABELS = {
 _ID_ROLE = Qt.ItemDataRole.UserRole
 #: What the cursor row says while the 25 µm annotation is being opened in a worker.
 LOADING_TEXT = "loading the 25 µm annotation…"
-#: ms after the dock opens before its tree is built (its first paint comes first).
+#: ms after the dock opens before the worker parsing the ontology starts: the dock's first
+#: paint and layout steps come first (the session's first parse also imports pandas, whose
+#: GIL slices and garbage collection would stretch them).
+ONTOLOGY_AFTER_MS = 500
+#: ms after the ontology is parsed before the tree is built.
 TREE_DELAY_MS = 30
 _SWATCHES: dict[str, QIcon] = {}  # atlas colour hex -> 12 px swatch (~600 colours, 1,327 rows)
 
@@ -117,6 +121,7 @@ class StructuresWidget(AllenDock):
         self._adding: dict[int, int] = {}  # structure id -> its layers still being added
         self._removals: list[str] | None = None  # layer names to remove at once (untick_all)
         self._warm_worker = None  # the worker opening the 25 µm annotation, while it runs
+        self._ontology_worker = None  # the worker parsing the ontology, while it runs
         self._annotation_error = ""
 
         self.search_edit = QLineEdit(self)
@@ -126,10 +131,11 @@ class StructuresWidget(AllenDock):
         self.tree.setHeaderLabels(["structure", "name"])
         self.tree.setMinimumHeight(220)
         self.tree.itemChanged.connect(self._on_item_changed)
-        # The ontology (parsed once per process) and the tree in a turn of their own, after
-        # the dock's first paint (anything asking for an item earlier builds it then); with
-        # 3-D data already open, the annotation the cursor will need starts opening then.
-        run_in_turns([self._ensure_tree, self._warm_if_3d], TREE_DELAY_MS)
+        # The ontology parsed in a worker (once per process; the session's first also imports
+        # pandas there, not in the click), then the tree in a turn of its own, after the
+        # dock's first paint (anything asking for an item earlier builds it then); with 3-D
+        # data already open, the annotation the cursor will need starts opening then.
+        QTimer.singleShot(ONTOLOGY_AFTER_MS, self._load_ontology)
 
         self.source_combo = QComboBox(self)
         for key, text in SOURCE_LABELS.items():
@@ -176,6 +182,25 @@ class StructuresWidget(AllenDock):
         if self._ontology is None:
             self._ontology = Ontology.default()
         return self._ontology
+
+    def _load_ontology(self) -> None:
+        from napari.qt.threading import create_worker
+
+        if self._ontology is not None:  # asked for earlier (e.g. a search typed at once)
+            self._ontology_ready(self._ontology)
+            return
+
+        worker = create_worker(Ontology.default, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._ontology_ready)
+        worker.errored.connect(self._error)
+        self._ontology_worker = worker  # referenced while it runs
+        worker.start()
+
+    def _ontology_ready(self, onto: Ontology) -> None:
+        self._ontology_worker = None
+        if self._ontology is None:
+            self._ontology = onto
+        run_in_turns([self._ensure_tree, self._warm_if_3d], TREE_DELAY_MS)
 
     @property
     def _items(self) -> dict[int, QTreeWidgetItem]:

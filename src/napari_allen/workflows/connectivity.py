@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from napari_allen.analysis.projections import (
     AveragingOptions,
@@ -32,8 +31,11 @@ from napari_allen.analysis.projections import (
 )
 from napari_allen.concurrency import bounded_map
 from napari_allen.errors import AllenApiError
+from napari_allen.lazy import lazy_module
 from napari_allen.progress import Cancelled, CancelToken, ProgressCallback, check, report
 from napari_allen.space import NRRD_IMAGES, NRRD_RESOLUTIONS
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 if TYPE_CHECKING:
     from napari_allen.api.client import AllenClient

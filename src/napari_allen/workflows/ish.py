@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from napari_allen.lazy import lazy_module
 from napari_allen.progress import CancelToken, ProgressCallback, check, report
 from napari_allen.space import ISH_VOLUMES
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 #: Search-result columns users read first (the rest stay for metadata).
 SEARCH_COLUMNS = ["experiment_id", "gene", "gene_name", "plane", "section_thickness"]

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 
 from napari_allen.concurrency import bounded_map
 from napari_allen.io.lines_json import SERVICE, LineRecord
+from napari_allen.lazy import lazy_module
 from napari_allen.progress import Cancelled, CancelToken, ProgressCallback, check, report
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 logger = logging.getLogger(__name__)
 

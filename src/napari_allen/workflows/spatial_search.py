@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from napari_allen.analysis.seeds import (
     DEFAULT_DENSITY_RANGE,
@@ -28,8 +27,11 @@ from napari_allen.analysis.seeds import (
     select_seeds,
 )
 from napari_allen.io.lines_json import LineRecord, write_lines_json
+from napari_allen.lazy import lazy_module
 from napari_allen.progress import CancelToken, Progress, ProgressCallback, check, report
 from napari_allen.workflows.seed_search import DEFAULT_JOBS, SpatialSearchResult, search_seeds
+
+pd = lazy_module("pandas")  # imported at first use: the docks open without it
 
 if TYPE_CHECKING:
     from napari_allen.api.client import AllenClient
