@@ -79,3 +79,18 @@ def test_parent_rows_and_unknown_parent(onto):
     assert ids[rows[vpm]] == onto.parent(onto.id_of("VPM"))
     with pytest.raises(KeyError):
         onto.parent(123456789)
+
+
+def test_default_if_parsed_parses_nothing_itself():
+    """The Structures dock builds its tree at once when the bundled ontology was parsed
+    already, and parses it in a worker otherwise: ``default_if_parsed`` never parses."""
+    from napari_allen.atlas import ontology
+
+    ontology._bundled.cache_clear()
+    try:
+        assert ontology.Ontology.default_if_parsed() is None
+        assert ontology._bundled.cache_info().currsize == 0
+        parsed = ontology.Ontology.default()
+        assert ontology.Ontology.default_if_parsed() is parsed
+    finally:
+        ontology.Ontology.default()

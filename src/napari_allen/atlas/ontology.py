@@ -78,6 +78,12 @@ class Ontology:
         return cls(table)
 
     @classmethod
+    def default_if_parsed(cls) -> Ontology | None:
+        """The bundled ontology if this process has parsed it already, else None (nothing
+        parsed or imported here)."""
+        return _bundled() if _bundled.cache_info().currsize else None
+
+    @classmethod
     def default(cls) -> Ontology:
         """The bundled adult mouse ontology (structure graph 1, 1,327 structures)."""
         return _bundled()

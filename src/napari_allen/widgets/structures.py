@@ -56,9 +56,10 @@ SOURCE_LABELS = {
 _ID_ROLE = Qt.ItemDataRole.UserRole
 #: What the cursor row says while the 25 µm annotation is being opened in a worker.
 LOADING_TEXT = "loading the 25 µm annotation…"
-#: ms after the dock opens before the worker parsing the ontology starts: the dock's first
-#: paint and layout steps come first (the session's first parse also imports pandas, whose
-#: GIL slices and garbage collection would stretch them).
+#: ms after the dock opens before the worker parsing the ontology starts, the first time in a
+#: process: the dock's first paint and layout steps come first (that parse also imports
+#: pandas, whose GIL slices and garbage collection would stretch them). Once parsed, the tree
+#: is built TREE_DELAY_MS after the dock opens.
 ONTOLOGY_AFTER_MS = 500
 #: ms after the ontology is parsed before the tree is built.
 TREE_DELAY_MS = 30
@@ -135,7 +136,11 @@ class StructuresWidget(AllenDock):
         # pandas there, not in the click), then the tree in a turn of its own, after the
         # dock's first paint (anything asking for an item earlier builds it then); with 3-D
         # data already open, the annotation the cursor will need starts opening then.
-        QTimer.singleShot(ONTOLOGY_AFTER_MS, self._load_ontology)
+        self._ontology = Ontology.default_if_parsed()
+        if self._ontology is not None:
+            self._ontology_ready(self._ontology)
+        else:
+            QTimer.singleShot(ONTOLOGY_AFTER_MS, self._load_ontology)
 
         self.source_combo = QComboBox(self)
         for key, text in SOURCE_LABELS.items():
