@@ -888,7 +888,8 @@ def _structures(app, beat, viewer, record, fresh) -> None:
             return start
 
         record('Structures: type "thal" (filter per key)', "dock",
-               measure(app, beat, type_keys(list("thal"), lambda: w.item("CP").isHidden())))
+               measure(app, beat, type_keys(list("thal"), lambda: w._by_id is not None
+                                            and w.item("CP").isHidden())))
         record("Structures: clear the search", "dock", measure(app, beat, type_keys(
             [(Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier),
              (Qt.Key.Key_Backspace, Qt.KeyboardModifier.NoModifier)],

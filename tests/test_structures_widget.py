@@ -78,6 +78,31 @@ def test_tree_is_built_after_the_dock_opens_and_is_complete(make_napari_viewer, 
             assert all(w.item(a).isExpanded() for s in hits for a in onto.ancestors(s))
 
 
+def test_a_search_typed_during_the_first_parse_waits_for_the_tree(make_napari_viewer, qtbot):
+    """The session's first dock parses the ontology (importing pandas) in a worker: keys typed
+    meanwhile build no tree in their turn; the tree, once built, shows that search."""
+    from qtpy.QtTest import QTest
+
+    from napari_allen.atlas import ontology
+    from napari_allen.widgets import structures
+    from napari_allen.widgets.structures import StructuresWidget
+
+    ontology._bundled.cache_clear()
+    w = StructuresWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    QTest.keyClicks(w.search_edit, "thal")
+    assert w._by_id is None and w.filter_pending
+    qtbot.waitUntil(lambda: w._by_id is not None and not w.filter_pending,
+                    timeout=5000 + structures.ONTOLOGY_AFTER_MS)
+    assert w.item("CP").isHidden() and not w.item("TH").isHidden()
+    # Built on demand before the worker is back (e.g. a script asks for an item): same search.
+    ontology._bundled.cache_clear()
+    w2 = StructuresWidget(make_napari_viewer())
+    qtbot.addWidget(w2)
+    QTest.keyClicks(w2.search_edit, "thal")
+    assert w2.item("CP").isHidden() and not w2.item("TH").isHidden()
+
+
 def test_typing_filters_the_tree(widget, qtbot):
     from qtpy.QtTest import QTest
 

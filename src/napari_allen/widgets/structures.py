@@ -123,6 +123,9 @@ class StructuresWidget(AllenDock):
         self._removals: list[str] | None = None  # layer names to remove at once (untick_all)
         self._warm_worker = None  # the worker opening the 25 µm annotation, while it runs
         self._ontology_worker = None  # the worker parsing the ontology, while it runs
+        self._parsing = False  # the process's first parse of the ontology is under way
+        #: A search typed while the ontology was being parsed waits for the tree.
+        self.filter_pending = False
         self._annotation_error = ""
 
         self.search_edit = QLineEdit(self)
@@ -140,6 +143,7 @@ class StructuresWidget(AllenDock):
         if self._ontology is not None:
             self._ontology_ready(self._ontology)
         else:
+            self._parsing = True
             QTimer.singleShot(ONTOLOGY_AFTER_MS, self._load_ontology)
 
         self.source_combo = QComboBox(self)
@@ -203,9 +207,16 @@ class StructuresWidget(AllenDock):
 
     def _ontology_ready(self, onto: Ontology) -> None:
         self._ontology_worker = None
+        self._parsing = False
         if self._ontology is None:
             self._ontology = onto
-        run_in_turns([self._ensure_tree, self._warm_if_3d], TREE_DELAY_MS)
+        run_in_turns([self._ensure_tree, self._apply_pending_filter, self._warm_if_3d],
+                     TREE_DELAY_MS)
+
+    def _apply_pending_filter(self) -> None:
+        if self.filter_pending:
+            self.filter_pending = False
+            self.filter(self.search_edit.text())
 
     @property
     def _items(self) -> dict[int, QTreeWidgetItem]:
@@ -217,6 +228,7 @@ class StructuresWidget(AllenDock):
     def _ensure_tree(self) -> None:
         if self._by_id is None:
             self._fill_tree()
+            self._apply_pending_filter()
 
     def _fill_tree(self) -> None:
         """One item per structure, built while detached from the view (no per-item model
@@ -260,7 +272,11 @@ class StructuresWidget(AllenDock):
 
     def filter(self, text: str) -> int:
         """Show structures whose acronym or name contains ``text`` (and their ancestors,
-        expanded); returns how many match. Empty text shows everything."""
+        expanded); returns how many match. Empty text shows everything. While the process's
+        first parse of the ontology runs (a worker), the search waits for the tree (0)."""
+        if self._by_id is None and self._parsing:
+            self.filter_pending = True  # parsing here would import pandas in the keystroke
+            return 0
         self._ensure_tree()
         onto = self.ontology
         hits = onto.matching(text)
