@@ -103,6 +103,27 @@ def test_a_search_typed_during_the_first_parse_waits_for_the_tree(make_napari_vi
     assert w2.item("CP").isHidden() and not w2.item("TH").isHidden()
 
 
+def test_a_failed_first_parse_stops_holding_searches(make_napari_viewer, qtbot, monkeypatch):
+    """If the worker's parse fails, searches stop waiting for it (they parse on demand and
+    say what is wrong)."""
+    from napari_allen.atlas import ontology
+    from napari_allen.widgets import structures
+    from napari_allen.widgets.structures import StructuresWidget
+
+    def broken():
+        raise ValueError("damaged ontology")
+
+    ontology._bundled.cache_clear()
+    monkeypatch.setattr(ontology.Ontology, "default", staticmethod(broken))
+    errors: list = []
+    w = StructuresWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    monkeypatch.setattr(w, "_error", errors.append)
+    assert w._parsing
+    qtbot.waitUntil(lambda: not w._parsing, timeout=5000 + structures.ONTOLOGY_AFTER_MS)
+    assert [str(e) for e in errors] == ["damaged ontology"] and w._by_id is None
+
+
 def test_typing_filters_the_tree(widget, qtbot):
     from qtpy.QtTest import QTest
 

@@ -201,7 +201,7 @@ class StructuresWidget(AllenDock):
 
         worker = create_worker(Ontology.default, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(self._ontology_ready)
-        worker.errored.connect(self._error)
+        worker.errored.connect(self._ontology_failed)
         self._ontology_worker = worker  # referenced while it runs
         worker.start()
 
@@ -212,6 +212,12 @@ class StructuresWidget(AllenDock):
             self._ontology = onto
         run_in_turns([self._ensure_tree, self._apply_pending_filter, self._warm_if_3d],
                      TREE_DELAY_MS)
+
+    def _ontology_failed(self, exc: BaseException) -> None:
+        # Searches parse on demand from now on (and say what is wrong, as before the worker).
+        self._ontology_worker = None
+        self._parsing = False
+        self._error(exc)
 
     def _apply_pending_filter(self) -> None:
         if self.filter_pending:
