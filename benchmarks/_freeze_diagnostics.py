@@ -41,20 +41,6 @@ def available() -> bool:
     return os.path.isdir(_TASKS)
 
 
-def _read_clocks(pid: int | str = "self") -> dict[int, tuple[int, int]]:
-    """``{native thread id: (CPU ns, runqueue wait ns)}`` of the threads of process ``pid``."""
-    tasks = f"/proc/{pid}/task"
-    out = {}
-    for tid in os.listdir(tasks):
-        try:
-            with open(f"{tasks}/{tid}/schedstat") as fh:
-                run, wait, _ = fh.read().split()
-        except (OSError, ValueError):
-            continue
-        out[int(tid)] = (int(run), int(wait))
-    return out
-
-
 def _x_server_pid() -> int | None:
     """The process serving ``$DISPLAY`` if it is an Xvfb on this machine (else None)."""
     display = os.environ.get("DISPLAY", "")

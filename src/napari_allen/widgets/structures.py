@@ -210,8 +210,8 @@ class StructuresWidget(AllenDock):
         self._parsing = False
         if self._ontology is None:
             self._ontology = onto
-        run_in_turns([self._ensure_tree, self._apply_pending_filter, self._warm_if_3d],
-                     TREE_DELAY_MS)
+        # _ensure_tree applies a search typed meanwhile (filter_pending) when it builds.
+        run_in_turns([self._ensure_tree, self._warm_if_3d], TREE_DELAY_MS)
 
     def _ontology_failed(self, exc: BaseException) -> None:
         # Searches parse on demand from now on (and say what is wrong, as before the worker).
