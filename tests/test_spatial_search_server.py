@@ -72,8 +72,8 @@ def test_faults_on_some_seeds_do_not_lose_the_others(allen_api):
     for point in bad:
         text = ",".join(str(int(v)) for v in point)
         allen_api.faults.add("http500", path_contains=f"seed_point$eq{text}")  # every time
-    # Transient faults on every seed's first attempt: the client's retries absorb them.
-    allen_api.faults.add("success_false", path_contains="target_spatial", times=4)
+    # Transient faults, as many as the client's retries: absorbed, however they fall on seeds.
+    allen_api.faults.add("success_false", path_contains="target_spatial", times=3)
     result = search_seeds(_client(), seeds, section_data_set=EXPERIMENT, jobs=4)
     assert sorted(f.seed_um for f in result.failures) == sorted(
         tuple(float(v) for v in p) for p in bad)
@@ -106,6 +106,45 @@ def test_repeated_run_hits_the_cache(allen_api):
     second = search_seeds(_client(), seeds, section_data_set=EXPERIMENT, jobs=4)
     assert len(_spatial_requests(allen_api)) == n_first
     assert [ln.record for ln in second.lines] == [ln.record for ln in first.lines]
+
+
+class _ThreadRecordingClient:
+    """The real client, noting which thread asked for each seed."""
+
+    def __init__(self, client) -> None:
+        self.client, self.http, self.threads = client, client.http, []
+
+    def target_spatial_search(self, point, **kwargs):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return self.client.target_spatial_search(point, **kwargs)
+
+
+def test_cached_seeds_are_asked_on_the_calling_thread(allen_api):
+    """Cached answers hold the GIL and never wait: threads only take it from napari's main
+    thread. Seeds go to the pool from the first one the server had to answer."""
+    import threading
+
+    seeds = _seeds(12)
+    here = threading.current_thread().name
+    fresh = _ThreadRecordingClient(_client())
+    first = search_seeds(fresh, seeds[:5], section_data_set=EXPERIMENT, jobs=4)
+    # Nothing cached: only the first seed is asked here, the others on the pool.
+    assert fresh.threads[0] == here
+    assert all(name.startswith("allen-spatial") for name in fresh.threads[1:])
+    allen_api.reset()
+    again = _ThreadRecordingClient(_client())
+    second = search_seeds(again, seeds[:5], section_data_set=EXPERIMENT, jobs=4)
+    assert again.threads == [here] * 5 and not _spatial_requests(allen_api)
+    assert [ln.record for ln in second.lines] == [ln.record for ln in first.lines]
+    # 5 cached seeds, then 7 new ones: the cached ones here, the new ones on the pool.
+    mixed = _ThreadRecordingClient(_client())
+    both = search_seeds(mixed, seeds, section_data_set=EXPERIMENT, jobs=4)
+    assert mixed.threads[:6] == [here] * 6  # the 6th is the first the server answers
+    assert all(name.startswith("allen-spatial") for name in mixed.threads[6:])
+    assert len(_spatial_requests(allen_api)) == 7 and both.n_failed == 0
+    assert [ln.seed_um for ln in both.lines] == [tuple(float(v) for v in s) for s in seeds]
 
 
 def test_point_search_across_experiments(allen_api):
