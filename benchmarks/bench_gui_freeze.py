@@ -126,7 +126,12 @@ left is napari's:
   napari's: a Shapes insert (vispy node ~80 ms, controls ~40 ms) and the first draw of each
   new layer type (shader builds, ~50-100 ms). Its queries pause while a partial result is
   shown (``emit(wait=True)``): four query threads taking the GIL back after each of napari's
-  Qt calls made the same first insert about 3x longer;
+  Qt calls made the same first insert about 3x longer. A re-run's cached seeds are asked on
+  the task's own thread (``seed_search._cache_first``): on four pool threads, each ~1.4 ms of
+  Python holding the GIL, they left napari's main thread a fifth of it (no-GC worst of the
+  re-run 296-304 -> 139-141 ms). The re-run still replaces its Shapes layer (napari cannot
+  take new paths into a shown Shapes layer without triangulating them on the main thread), so
+  it pays napari's removal collection;
 - the interpreter compiles the plugin's sources on every import when ``PYTHONDONTWRITEBYTECODE``
   is set (as on the development machine): ~30 ms more per first dock or sample than installed;
 - full garbage collections of the interpreter (140-250 ms with napari's ~250-350k objects; the

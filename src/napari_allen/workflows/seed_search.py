@@ -3,8 +3,9 @@
 the widget and the CLI.
 
 Allen's lines script asks the service once per seed voxel, one after another. Here the seeds are
-deduplicated (a seed voxel is asked once, keyed on whole µm), capped, and queried from a thread
-pool (:func:`napari_allen.concurrency.bounded_map`) through the shared, thread-safe
+deduplicated (a seed voxel is asked once, keyed on whole µm), capped, and queried - on the
+calling thread while the cache answers them, then from a thread pool
+(:func:`napari_allen.concurrency.bounded_map`) - through the shared, thread-safe
 :class:`~napari_allen.api.client.AllenClient`, whose cache makes repeated runs free and whose
 retries absorb transient faults. A seed that still fails is
 recorded in :attr:`SpatialSearchResult.failures`; it never loses the other seeds' lines.
