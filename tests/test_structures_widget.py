@@ -120,8 +120,10 @@ def test_a_failed_first_parse_stops_holding_searches(make_napari_viewer, qtbot, 
     qtbot.addWidget(w)
     monkeypatch.setattr(w, "_error", errors.append)
     assert w._parsing
+    assert w.filter("thal") == 0 and w.filter_pending  # typed during the parse: held
     qtbot.waitUntil(lambda: not w._parsing, timeout=5000 + structures.ONTOLOGY_AFTER_MS)
     assert [str(e) for e in errors] == ["damaged ontology"] and w._by_id is None
+    assert not w.filter_pending  # nothing waits for a tree that will not come
 
 
 def test_typing_filters_the_tree(widget, qtbot):

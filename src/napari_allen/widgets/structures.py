@@ -217,6 +217,7 @@ class StructuresWidget(AllenDock):
         # Searches parse on demand from now on (and say what is wrong, as before the worker).
         self._ontology_worker = None
         self._parsing = False
+        self.filter_pending = False  # a search typed meanwhile: no tree to show it in
         self._error(exc)
 
     def _apply_pending_filter(self) -> None:
