@@ -129,9 +129,12 @@ left is napari's:
   Qt calls made the same first insert about 3x longer. A re-run's cached seeds are asked on
   the task's own thread (``seed_search._cache_first``): on four pool threads, each ~1.4 ms of
   Python holding the GIL, they left napari's main thread a fifth of it (no-GC worst of the
-  re-run 296-304 -> 139-141 ms). The re-run still replaces its Shapes layer (napari cannot
-  take new paths into a shown Shapes layer without triangulating them on the main thread), so
-  it pays napari's removal collection;
+  re-run 296-304 -> 139-141 ms). A re-run puts its paths into the Shapes layer shown when
+  napari built them cheaply in the worker (``_common.shapes_cheap_in_place``: napari's compiled
+  ``bermuda`` triangulation, a dependency, builds 400 paths in 36-70 ms of CPU, and the data
+  setter redoes that on the main thread), so it no longer pays napari's removal collection
+  (re-run 238-253 -> 164-182 ms, main-thread CPU 600-790 -> 300-430 ms; an automatic full
+  collection can still fall due in it);
 - the interpreter compiles the plugin's sources on every import when ``PYTHONDONTWRITEBYTECODE``
   is set (as on the development machine): ~30 ms more per first dock or sample than installed;
 - full garbage collections of the interpreter (140-250 ms with napari's ~250-350k objects; the
@@ -145,8 +148,8 @@ left is napari's:
   reference again) is shown by that layer, in place (``widgets/_in_place``: its data and every
   setting napari records for the new layer): no removal, so no ``gc.collect()``, and no insert
   (load the same 3 experiments again: ~320 -> ~70 ms; CCF reference again: ~600 -> ~80 ms); a
-  Shapes result (spatial-search paths, triangulated in the worker, which napari's Shapes data
-  setter would redo on the main thread) replaces its layer, the removal in a turn of its own;
+  Shapes result napari's Shapes data setter would take too long to triangulate again on the
+  main thread replaces its layer, the removal in a turn of its own;
 - removing layers: napari ends every removal outside a batch with a full ``gc.collect()``;
   the docks remove several layers in one batch (``widgets/_removal``: the Structures dock's
   "Untick all" and untick, the spatial search's stale layers), so "Untick all" of three

@@ -287,7 +287,8 @@ def test_dock_from_the_manifest_updates_its_layers_in_place(make_napari_viewer, 
                                                              qtbot, monkeypatch):
     """napari hands a plugin dock a proxied viewer (its layers wrapped in ``PublicOnlyProxy``):
     the growing partial lines and a second run still update the same three layers instead of
-    piling up ``name [1]`` duplicates."""
+    piling up ``name [1]`` duplicates. A few paths are cheap to triangulate again: the second
+    run's lines go into the Shapes layer shown (no removal)."""
     from napari_allen.widgets import spatial_search as module
 
     monkeypatch.setattr(module, "PARTIAL_EVERY_S", 0.0)  # a partial after every seed
@@ -299,11 +300,15 @@ def test_dock_from_the_manifest_updates_its_layers_in_place(make_napari_viewer, 
     widget.form.jobs.setValue(1)
     expected = {f"spatial search {EXPERIMENT} {suffix}"
                 for suffix in ("lines", "lines (2-D)", "injection sites")}
+    lines: list = []
     try:
         for _ in range(2):
             widget.run()
             _wait(qtbot, widget)
             assert {layer.name for layer in viewer.layers} == expected
+            lines.append(viewer.layers[f"spatial search {EXPERIMENT} lines"])
+        assert lines[1] is lines[0]
+        assert len(lines[1].data) == len(widget.last_result["records"]) > 0
     finally:
         widget.close_search()
         reset_shared_client()

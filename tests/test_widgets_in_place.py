@@ -1,7 +1,8 @@
 """A new result for a layer already shown is shown by that layer, in place: the same data and
 every setting napari records as the new layer would have, without a removal (napari ends
-one with a full garbage collection) or an insert. A Shapes result replaces the layer in two
-turns: the removal in one, the insert (at the same position) in later ones."""
+one with a full garbage collection) or an insert. A Shapes result goes in place when napari
+built it cheaply (its data setter triangulates the paths again); otherwise it replaces the
+layer in two turns: the removal in one, the insert (at the same position) in later ones."""
 
 from __future__ import annotations
 
@@ -132,9 +133,10 @@ def test_a_new_result_for_a_shown_layer_updates_it_in_one_step(make_napari_viewe
 def test_a_shapes_result_replaces_the_layer_in_turns_at_its_place(make_napari_viewer, qtbot,
                                                                   runner, collections,
                                                                   monkeypatch):
-    """napari's Shapes data setter triangulates every path on the main thread; the new layer
-    came triangulated from the worker: it replaces the old one, whose removal (and napari's
-    garbage collection) has a turn of its own, before the insert's."""
+    """napari's Shapes data setter triangulates every path on the main thread; a new layer
+    whose build cost is unknown (not made by ``build_layer``) came triangulated from the
+    worker: it replaces the old one, whose removal (and napari's garbage collection) has a
+    turn of its own, before the insert's."""
     from napari_allen.widgets import _view
 
     viewer = make_napari_viewer()
@@ -189,3 +191,82 @@ def test_the_limits_are_the_new_layers_even_if_setting_the_data_resets_them(monk
     assert update_in_place(shown, new)
     np.testing.assert_allclose(shown.contrast_limits, (0.0, 1.0))
     np.testing.assert_allclose(shown.contrast_limits_range, new.contrast_limits_range)
+
+
+def _lines_tuple(n: int, seed: int) -> tuple:
+    rng = np.random.default_rng(seed)
+    paths = [np.cumsum(rng.normal(0, 50, (12, 3)), axis=0) for _ in range(n)]
+    colours = np.column_stack([rng.random((n, 3)), np.ones(n)])
+    return (paths, {"name": "lines", "shape_type": "path", "edge_width": 20.0,
+                    "edge_color": colours, "face_color": "transparent",
+                    "features": pd.DataFrame({"experiment": np.arange(n) + seed}),
+                    "metadata": {"seed": seed}}, "shapes")
+
+
+def test_a_shapes_result_napari_built_cheaply_goes_into_the_layer_shown(make_napari_viewer,
+                                                                         runner, collections):
+    """Triangulating a few paths again costs less than a removal (a full collection) and an
+    insert: the shown layer takes the new paths, colours, features and metadata, in the
+    caller's step, keeping its place and identity."""
+    from napari_allen.layers.prebuilt import build_cpu_seconds, build_layer
+    from napari_allen.widgets._common import SHAPES_IN_PLACE_MAX_BUILD_S
+
+    viewer = make_napari_viewer()
+    below, old, above = (Image(np.zeros((4, 4, 4), np.float32), name="below"),
+                         build_layer(_lines_tuple(3, 0)),
+                         Image(np.zeros((4, 4, 4), np.float32), name="above"))
+    for layer in (below, old, above):
+        viewer.add_layer(layer)
+    new = build_layer(_lines_tuple(7, 1))
+    assert build_cpu_seconds(new) <= SHAPES_IN_PLACE_MAX_BUILD_S
+    collections.clear()
+    seen: list = []
+    assert add_in_turns(viewer, runner, new, then=seen.append) is old
+    assert seen == [old] and not runner.is_running  # nothing queued
+    assert list(viewer.layers) == [below, old, above] and not collections
+    assert len(old.data) == 7
+    for shown, wanted in zip(old.data, new.data, strict=True):
+        np.testing.assert_allclose(shown, wanted)
+    np.testing.assert_allclose(old.edge_color, new.edge_color)
+    assert old.features["experiment"].tolist() == list(range(1, 8))
+    assert old.metadata == {"seed": 1}
+
+
+def test_a_shapes_result_too_costly_to_triangulate_again_replaces_the_layer(
+        make_napari_viewer, qtbot, runner, collections, monkeypatch):
+    """Above the budget (the build's CPU time), the worker's layer replaces the shown one:
+    one removal, then the insert at the same place."""
+    from napari_allen.layers.prebuilt import build_layer
+    from napari_allen.widgets import _common
+
+    monkeypatch.setattr(_common, "SHAPES_IN_PLACE_MAX_BUILD_S", -1.0)
+    viewer = make_napari_viewer()
+    old = build_layer(_lines_tuple(3, 0))
+    for layer in (Image(np.zeros((4, 4, 4), np.float32), name="below"), old):
+        viewer.add_layer(layer)
+    collections.clear()
+    new = build_layer(_lines_tuple(7, 1))
+    add_in_turns(viewer, runner, new)
+    qtbot.waitUntil(lambda: not runner.is_running, timeout=5000)
+    assert [layer.name for layer in viewer.layers] == ["below", "lines"]
+    assert viewer.layers["lines"] is new and old not in viewer.layers
+    assert len(collections) == 1
+
+
+def test_build_layer_keeps_the_cpu_time_of_each_build():
+    """The build's CPU seconds, for layers built there only, forgotten with the layer."""
+    import gc
+    import weakref
+
+    from napari_allen.layers.prebuilt import build_cpu_seconds, build_layer
+
+    layer = build_layer(_lines_tuple(4, 0))
+    seconds = build_cpu_seconds(layer)
+    assert seconds is not None and 0.0 < seconds < 5.0
+    assert build_cpu_seconds(Shapes(_lines_tuple(4, 0)[0], shape_type="path")) is None
+    image = build_layer((np.zeros((3, 4, 5), np.float32), {}, "image"))
+    assert build_cpu_seconds(image) is not None
+    ref = weakref.ref(image)
+    del image
+    gc.collect()
+    assert ref() is None  # the record does not keep a layer alive

@@ -89,8 +89,9 @@ def lines_layers(
     Shapes metadata keeps the records so the layer can be saved as the lines JSON.
 
     ``paths=False`` leaves the Shapes layer out (the Vectors companion alone): napari
-    triangulates every Shapes path in pure Python (~3 ms a path without numba), which is too
-    slow to repeat for the growing partial results of a running search.
+    triangulates every Shapes path (~0.1 ms a path with its compiled ``bermuda`` backend,
+    0.3-3 ms in pure Python), too slow to repeat for the growing partial results of a
+    running search.
     """
     if color_by not in COLOR_BY:
         raise ValueError(f"color_by must be one of {COLOR_BY}, got {color_by!r}")

@@ -98,8 +98,9 @@ def add_layer_tuple(viewer: napari.Viewer, layer_tuple: Any) -> Any:
     """Add ``(data, kwargs, layer_type)`` or a ready napari layer (built in a worker by
     :func:`napari_allen.layers.prebuilt.build_layer`) to ``viewer``. A same-named layer of the
     same type is updated instead of piling up duplicates (:func:`update_same_named`); a ready
-    Shapes layer, or one napari cannot update in place, replaces it at the same position
-    (nothing is recomputed here). Returns the layer. Main thread only."""
+    layer napari cannot take in place, or a Shapes layer too costly to triangulate again,
+    replaces it at the same position (nothing is recomputed here). Returns the layer. Main
+    thread only."""
     from napari.layers import Layer
 
     updated = update_same_named(viewer, layer_tuple)
@@ -121,9 +122,9 @@ def update_same_named(viewer: napari.Viewer, layer_tuple: Any) -> Any:
 
     - a tuple's data, metadata, features and per-item colours go into the layer (partial
       results refreshing the layer shown);
-    - a ready layer gives it its data and every setting napari records (``_in_place``),
-      except a Shapes layer: napari's Shapes data setter triangulates every path on the main
-      thread, where the ready layer brings them triangulated in the worker."""
+    - a ready layer gives it its data and every setting napari records (``_in_place``).
+      A Shapes layer only when that is cheap (:func:`shapes_cheap_in_place`): napari's
+      Shapes data setter triangulates every path again, on the main thread."""
     from napari.layers import Layer
 
     from napari_allen.layers.prebuilt import layer_type_name
@@ -135,7 +136,8 @@ def update_same_named(viewer: napari.Viewer, layer_tuple: Any) -> Any:
     existing = viewer.layers[name]
     kind = layer_type_name(existing)
     if isinstance(layer_tuple, Layer):
-        if layer_type_name(layer_tuple) != kind or kind == "shapes":
+        if layer_type_name(layer_tuple) != kind or (
+                kind == "shapes" and not shapes_cheap_in_place(layer_tuple)):
             return None
         return existing if update_in_place(existing, layer_tuple) else None
     data, kwargs, layer_type = _unpack(layer_tuple)
@@ -153,6 +155,26 @@ def update_same_named(viewer: napari.Viewer, layer_tuple: Any) -> Any:
         if isinstance(value, np.ndarray) and hasattr(existing, key):
             setattr(existing, key, value)
     return existing
+
+
+#: A ready Shapes layer goes into the shown one when napari built it in at most this much
+#: CPU time (s). Its data setter then triangulates the paths again on the main thread, and
+#: that step with its repaint took 1.5-2.7x the build (400 spatial-search paths: built in
+#: 36-70 ms with napari's compiled ``bermuda`` triangulation, 100-180 ms in place; 120-155
+#: ms in pure Python, 184-210 ms in place). Replacing the layer instead costs a removal,
+#: which napari ends with a full ``gc.collect()`` (170-280 ms on the benchmark machine),
+#: then an insert, in turns of their own: up to this budget, in place is the shorter freeze.
+SHAPES_IN_PLACE_MAX_BUILD_S = 0.1
+
+
+def shapes_cheap_in_place(layer: Any) -> bool:
+    """Whether a ready Shapes layer's paths can be triangulated again on the main thread
+    within a dock step's budget, judged by the CPU time napari took to build it (see
+    :data:`SHAPES_IN_PLACE_MAX_BUILD_S`); a layer not built by ``build_layer`` is not."""
+    from napari_allen.layers.prebuilt import build_cpu_seconds
+
+    seconds = build_cpu_seconds(layer)
+    return seconds is not None and seconds <= SHAPES_IN_PLACE_MAX_BUILD_S
 
 
 def _unpack(layer_tuple: Any) -> tuple[Any, dict, str]:

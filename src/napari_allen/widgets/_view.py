@@ -325,9 +325,10 @@ def add_in_turns(viewer: napari.Viewer, runner, item, then: Callable | None = No
     visible and selected, as napari's own ``add_layer`` leaves it. A layer whose name is
     already in the viewer shows the new content in place, in one step
     (:func:`~napari_allen.widgets._common.update_same_named`); a ready layer that has to
-    replace it instead (a Shapes layer) is inserted at its position by the steps above, after
-    a turn of its own that removes the old one (napari ends a removal with a full garbage
-    collection). Returns the layer (in the viewer from step 2 on)."""
+    replace it instead (a Shapes layer too costly to triangulate again) is inserted at its
+    position by the steps above, after a turn of its own that removes the old one (napari
+    ends a removal with a full garbage collection). Returns the layer (in the viewer from
+    step 2 on)."""
     from napari.layers import Layer
 
     from napari_allen.layers.prebuilt import build_layer, layer_type_name
