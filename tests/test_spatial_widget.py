@@ -289,9 +289,12 @@ def test_dock_from_the_manifest_updates_its_layers_in_place(make_napari_viewer, 
     the growing partial lines and a second run still update the same three layers instead of
     piling up ``name [1]`` duplicates. A few paths are cheap to triangulate again: the second
     run's lines go into the Shapes layer shown (no removal)."""
+    from napari_allen.widgets import _common
     from napari_allen.widgets import spatial_search as module
 
     monkeypatch.setattr(module, "PARTIAL_EVERY_S", 0.0)  # a partial after every seed
+    # A budget no build of 6 paths exceeds, even with a full collection run inside it.
+    monkeypatch.setattr(_common, "SHAPES_IN_PLACE_MAX_BUILD_S", 10.0)
     reset_shared_client()
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-allen", "Spatial search")

