@@ -45,6 +45,11 @@ action's worst freeze among those no such collection fell in. The script drives 
 layers between actions, removing a dock) inside the event loop (``in_event_loop``), as a
 click's handler would: Qt then deletes them as in napari.
 
+Each open is also followed, for reference only, by napari adding the same arrays with the
+plugin's display settings (colormaps, contrast limits, blending, units, multiscale): the
+"plain arrays" twin has napari's defaults, so the gap to it includes napari's cost of what the
+plugin asks it to show; the gap to the settings twin is the plugin's own work.
+
 Fairness of the "plain arrays" twin: it runs right after the open it is compared with, in the
 same viewer, so both must meet napari in the same state. Before the first timed open, each run
 adds (untimed) one tiny napari Labels and one Surface layer (``_warm_layer_types``): napari's
@@ -553,19 +558,51 @@ def _add_plain(viewer, twins, *, multiscale: bool = False) -> None:
             getattr(viewer, f"add_{kind}")(data, scale=scale)
 
 
+def _settings_twins(viewer) -> list[tuple]:
+    """The layers now in ``viewer`` as LayerDataTuples of plain in-memory arrays (every level of
+    multiscale data) with the layers' own display settings (napari's ``as_layer_data_tuple``
+    state: colormap, contrast limits, blending, scale, units, multiscale...), less what only the
+    plugin reads (metadata, features) and the name: napari's own cost of showing the same
+    thing, so what an open costs over it is the plugin's own work."""
+    twins = []
+    for layer in viewer.layers:
+        data, state, kind = layer.as_layer_data_tuple()
+        if kind == "surface":
+            data = tuple(np.array(a) for a in data)
+        elif kind in ("image", "labels"):
+            data = ([np.array(level) for level in data] if layer.multiscale
+                    else np.array(data))
+        else:
+            continue
+        for key in ("metadata", "features", "properties", "name"):
+            state.pop(key, None)
+        twins.append((data, state, kind))
+    return twins
+
+
+def _add_with_settings(viewer, twins) -> None:
+    """napari builds and adds each of ``twins`` (see :func:`_settings_twins`)."""
+    from napari.layers import Layer
+
+    for data, state, kind in twins:
+        viewer.add_layer(Layer.create(data, dict(state), kind))
+
+
 def _record_open(app, beat, viewer, record, fresh, name, start, label, *,
                  file_twin: Path | None = None) -> None:
     """Time an open action, then napari adding the same layers as plain arrays in one call
     (the issue's baseline for opening: "napari's own cost of adding a plain layer of that
     size"), in the same viewer state. For multiscale layers, also napari adding the same pyramid
     levels as a plain multiscale layer, for reference (napari slices a pyramid more and renders
-    once more than a single array: its own cost of what the plugin gives it). For a file
+    once more than a single array: its own cost of what the plugin gives it). Also, for
+    reference, napari adding the same arrays with the layers' own display settings
+    (:func:`_settings_twins`): what is over that is the plugin's own work. For a file
     (``file_twin``: a folder for it), also napari
     opening the same single layer from a plain ``.npy`` file with its own reader, for
     reference: ``viewer.open`` shows napari's "Opening Files" progress bar, whose update
     repaints the window (new layer included) inside the same call, for any reader."""
     record(name, "open", measure(app, beat, start))
-    twins = _plain_twins(viewer)
+    twins, with_settings = _plain_twins(viewer), _settings_twins(viewer)
     fresh()
     record(f"  napari, same {len(twins)} layer(s) as plain arrays: {label}", "twin",
            measure(app, beat, lambda: _add_plain(viewer, twins)))
@@ -575,6 +612,9 @@ def _record_open(app, beat, viewer, record, fresh, name, start, label, *,
                "multiscale twin",
                measure(app, beat, lambda: _add_plain(viewer, twins, multiscale=True)))
         fresh()
+    record(f"  napari, same arrays with the plugin's display settings (reference): {label}",
+           "settings twin", measure(app, beat, lambda: _add_with_settings(viewer, with_settings)))
+    fresh()
     if file_twin is not None and len(twins) == 1:
         kind, data, scale, _levels = twins[0]
         npy = file_twin / f"{label.replace(' ', '_')}.npy"
@@ -985,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
             target, ok = f"<= {twin:.0f}", median <= twin
         elif kind == "dock":
             target, ok = f"<= {DOCK_TARGET_MS:.0f}", worst <= DOCK_TARGET_MS
-        elif kind in ("file twin", "multiscale twin"):  # reference only (see _record_open)
+        elif kind in ("file twin", "multiscale twin", "settings twin"):  # reference only
             opened = statistics.median(freezes(next(r[2] for r in reversed(rows[:i])
                                                     if r[1] == "open")))
             target = f"ours {opened / median:.2f}x"
