@@ -40,7 +40,9 @@ def test_docks_schedule_the_warm_up_once_per_process(make_napari_viewer, qtbot, 
     monkeypatch.setattr(_warmup, "warm_labels", lambda: calls.append(1))
     viewer = make_napari_viewer()
     docks = [AllenDock(viewer) for _ in range(3)]
-    qtbot.wait(100)
+    # The warm-up imports pandas before the Labels work: alone in a process that is ~0.3 s.
+    qtbot.waitUntil(lambda: bool(calls), timeout=10000)
+    qtbot.wait(100)  # the other docks scheduled nothing more
     assert calls == [1]
     assert all(dock.viewer is viewer for dock in docks)
 
