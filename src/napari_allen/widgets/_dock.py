@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QDockWidget, QFrame, QScrollArea, QVBoxLayout, QWidge
 
 from napari_allen.widgets._common import ApiPanel
 from napari_allen.widgets._view import prime_activity_indicator, show_orientation_stepwise
-from napari_allen.widgets._warmup import warm_labels_later
+from napari_allen.widgets._warmup import warm_up_later
 
 if TYPE_CHECKING:
     import napari
@@ -51,9 +51,10 @@ class AllenDock(QWidget):
         # napari's status-bar spinner at its final size: laid out with this dock, not
         # inside the first task's activity bar (a repaint of the whole window there)
         prime_activity_indicator(napari_viewer)
-        # napari's first-Labels costs (imports, vispy's dash patterns), once per process, in
-        # a background thread: not inside the first action that shows a mask or annotation
-        warm_labels_later()
+        # the libraries the docks import at first use (pandas) and napari's first-Labels costs
+        # (imports, vispy's dash patterns), once per process, in a background thread: not
+        # inside the first action that needs them
+        warm_up_later()
 
     def sizeHint(self):  # noqa: N802 - Qt override
         hint = super().sizeHint()

@@ -30,9 +30,9 @@ _state = {"scheduled": False}  # docks open on napari's main thread: no lock nee
 warmed = threading.Event()
 
 
-def warm_labels_later() -> None:
-    """Schedule :func:`warm_labels` in a background thread, once per process (later calls
-    do nothing)."""
+def warm_up_later() -> None:
+    """Schedule the warm-up (:func:`warm_imports`, then :func:`warm_labels`) in a background
+    thread, once per process (later calls do nothing)."""
     from qtpy.QtCore import QTimer
 
     if _state["scheduled"]:
@@ -40,7 +40,7 @@ def warm_labels_later() -> None:
     _state["scheduled"] = True
 
     def start() -> None:
-        threading.Thread(target=_warm, name="napari-allen-warm-labels", daemon=True).start()
+        threading.Thread(target=_warm, name="napari-allen-warm-up", daemon=True).start()
 
     QTimer.singleShot(WARM_AFTER_MS, start)
 
