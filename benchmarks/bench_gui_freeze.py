@@ -208,7 +208,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -524,12 +524,24 @@ def _one_run(app, beat, viewer, plain, annotation, seeds, record, groups) -> Non
         _more(app, beat, docks["Connectivity"], docks["Gene expression"], record, fresh)
 
 
-def _plain_twins(viewer) -> list[tuple[str, object, tuple, list | None]]:
+class Twin(NamedTuple):
+    """One layer now in the viewer as plain in-memory arrays (see :func:`_plain_twins`)."""
+
+    kind: str  # "image", "labels", "surface"
+    data: Any  # full resolution; a surface's (vertices, faces, values)
+    scale: tuple
+    levels: list | None  # every pyramid level, for multiscale data
+    settings: dict  # the layer's display settings (``as_layer_data_tuple`` state)
+
+
+def _plain_twins(viewer) -> list[Twin]:
     """The layers now in ``viewer`` as plain in-memory arrays (full resolution of multiscale
     data), with their layer type, scale and, for multiscale data, every level as a plain
     array: what napari alone would be given to show the same thing, without the plugin's
     colours, metadata or laziness. Surfaces are given as their plain ``(vertices, faces,
-    values)`` arrays."""
+    values)`` arrays. Each also keeps the layer's display settings (napari's
+    ``as_layer_data_tuple`` state: colormap, contrast limits, blending, scale, units,
+    multiscale...), less what only the plugin reads (metadata, features) and the name."""
     twins = []
     for layer in viewer.layers:
         kind = type(layer).__name__.lower()
@@ -544,48 +556,32 @@ def _plain_twins(viewer) -> list[tuple[str, object, tuple, list | None]]:
                 data = np.array(layer.data)
         else:
             continue
-        twins.append((kind, data, tuple(layer.scale), levels))
+        settings = layer.as_layer_data_tuple()[1]
+        for key in ("metadata", "features", "properties", "name"):
+            settings.pop(key, None)
+        twins.append(Twin(kind, data, tuple(layer.scale), levels, settings))
     return twins
 
 
-def _add_plain(viewer, twins, *, multiscale: bool = False) -> None:
+def _add_plain(viewer, twins: list[Twin], *, multiscale: bool = False) -> None:
     """napari adds ``twins`` in one call each; ``multiscale``: the levels of multiscale ones
     as a plain multiscale layer (napari's own cost of showing a pyramid)."""
-    for kind, data, scale, levels in twins:
-        if multiscale and levels is not None:
-            getattr(viewer, f"add_{kind}")(levels, scale=scale, multiscale=True)
+    for twin in twins:
+        if multiscale and twin.levels is not None:
+            getattr(viewer, f"add_{twin.kind}")(twin.levels, scale=twin.scale, multiscale=True)
         else:
-            getattr(viewer, f"add_{kind}")(data, scale=scale)
+            getattr(viewer, f"add_{twin.kind}")(twin.data, scale=twin.scale)
 
 
-def _settings_twins(viewer) -> list[tuple]:
-    """The layers now in ``viewer`` as LayerDataTuples of plain in-memory arrays (every level of
-    multiscale data) with the layers' own display settings (napari's ``as_layer_data_tuple``
-    state: colormap, contrast limits, blending, scale, units, multiscale...), less what only the
-    plugin reads (metadata, features) and the name: napari's own cost of showing the same
-    thing, so what an open costs over it is the plugin's own work."""
-    twins = []
-    for layer in viewer.layers:
-        data, state, kind = layer.as_layer_data_tuple()
-        if kind == "surface":
-            data = tuple(np.array(a) for a in data)
-        elif kind in ("image", "labels"):
-            data = ([np.array(level) for level in data] if layer.multiscale
-                    else np.array(data))
-        else:
-            continue
-        for key in ("metadata", "features", "properties", "name"):
-            state.pop(key, None)
-        twins.append((data, state, kind))
-    return twins
-
-
-def _add_with_settings(viewer, twins) -> None:
-    """napari builds and adds each of ``twins`` (see :func:`_settings_twins`)."""
+def _add_with_settings(viewer, twins: list[Twin]) -> None:
+    """napari builds and adds each of ``twins`` with the layer's own display settings:
+    napari's own cost of showing the same thing, so what an open costs over it is the
+    plugin's own work."""
     from napari.layers import Layer
 
-    for data, state, kind in twins:
-        viewer.add_layer(Layer.create(data, dict(state), kind))
+    for twin in twins:
+        data = twin.levels if twin.levels is not None else twin.data
+        viewer.add_layer(Layer.create(data, dict(twin.settings), twin.kind))
 
 
 def _record_open(app, beat, viewer, record, fresh, name, start, label, *,
@@ -596,27 +592,27 @@ def _record_open(app, beat, viewer, record, fresh, name, start, label, *,
     levels as a plain multiscale layer, for reference (napari slices a pyramid more and renders
     once more than a single array: its own cost of what the plugin gives it). Also, for
     reference, napari adding the same arrays with the layers' own display settings
-    (:func:`_settings_twins`): what is over that is the plugin's own work. For a file
+    (:func:`_add_with_settings`): what is over that is the plugin's own work. For a file
     (``file_twin``: a folder for it), also napari
     opening the same single layer from a plain ``.npy`` file with its own reader, for
     reference: ``viewer.open`` shows napari's "Opening Files" progress bar, whose update
     repaints the window (new layer included) inside the same call, for any reader."""
     record(name, "open", measure(app, beat, start))
-    twins, with_settings = _plain_twins(viewer), _settings_twins(viewer)
+    twins = _plain_twins(viewer)
     fresh()
     record(f"  napari, same {len(twins)} layer(s) as plain arrays: {label}", "twin",
            measure(app, beat, lambda: _add_plain(viewer, twins)))
     fresh()
-    if any(levels is not None for *_, levels in twins):
+    if any(twin.levels is not None for twin in twins):
         record(f"  napari, same pyramid levels as a plain multiscale layer (reference): {label}",
                "multiscale twin",
                measure(app, beat, lambda: _add_plain(viewer, twins, multiscale=True)))
         fresh()
     record(f"  napari, same arrays with the plugin's display settings (reference): {label}",
-           "settings twin", measure(app, beat, lambda: _add_with_settings(viewer, with_settings)))
+           "settings twin", measure(app, beat, lambda: _add_with_settings(viewer, twins)))
     fresh()
     if file_twin is not None and len(twins) == 1:
-        kind, data, scale, _levels = twins[0]
+        kind, data, scale = twins[0].kind, twins[0].data, twins[0].scale
         npy = file_twin / f"{label.replace(' ', '_')}.npy"
         np.save(npy, data)
         record(f"  napari opens it from a plain .npy (reference): {label}", "file twin",
